@@ -1,0 +1,83 @@
+"""One training run from a composed config: the body of ``train.py``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning import Callback, Trainer
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from segment.data import SegmentationDataModule
+from segment.models import SegmentationModule
+
+__all__ = ["train", "instantiate_each"]
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_each(configs: Mapping | None) -> list:
+    """Instantiate every ``_target_`` entry of a named collection (callbacks, loggers)."""
+    if not configs:
+        return []
+    objects = []
+    for name, config in configs.items():
+        if not isinstance(config, Mapping) or "_target_" not in config:
+            raise ValueError(f"entry {name!r} has no _target_; got {config!r}")
+        objects.append(instantiate(config))
+    return objects
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Seed, build data, model, callbacks, loggers and trainer from ``cfg``, then fit.
+
+    Returns:
+        The metrics logged last (``val/loss``, ``val/miou``, ...) as floats.
+    """
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: SegmentationDataModule = instantiate(cfg.data)
+    info = datamodule.info
+    model: SegmentationModule = instantiate(
+        cfg.model, class_names=list(info.class_names), ignore_index=info.ignore_index
+    )
+    callbacks: list[Callback] = instantiate_each(cfg.get("callbacks"))
+    loggers: list[Logger] = instantiate_each(cfg.get("logger"))
+    trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(resolved)
+    log.info(
+        "model %s (encoder weights: %s) on %s, %d classes, precision %s",
+        cfg.model.net.get("encoder_name", cfg.model.net._target_),
+        cfg.model.net.get("encoder_weights"),
+        info.name,
+        info.num_classes,
+        trainer.precision,
+    )
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    _report(cfg, trainer, metrics)
+    return metrics
+
+
+def _report(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float]) -> None:
+    """Tell the user where the results went and how the run ended."""
+    output_dir = Path(cfg.paths.output_dir)
+    lines = [f"Run folder: {output_dir}"]
+    for name in ("val/loss", "val/miou", "val/pixel_acc"):
+        if name in metrics:
+            lines.append(f"  {name:14s} {metrics[name]:.4f} (epoch {trainer.current_epoch})")
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
+        lines.append(f"  best checkpoint: {trainer.checkpoint_callback.best_model_path}")
+    if any(Path(lg.log_dir or "").exists() for lg in trainer.loggers if hasattr(lg, "log_dir")):
+        lines.append(f"  dashboards:      tensorboard --logdir {output_dir}")
+    log.info("\n".join(lines))
