@@ -1,0 +1,37 @@
+"""Shared fixtures: configs composed like train.py does, shrunk to seconds on a CPU."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never touch the network. huggingface_hub reads this once, on import, so it is set
+# before anything imports it: a download attempt then fails at once instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+import segment  # noqa: F401  (registers config resolvers)
+from tests.helpers import CONF_DIR, TINY_OVERRIDES
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One synthetic-scene cache for the whole session."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
+    """Compose ``conf/train.yaml`` with tiny settings and outputs under ``tmp_path``."""
+
+    def _make(*overrides: str, tiny: bool = True) -> DictConfig:
+        paths = [f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}"]
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("train", overrides=[*(TINY_OVERRIDES if tiny else []), *overrides, *paths])
+
+    return _make

@@ -1,0 +1,62 @@
+"""Paths, tiny overrides and a subprocess runner shared by the tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+
+# Tiny and fast: 64x96 images, a handful of scenes, CPU, no worker processes.
+TINY_OVERRIDES = [
+    "data.image_size=[64,96]",
+    "data.num_train=8",
+    "data.num_val=4",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false",
+    # ImageNet weights need a download; tests never touch the network.
+    "model.net.encoder_weights=null",
+]
+
+
+def run_script(args: Sequence[str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` like a user would; fail the test with its output if it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(
+            f"python {' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
+    return result
+
+
+class TinyNet(nn.Module):
+    """A 1x1 convolution: the smallest net the module can drive (``classes`` as smp nets take it)."""
+
+    def __init__(self, classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, classes, kernel_size=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Passthrough(nn.Module):
+    """Returns its input: exposes what the module feeds its net."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+
+    def forward(self, x):
+        return x

@@ -1,0 +1,114 @@
+"""Every option of every config group composes and builds what it promises."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning import Callback, Trainer
+from lightning.pytorch.loggers import Logger
+from omegaconf import OmegaConf
+
+from segment.config import best_precision
+from segment.data import SegmentationDataModule
+from segment.data.synthetic import SYNTHETIC_INFO
+from segment.models import SegmentationModule
+from segment.training import instantiate_each
+from tests.helpers import CONF_DIR, run_script
+
+
+def _options() -> list[tuple[str, str]]:
+    pairs = []
+    for path in sorted(CONF_DIR.rglob("*.yaml")):
+        group = path.parent.relative_to(CONF_DIR).as_posix()
+        if group != ".":
+            pairs.append((group, path.stem))
+    return pairs
+
+
+OPTIONS = _options()
+
+
+def test_every_group_has_options() -> None:
+    groups = {group for group, _ in OPTIONS}
+    expected = {"data", "data/transforms", "model", "loss", "optimizer", "scheduler", "trainer", "logger"}
+    expected |= {"callbacks", "paths", "hydra", "experiment", "debug"}
+    assert expected <= groups
+
+
+def _build_model(cfg) -> SegmentationModule:
+    return instantiate(cfg.model, class_names=list(SYNTHETIC_INFO.class_names), ignore_index=255)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_instantiates(make_cfg, group: str, option: str) -> None:
+    if group == "trainer":
+        # The trainer options set their own accelerator; the tiny preset would force the CPU.
+        cfg = make_cfg(f"{group}={option}", "model.net.encoder_weights=null", tiny=False)
+    else:
+        cfg = make_cfg(f"{group}={option}")
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+    if group in ("data", "data/transforms"):
+        datamodule: SegmentationDataModule = instantiate(cfg.data)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        batch = next(iter(datamodule.train_dataloader()))
+        assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (4, 3, 64, 96)
+        assert batch["mask"].dtype == torch.int64 and batch["mask"].shape == (4, 64, 96)
+    elif group in ("model", "loss", "optimizer", "scheduler"):
+        model = _build_model(cfg)
+        images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+        target = torch.randint(0, SYNTHETIC_INFO.num_classes, (2, 64, 96))
+        target[:, :4] = 255  # ignored pixels
+        logits = model(images)
+        assert logits.shape == (2, SYNTHETIC_INFO.num_classes, 64, 96)
+        loss = model.criterion(logits.float(), target)
+        assert loss.ndim == 0 and torch.isfinite(loss)
+        config = model.configure_optimizers()
+        loss.backward()
+        config["optimizer"].step()
+        if "lr_scheduler" in config:
+            config["lr_scheduler"]["scheduler"].step()
+    elif group == "callbacks":
+        assert all(isinstance(cb, Callback) for cb in instantiate_each(cfg.get("callbacks")))
+    elif group == "logger":
+        loggers = instantiate_each(cfg.logger)
+        assert loggers and all(isinstance(lg, Logger) for lg in loggers)
+    elif group in ("trainer", "debug", "experiment"):
+        if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+            pytest.skip("trainer=gpu composes; building it needs a CUDA device")
+        assert isinstance(instantiate(cfg.trainer), Trainer)
+    else:  # paths, hydra: configuration only
+        assert cfg.paths.output_dir and cfg.paths.log_dir
+
+
+def test_scratch_and_pretrained_differ_only_in_initialisation(make_cfg) -> None:
+    scratch = OmegaConf.to_container(make_cfg("model=unet_scratch", tiny=False).model)
+    pretrained = OmegaConf.to_container(make_cfg("model=unet_vgg", tiny=False).model)
+    assert pretrained["net"].pop("encoder_weights") == "imagenet"
+    assert scratch["net"].pop("encoder_weights") is None
+    assert scratch == pretrained
+
+
+def test_compare_pretraining_sweeps_both_models_over_seeds(make_cfg) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=compare_pretraining"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.model == "unet_scratch,unet_vgg"
+    assert len(str(params.seed).split(",")) >= 3
+
+
+def test_best_precision_matches_hardware() -> None:
+    native_bf16 = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert best_precision("cpu") == ("bf16-mixed" if native_bf16 else "32-true")
+    assert best_precision("gpu") in ("bf16-mixed", "16-mixed")
+
+
+def test_help_lists_config_groups() -> None:
+    out = run_script(["train.py", "--help"]).stdout
+    for group in ("data", "model", "loss", "optimizer", "scheduler", "trainer", "logger", "callbacks", "debug"):
+        assert f"\n{group}: " in out, f"group {group!r} missing from --help"
+    assert "unet_scratch, unet_vgg" in out

@@ -1,0 +1,133 @@
+"""Folder pairing, decoding, label checks and the DataModule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from segment.data import DatasetInfo, LabelError, SegmentationDataset, colorize, pair_by_stem
+from segment.data.synthetic import SYNTHETIC_INFO
+
+INFO = DatasetInfo(name="toy", class_names=("a", "b", "c"), palette=((255, 0, 0), (0, 255, 0), (0, 0, 255)))
+
+
+def _write_pair(root: Path, stem: str, mask: np.ndarray, image_shape: tuple[int, int] | None = None) -> None:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    height, width = image_shape or mask.shape
+    cv2.imwrite(str(root / "images" / f"{stem}.png"), np.full((height, width, 3), 100, np.uint8))
+    cv2.imwrite(str(root / "masks" / f"{stem}.png"), mask)
+
+
+def test_pairs_by_stem_in_name_order(tmp_path: Path) -> None:
+    for stem in ("b", "a"):
+        _write_pair(tmp_path, stem, np.zeros((4, 4), np.uint8))
+    samples = pair_by_stem(tmp_path / "images", tmp_path / "masks")
+    assert [s.image.name for s in samples] == ["a.png", "b.png"]
+    assert [s.mask.name for s in samples] == ["a.png", "b.png"]
+
+
+def test_image_without_mask_is_named(tmp_path: Path) -> None:
+    _write_pair(tmp_path, "a", np.zeros((4, 4), np.uint8))
+    cv2.imwrite(str(tmp_path / "images" / "lonely.png"), np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"1 image\(s\) .* without a mask: \['lonely'\]"):
+        pair_by_stem(tmp_path / "images", tmp_path / "masks")
+
+
+def test_mask_without_image_is_named(tmp_path: Path) -> None:
+    _write_pair(tmp_path, "a", np.zeros((4, 4), np.uint8))
+    cv2.imwrite(str(tmp_path / "masks" / "orphan.png"), np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"1 mask\(s\) .* without an image: \['orphan'\]"):
+        pair_by_stem(tmp_path / "images", tmp_path / "masks")
+
+
+def test_missing_folder_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="folder not found: .*nowhere"):
+        pair_by_stem(tmp_path / "nowhere", tmp_path)
+
+
+def test_corrupt_image_is_named(tmp_path: Path) -> None:
+    _write_pair(tmp_path, "a", np.zeros((4, 4), np.uint8))
+    (tmp_path / "images" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    dataset = SegmentationDataset(pair_by_stem(tmp_path / "images", tmp_path / "masks"), INFO)
+    with pytest.raises(OSError, match="cannot read image .*a.png"):
+        dataset[0]
+
+
+def test_mask_of_wrong_size_is_named(tmp_path: Path) -> None:
+    _write_pair(tmp_path, "a", np.zeros((4, 4), np.uint8), image_shape=(4, 6))
+    dataset = SegmentationDataset(pair_by_stem(tmp_path / "images", tmp_path / "masks"), INFO)
+    with pytest.raises(ValueError, match=r"mask .*a.png is 4x4 but its image .*a.png is 4x6"):
+        dataset[0]
+
+
+def test_undeclared_label_values_are_listed(tmp_path: Path) -> None:
+    mask = np.array([[0, 1, 2, 255], [7, 7, 9, 0]], np.uint8)
+    _write_pair(tmp_path, "a", mask)
+    dataset = SegmentationDataset(pair_by_stem(tmp_path / "images", tmp_path / "masks"), INFO)
+    with pytest.raises(LabelError, match=r"a.png: mask values \[7, 9\] are not classes of 'toy'"):
+        dataset[0]
+
+
+def test_items_are_uint8_images_and_int64_masks(tmp_path: Path) -> None:
+    mask = np.array([[0, 1], [2, 255]], np.uint8)
+    _write_pair(tmp_path, "a", mask)
+    item = SegmentationDataset(pair_by_stem(tmp_path / "images", tmp_path / "masks"), INFO)[0]
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 2, 2)
+    assert item["mask"].dtype == torch.int64
+    assert item["mask"].tolist() == [[0, 1], [2, 255]]
+
+
+def test_augmentations_follow_torch_seed(tmp_path: Path) -> None:
+    _write_pair(tmp_path, "a", np.random.default_rng(0).integers(0, 3, (32, 32), dtype=np.uint8))
+    transform = A.Compose([A.RandomCrop(16, 16)])
+    dataset = SegmentationDataset(pair_by_stem(tmp_path / "images", tmp_path / "masks"), INFO, transform)
+
+    def crops(seed: int) -> list[list]:
+        torch.manual_seed(seed)
+        return [dataset[0]["mask"].tolist() for _ in range(4)]
+
+    assert crops(1) == crops(1)
+    assert crops(1) != crops(2)
+
+
+def test_colorize_paints_classes_and_ignore() -> None:
+    rgb = colorize(np.array([[0, 2, 255]]), INFO.palette)
+    assert rgb.tolist() == [[[255, 0, 0], [0, 0, 255], [0, 0, 0]]]
+
+
+def test_dataset_info_rejects_inconsistent_metadata() -> None:
+    with pytest.raises(ValueError, match="2 class names but 1 palette"):
+        DatasetInfo("bad", ("a", "b"), ((0, 0, 0),))
+    with pytest.raises(ValueError, match="ignore_index 1 collides with class 'b'"):
+        DatasetInfo("bad", ("a", "b"), ((0, 0, 0), (1, 1, 1)), ignore_index=1)
+
+
+def test_image_size_must_be_a_multiple_of_32(make_cfg) -> None:
+    cfg = make_cfg("data.image_size=[100,96]")
+    with pytest.raises(Exception, match=r"multiples of 32.*try data.image_size=\[128, 96\]"):
+        instantiate(cfg.data)
+
+
+def test_synthetic_datamodule_serves_the_configured_split_sizes(make_cfg) -> None:
+    dm = instantiate(make_cfg("data.num_train=6", "data.num_val=3").data)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.train_dataset), len(dm.val_dataset)) == (6, 3)
+    assert dm.info is SYNTHETIC_INFO
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["mask"].max() < SYNTHETIC_INFO.num_classes
+
+
+def test_repeats_and_overfit_subset(make_cfg) -> None:
+    dm = instantiate(make_cfg("data.train_repeats=3", "data.overfit_samples=2").data)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 6 and len(dm.val_dataset) == 2
+    assert dm.val_dataset.samples == dm.train_dataset.samples[:2]  # validates on what it trains on

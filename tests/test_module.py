@@ -1,0 +1,126 @@
+"""The LightningModule: normalisation, metrics, losses and checkpoint reloading."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from segment.models import CrossEntropyDiceLoss, SegmentationModule
+from segment.models.metrics import confusion_scores, iou_per_class
+
+NAMES = ["road", "car", "pole", "sign"]
+
+
+def _module(**overrides) -> SegmentationModule:
+    config = dict(
+        net={"_target_": "tests.helpers.TinyNet"},
+        loss={"_target_": "torch.nn.CrossEntropyLoss"},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+        class_names=NAMES,
+    )
+    config.update(overrides)
+    return SegmentationModule(**config)
+
+
+def test_iou_from_a_hand_computed_confusion_matrix() -> None:
+    # rows: truth, columns: prediction. Class 3 ("sign") is absent from both.
+    confusion = torch.tensor([[8, 2, 0, 0], [1, 3, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    confusion[2, 0] = 2  # class 2 ("pole") present in truth, never predicted
+    iou = iou_per_class(confusion)
+    assert iou[0].item() == pytest.approx(8 / (8 + 2 + 1 + 2))
+    assert iou[1].item() == pytest.approx(3 / (3 + 1 + 2))
+    assert iou[2].item() == 0.0
+    assert math.isnan(iou[3].item())
+
+    scores = confusion_scores(confusion, NAMES)
+    # Absent classes are left out of the mean, not counted as 0 or 1.
+    assert scores["miou"] == pytest.approx((8 / 13 + 3 / 6 + 0.0) / 3)
+    assert scores["pixel_acc"] == pytest.approx(11 / 16)
+    assert "iou/sign" not in scores and scores["iou/pole"] == 0.0
+
+
+def test_forward_normalises_uint8_with_stored_buffers() -> None:
+    module = _module(net={"_target_": "tests.helpers.Passthrough"}, channels_last=False)
+    images = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2)
+    mean, std = torch.tensor(module.hparams.mean).view(1, 3, 1, 1), torch.tensor(module.hparams.std).view(1, 3, 1, 1)
+    expected = (images.float() / 255 - mean) / std
+    torch.testing.assert_close(module(images), expected)
+    assert {"scale", "shift"} <= set(module.state_dict())
+
+
+def test_channels_last_changes_layout_not_values() -> None:
+    torch.manual_seed(0)
+    dense = _module(channels_last=False)
+    nhwc = _module(channels_last=True)
+    nhwc.load_state_dict(dense.state_dict())
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    torch.testing.assert_close(nhwc(images), dense(images))
+    assert nhwc.net.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_ce_dice_ignores_ignored_pixels() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8)
+    target = torch.randint(0, 4, (2, 8, 8))
+    loss = CrossEntropyDiceLoss(ignore_index=255)
+    corrupted = target.clone()
+    corrupted[:, :3] = 255
+    changed_logits = logits.clone()
+    changed_logits[:, :, :3] = 100.0  # anything at ignored pixels must not matter
+    assert loss(logits, corrupted).item() == pytest.approx(loss(changed_logits, corrupted).item(), rel=1e-6)
+    assert loss(logits, target).item() != pytest.approx(loss(logits, corrupted).item())
+
+
+def test_hparams_are_plain_containers() -> None:
+    from omegaconf import OmegaConf
+
+    module = _module(net=OmegaConf.create({"_target_": "tests.helpers.TinyNet"}))
+    assert type(module.hparams.net) is dict
+    assert module.hparams.class_names == NAMES
+
+
+def test_from_checkpoint_never_downloads_encoder_weights(tmp_path, monkeypatch) -> None:
+    """A checkpoint of a pretrained run rebuilds offline, with the trained weights."""
+    smp_net = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "vgg16", "encoder_weights": None}
+    trained = _module(net=smp_net)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.01)
+    checkpoint = {"state_dict": trained.state_dict(), "hyper_parameters": dict(trained.hparams)}
+    # As if trained with ImageNet weights: rebuilding from these hparams naively would download.
+    checkpoint["hyper_parameters"]["net"] = {**smp_net, "encoder_weights": "imagenet"}
+    path = tmp_path / "last.ckpt"
+    torch.save(checkpoint, path)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr("segmentation_models_pytorch.encoders.hf_hub_download", no_network)
+    restored = SegmentationModule.from_checkpoint(path)
+    for name, tensor in trained.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], tensor, msg=name)
+
+
+def test_from_checkpoint_errors_name_the_file(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.ckpt"):
+        SegmentationModule.from_checkpoint(tmp_path / "missing.ckpt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt is not a checkpoint written by train.py"):
+        SegmentationModule.from_checkpoint(tmp_path / "other.pt")
+
+
+def test_offline_imagenet_request_says_how_to_fix_it() -> None:
+    net = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "vgg16", "encoder_weights": "imagenet"}
+    with pytest.raises(RuntimeError, match="model=unet_scratch"):
+        _module(net=net)
+
+
+def test_non_finite_loss_stops_training() -> None:
+    module = _module()
+    nn.init.constant_(module.net.conv.weight, float("nan"))
+    batch = {"image": torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "mask": torch.zeros(1, 4, 4, dtype=torch.long)}
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        module.training_step(batch, 0)

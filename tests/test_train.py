@@ -1,0 +1,92 @@
+"""End-to-end runs of the training pipeline, in-process and through train.py."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from segment.training import train
+from tests.helpers import TINY_OVERRIDES, run_script
+
+
+@pytest.mark.parametrize("model", ["unet_scratch", "unet_vgg"])
+def test_fast_dev_run(make_cfg, model: str) -> None:
+    metrics = train(make_cfg(f"model={model}", "debug=fdr"))
+    assert {"val/loss", "val/miou", "val/pixel_acc", "train/loss"} <= metrics.keys()
+
+
+def _epoch_rows(csv_path: Path) -> list[dict[str, str]]:
+    with csv_path.open() as handle:
+        return [row for row in csv.DictReader(handle) if row.get("val/loss")]
+
+
+@pytest.mark.slow
+def test_overfit_one_batch_lowers_val_loss_and_fills_the_dashboards(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg("debug=overfit", "trainer.max_epochs=2", "callbacks.mask_images.every_n_epochs=1")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+
+    rows = _epoch_rows(run / "csv" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert float(rows[1]["val/loss"]) < float(rows[0]["val/loss"])
+    for name in ("val/miou", "val/pixel_acc", "train/loss", "lr", "val/iou/road"):
+        assert name in rows[0], name
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {"val/loss", "val/miou", "train/loss"} <= set(events.Tags()["scalars"])
+    images = events.Images("val/masks")
+    assert len(images) == 2  # after each epoch
+    assert images[0].width == 3 * 96 and images[0].height == 4 * 64  # input | truth | prediction rows
+
+    checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
+    assert "last.ckpt" in checkpoints
+    assert any(name.startswith("epoch") for name in checkpoints), checkpoints
+
+
+@pytest.mark.slow
+def test_train_script_writes_a_complete_run_folder(tmp_path: Path, data_dir: Path) -> None:
+    result = run_script(
+        [
+            "train.py",
+            "debug=limit",
+            "trainer.max_epochs=1",
+            *TINY_OVERRIDES,
+            f"paths.log_dir={tmp_path / 'logs'}",
+            f"paths.data_dir={data_dir}",
+        ]
+    )
+    runs = list((tmp_path / "logs" / "debug" / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / ".hydra" / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "csv" / "metrics.csv").is_file()
+    assert f"Run folder: {run}" in result.stderr + result.stdout
+    saved = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert saved["data"]["image_size"] == [64, 96]
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_script(
+        [
+            "train.py",
+            "--multirun",
+            "debug=fdr",
+            "seed=0,1",
+            *TINY_OVERRIDES,
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1"]
+    seeds = [yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())["seed"] for job in jobs]
+    assert seeds == [0, 1]
