@@ -75,7 +75,7 @@ def _report(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float]) -> Non
     lines = [f"Run folder: {output_dir}"]
     for name in ("val/loss", "val/miou", "val/pixel_acc"):
         if name in metrics:
-            lines.append(f"  {name:14s} {metrics[name]:.4f} (epoch {trainer.current_epoch})")
+            lines.append(f"  {name:14s} {metrics[name]:.4f} after {trainer.current_epoch} epoch(s)")
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
         lines.append(f"  best checkpoint: {trainer.checkpoint_callback.best_model_path}")
     if any(Path(lg.log_dir or "").exists() for lg in trainer.loggers if hasattr(lg, "log_dir")):
