@@ -197,7 +197,13 @@ def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Gener
 
 
 def _draw_facade(
-    canvas: _Canvas, cam: _Camera, rng: np.random.Generator, plane_x: float, dx: np.ndarray, dv: np.ndarray, light: float
+    canvas: _Canvas,
+    cam: _Camera,
+    rng: np.random.Generator,
+    plane_x: float,
+    dx: np.ndarray,
+    dv: np.ndarray,
+    light: float,
 ) -> None:
     """A vertical plane ``x = plane_x`` split along depth into buildings, hedges and gaps."""
     h, w = canvas.label.shape
@@ -215,9 +221,11 @@ def _draw_facade(
         if kind == "building":
             top = rng.uniform(6, 30)
             where = in_block & (height_here >= 0) & (height_here < top)
-            base = _colour(rng, [(190, 170, 140), (150, 75, 60), (175, 175, 170), (225, 220, 205), (120, 100, 85)][
-                rng.integers(5)
-            ], 12)
+            base = _colour(
+                rng,
+                [(190, 170, 140), (150, 75, 60), (175, 175, 170), (225, 220, 205), (120, 100, 85)][rng.integers(5)],
+                12,
+            )
             win_w, floor = rng.uniform(1.5, 3.5), rng.uniform(2.8, 3.6)
             u = np.mod(z - start, win_w) / win_w
             v = np.mod(height_here, floor) / floor
@@ -245,9 +253,8 @@ def _draw_car(canvas: _Canvas, cam: _Camera, rng: np.random.Generator, x: float,
     cabin_half = half * 0.85 - (ys - 0.55 * height) * 0.45
     cabin = (np.abs(xs) < cabin_half) & (ys >= 0.55 * height) & (ys < height)
     wheels = (np.abs(xs) > half - 0.5) & (np.abs(xs) < half - 0.08) & (ys >= 0) & (ys <= 0.35)
-    paint = _colour(rng, [(200, 200, 205), (30, 30, 35), (150, 20, 25), (30, 60, 140), (120, 120, 125), (235, 235, 235)][
-        rng.integers(6)
-    ], 10)
+    paints = [(200, 200, 205), (30, 30, 35), (150, 20, 25), (30, 60, 140), (120, 120, 125), (235, 235, 235)]
+    paint = _colour(rng, paints[rng.integers(len(paints))], 10)
     rgb = np.broadcast_to(paint, (*xs.shape, 3)).copy()
     glass = cabin & (np.abs(xs) < cabin_half - 0.1) & (ys > 0.62 * height) & (ys < height - 0.08)
     rgb[glass] = _colour(rng, (50, 60, 70), 10)
@@ -416,7 +423,9 @@ def _write_png_atomic(path: Path, array: np.ndarray) -> None:
             os.unlink(tmp)
 
 
-def generate_split(root: str | Path, split: str, count: int, image_size: tuple[int, int], seed: int) -> tuple[Path, Path]:
+def generate_split(
+    root: str | Path, split: str, count: int, image_size: tuple[int, int], seed: int
+) -> tuple[Path, Path]:
     """Make sure ``count`` scenes of ``split`` exist as PNG pairs under ``root``.
 
     Existing files are kept (scenes depend only on seed, split and index, so a larger
@@ -437,7 +446,9 @@ def generate_split(root: str | Path, split: str, count: int, image_size: tuple[i
         if not ((images_dir / f"{index:05d}.png").exists() and (masks_dir / f"{index:05d}.png").exists())
     ]
     if missing:
-        log.info("rendering %d synthetic %s scenes (%dx%d) into %s", len(missing), split, height, width, images_dir.parent)
+        log.info(
+            "rendering %d synthetic %s scenes (%dx%d) into %s", len(missing), split, height, width, images_dir.parent
+        )
     for index in missing:
         image_path, mask_path = images_dir / f"{index:05d}.png", masks_dir / f"{index:05d}.png"
         rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
