@@ -14,11 +14,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 
-# Tiny and fast: 64x96 images, a handful of scenes, CPU, no worker processes.
+# Tiny and fast: 64x96 images, a handful of samples, CPU, no worker processes.
 TINY_OVERRIDES = [
     "data.image_size=[64,96]",
-    "data.num_train=8",
-    "data.num_val=4",
     "data.batch_size=4",
     "data.num_workers=0",
     "trainer.accelerator=cpu",
@@ -28,6 +26,11 @@ TINY_OVERRIDES = [
     # ImageNet weights need a download; tests never touch the network.
     "model.net.encoder_weights=null",
 ]
+# Only for data=synthetic (the default).
+TINY_SYNTHETIC = ["data.num_train=8", "data.num_val=4"]
+
+# The real CamVid, beside the repository (read-only in CI).
+CAMVID_ROOT = REPO.parent / "shared" / "data" / "camvid"
 
 
 def run_script(args: Sequence[str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ from segment.data.synthetic import SYNTHETIC_INFO
 from segment.models import SegmentationModule
 from segment.training import instantiate_each
 from tests.helpers import CONF_DIR, run_script
+from tests.layouts import WRITERS
 
 
 def _options() -> list[tuple[str, str]]:
@@ -27,11 +28,23 @@ def _options() -> list[tuple[str, str]]:
 
 
 OPTIONS = _options()
+# Groups merged into their parent node are overridden under their package name.
+OVERRIDE_NAME = {"data/loader": "data/loader@data"}
 
 
 def test_every_group_has_options() -> None:
     groups = {group for group, _ in OPTIONS}
-    expected = {"data", "data/transforms", "model", "loss", "optimizer", "scheduler", "trainer", "logger"}
+    expected = {
+        "data",
+        "data/transforms",
+        "data/loader",
+        "model",
+        "loss",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "logger",
+    }
     expected |= {"callbacks", "paths", "hydra", "experiment", "debug"}
     assert expected <= groups
 
@@ -41,21 +54,23 @@ def _build_model(cfg) -> SegmentationModule:
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
-def test_option_composes_and_instantiates(make_cfg, group: str, option: str) -> None:
-    if group == "trainer":
+def test_option_composes_and_instantiates(make_cfg, tmp_path, group: str, option: str) -> None:
+    if group == "data" and option in WRITERS:
+        cfg = make_cfg(*WRITERS[option](tmp_path / option))
+    elif group == "trainer":
         # The trainer options set their own accelerator; the tiny preset would force the CPU.
         cfg = make_cfg(f"{group}={option}", "model.net.encoder_weights=null", tiny=False)
     else:
-        cfg = make_cfg(f"{group}={option}")
+        cfg = make_cfg(f"{OVERRIDE_NAME.get(group, group)}={option}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
 
-    if group in ("data", "data/transforms"):
+    if group in ("data", "data/transforms", "data/loader"):
         datamodule: SegmentationDataModule = instantiate(cfg.data)
         datamodule.prepare_data()
         datamodule.setup("fit")
         batch = next(iter(datamodule.train_dataloader()))
-        assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (4, 3, 64, 96)
-        assert batch["mask"].dtype == torch.int64 and batch["mask"].shape == (4, 64, 96)
+        assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3, 64, 96)
+        assert batch["mask"].dtype == torch.int64 and batch["mask"].shape[1:] == (64, 96)
     elif group in ("model", "loss", "optimizer", "scheduler"):
         model = _build_model(cfg)
         images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)

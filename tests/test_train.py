@@ -10,7 +10,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from segment.training import train
-from tests.helpers import TINY_OVERRIDES, run_script
+from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 
 
 @pytest.mark.parametrize("model", ["unet_scratch", "unet_vgg"])
@@ -56,6 +56,7 @@ def test_train_script_writes_a_complete_run_folder(tmp_path: Path, data_dir: Pat
             "debug=limit",
             "trainer.max_epochs=1",
             *TINY_OVERRIDES,
+            *TINY_SYNTHETIC,
             f"paths.log_dir={tmp_path / 'logs'}",
             f"paths.data_dir={data_dir}",
         ]
@@ -82,6 +83,7 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
             "debug=fdr",
             "seed=0,1",
             *TINY_OVERRIDES,
+            *TINY_SYNTHETIC,
             f"paths.data_dir={data_dir}",
             f"hydra.sweep.dir={sweep}",
         ]

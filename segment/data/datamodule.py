@@ -1,20 +1,22 @@
-"""LightningDataModules: one base for batching and augmentation, one subclass per dataset format."""
+"""The LightningDataModule base: batching, augmentation, verification and caching.
+
+Dataset formats subclass it (:mod:`segment.data.formats`) and only say which files
+belong to which split.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from segment.data.dataset import Sample, SegmentationDataset, pair_by_stem
+from segment.data.dataset import Sample, SegmentationDataset
 from segment.data.labels import DatasetInfo
-from segment.data.synthetic import GENERATOR_VERSION, SYNTHETIC_INFO, generate_split
 
-__all__ = ["SegmentationDataModule", "SyntheticDataModule"]
+__all__ = ["SegmentationDataModule"]
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +24,8 @@ log = logging.getLogger(__name__)
 class SegmentationDataModule(LightningDataModule):
     """Batches and augments the train/val samples that a subclass lists.
 
-    Subclasses set :attr:`info` and implement :meth:`samples`; they may override
-    :meth:`prepare_data` to download or generate files.
+    Subclasses set :attr:`info` (or pass ``info``) and implement :meth:`samples`; they may
+    override :meth:`prepare_data` to download or generate files.
 
     Args:
         image_size: ``(height, width)`` the model sees; each a multiple of 32 (the U-Net
@@ -39,6 +41,12 @@ class SegmentationDataModule(LightningDataModule):
             fresh augmentation): fewer validation passes on small datasets.
         overfit_samples: Debugging: train *and* validate on the first N training samples
             (validation without augmentation), to check that the model can memorise them.
+        load_size: ``(height, width)`` samples are resized to when decoded, before
+            augmentation and caching; None keeps the native size.
+        verify: Decode every sample once in :meth:`setup`, so that a corrupt image, a
+            mask of the wrong size or an undeclared label fails before training.
+        cache: Keep the decoded (``load_size``) samples in RAM: later epochs skip PNG/JPEG
+            decoding. Implies ``verify``.
     """
 
     info: DatasetInfo
@@ -53,6 +61,9 @@ class SegmentationDataModule(LightningDataModule):
         persistent_workers: bool = True,
         train_repeats: int = 1,
         overfit_samples: int | None = None,
+        load_size: Sequence[int] | None = None,
+        verify: bool = True,
+        cache: bool = False,
     ) -> None:
         super().__init__()
         if len(image_size) != 2 or any(int(s) <= 0 or int(s) % 32 for s in image_size):
@@ -76,36 +87,48 @@ class SegmentationDataModule(LightningDataModule):
             )
         self.train_repeats = train_repeats
         self.overfit_samples = overfit_samples
+        self.load_size = tuple(int(v) for v in load_size) if load_size is not None else None
+        self.verify = verify
+        self.cache = cache
         self.train_dataset: SegmentationDataset | None = None
         self.val_dataset: SegmentationDataset | None = None
 
+    splits: tuple[str, ...] = ("train", "val")
+
     def samples(self, split: str) -> list[Sample]:
-        """The labelled files of ``split`` (``"train"`` or ``"val"``)."""
+        """The labelled files of ``split`` (one of :attr:`splits`)."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:
-            self.train_dataset = self._dataset("train")
-            self.val_dataset = self._dataset("val")
+            self.train_dataset = self.dataset("train")
+            self.val_dataset = self.dataset("val")
+            for dataset in (self.train_dataset, self.val_dataset):
+                if self.cache or self.verify:
+                    dataset.preload(cache=self.cache)
+            cached = self.train_dataset.cache_bytes + self.val_dataset.cache_bytes
             log.info(
-                "%s: %d train / %d val samples, %d classes, model input %dx%d",
+                "%s: %d train / %d val samples, %d classes, model input %dx%d%s",
                 self.info.name,
                 len(self.train_dataset),
                 len(self.val_dataset),
                 self.info.num_classes,
                 *self.image_size,
+                f", {cached / 2**20:.0f} MiB cached in RAM" if self.cache else "",
             )
 
-    def _dataset(self, split: str) -> SegmentationDataset:
+    def dataset(self, split: str, augment: bool | None = None) -> SegmentationDataset:
+        """A dataset of ``split`` with this module's transforms (train augmentation for ``train``)."""
         if self.overfit_samples:
             samples = self.samples("train")[: self.overfit_samples]
         else:
             samples = self.samples(split)
         if not samples:
             raise ValueError(f"{self.info.name}: the {split} split is empty")
-        if split == "train":
-            samples = samples * self.train_repeats
-        return SegmentationDataset(samples, self.info, self.transforms["train" if split == "train" else "val"])
+        augment = split == "train" if augment is None else augment
+        transform = self.transforms["train" if augment else "val"]
+        repeats = self.train_repeats if split == "train" else 1
+        return SegmentationDataset(samples, self.info, transform, load_size=self.load_size, repeats=repeats)
 
     def train_dataloader(self) -> DataLoader:
         # drop_last: a final batch of one image would make BatchNorm's statistics degenerate.
@@ -126,37 +149,3 @@ class SegmentationDataModule(LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
         )
-
-
-class SyntheticDataModule(SegmentationDataModule):
-    """The embedded procedural road scenes (:mod:`segment.data.synthetic`).
-
-    Scenes are rendered once into ``root/<version, seed, size>/`` and then read like any
-    folder dataset; changing ``num_train`` extends or reuses the cache.
-
-    Args:
-        root: Cache folder for generated PNGs.
-        num_train: Training scenes.
-        num_val: Validation scenes.
-        seed: Generator seed (which scenes), independent of the training seed.
-        **kwargs: :class:`SegmentationDataModule` arguments.
-    """
-
-    info = SYNTHETIC_INFO
-
-    def __init__(self, root: str | Path, num_train: int = 256, num_val: int = 64, seed: int = 0, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if num_train < 1 or num_val < 1:
-            raise ValueError(f"data.num_train={num_train} and data.num_val={num_val} must both be at least 1")
-        self.counts = {"train": num_train, "val": num_val}
-        self.seed = seed
-        height, width = self.image_size
-        self.root = Path(root) / f"v{GENERATOR_VERSION}-seed{seed}-{height}x{width}"
-
-    def prepare_data(self) -> None:
-        for split, count in self.counts.items():
-            generate_split(self.root, split, count, self.image_size, self.seed)
-
-    def samples(self, split: str) -> list[Sample]:
-        split_dir = self.root / split
-        return pair_by_stem(split_dir / "images", split_dir / "masks")[: self.counts[split]]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from torch.utils.data import Dataset
 
 from segment.data.labels import DatasetInfo
 
-__all__ = ["Sample", "SegmentationDataset", "pair_by_stem", "read_image", "read_mask"]
+__all__ = ["Sample", "SegmentationDataset", "pair_files", "read_image", "read_mask"]
 
 # OpenCV's own thread pool would fight torch for the same cores (in workers and in the
 # main process alike); parallelism comes from DataLoader workers instead.
@@ -31,30 +33,60 @@ class Sample:
     mask: Path
 
 
-def pair_by_stem(images_dir: str | Path, masks_dir: str | Path, mask_suffix: str = "") -> list[Sample]:
-    """Pair every image in ``images_dir`` with the mask of the same stem in ``masks_dir``.
+def pair_files(
+    images_dir: str | Path,
+    masks_dir: str | Path,
+    *,
+    image_suffix: str = "",
+    mask_suffix: str = "",
+    mask_stem: Callable[[str], str | None] | None = None,
+    recursive: bool = False,
+) -> list[Sample]:
+    """Pair images with masks by name.
+
+    An image ``<dir>/<key><image_suffix>.<ext>`` pairs with the mask
+    ``<dir>/<key><mask_suffix>.<ext>`` (``<dir>`` relative to each root, so Cityscapes'
+    per-city folders match). Files whose names lack the suffix are not candidates.
 
     Args:
-        images_dir: Folder of images.
-        masks_dir: Folder of masks, named ``<image stem><mask_suffix>.<ext>``.
-        mask_suffix: Text between the stem and the extension in mask names.
+        images_dir: Root folder of images.
+        masks_dir: Root folder of masks.
+        image_suffix: Text between the key and the extension in image names.
+        mask_suffix: Text between the key and the extension in mask names.
+        mask_stem: Instead of ``mask_suffix``: maps a mask's stem to its image key, or to
+            None to skip that file (KITTI: ``um_road_000000`` -> ``um_000000``).
+        recursive: Search subfolders too.
+
+    Returns:
+        Samples sorted by key.
 
     Raises:
-        FileNotFoundError: a folder is missing, or is empty.
-        ValueError: an image has no mask or a mask has no image (names listed).
+        FileNotFoundError: a folder is missing, or holds no images.
+        ValueError: images without masks or masks without images (names listed).
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise FileNotFoundError(f"folder not found: {folder}")
-    images = {p.stem: p for p in sorted(images_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {
-        p.stem.removesuffix(mask_suffix): p
-        for p in sorted(masks_dir.iterdir())
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.stem.endswith(mask_suffix)
-    }
+
+    def keyed(root: Path, key_of: Callable[[str], str | None]) -> dict[str, Path]:
+        files = root.rglob("*") if recursive else root.iterdir()
+        found = {}
+        for path in sorted(files):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            key = key_of(path.stem)
+            if key is not None:
+                found[(path.parent.relative_to(root) / key).as_posix()] = path
+        return found
+
+    def strip(suffix: str) -> Callable[[str], str | None]:
+        return lambda stem: stem.removesuffix(suffix) if stem.endswith(suffix) else None
+
+    images = keyed(images_dir, strip(image_suffix))
+    masks = keyed(masks_dir, mask_stem or strip(mask_suffix))
     if not images:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+        raise FileNotFoundError(f"no images (*{image_suffix}{{{','.join(IMAGE_SUFFIXES)}}}) in {images_dir}")
     unmatched_images = sorted(images.keys() - masks.keys())
     unmatched_masks = sorted(masks.keys() - images.keys())
     if unmatched_images or unmatched_masks:
@@ -64,7 +96,7 @@ def pair_by_stem(images_dir: str | Path, masks_dir: str | Path, mask_suffix: str
         if unmatched_masks:
             lines.append(f"{len(unmatched_masks)} mask(s) in {masks_dir} without an image: {unmatched_masks[:5]}")
         raise ValueError("; ".join(lines))
-    return [Sample(images[stem], masks[stem]) for stem in sorted(images)]
+    return [Sample(images[key], masks[key]) for key in sorted(images)]
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -75,15 +107,15 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Decode a class-index mask to ``(H, W)`` uint8.
+def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
+    """Decode a mask: ``(H, W)`` class indices, or ``(H, W, 3)`` colours when ``rgb``.
 
     PIL, not OpenCV: OpenCV expands palette PNGs to colours, PIL keeps their indices.
     """
     try:
         with Image.open(path) as img:
-            return np.asarray(img)
-    except (OSError, SyntaxError) as err:
+            return np.asarray(img.convert("RGB") if rgb else img)
+    except (OSError, SyntaxError, ValueError) as err:
         raise OSError(f"cannot read mask {path}: {err}") from err
 
 
@@ -97,27 +129,89 @@ class SegmentationDataset(Dataset):
         samples: Image/mask files.
         info: Label metadata; masks are decoded with :meth:`DatasetInfo.decode_mask`.
         transform: Albumentations-style callable ``(image=, mask=) -> dict``.
+        load_size: ``(height, width)`` every sample is resized to right after decoding
+            (images with area interpolation, masks nearest); None keeps the native size.
+        repeats: The dataset lists its samples this many times (an epoch of a tiny dataset).
     """
 
-    def __init__(self, samples: Sequence[Sample], info: DatasetInfo, transform: Callable | None = None) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        info: DatasetInfo,
+        transform: Callable | None = None,
+        load_size: Sequence[int] | None = None,
+        repeats: int = 1,
+    ) -> None:
         self.samples = list(samples)
+        self.repeats = repeats
         self.info = info
         self.transform = transform
+        self.load_size = tuple(load_size) if load_size is not None else None
+        self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) * self.repeats
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded, un-augmented ``(image, mask)`` of one sample, with shapes checked."""
-        sample = self.samples[index]
+    def decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Read one sample from disk: checked, label-mapped and resized to ``load_size``."""
+        sample = self.samples[index % len(self.samples)]
         image = read_image(sample.image)
-        mask = self.info.decode_mask(read_mask(sample.mask), sample.mask)
+        mask = self.info.decode_mask(read_mask(sample.mask, rgb=self.info.mask_colors is not None), sample.mask)
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"mask {sample.mask} is {mask.shape[0]}x{mask.shape[1]} but its image "
                 f"{sample.image} is {image.shape[0]}x{image.shape[1]}"
             )
+        if self.load_size is not None and image.shape[:2] != self.load_size:
+            size = (self.load_size[1], self.load_size[0])
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
         return image, mask
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded, un-augmented ``(image, mask)``, from the RAM cache when it is filled."""
+        if self._cache is not None:
+            image, mask = self._cache[index % len(self.samples)]
+            return image.copy(), mask.copy()  # augmentations must never alter the cache
+        return self.decode(index)
+
+    def preload(self, cache: bool, threads: int | None = None) -> None:
+        """Decode every sample once, so bad files fail now and not mid-training.
+
+        Args:
+            cache: Keep the decoded samples in RAM for all later epochs. DataLoader workers
+                forked afterwards share these pages instead of decoding again.
+            threads: Decoding threads (OpenCV and PIL release the GIL); default: all cores.
+
+        Raises:
+            ValueError: listing every sample that failed, with its reason.
+        """
+        decoded: list = [None] * len(self.samples)
+        problems: list[str] = []
+
+        def work(index: int) -> None:
+            try:
+                result = self.decode(index)
+                if cache:
+                    decoded[index] = result
+            except (OSError, ValueError) as err:
+                problems.append(str(err))
+
+        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+            list(pool.map(work, range(len(self.samples))))
+        if problems:
+            shown = "\n  ".join(sorted(problems)[:10])
+            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise ValueError(
+                f"{len(problems)} of {len(self.samples)} {self.info.name} samples are unusable:\n  {shown}{more}"
+            )
+        if cache:
+            self._cache = decoded
+
+    @property
+    def cache_bytes(self) -> int:
+        """RAM held by the decoded-sample cache."""
+        return sum(image.nbytes + mask.nbytes for image, mask in self._cache or [])
 
     def _seed_transform(self) -> None:
         """Seed albumentations from torch's generator, once per sample.
