@@ -13,7 +13,7 @@ __all__ = ["MaskImageLogger"]
 
 
 class MaskImageLogger(Callback):
-    """Log the same validation images with their masks every ``every_n_epochs`` epochs.
+    """Log fixed validation images with their masks every ``every_n_epochs`` epochs.
 
     Each row of the logged image (tag ``val/masks``) is input | truth | prediction,
     coloured with the dataset palette (ignored pixels black). Always logs after the
@@ -21,7 +21,8 @@ class MaskImageLogger(Callback):
 
     Args:
         every_n_epochs: Logging period in epochs.
-        num_images: How many validation images (the first ones, always the same).
+        num_images: How many validation images, spread evenly over the validation set
+            (consecutive video frames would show the same scene) and the same every time.
     """
 
     def __init__(self, every_n_epochs: int = 5, num_images: int = 4) -> None:
@@ -38,7 +39,8 @@ class MaskImageLogger(Callback):
             return
         datamodule = trainer.datamodule
         dataset = datamodule.val_dataset
-        items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+        picks = np.linspace(0, len(dataset) - 1, min(self.num_images, len(dataset))).round().astype(int)
+        items = [dataset[int(i)] for i in picks]
         images = torch.stack([item["image"] for item in items])
         masks = torch.stack([item["mask"] for item in items]).numpy()
         with torch.no_grad(), trainer.precision_plugin.forward_context():
