@@ -51,12 +51,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    # What the run really started from, next to what it asked for (they differ after a fallback).
+    resolved["encoder_weights_used"] = model.hparams.encoder_weights_used
     for logger in trainer.loggers:
         logger.log_hyperparams(resolved)
     log.info(
-        "model %s (encoder weights: %s) on %s, %d classes, precision %s",
+        "model %s, encoder weights: %s; data %s, %d classes; precision %s",
         cfg.model.net.get("encoder_name", cfg.model.net._target_),
-        cfg.model.net.get("encoder_weights"),
+        model.weights_record,
         info.name,
         info.num_classes,
         trainer.precision,
@@ -72,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _report(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float]) -> None:
     """Tell the user where the results went and how the run ended."""
     output_dir = Path(cfg.paths.output_dir)
-    lines = [f"Run folder: {output_dir}"]
+    lines = [f"Run folder: {output_dir}", f"  encoder weights: {trainer.lightning_module.weights_record}"]
     for name in ("val/loss", "val/miou", "val/pixel_acc"):
         if name in metrics:
             lines.append(f"  {name:14s} {metrics[name]:.4f} after {trainer.current_epoch} epoch(s)")

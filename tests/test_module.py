@@ -112,9 +112,17 @@ def test_from_checkpoint_errors_name_the_file(tmp_path) -> None:
         SegmentationModule.from_checkpoint(tmp_path / "other.pt")
 
 
-def test_offline_imagenet_request_says_how_to_fix_it() -> None:
+def test_offline_imagenet_request_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     net = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "vgg16", "encoder_weights": "imagenet"}
-    with pytest.raises(RuntimeError, match="model=unet_scratch"):
+    with pytest.raises(RuntimeError, match=r"ImageNet VGG16 weights unavailable.*model.weights_fallback=true"):
+        _module(net=net, weights_fallback=False)
+
+
+def test_other_smp_encoders_keep_smp_loading_with_a_clear_offline_error() -> None:
+    net = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": "imagenet"}
+    with pytest.raises(RuntimeError, match=r"could not obtain encoder weights 'imagenet' for 'resnet18'"):
         _module(net=net)
 
 

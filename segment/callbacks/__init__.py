@@ -1,5 +1,6 @@
-"""Lightning callbacks: dashboards and run bookkeeping."""
+"""Lightning callbacks: dashboards and training schedules."""
 
+from segment.callbacks.freezing import EncoderUnfreeze
 from segment.callbacks.mask_images import MaskImageLogger
 
-__all__ = ["MaskImageLogger"]
+__all__ = ["EncoderUnfreeze", "MaskImageLogger"]

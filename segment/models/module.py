@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.utils import instantiate
@@ -16,6 +16,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from segment.models.metrics import confusion_scores
+
+if TYPE_CHECKING:
+    from segment.models.weights import WeightsRecord
 
 __all__ = ["SegmentationModule", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -53,6 +56,17 @@ class SegmentationModule(LightningModule):
         mean: Per-channel RGB mean in ``[0, 1]`` units.
         std: Per-channel RGB standard deviation in ``[0, 1]`` units.
         channels_last: Run convolutions in NHWC, faster with bf16 on CPUs and tensor cores.
+        weights_fallback: For smp VGG16 encoders asking for ``imagenet``: use HED's VGG16
+            weights, with a warning, when ImageNet's cannot be had (see
+            :mod:`segment.models.weights`). The source actually used is in
+            ``hparams.encoder_weights_used``.
+        freeze_encoder_stages: Freeze the first N of the encoder's 5 stages (their
+            parameters get no gradient and never change).
+        unfreeze_at_epoch: Unfreeze the whole encoder from this epoch on (0-based), via
+            :class:`~segment.callbacks.EncoderUnfreeze`; None keeps the frozen stages frozen.
+
+    The optimiser config may carry ``encoder_lr_mult``: the encoder's learning rate is the
+    base rate times this factor (a second parameter group).
     """
 
     def __init__(
@@ -67,6 +81,9 @@ class SegmentationModule(LightningModule):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         channels_last: bool = True,
+        weights_fallback: bool = True,
+        freeze_encoder_stages: int = 0,
+        unfreeze_at_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -80,11 +97,18 @@ class SegmentationModule(LightningModule):
                 "mean": [float(m) for m in mean],
                 "std": [float(s) for s in std],
                 "channels_last": bool(channels_last),
+                "weights_fallback": bool(weights_fallback),
+                "freeze_encoder_stages": int(freeze_encoder_stages),
+                "unfreeze_at_epoch": unfreeze_at_epoch,
             },
             logger=False,
         )
         num_classes = len(class_names)
-        self.net = _build_net(self.hparams.net, num_classes)
+        self.net, record = _build_net(self.hparams.net, num_classes, weights_fallback)
+        # Stored with the checkpoint, so a results table can always say which weights a run started from.
+        self.hparams["encoder_weights_used"] = record.as_dict()
+        if freeze_encoder_stages:
+            freeze_encoder_stages_(self.net, freeze_encoder_stages)
         self.criterion = instantiate(self.hparams.loss, ignore_index=ignore_index)
         # uint8 -> normalised float in one multiply-add: x * scale + shift.
         mean_t, std_t = torch.tensor(self.hparams.mean), torch.tensor(self.hparams.std)
@@ -100,6 +124,20 @@ class SegmentationModule(LightningModule):
     @property
     def class_names(self) -> list[str]:
         return list(self.hparams.class_names)
+
+    @property
+    def weights_record(self) -> WeightsRecord:
+        """Which encoder weights this module started from."""
+        from segment.models.weights import WeightsRecord
+
+        return WeightsRecord(**self.hparams.encoder_weights_used)
+
+    def configure_callbacks(self) -> list:
+        if self.hparams.unfreeze_at_epoch is None:
+            return []
+        from segment.callbacks.freezing import EncoderUnfreeze
+
+        return [EncoderUnfreeze(self.hparams.unfreeze_at_epoch)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` uint8 RGB (or float in ``[0, 255]``) -> ``(B, C, H, W)`` logits."""
@@ -124,7 +162,9 @@ class SegmentationModule(LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
+        for group in self.trainer.optimizers[0].param_groups:
+            name = "lr" if group.get("name", "base") == "base" else f"lr/{group['name']}"
+            self.log(name, group["lr"], on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss.compute())
@@ -144,7 +184,22 @@ class SegmentationModule(LightningModule):
         self.val_confusion.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = instantiate(self.hparams.optimizer)(params=self.parameters())
+        config = dict(self.hparams.optimizer)
+        encoder_lr_mult = float(config.pop("encoder_lr_mult", 1.0))
+        optimizer_factory = instantiate(config)
+        encoder = getattr(self.net, "encoder", None)
+        if encoder_lr_mult != 1.0 and encoder is not None:
+            encoder_ids = {id(p) for p in encoder.parameters()}
+            base_lr = optimizer_factory.keywords["lr"]
+            params = [
+                {"name": "base", "params": [p for p in self.parameters() if id(p) not in encoder_ids]},
+                {"name": "encoder", "params": list(encoder.parameters()), "lr": base_lr * encoder_lr_mult},
+            ]
+        else:
+            params = [{"name": "base", "params": list(self.parameters())}]
+        # Frozen parameters stay in the optimiser (gradual unfreezing needs them there); without
+        # gradients, torch optimisers leave them untouched, weight decay included.
+        optimizer = optimizer_factory(params=params)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         scheduler = instantiate(self.hparams.scheduler)(optimizer)
@@ -164,14 +219,36 @@ class SegmentationModule(LightningModule):
         if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
             raise ValueError(f"{path} is not a checkpoint written by train.py (no hyper_parameters/state_dict)")
         hparams = dict(checkpoint["hyper_parameters"])
+        used = hparams.pop("encoder_weights_used", None)
         if "encoder_weights" in hparams["net"]:
             hparams["net"] = {**hparams["net"], "encoder_weights": None}
         module = cls(**hparams)
         module.load_state_dict(checkpoint["state_dict"])
+        if used is not None:
+            module.hparams["encoder_weights_used"] = used
         return module
 
 
-def _build_net(config: dict, num_classes: int) -> nn.Module:
+def _build_net(config: dict, num_classes: int, fallback: bool) -> tuple[nn.Module, WeightsRecord]:
+    """Instantiate the net; VGG16 encoder weights go through :func:`resolve_encoder_weights`."""
+    # Imported here so that `python -m segment.models.weights` does not find itself pre-imported.
+    from segment.models.weights import WeightsRecord, load_encoder_weights, resolve_encoder_weights
+
+    spec = config.get("encoder_weights")
+    if config.get("encoder_name") != "vgg16" or spec is None:
+        net = _instantiate_smp(config, num_classes)
+        source = "none" if spec is None else f"smp:{spec}"
+        return net, WeightsRecord(source, requested=str(spec) if spec is not None else "none")
+    net = instantiate({**config, "encoder_weights": None}, classes=num_classes)
+    state, record = resolve_encoder_weights(spec, fallback=fallback)
+    if state is not None:
+        load_encoder_weights(net.encoder, state, str(record))
+    log.info("encoder weights: %s", record)
+    return net, record
+
+
+def _instantiate_smp(config: dict, num_classes: int) -> nn.Module:
+    """Instantiate a net whose pretrained weights (if any) smp itself fetches from the hub."""
     try:
         return instantiate(config, classes=num_classes)
     except Exception as err:
@@ -183,9 +260,23 @@ def _build_net(config: dict, num_classes: int) -> nn.Module:
         if cause is None or not config.get("encoder_weights"):
             raise
         raise RuntimeError(
-            f"could not obtain encoder weights {config['encoder_weights']!r} for "
-            f"{config.get('encoder_name')!r}: {cause}\n"
-            "This machine seems offline and the weights are not in the Hugging Face cache "
-            "(HF_HOME, default ~/.cache/huggingface). Fix: run once with internet access to fill the cache, "
-            "or train from scratch with model=unet_scratch (model.net.encoder_weights=null)."
+            f"could not obtain encoder weights {config['encoder_weights']!r} for {config.get('encoder_name')!r}: "
+            f"{cause}. Run once with internet access to fill the Hugging Face cache (HF_HOME), "
+            "or set model.net.encoder_weights=null."
         ) from err
+
+
+def freeze_encoder_stages_(net: nn.Module, stages: int) -> None:
+    """Stop gradients to the first ``stages`` stages of ``net.encoder`` (VGG: blocks between poolings)."""
+    encoder = getattr(net, "encoder", None)
+    features = getattr(encoder, "features", None)
+    if features is None:
+        raise ValueError(f"model.freeze_encoder_stages needs a net with a VGG encoder; {type(net).__name__} has none")
+    if not 0 <= stages <= 5:
+        raise ValueError(f"model.freeze_encoder_stages={stages}: VGG16 has 5 stages")
+    stage = 1
+    for layer in features:
+        if isinstance(layer, nn.MaxPool2d):
+            stage += 1
+        elif stage <= stages:
+            layer.requires_grad_(False)

