@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["iou_per_class", "confusion_scores"]
+__all__ = ["confusion_scores", "evaluation_scores", "iou_per_class"]
 
 
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
@@ -45,3 +45,45 @@ def confusion_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> dic
         {f"iou/{name}": float(value) for name, value in zip(class_names, iou, strict=True) if not value.isnan()}
     )
     return scores
+
+
+def evaluation_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> dict:
+    """Every standard score of a confusion matrix (rows = truth, ignored pixels excluded).
+
+    - ``miou``: mean IoU over classes present in truth or prediction (as in training);
+    - ``pixel_acc``: correct / labelled pixels;
+    - ``mean_class_acc``: mean per-class recall over classes present in the truth;
+    - ``fw_iou``: IoU weighted by each class's share of labelled truth pixels;
+    - ``mean_dice``: mean Dice (F1) over classes present in truth or prediction;
+    - ``per_class``: ``{name: {"iou", "dice", "acc", "pixels"}}`` (None where undefined).
+
+    Classes absent from both truth and prediction have no defined IoU or Dice and are left
+    out of every mean; they are listed under ``absent_classes``.
+    """
+    confusion = confusion.double()
+    true_positive = confusion.diag()
+    truth, predicted = confusion.sum(1), confusion.sum(0)
+    total = confusion.sum()
+    iou = iou_per_class(confusion)
+    dice = torch.where(truth + predicted > 0, 2 * true_positive / (truth + predicted).clamp(min=1), float("nan"))
+    recall = torch.where(truth > 0, true_positive / truth.clamp(min=1), float("nan"))
+    present = truth > 0
+
+    def mean(values: torch.Tensor) -> float:
+        return float(values.nanmean()) if not values.isnan().all() else float("nan")
+
+    def value(x: torch.Tensor) -> float | None:
+        return None if x.isnan() else float(x)
+
+    return {
+        "miou": mean(iou),
+        "pixel_acc": float(true_positive.sum() / total) if total > 0 else float("nan"),
+        "mean_class_acc": mean(recall),
+        "fw_iou": float((truth[present] / total * iou[present]).sum()) if total > 0 else float("nan"),
+        "mean_dice": mean(dice),
+        "per_class": {
+            name: {"iou": value(iou[c]), "dice": value(dice[c]), "acc": value(recall[c]), "pixels": int(truth[c])}
+            for c, name in enumerate(class_names)
+        },
+        "absent_classes": [name for c, name in enumerate(class_names) if iou[c].isnan()],
+    }

@@ -1,0 +1,308 @@
+"""What ``evaluate.py`` does: score a checkpoint, predict new images, or export to ONNX."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from segment.data.dataset import IMAGE_SUFFIXES, SegmentationDataset, read_image
+from segment.data.labels import DatasetInfo, colorize
+from segment.evaluation.figures import confusion_figure, mask_sheet, overlay
+from segment.evaluation.inference import Predictor
+from segment.models import SegmentationModule
+from segment.models.metrics import evaluation_scores
+
+__all__ = ["confusion_matrix", "evaluate", "export", "load_checkpoint", "predict", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Dispatch on ``cfg.mode``."""
+    modes = {"evaluate": evaluate, "predict": predict, "export": export}
+    if cfg.mode not in modes:
+        raise ValueError(f"mode={cfg.mode!r}; expected one of {sorted(modes)}")
+    return modes[cfg.mode](cfg)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> SegmentationModule:
+    """A trained module from a ``train.py`` checkpoint, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={path}: no such file (checkpoints are in <run folder>/checkpoints/)")
+    try:
+        module = SegmentationModule.from_checkpoint(path, map_location="cpu")
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"ckpt_path={path} is not a readable checkpoint: {err}") from err
+    return module.to(device).eval()
+
+
+def _check_classes(module: SegmentationModule, info: DatasetInfo, ckpt_path: str) -> None:
+    if list(module.class_names) != list(info.class_names):
+        raise ValueError(
+            f"ckpt_path={ckpt_path} predicts {len(module.class_names)} classes {module.class_names[:4]}... but "
+            f"data={info.name} has {info.num_classes} classes {list(info.class_names[:4])}...; "
+            "evaluate with the data config the model was trained on"
+        )
+
+
+def _predictor(cfg: DictConfig, module: SegmentationModule) -> Predictor:
+    window = cfg.sliding_window
+    return Predictor(
+        module,
+        precision=cfg.precision,
+        input_size=cfg.input_size,
+        window=window.size if window else None,
+        window_stride=window.stride if window else None,
+        flip=cfg.tta_flip,
+    )
+
+
+def confusion_matrix(
+    prediction: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int
+) -> torch.Tensor:
+    """``(C, C)`` int64 counts, rows = truth, pixels labelled ``ignore_index`` left out."""
+    valid = target != ignore_index
+    index = target[valid] * num_classes + prediction[valid]
+    return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def _same_size_runs(items: list[dict]) -> Iterable[list[dict]]:
+    """Consecutive items of equal image size, so that they can be stacked into one batch."""
+    run: list[dict] = []
+    for item in items:
+        if run and item["image"].shape != run[0]["image"].shape:
+            yield run
+            run = []
+        run.append(item)
+    if run:
+        yield run
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), rgb[..., ::-1] if rgb.ndim == 3 else rgb):
+        raise OSError(f"could not write {path}")
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; write metrics, tables and figures."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    module = load_checkpoint(cfg.ckpt_path, device)
+    datamodule = instantiate(cfg.data)
+    info = datamodule.info
+    _check_classes(module, info, cfg.ckpt_path)
+    datamodule.prepare_data()
+    if cfg.split not in datamodule.splits:
+        raise ValueError(f"split={cfg.split!r}; {info.name} has {list(datamodule.splits)}")
+    if cfg.resolution not in ("native", "model"):
+        raise ValueError(f"resolution={cfg.resolution!r}; expected 'native' or 'model'")
+    load_size = None if cfg.resolution == "native" else datamodule.image_size
+    dataset = SegmentationDataset(datamodule.samples(cfg.split), info, load_size=load_size)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=list)
+    predictor = _predictor(cfg, module)
+
+    num_classes = info.num_classes
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    seconds = 0.0
+    for items in tqdm(loader, desc=f"evaluate {info.name}/{cfg.split}", unit="batch"):
+        for group in _same_size_runs(items):
+            images = torch.stack([item["image"] for item in group])
+            start = time.perf_counter()
+            prediction = predictor.logits(images).argmax(dim=1).cpu()
+            seconds += time.perf_counter() - start
+            masks = torch.stack([item["mask"] for item in group])
+            confusion += confusion_matrix(prediction, masks, num_classes, info.ignore_index)
+
+    scores = evaluation_scores(confusion, info.class_names)
+    report = {
+        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "dataset": info.name,
+        "split": cfg.split,
+        "num_images": len(dataset),
+        "resolution": cfg.resolution,
+        "input_size": list(cfg.input_size) if cfg.input_size else None,
+        "sliding_window": OmegaConf.to_container(cfg.sliding_window) if cfg.sliding_window else None,
+        "tta_flip": bool(cfg.tta_flip),
+        "precision": cfg.precision,
+        "device": str(device),
+        "images_per_s": len(dataset) / seconds if seconds else None,
+        "encoder_weights_used": module.hparams.get("encoder_weights_used"),
+        **scores,
+        "confusion": confusion.tolist(),
+    }
+    _write_atomic(output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+    table = _markdown(report)
+    _write_atomic(output_dir / "evaluation.md", table + "\n")
+    print(table)
+
+    figure = confusion_figure(confusion.numpy(), info.class_names)
+    _write_png(output_dir / "confusion_matrix.png", figure)
+    sheets = _sheets(dataset, predictor, info, cfg.num_sheets)
+    sheet_dir = output_dir / "sheets"
+    sheet_dir.mkdir(exist_ok=True)
+    for index, sheet in sheets:
+        _write_png(sheet_dir / f"{index:05d}.png", sheet)
+    _tensorboard(output_dir, figure, sheets, scores)
+    log.info("metrics, tables and figures in %s", output_dir)
+    return report
+
+
+def _sheets(dataset: SegmentationDataset, predictor: Predictor, info: DatasetInfo, count: int) -> list:
+    if count <= 0:
+        return []
+    picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
+    sheets = []
+    for index in picks:
+        item = dataset[int(index)]
+        prediction = predictor.logits(item["image"][None]).argmax(dim=1)[0].cpu().numpy()
+        image = item["image"].permute(1, 2, 0).numpy()
+        sheets.append(
+            (int(index), mask_sheet(image, item["mask"].numpy(), prediction, info.palette, info.ignore_index))
+        )
+    return sheets
+
+
+def _tensorboard(output_dir: Path, figure: np.ndarray, sheets: list, scores: dict) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(output_dir / "tensorboard")) as writer:
+        writer.add_image("eval/confusion_matrix", figure, dataformats="HWC")
+        for index, sheet in sheets:
+            writer.add_image(f"eval/sheets/{index:05d}", sheet, dataformats="HWC")
+        for name in ("miou", "pixel_acc", "mean_class_acc", "fw_iou", "mean_dice"):
+            writer.add_scalar(f"eval/{name}", scores[name])
+
+
+def _markdown(report: dict) -> str:
+    def pct(value: float | None) -> str:
+        return "-" if value is None or value != value else f"{100 * value:.2f}"
+
+    head = (
+        f"Checkpoint `{report['checkpoint']}` on {report['dataset']}/{report['split']} "
+        f"({report['num_images']} images, {report['resolution']} resolution"
+        f"{', flip TTA' if report['tta_flip'] else ''}, {report['precision']}, "
+        f"{report['images_per_s']:.1f} images/s on {report['device']})"
+    )
+    lines = [
+        head,
+        "",
+        "| mIoU | pixel acc | mean class acc | fw IoU | mean Dice |",
+        "|---|---|---|---|---|",
+        "| "
+        + " | ".join(pct(report[k]) for k in ("miou", "pixel_acc", "mean_class_acc", "fw_iou", "mean_dice"))
+        + " |",
+        "",
+        "| class | IoU | Dice | acc | pixels |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in report["per_class"].items():
+        lines.append(f"| {name} | {pct(row['iou'])} | {pct(row['dice'])} | {pct(row['acc'])} | {row['pixels']} |")
+    if report["absent_classes"]:
+        lines += [
+            "",
+            f"Absent from truth and prediction (left out of the means): {', '.join(report['absent_classes'])}",
+        ]
+    return "\n".join(lines)
+
+
+def _input_images(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            return images
+        raise FileNotFoundError(f"input={path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    raise FileNotFoundError(f"input={path}: no such file or folder")
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Colour masks, class-index masks and overlays for unlabelled images of any size."""
+    if not cfg.input:
+        raise ValueError("mode=predict needs input=<image or folder>")
+    inputs = _input_images(Path(cfg.input))
+    output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "predictions"
+    output.mkdir(parents=True, exist_ok=True)
+    module = load_checkpoint(cfg.ckpt_path, _device(cfg.device))
+    predictor = _predictor(cfg, module)
+    palette = _palette(module, cfg)
+    for path in tqdm(inputs, desc="predict", unit="image"):
+        image = read_image(path)
+        tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+        prediction = predictor.logits(tensor).argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
+        _write_png(output / f"{path.stem}_labels.png", prediction)
+        _write_png(output / f"{path.stem}_mask.png", colorize(prediction, palette))
+        _write_png(output / f"{path.stem}_overlay.png", overlay(image, prediction, palette))
+    log.info("%d predictions in %s", len(inputs), output)
+    return {"output": str(output), "num_images": len(inputs)}
+
+
+def _palette(module: SegmentationModule, cfg: DictConfig) -> tuple:
+    """The data config's palette when it matches the checkpoint's classes, else generated colours."""
+    from segment.data.labels import default_palette
+
+    try:
+        info = instantiate(cfg.data).info
+        if list(info.class_names) == module.class_names:
+            return info.palette
+    except Exception:  # any data config problem only costs the colours here
+        pass
+    return default_palette(len(module.class_names))
+
+
+def export(cfg: DictConfig) -> dict:
+    """ONNX model with dynamic batch, height and width (multiples of 32) in the run folder.
+
+    Input ``images``: ``(B, 3, H, W)`` float32 RGB in ``[0, 255]`` (normalisation is inside);
+    output ``logits``: ``(B, C, H, W)``.
+    """
+    if cfg.format != "onnx":
+        raise ValueError(f"format={cfg.format!r}; only 'onnx' is supported")
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    module = load_checkpoint(cfg.ckpt_path, "cpu").float()
+    path = output_dir / "model.onnx"
+    height, width = 64, 96
+    example = torch.randint(0, 256, (1, 3, height, width)).float()
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
+        opset_version=cfg.opset,
+        dynamo=False,
+    )
+    (output_dir / "model.json").write_text(
+        json.dumps({"class_names": module.class_names, "ignore_index": module.hparams.ignore_index}, indent=2) + "\n"
+    )
+    log.info("ONNX model in %s", path)
+    return {"onnx": str(path)}

@@ -1,0 +1,177 @@
+"""evaluate.py: metrics against independent implementations, checkpoints, prediction, ONNX export."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+
+from segment.evaluation import Predictor, load_checkpoint
+from segment.evaluation.run import confusion_matrix
+from segment.models.metrics import evaluation_scores
+from segment.training import train
+from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
+from tests.layouts import write_image
+
+NAMES = ["road", "car", "sky", "sign"]
+
+
+def _numpy_scores(truth: np.ndarray, prediction: np.ndarray, num_classes: int, ignore: int) -> dict:
+    """A plain reimplementation: confusion by counting, IoU = TP / (TP + FP + FN)."""
+    valid = truth != ignore
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for t, p in zip(truth[valid], prediction[valid], strict=True):
+        confusion[t, p] += 1
+    ious = []
+    for c in range(num_classes):
+        tp, fp, fn = confusion[c, c], confusion[:, c].sum() - confusion[c, c], confusion[c, :].sum() - confusion[c, c]
+        ious.append(tp / (tp + fp + fn) if tp + fp + fn else np.nan)
+    return {"iou": np.array(ious), "pixel_acc": np.trace(confusion) / confusion.sum()}
+
+
+def test_metrics_match_hand_counts_numpy_and_torchmetrics() -> None:
+    # 4 classes; "sign" (3) occurs in neither truth nor prediction; 255 is ignored.
+    truth = np.array([[0, 0, 0, 0, 1, 1], [0, 0, 2, 2, 1, 255], [255, 255, 2, 2, 1, 1]])
+    prediction = np.array([[0, 0, 0, 1, 1, 1], [0, 2, 2, 2, 0, 1], [0, 1, 2, 0, 1, 1]])
+    # hand counts over the 15 labelled (truth != 255) pixels:
+    # road: 6 in truth, TP 4, FN 2, FP 2 (a car and a sky pixel called road) -> IoU 4/8
+    # car:  5 in truth, TP 4, FN 1, FP 1 -> 4/6;   sky: 4 in truth, TP 3, FN 1, FP 1 -> 3/5
+    # sign: in neither truth nor prediction -> undefined
+    expected_iou = [4 / 8, 4 / 6, 3 / 5]
+    confusion = confusion_matrix(torch.from_numpy(prediction), torch.from_numpy(truth), 4, 255)
+    scores = evaluation_scores(confusion, NAMES)
+    assert [scores["per_class"][n]["iou"] for n in NAMES[:3]] == pytest.approx(expected_iou)
+    assert scores["per_class"]["sign"]["iou"] is None and scores["absent_classes"] == ["sign"]
+    # the absent class is left out of the mean: divided by 3, not 4
+    assert scores["miou"] == pytest.approx(sum(expected_iou) / 3)
+    assert scores["pixel_acc"] == pytest.approx(11 / 15)
+    assert scores["mean_class_acc"] == pytest.approx((4 / 6 + 4 / 5 + 3 / 4) / 3)
+    assert scores["fw_iou"] == pytest.approx((6 * 4 / 8 + 5 * 4 / 6 + 4 * 3 / 5) / 15)
+    assert scores["per_class"]["car"]["dice"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))
+    assert scores["per_class"]["road"]["pixels"] == 6
+
+    reference = _numpy_scores(truth, prediction, 4, 255)
+    np.testing.assert_allclose([scores["per_class"][n]["iou"] for n in NAMES[:3]], reference["iou"][:3])
+    assert np.isnan(reference["iou"][3])
+    assert scores["pixel_acc"] == pytest.approx(reference["pixel_acc"])
+
+    jaccard = MulticlassJaccardIndex(4, average="none", ignore_index=255)(
+        torch.from_numpy(prediction), torch.from_numpy(truth)
+    )
+    torch.testing.assert_close(jaccard[:3].double(), torch.tensor(expected_iou, dtype=torch.float64), atol=1e-6, rtol=0)
+    accuracy = MulticlassAccuracy(4, average="micro", ignore_index=255)(
+        torch.from_numpy(prediction), torch.from_numpy(truth)
+    )
+    assert accuracy.item() == pytest.approx(scores["pixel_acc"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-epoch tiny synthetic run; returns its folder."""
+    root = tmp_path_factory.mktemp("trained")
+    overrides = [*TINY_OVERRIDES, *TINY_SYNTHETIC, "+trainer.limit_train_batches=2", "trainer.max_epochs=1"]
+    paths = [f"paths.root_dir={root}", f"paths.data_dir={root / 'data'}", f"paths.output_dir={root / 'run'}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        train(compose("train", overrides=[*overrides, *paths]))
+    return root
+
+
+def _evaluate_args(trained: Path, *extra: str) -> list[str]:
+    return [
+        "evaluate.py",
+        f"ckpt_path={trained / 'run' / 'checkpoints' / 'last.ckpt'}",
+        "data.image_size=[64,96]",
+        *TINY_SYNTHETIC,
+        "data.batch_size=4",
+        f"paths.data_dir={trained / 'data'}",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_evaluation_equals_validation_during_training(trained: Path, tmp_path: Path) -> None:
+    run_script(_evaluate_args(trained, f"hydra.run.dir={tmp_path}"))
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    with (trained / "run" / "csv" / "metrics.csv").open() as handle:
+        logged = [row for row in csv.DictReader(handle) if row.get("val/miou")][-1]
+    assert report["miou"] == pytest.approx(float(logged["val/miou"]), abs=1e-4)
+    assert report["pixel_acc"] == pytest.approx(float(logged["val/pixel_acc"]), abs=1e-4)
+    assert report["num_images"] == 4 and set(report["per_class"]) >= {"road", "sky", "pole"}
+    for name in ("evaluation.md", "confusion_matrix.png", "sheets/00000.png", "sheets/00003.png"):
+        assert (tmp_path / name).is_file(), name
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert "| mIoU | pixel acc | mean class acc | fw IoU | mean Dice |" in (tmp_path / "evaluation.md").read_text()
+
+
+def test_bad_checkpoints_are_named(trained: Path, tmp_path: Path, make_cfg) -> None:
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*missing.ckpt: no such file"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"\x00" * 100)
+    with pytest.raises(ValueError, match=r"ckpt_path=.*junk.ckpt is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "junk.ckpt")
+
+    from segment.evaluation.run import evaluate
+    from tests.layouts import write_folder
+
+    overrides = write_folder(tmp_path / "folder")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "evaluate",
+            overrides=[
+                f"ckpt_path={trained / 'run' / 'checkpoints' / 'last.ckpt'}",
+                *overrides,
+                f"paths.root_dir={tmp_path}",
+                f"paths.output_dir={tmp_path / 'eval'}",
+            ],
+        )
+    with pytest.raises(ValueError, match=r"predicts 10 classes .* but data=folder has 3 classes"):
+        evaluate(cfg)
+
+
+def test_predict_writes_masks_for_any_size(trained: Path, tmp_path: Path) -> None:
+    write_image(tmp_path / "in" / "small.png", seed=0, shape=(50, 70))
+    write_image(tmp_path / "in" / "wide.jpg", seed=1, shape=(64, 160))
+    run_script(_evaluate_args(trained, "mode=predict", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}"))
+    import cv2
+
+    for stem, shape in (("small", (50, 70)), ("wide", (64, 160))):
+        labels = cv2.imread(str(tmp_path / "out" / f"{stem}_labels.png"), cv2.IMREAD_UNCHANGED)
+        assert labels.shape == shape and labels.max() < 10
+        assert cv2.imread(str(tmp_path / "out" / f"{stem}_mask.png")).shape == (*shape, 3)
+        assert cv2.imread(str(tmp_path / "out" / f"{stem}_overlay.png")).shape == (*shape, 3)
+
+
+def test_onnx_export_matches_pytorch(trained: Path, tmp_path: Path) -> None:
+    onnxruntime = pytest.importorskip("onnxruntime")
+    run_script(_evaluate_args(trained, "mode=export", f"hydra.run.dir={tmp_path}"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    module = load_checkpoint(trained / "run" / "checkpoints" / "last.ckpt")
+    for shape in ((1, 3, 64, 96), (2, 3, 96, 128)):  # dynamic batch, height and width
+        images = torch.randint(0, 256, shape).float()
+        with torch.no_grad():
+            expected = module(images).numpy()
+        (actual,) = session.run(None, {"images": images.numpy()})
+        np.testing.assert_allclose(actual, expected, atol=2e-3, rtol=1e-3)
+
+
+def test_predictor_modes_agree(trained: Path) -> None:
+    module = load_checkpoint(trained / "run" / "checkpoints" / "last.ckpt")
+    images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    plain = Predictor(module).logits(images)
+    whole_window = Predictor(module, window=(64, 96)).logits(images)
+    torch.testing.assert_close(whole_window, plain)
+    tiles = Predictor(module, window=(64, 64), window_stride=(32, 32)).logits(images)
+    assert tiles.shape == plain.shape and torch.isfinite(tiles).all()
+    flipped = Predictor(module, flip=True).logits(images)
+    mirror = Predictor(module).logits(images.flip(-1)).flip(-1)
+    torch.testing.assert_close(flipped, (plain + mirror) / 2)
+    odd = Predictor(module).logits(torch.randint(0, 256, (1, 3, 50, 70), dtype=torch.uint8))
+    assert odd.shape == (1, 10, 50, 70)  # padded to 64x96 inside, cropped back
+    resized = Predictor(module, input_size=(32, 64)).logits(images)
+    assert resized.shape == plain.shape
