@@ -19,7 +19,9 @@ def best_precision(accelerator: str = "auto") -> str:
     if use_cuda:
         return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
     if accelerator in ("cpu", "auto"):
-        native_bf16 = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+        # Private probes (stable since torch 2.1); absent ones count as "no native bf16".
+        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        native_bf16 = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
         return "bf16-mixed" if native_bf16 else "32-true"
     return "32-true"
 

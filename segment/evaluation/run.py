@@ -210,6 +210,9 @@ def _markdown(report: dict) -> str:
         f"{', flip TTA' if report['tta_flip'] else ''}, {report['precision']}, "
         f"{report['images_per_s']:.1f} images/s on {report['device']})"
     )
+    weights = report.get("encoder_weights_used") or {}
+    if weights:
+        head += f"; encoder initialised from: {weights.get('source')} (requested {weights.get('requested')})"
     lines = [
         head,
         "",
