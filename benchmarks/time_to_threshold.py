@@ -15,7 +15,7 @@ import time
 import lightning as L
 import torch
 from lightning import Callback
-from train_throughput import _build, _compose  # the sibling script
+from train_throughput import _build, _compose, quiet_trainer  # the sibling script
 
 
 class _StopAtThreshold(Callback):
@@ -39,18 +39,7 @@ def ours(cfg, threshold: float, max_epochs: int):
     L.seed_everything(cfg.seed, workers=True)
     datamodule, module = _build(cfg)
     stopper = _StopAtThreshold(threshold)
-    from hydra.utils import instantiate
-
-    trainer = instantiate(
-        cfg.trainer,
-        max_epochs=max_epochs,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[stopper],
-    )
+    trainer = quiet_trainer(cfg, [stopper], max_epochs=max_epochs)
     trainer.fit(module, datamodule=datamodule)
     return stopper.result
 

@@ -82,21 +82,24 @@ def _batches(loader, count: int):
                 return
 
 
-def lightning_rate(cfg, total: int, warmup: int, steps: int) -> float:
-    datamodule, module = _build(cfg)
-    timer = _StepTimer()
-    trainer = instantiate(
+def quiet_trainer(cfg, callbacks: list, **overrides):
+    """train.py's Trainer (precision, accelerator) without logging, checkpoints or progress output."""
+    return instantiate(
         cfg.trainer,
-        max_steps=total,
-        max_epochs=-1,
-        limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=callbacks,
+        **overrides,
     )
+
+
+def lightning_rate(cfg, total: int, warmup: int, steps: int) -> float:
+    datamodule, module = _build(cfg)
+    timer = _StepTimer()
+    trainer = quiet_trainer(cfg, [timer], max_steps=total, max_epochs=-1, limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
     return _windows(timer.stamps, warmup, steps, cfg.data.batch_size)
 
