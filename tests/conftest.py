@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import segment  # noqa: F401  (registers config resolvers)
-from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SYNTHETIC
+from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SMP, TINY_SYNTHETIC
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,8 @@ def make_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
     def _make(*overrides: str, tiny: bool = True) -> DictConfig:
         paths = [f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}"]
         synthetic = not any(o.startswith("data=") and o != "data=synthetic" for o in overrides)
-        shrink = [*TINY_OVERRIDES, *(TINY_SYNTHETIC if synthetic else [])] if tiny else []
+        smp = "model=unet_lab" not in overrides
+        shrink = [*TINY_OVERRIDES, *(TINY_SYNTHETIC if synthetic else []), *(TINY_SMP if smp else [])] if tiny else []
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("train", overrides=[*shrink, *overrides, *paths])
 

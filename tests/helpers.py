@@ -23,11 +23,11 @@ TINY_OVERRIDES = [
     "trainer.max_epochs=1",
     "trainer.enable_model_summary=false",
     "trainer.enable_progress_bar=false",
-    # ImageNet weights need a download; tests never touch the network.
-    "model.net.encoder_weights=null",
 ]
 # Only for data=synthetic (the default).
 TINY_SYNTHETIC = ["data.num_train=8", "data.num_val=4"]
+# Only for the smp U-Nets: pretrained weights are never fetched in tests.
+TINY_SMP = ["model.net.encoder_weights=null"]
 
 # The real CamVid, beside the repository (read-only in CI).
 CAMVID_ROOT = REPO.parent / "shared" / "data" / "camvid"

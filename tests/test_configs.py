@@ -14,7 +14,7 @@ from segment.data import SegmentationDataModule
 from segment.data.synthetic import SYNTHETIC_INFO
 from segment.models import SegmentationModule
 from segment.training import instantiate_each
-from tests.helpers import CONF_DIR, run_script
+from tests.helpers import CONF_DIR, TINY_SMP, run_script
 from tests.layouts import WRITERS
 
 
@@ -59,7 +59,7 @@ def test_option_composes_and_instantiates(make_cfg, tmp_path, group: str, option
         cfg = make_cfg(*WRITERS[option](tmp_path / option))
     elif group == "trainer":
         # The trainer options set their own accelerator; the tiny preset would force the CPU.
-        cfg = make_cfg(f"{group}={option}", "model.net.encoder_weights=null", tiny=False)
+        cfg = make_cfg(f"{group}={option}", *TINY_SMP, tiny=False)
     else:
         cfg = make_cfg(f"{OVERRIDE_NAME.get(group, group)}={option}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
@@ -106,13 +106,13 @@ def test_scratch_and_pretrained_differ_only_in_initialisation(make_cfg) -> None:
     assert scratch == pretrained
 
 
-def test_compare_pretraining_sweeps_both_models_over_seeds(make_cfg) -> None:
+def test_compare_pretraining_sweeps_all_three_models_over_seeds(make_cfg) -> None:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=compare_pretraining"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
-    assert params.model == "unet_scratch,unet_vgg"
+    assert params.model == "unet_lab,unet_scratch,unet_vgg"
     assert len(str(params.seed).split(",")) >= 3
 
 

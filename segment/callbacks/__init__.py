@@ -2,5 +2,6 @@
 
 from segment.callbacks.freezing import EncoderUnfreeze
 from segment.callbacks.mask_images import MaskImageLogger
+from segment.callbacks.thresholds import ThresholdTracker
 
-__all__ = ["EncoderUnfreeze", "MaskImageLogger"]
+__all__ = ["EncoderUnfreeze", "MaskImageLogger", "ThresholdTracker"]
