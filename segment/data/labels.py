@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -67,8 +68,8 @@ class DatasetInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def lookup_table(self) -> np.ndarray:
-        """``table[raw value] -> training id`` for index masks; -1 marks undeclared values."""
+    @cached_property
+    def _table(self) -> np.ndarray:
         table = np.full(256, -1, dtype=np.int16)
         if self.label_map is None:
             table[: self.num_classes] = np.arange(self.num_classes)
@@ -77,7 +78,12 @@ class DatasetInfo:
                 table[raw] = train_id
         if 0 <= self.ignore_index < 256:
             table[self.ignore_index] = self.ignore_index
+        table.flags.writeable = False
         return table
+
+    def lookup_table(self) -> np.ndarray:
+        """``table[raw value] -> training id`` for index masks; -1 marks undeclared values."""
+        return self._table
 
     def decode_mask(self, raw: np.ndarray, source: str | Path = "<array>") -> np.ndarray:
         """Map a mask as stored on disk to training ids, refusing undeclared values.

@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from segment.models.module import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "HED_H5_SHA256",
     "HEDNet",
@@ -57,8 +59,6 @@ HED_H5_SHA256 = "4502df9d0a88873911ea191cb2be5147d190f6a7f4c21731a418960f6bdb8e8
 HED_CONVERTED = "hed_vgg16_bsds500_folded.safetensors"
 # Caffe's BGR pixel means that HED (and the original VGG16) subtract; no std division.
 CAFFE_MEAN_BGR = (104.00699, 116.66877, 122.67892)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SMP_IMAGENET_REPO = "smp-hub/vgg16.imagenet"
 TORCHVISION_VGG16 = "vgg16-397923af.pth"
 # torchvision / smp VGG16 indices of the 13 convolutions, in order.
