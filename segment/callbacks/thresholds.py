@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
+
+from segment.files import write_text_atomic
 
 __all__ = ["ThresholdTracker"]
 
@@ -141,9 +142,7 @@ class ThresholdTracker(Callback):
         path = Path(trainer.default_root_dir) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"patience": self.patience, "thresholds": self.reached}
-        partial = path.with_name(path.name + ".tmp")
-        partial.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(partial, path)
+        write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
     def table(self) -> str:
         lines = ["| threshold | epoch | step | images | seconds |", "|---|---|---|---|---|"]

@@ -117,16 +117,15 @@ class SegmentationDataModule(LightningDataModule):
                 f", {cached / 2**20:.0f} MiB cached in RAM" if self.cache else "",
             )
 
-    def dataset(self, split: str, augment: bool | None = None) -> SegmentationDataset:
-        """A dataset of ``split`` with this module's transforms (train augmentation for ``train``)."""
+    def dataset(self, split: str) -> SegmentationDataset:
+        """A dataset of ``split`` with this module's transforms (augmentation for ``train`` only)."""
         if self.overfit_samples:
             samples = self.samples("train")[: self.overfit_samples]
         else:
             samples = self.samples(split)
         if not samples:
             raise ValueError(f"{self.info.name}: the {split} split is empty")
-        augment = split == "train" if augment is None else augment
-        transform = self.transforms["train" if augment else "val"]
+        transform = self.transforms["train" if split == "train" else "val"]
         repeats = self.train_repeats if split == "train" else 1
         return SegmentationDataset(samples, self.info, transform, load_size=self.load_size, repeats=repeats)
 

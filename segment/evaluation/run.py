@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 import time
 from collections.abc import Iterable
@@ -22,6 +21,7 @@ from segment.data.dataset import IMAGE_SUFFIXES, SegmentationDataset, read_image
 from segment.data.labels import DatasetInfo, colorize
 from segment.evaluation.figures import confusion_figure, mask_sheet, overlay
 from segment.evaluation.inference import Predictor
+from segment.files import write_text_atomic
 from segment.models import SegmentationModule
 from segment.models.metrics import evaluation_scores
 
@@ -98,12 +98,6 @@ def _same_size_runs(items: list[dict]) -> Iterable[list[dict]]:
         yield run
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def _write_png(path: Path, rgb: np.ndarray) -> None:
     if not cv2.imwrite(str(path), rgb[..., ::-1] if rgb.ndim == 3 else rgb):
         raise OSError(f"could not write {path}")
@@ -157,9 +151,9 @@ def evaluate(cfg: DictConfig) -> dict:
         **scores,
         "confusion": confusion.tolist(),
     }
-    _write_atomic(output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+    write_text_atomic(output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     table = _markdown(report)
-    _write_atomic(output_dir / "evaluation.md", table + "\n")
+    write_text_atomic(output_dir / "evaluation.md", table + "\n")
     print(table)
 
     figure = confusion_figure(confusion.numpy(), info.class_names)

@@ -35,15 +35,9 @@ def confusion_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> dic
     Returns:
         ``{"miou": ..., "pixel_acc": ..., "iou/<class name>": ...}``.
     """
-    iou = iou_per_class(confusion)
-    total = confusion.sum()
-    scores = {
-        "miou": float(iou.nanmean()) if not iou.isnan().all() else float("nan"),
-        "pixel_acc": float(confusion.diag().sum() / total) if total > 0 else float("nan"),
-    }
-    scores.update(
-        {f"iou/{name}": float(value) for name, value in zip(class_names, iou, strict=True) if not value.isnan()}
-    )
+    full = evaluation_scores(confusion, class_names)
+    scores = {"miou": full["miou"], "pixel_acc": full["pixel_acc"]}
+    scores.update({f"iou/{name}": row["iou"] for name, row in full["per_class"].items() if row["iou"] is not None})
     return scores
 
 
