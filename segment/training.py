@@ -9,7 +9,7 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning import Callback, Trainer
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from segment.data import SegmentationDataModule
@@ -53,8 +53,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # What the run really started from, next to what it asked for (they differ after a fallback).
     resolved["encoder_weights_used"] = model.hparams.encoder_weights_used
+    # Metrics that TensorBoard's hparams view should show next to the config (the thresholds).
+    hparams_metrics = {}
+    for callback in callbacks:
+        if hasattr(callback, "hparams_metrics"):
+            hparams_metrics.update(callback.hparams_metrics())
     for logger in trainer.loggers:
-        logger.log_hyperparams(resolved)
+        if isinstance(logger, TensorBoardLogger) and hparams_metrics:
+            logger.log_hyperparams(resolved, metrics=hparams_metrics)
+        else:
+            logger.log_hyperparams(resolved)
     log.info(
         "model %s, encoder weights: %s; data %s, %d classes; precision %s",
         cfg.model.net.get("encoder_name", cfg.model.net._target_),

@@ -1,15 +1,37 @@
-"""TensorBoard panel of input / ground truth / prediction for fixed validation images."""
+"""Input / ground truth / prediction for fixed validation images: in TensorBoard and on disk."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
 
 from segment.data.labels import colorize
 
-__all__ = ["MaskImageLogger"]
+__all__ = ["MaskImageLogger", "MaskSnapshots"]
+
+
+def predict_fixed(trainer: Trainer, pl_module: LightningModule, num_images: int) -> tuple[np.ndarray, ...]:
+    """Predict ``num_images`` validation images spread evenly over the validation set.
+
+    Consecutive video frames would show the same scene, hence the spread; the picks depend
+    only on the set's length, so they are the same images every epoch and every run.
+
+    Returns:
+        ``(images, truths, predictions)``: ``(N, H, W, 3)`` uint8 and two ``(N, H, W)`` label maps.
+    """
+    dataset = trainer.datamodule.val_dataset
+    picks = np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).round().astype(int)
+    items = [dataset[int(i)] for i in picks]
+    images = torch.stack([item["image"] for item in items])
+    truths = torch.stack([item["mask"] for item in items]).numpy()
+    with torch.no_grad(), trainer.precision_plugin.forward_context():
+        predictions = pl_module(images.to(pl_module.device)).argmax(dim=1).cpu().numpy()
+    return images.permute(0, 2, 3, 1).numpy().astype(np.uint8), truths, predictions
 
 
 class MaskImageLogger(Callback):
@@ -21,8 +43,7 @@ class MaskImageLogger(Callback):
 
     Args:
         every_n_epochs: Logging period in epochs.
-        num_images: How many validation images, spread evenly over the validation set
-            (consecutive video frames would show the same scene) and the same every time.
+        num_images: How many validation images (see :func:`predict_fixed`).
     """
 
     def __init__(self, every_n_epochs: int = 5, num_images: int = 4) -> None:
@@ -37,19 +58,46 @@ class MaskImageLogger(Callback):
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if trainer.sanity_checking or not due or not loggers or not trainer.is_global_zero:
             return
-        datamodule = trainer.datamodule
-        dataset = datamodule.val_dataset
-        picks = np.linspace(0, len(dataset) - 1, min(self.num_images, len(dataset))).round().astype(int)
-        items = [dataset[int(i)] for i in picks]
-        images = torch.stack([item["image"] for item in items])
-        masks = torch.stack([item["mask"] for item in items]).numpy()
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
-            predictions = pl_module(images.to(pl_module.device)).argmax(dim=1).cpu().numpy()
-        palette = datamodule.info.palette
+        images, truths, predictions = predict_fixed(trainer, pl_module, self.num_images)
+        palette = trainer.datamodule.info.palette
         rows = [
-            np.concatenate([image.permute(1, 2, 0).numpy(), colorize(mask, palette), colorize(pred, palette)], axis=1)
-            for image, mask, pred in zip(images, masks, predictions, strict=True)
+            np.concatenate([image, colorize(truth, palette), colorize(pred, palette)], axis=1)
+            for image, truth, pred in zip(images, truths, predictions, strict=True)
         ]
         sheet = np.concatenate(rows, axis=0)
         for logger in loggers:
             logger.experiment.add_image("val/masks", sheet, global_step=trainer.global_step, dataformats="HWC")
+
+
+class MaskSnapshots(Callback):
+    """Save the prediction for fixed validation images after every epoch, as PNG files.
+
+    Writes ``<dirname>/input.png`` and ``<dirname>/truth.png`` once and
+    ``<dirname>/epoch_NNN.png`` (colour-coded prediction, NNN = epochs completed) after each
+    validation, in the trainer's ``default_root_dir``. The study report picks the epochs at
+    which each threshold was first reached from them, so a mask sheet needs no checkpoint
+    per epoch. Images are stacked vertically when ``num_images`` > 1.
+
+    Args:
+        num_images: How many validation images (see :func:`predict_fixed`).
+        dirname: Folder name inside the run folder.
+    """
+
+    def __init__(self, num_images: int = 1, dirname: str = "masks") -> None:
+        if num_images < 1:
+            raise ValueError(f"num_images={num_images} must be >= 1")
+        self.num_images = num_images
+        self.dirname = dirname
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        images, truths, predictions = predict_fixed(trainer, pl_module, self.num_images)
+        palette = trainer.datamodule.info.palette
+        folder = Path(trainer.default_root_dir) / self.dirname
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "truth.png").exists():
+            Image.fromarray(np.concatenate(list(images))).save(folder / "input.png")
+            Image.fromarray(np.concatenate([colorize(t, palette) for t in truths])).save(folder / "truth.png")
+        sheet = np.concatenate([colorize(p, palette) for p in predictions])
+        Image.fromarray(sheet).save(folder / f"epoch_{trainer.current_epoch + 1:03d}.png")

@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 
 # metric -> (its logged name, whether lower is better)
 _METRICS = {"val_loss": ("val/loss", True), "val_miou": ("val/miou", False)}
+# what is logged per reached threshold
+_LOGGED = ("epoch", "images_seen", "seconds")
 
 
 class ThresholdTracker(Callback):
@@ -28,8 +30,10 @@ class ThresholdTracker(Callback):
     k, a threshold counts only once it has held for k consecutive validations; it is then
     credited to the first of them (its epoch, step, images seen and seconds). Results go
     to ``thresholds.json`` in the trainer's ``default_root_dir`` (rewritten atomically
-    after each validation), to the loggers as ``thresholds/<name>/epoch`` etc., and to the
-    console at the end of training.
+    after each validation, with the per-epoch ``history`` of images seen, seconds and both
+    metrics, and ``finished`` once training ends), to the loggers as
+    ``thresholds/<name>/epoch`` etc. (registered in TensorBoard's hparams view through
+    :meth:`hparams_metrics`), and to the console at the end of training.
 
     Args:
         val_loss: Loss thresholds, e.g. ``[1.0, 0.7, 0.5]``.
@@ -59,6 +63,8 @@ class ThresholdTracker(Callback):
         self.stop_when_reached = stop_when_reached
         self.reached: dict[str, dict[str, Any] | None] = dict.fromkeys(names)
         self._streaks: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        self.history: list[dict[str, Any]] = []
+        self.finished = False
         self.images_seen = 0
         self.seconds = 0.0
         self._clock: float | None = None
@@ -67,11 +73,16 @@ class ThresholdTracker(Callback):
     def name(metric: str, value: float) -> str:
         return f"{metric}{'<=' if _METRICS[metric][1] else '>='}{value:g}"
 
+    def hparams_metrics(self) -> dict[str, float]:
+        """Tags to register in TensorBoard's hparams view, NaN until reached."""
+        return {f"thresholds/{name}/{key}": float("nan") for name in self.reached for key in _LOGGED}
+
     # Lightning saves and restores this with checkpoints, so a resumed run keeps its record.
     def state_dict(self) -> dict[str, Any]:
         return {
             "reached": self.reached,
             "streaks": self._streaks,
+            "history": self.history,
             "images_seen": self.images_seen,
             "seconds": self.seconds,
         }
@@ -79,6 +90,7 @@ class ThresholdTracker(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reached.update(state["reached"])
         self._streaks.update(state["streaks"])
+        self.history = list(state.get("history", []))
         self.images_seen, self.seconds = state["images_seen"], state["seconds"]
 
     def _elapsed(self) -> float:
@@ -104,6 +116,10 @@ class ThresholdTracker(Callback):
             "images_seen": self.images_seen,
             "seconds": round(self._elapsed(), 2),
         }
+        self.history.append(
+            {**point, **{m: float(trainer.callback_metrics[name]) for m, (name, _) in _METRICS.items()
+                         if name in trainer.callback_metrics}}
+        )  # fmt: skip
         for metric, values in self.thresholds.items():
             logged, lower_is_better = _METRICS[metric]
             if logged not in trainer.callback_metrics:
@@ -129,19 +145,25 @@ class ThresholdTracker(Callback):
             self._write(trainer)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.finished = True
         if trainer.is_global_zero:
             self._write(trainer)
             log.info("thresholds (first reached):\n%s", self.table())
 
     def _log(self, trainer: Trainer, name: str, point: dict[str, Any]) -> None:
         for logger in trainer.loggers:
-            logger.log_metrics({f"thresholds/{name}/{key}": point[key] for key in ("epoch", "images_seen", "seconds")},
+            logger.log_metrics({f"thresholds/{name}/{key}": point[key] for key in _LOGGED},
                                step=trainer.global_step)  # fmt: skip
 
     def _write(self, trainer: Trainer) -> None:
         path = Path(trainer.default_root_dir) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"patience": self.patience, "thresholds": self.reached}
+        record = {
+            "patience": self.patience,
+            "finished": self.finished,
+            "thresholds": self.reached,
+            "history": self.history,
+        }
         write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
     def table(self) -> str:
