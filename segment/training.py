@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segment.data import SegmentationDataModule
 from segment.models import SegmentationModule
+from segment.provenance import RunRecord
 
 __all__ = ["train", "instantiate_each"]
 
@@ -35,9 +36,29 @@ def instantiate_each(configs: Mapping | None) -> list:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Seed, build data, model, callbacks, loggers and trainer from ``cfg``, then fit.
 
+    The run folder's ``run.json`` (:class:`~segment.provenance.RunRecord`) says whether the
+    run is running, completed, interrupted or failed (with the error), and holds the git
+    commit and package versions next to Hydra's saved config.
+
     Returns:
         The metrics logged last (``val/loss``, ``val/miou``, ...) as floats.
     """
+    record = RunRecord(cfg.paths.output_dir, seed=cfg.get("seed"))
+    record.update()
+    try:
+        metrics, trainer = _fit(cfg, record)
+    except Exception as error:
+        record.failed(error)
+        raise
+    if trainer.interrupted:
+        record.update(status="interrupted", metrics=metrics)
+    else:
+        record.completed(metrics)
+    _report(cfg, trainer, metrics)
+    return metrics
+
+
+def _fit(cfg: DictConfig, record: RunRecord) -> tuple[dict[str, float], Trainer]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -53,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # What the run really started from, next to what it asked for (they differ after a fallback).
     resolved["encoder_weights_used"] = model.hparams.encoder_weights_used
+    record.update(encoder_weights_used=model.hparams.encoder_weights_used)
     # Metrics that TensorBoard's hparams view should show next to the config (the thresholds).
     hparams_metrics = {}
     for callback in callbacks:
@@ -75,8 +97,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-    _report(cfg, trainer, metrics)
-    return metrics
+    return metrics, trainer
 
 
 def _report(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float]) -> None:
