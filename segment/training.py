@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning import Callback, Trainer
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from segment.data import SegmentationDataModule
 from segment.models import SegmentationModule
 from segment.provenance import RunRecord
+from segment.schema import validate
 
 __all__ = ["train", "instantiate_each"]
 
@@ -34,19 +36,33 @@ def instantiate_each(configs: Mapping | None) -> list:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Seed, build data, model, callbacks, loggers and trainer from ``cfg``, then fit.
+    """Validate ``cfg``; seed, build data, model, callbacks, loggers and trainer; fit.
 
     The run folder's ``run.json`` (:class:`~segment.provenance.RunRecord`) says whether the
     run is running, completed, interrupted or failed (with the error), and holds the git
-    commit and package versions next to Hydra's saved config.
+    commit and package versions next to Hydra's saved config. With ``skip_completed`` a
+    run folder whose ``run.json`` says completed is not trained again, and one left
+    incomplete with a ``last.ckpt`` continues from it (a rerun of a sweep into its folder).
 
     Returns:
         The metrics logged last (``val/loss``, ``val/miou``, ...) as floats.
     """
-    record = RunRecord(cfg.paths.output_dir, seed=cfg.get("seed"))
-    record.update()
+    output_dir = Path(cfg.paths.output_dir)
+    previous = RunRecord.read(output_dir)
+    if cfg.get("skip_completed") and previous is not None and previous.get("status") == "completed":
+        log.info("skip_completed: %s already completed; not training again", output_dir)
+        return dict(previous.get("metrics", {}))
+    record = RunRecord(output_dir, seed=cfg.get("seed"))
     try:
-        metrics, trainer = _fit(cfg, record)
+        record.update()
+    except OSError as error:
+        raise OSError(
+            f"cannot write to the run folder {output_dir}: {error}. "
+            "Point paths.log_dir (or hydra.run.dir / hydra.sweep.dir) at a writable folder."
+        ) from error
+    try:
+        validate(cfg)
+        metrics, trainer = _fit(cfg, record, resumable=previous is not None)
     except Exception as error:
         record.failed(error)
         raise
@@ -58,23 +74,30 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _fit(cfg: DictConfig, record: RunRecord) -> tuple[dict[str, float], Trainer]:
+def _fit(cfg: DictConfig, record: RunRecord, resumable: bool) -> tuple[dict[str, float], Trainer]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
+    # Cheap constructors first: their argument checks fail before weights or data are fetched.
+    callbacks: list[Callback] = instantiate_each(cfg.get("callbacks"))
+    loggers: list[Logger] = instantiate_each(cfg.get("logger"))
     datamodule: SegmentationDataModule = instantiate(cfg.data)
     info = datamodule.info
     model: SegmentationModule = instantiate(
         cfg.model, class_names=list(info.class_names), ignore_index=info.ignore_index
     )
-    callbacks: list[Callback] = instantiate_each(cfg.get("callbacks"))
-    loggers: list[Logger] = instantiate_each(cfg.get("logger"))
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+    ckpt_path, keep_step = _resume_point(cfg, trainer, resumable)
+    if keep_step is not None:
+        for logger in trainer.loggers:
+            if hasattr(logger, "keep_until"):
+                logger.keep_until(keep_step)
+    record.update(encoder_weights_used=model.hparams.encoder_weights_used, resumed_from=ckpt_path)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     # What the run really started from, next to what it asked for (they differ after a fallback).
     resolved["encoder_weights_used"] = model.hparams.encoder_weights_used
-    record.update(encoder_weights_used=model.hparams.encoder_weights_used)
     # Metrics that TensorBoard's hparams view should show next to the config (the thresholds).
     hparams_metrics = {}
     for callback in callbacks:
@@ -94,10 +117,41 @@ def _fit(cfg: DictConfig, record: RunRecord) -> tuple[dict[str, float], Trainer]
         trainer.precision,
     )
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     return metrics, trainer
+
+
+def _resume_point(cfg: DictConfig, trainer: Trainer, resumable: bool) -> tuple[str | None, int | None]:
+    """The checkpoint to continue from, and the last log step to keep of an earlier attempt.
+
+    ``ckpt_path=last`` means the ``last.ckpt`` of this run folder's checkpoint callback.
+    Returns ``(None, -1)`` for a fresh start in a folder an earlier attempt logged into
+    (its events are dropped), ``(None, None)`` for a fresh folder.
+    """
+    requested = cfg.get("ckpt_path")
+    callback = trainer.checkpoint_callback
+    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt" if callback and callback.dirpath else None
+    if requested == "last":
+        if last is None or not last.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path=last: no last checkpoint in this run folder ({last}). To continue a killed run, "
+                "start in its folder: hydra.run.dir=<run folder> ckpt_path=last; or pass ckpt_path=<file.ckpt>"
+            )
+        requested = str(last)
+    elif requested is None and resumable and cfg.get("skip_completed") and last is not None and last.is_file():
+        log.info("skip_completed: continuing the incomplete run in %s", Path(cfg.paths.output_dir))
+        requested = str(last)
+    if requested is None:
+        return None, (-1 if resumable else None)
+    path = Path(requested)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={requested}: no such checkpoint file")
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    if "global_step" not in checkpoint:
+        raise ValueError(f"ckpt_path={requested} is not a Lightning training checkpoint (no global_step)")
+    return str(path), int(checkpoint["global_step"])
 
 
 def _report(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float]) -> None:

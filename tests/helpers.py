@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
+from lightning import Callback
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,3 +66,27 @@ class Passthrough(nn.Module):
 
     def forward(self, x):
         return x
+
+
+class KillAt(Callback):
+    """SIGKILLs its own process at a training batch: a pre-emption no handler can soften."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonAt(Callback):
+    """Fills the net's weights with NaN at a training batch: the next loss is not finite."""
+
+    def __init__(self, epoch: int, batch: int = 0) -> None:
+        self.epoch, self.batch = epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            with torch.no_grad():
+                for parameter in pl_module.net.parameters():
+                    parameter.fill_(float("nan"))

@@ -55,6 +55,14 @@ class ThresholdTracker(Callback):
         if patience < 1:
             raise ValueError(f"thresholds.patience={patience} must be >= 1")
         self.thresholds = {"val_loss": [float(t) for t in val_loss], "val_miou": [float(t) for t in val_miou]}
+        # Ordered from loosest to strictest, so that the tables and plots read in training order.
+        for metric, values in self.thresholds.items():
+            lower_is_better = _METRICS[metric][1]
+            steps = list(zip(values, values[1:], strict=False))
+            if any((b >= a) if lower_is_better else (b <= a) for a, b in steps):
+                order = "decreasing (loosest first), e.g. [1.0, 0.7, 0.5]" if lower_is_better else (
+                    "increasing (loosest first), e.g. [0.3, 0.5, 0.6]")  # fmt: skip
+                raise ValueError(f"thresholds.{metric}={values}: must be strictly {order}")
         self.patience = patience
         self.filename = filename
         names = [self.name(metric, value) for metric, values in self.thresholds.items() for value in values]

@@ -64,6 +64,9 @@ class SegmentationModule(LightningModule):
             parameters get no gradient and never change).
         unfreeze_at_epoch: Unfreeze the whole encoder from this epoch on (0-based), via
             :class:`~segment.callbacks.EncoderUnfreeze`; None keeps the frozen stages frozen.
+        init_from: A checkpoint of this module to take the weights from (same net and
+            classes); training still starts at epoch 0 with a fresh optimiser. To continue a
+            run instead, use ``train.py ckpt_path=...``.
 
     The optimiser config may carry ``encoder_lr_mult``: the encoder's learning rate is the
     base rate times this factor (a second parameter group).
@@ -84,6 +87,7 @@ class SegmentationModule(LightningModule):
         weights_fallback: bool = True,
         freeze_encoder_stages: int = 0,
         unfreeze_at_epoch: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -100,6 +104,7 @@ class SegmentationModule(LightningModule):
                 "weights_fallback": bool(weights_fallback),
                 "freeze_encoder_stages": int(freeze_encoder_stages),
                 "unfreeze_at_epoch": unfreeze_at_epoch,
+                "init_from": None if init_from is None else str(init_from),
             },
             logger=False,
         )
@@ -117,9 +122,33 @@ class SegmentationModule(LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
 
+        if init_from is not None:
+            self._load_weights(init_from)
+
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+        self._last_finite_loss: torch.Tensor | None = None
+
+    def _load_weights(self, path: str | Path) -> None:
+        """Copy net and normalisation weights from a checkpoint of this module (``init_from``)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model.init_from: checkpoint not found: {path}")
+        state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict")
+        if state is None:
+            raise ValueError(f"model.init_from: {path} has no state_dict; is it a checkpoint written by train.py?")
+        ours = self.state_dict()
+        mismatched = [k for k in ours if k in state and state[k].shape != ours[k].shape]
+        missing = [k for k in ours if k not in state]
+        if mismatched or missing:
+            raise ValueError(
+                f"model.init_from: {path} does not fit this model: {len(missing)} missing and "
+                f"{len(mismatched)} differently shaped tensors (first: {(missing + mismatched)[0]}); "
+                "was it trained with another net or number of classes?"
+            )
+        self.load_state_dict({k: state[k] for k in ours})
+        log.info("weights initialised from %s (training starts at epoch 0)", path)
 
     @property
     def class_names(self) -> list[str]:
@@ -153,13 +182,34 @@ class SegmentationModule(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
+        # One host sync per step (a GPU waits for it); the price of stopping at the first bad step.
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite training loss {loss.item()} at epoch {self.current_epoch}, step {self.global_step}"
+                f"non-finite training loss {loss.item()} at epoch {self.current_epoch + 1}, step {self.global_step} "
+                f"(last finite loss: {_item(self._last_finite_loss)}). The checkpoints saved so far are intact; "
+                "try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0"
             )
+        self._last_finite_loss = (
+            loss.item() if self._last_finite_loss is None or batch_idx % 10 == 0 else self._last_finite_loss
+        )
         self.train_loss.update(loss.detach(), weight=batch["image"].shape[0])
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path:
+            log.info("resumed from epoch %d (global step %d) of %s", self.current_epoch, self.global_step,
+                     self.trainer.ckpt_path)  # fmt: skip
+
+    # The global RNG states travel with every checkpoint and are restored on load, so a resumed
+    # run shuffles, augments and drops out exactly like an uninterrupted one. (Lightning runs
+    # the sanity check between load and training inside isolate_rng, so it draws nothing.)
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
 
     def on_train_epoch_start(self) -> None:
         for group in self.trainer.optimizers[0].param_groups:
@@ -220,6 +270,7 @@ class SegmentationModule(LightningModule):
             raise ValueError(f"{path} is not a checkpoint written by train.py (no hyper_parameters/state_dict)")
         hparams = dict(checkpoint["hyper_parameters"])
         used = hparams.pop("encoder_weights_used", None)
+        hparams["init_from"] = None  # the checkpoint's own weights replace them anyway
         if "encoder_weights" in hparams["net"]:
             hparams["net"] = {**hparams["net"], "encoder_weights": None}
         module = cls(**hparams)
@@ -227,6 +278,43 @@ class SegmentationModule(LightningModule):
         if used is not None:
             module.hparams["encoder_weights_used"] = used
         return module
+
+
+def _item(value: torch.Tensor | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as tensors and plain types (``weights_only``-loadable)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    states = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what :func:`rng_states` returned."""
+    import random
+
+    import numpy as np
+
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _build_net(config: dict, num_classes: int, fallback: bool) -> tuple[nn.Module, WeightsRecord]:

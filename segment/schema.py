@@ -1,0 +1,206 @@
+"""Config validation before anything is built: a structured schema for the top level, and
+the signature of each ``_target_`` for the keys and value types of its node.
+
+The top level (:class:`TrainSchema`, in Hydra's ConfigStore as ``train_schema`` and the
+first entry of ``conf/train.yaml``'s defaults) is checked by Hydra while composing. Every
+node with a ``_target_`` (data, model and its net/loss/optimizer/scheduler, callbacks,
+loggers, trainer, transforms) is checked by :func:`validate` against the parameters of the
+class it names, which are the real schema of those nodes: a misspelt key is reported with
+the closest allowed names, a wrong type with the expected one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.config_store import ConfigStore
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+__all__ = ["ConfigError", "TrainSchema", "register_schemas", "validate"]
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot work; the message names the key."""
+
+
+@dataclass
+class TrainSchema:
+    """The top-level keys of ``conf/train.yaml`` and their types; groups are checked by :func:`validate`."""
+
+    task_name: str = "train"
+    seed: int | None = 42
+    ckpt_path: str | None = None
+    skip_completed: bool = False
+    optimized_metric: str | None = "val/miou"
+    data: Any = None
+    model: Any = None
+    callbacks: Any = None
+    logger: Any = None
+    trainer: Any = None
+    paths: Any = None
+
+
+def register_schemas() -> None:
+    """Put :class:`TrainSchema` in Hydra's ConfigStore as ``train_schema``."""
+    ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+
+
+_SKIP = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
+# Keys that the code consuming a node takes out before instantiating it: (node path, key).
+_CONSUMED = {("model.optimizer", "encoder_lr_mult")}  # SegmentationModule.configure_optimizers
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every ``_target_`` node of a train config against its target's signature.
+
+    Raises:
+        ConfigError: naming the key, what is wrong and the allowed names or type.
+    """
+    for key in ("data", "model", "trainer"):
+        if key not in cfg or cfg[key] is None:
+            raise ConfigError(f"{key}: missing; choose one with {key}=<name> (see conf/{key}/)")
+    for path, node in _target_nodes(cfg):
+        _check_node(path, node)
+
+
+def _target_nodes(node: Any, path: str = "") -> typing.Iterator[tuple[str, DictConfig]]:
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            if key != "hydra":
+                yield from _target_nodes(node._get_node(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _target_nodes(item, f"{path}[{i}]")
+
+
+def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]] | None:
+    """Named parameters and type hints of a callable; for a class, of the ``__init__`` chain
+    that forwards ``**kwargs`` to its base (a data module and the base it extends).
+    None where it takes arbitrary keywords in the end."""
+    functions = []
+    if inspect.isclass(obj):
+        for klass in obj.__mro__:
+            if klass is object:
+                return None
+            if "__init__" not in klass.__dict__:
+                continue
+            functions.append(klass.__init__)
+            if not any(
+                p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(klass.__init__).parameters.values()
+            ):
+                break
+    else:
+        functions.append(obj)
+    parameters: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    for function in functions:
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):
+            return None
+        parameters.update({k: p for k, p in signature.parameters.items() if k != "self" and p.kind not in (
+            inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)})  # fmt: skip
+        try:
+            hints.update({k: v for k, v in typing.get_type_hints(function).items() if k not in hints})
+        except Exception:  # noqa: BLE001 -- unresolvable annotations: check names only
+            pass
+    if _takes_kwargs(functions[-1]):
+        return None
+    return parameters, hints
+
+
+def _takes_kwargs(function: Any) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _check_node(path: str, node: DictConfig) -> None:
+    target = node._target_
+    try:
+        obj = get_object(target)
+    except Exception as error:
+        raise ConfigError(f"{path}._target_={target!r} cannot be imported: {error}") from error
+    found = _parameters(obj)
+    if found is None:
+        return  # takes anything; its own checks apply
+    parameters, hints = found
+    for key in node:
+        if key in _SKIP or (path, key) in _CONSUMED:
+            continue
+        if key not in parameters:
+            close = difflib.get_close_matches(str(key), list(parameters), n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ConfigError(
+                f"{path}.{key}: {target} has no argument {key!r}; {hint}allowed: {', '.join(sorted(parameters))}"
+            )
+        if key in hints and not OmegaConf.is_missing(node, key) and not OmegaConf.is_interpolation(node, key):
+            value = node[key]
+            if not _conforms(value, hints[key]):
+                raise ConfigError(
+                    f"{path}.{key}={_show(value)}: expected {_type_name(hints[key])} (argument of {target})"
+                )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, DictConfig | ListConfig):
+        return str(OmegaConf.to_container(value))
+    return repr(value)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arm) for arm in typing.get_args(hint))
+    if typing.get_origin(hint) is not None:
+        return str(hint).replace("typing.", "").replace("collections.abc.", "")
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether a config value can be passed where ``hint`` is expected (lenient where unsure)."""
+    origin = typing.get_origin(hint)
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arm) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if value is None:
+        return False
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is Path:
+        return isinstance(value, str | Path)
+    base = origin or hint
+    if base in (list, tuple, Sequence, typing.Sequence) or (inspect.isclass(base) and issubclass(base, Sequence)
+                                                             and base is not str):  # fmt: skip
+        if not isinstance(value, ListConfig | list | tuple):
+            return False
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return len(args) != 1 or all(_conforms(item, args[0]) for item in value)
+    if base in (dict, Mapping, typing.Mapping) or (inspect.isclass(base) and issubclass(base, Mapping)):
+        return isinstance(value, DictConfig | dict)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is torch.Tensor:  # e.g. a learning rate typed float | Tensor
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return True  # other classes, callables...: the target checks them itself

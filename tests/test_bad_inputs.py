@@ -1,0 +1,110 @@
+"""Every bad input we know of, through ``train()`` as train.py runs it: the error names the culprit.
+
+Config mistakes must surface before any data is read: those cases point data.root at a
+folder that does not exist, so reaching the data would raise a different error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segment.training import train
+from tests.layouts import H, W, write_camvid, write_image, write_mask
+
+
+def _nowhere(root: Path) -> list[str]:
+    return ["data=camvid", f"data.root={root / 'nowhere'}"]
+
+
+def _camvid(break_it: Callable[[Path], None]) -> Callable[[Path], list[str]]:
+    def setup(root: Path) -> list[str]:
+        overrides = write_camvid(root)
+        break_it(root)
+        return overrides
+
+    return setup
+
+
+def _remove_split(root: Path) -> None:
+    for mask in (root / "valannot").iterdir():
+        mask.unlink()
+    (root / "valannot").rmdir()
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:200])
+
+
+# (case, data setup -> overrides, more overrides, error type, message pattern)
+CASES = [
+    # config: misspelt, mistyped, unknown, inconsistent
+    ("misspelt key", _nowhere, ["+trainer.max_epoch=3"], ValueError,
+     r"trainer.max_epoch: lightning.pytorch.Trainer has no argument 'max_epoch'; did you mean max_epochs"),
+    ("misspelt override", _nowhere, ["trainer.max_epoch=3"], Exception, r"Could not override 'trainer.max_epoch'"),
+    ("misspelt data key", _nowhere, ["+data.batch_sise=4"], ValueError,
+     r"data.batch_sise: segment.data.CamVidDataModule has no argument 'batch_sise'; did you mean batch_size"),
+    ("wrong type", _nowhere, ["trainer.max_epochs=ten"], ValueError,
+     r"trainer.max_epochs='ten': expected int or null"),
+    ("wrong type, nested", _nowhere, ["model.optimizer.lr=fast"], ValueError,
+     r"model.optimizer.lr='fast': expected float"),
+    ("wrong top-level type", _nowhere, ["seed=abc"], Exception,
+     r"Error merging override seed=abc"),  # the cause says: could not be converted to Integer
+    ("unknown model", _nowhere, ["model=unet_vgx"], Exception,
+     r"Could not find 'model/unet_vgx'[\s\S]*unet_lab[\s\S]*unet_scratch[\s\S]*unet_vgg"),
+    ("unknown dataset", _nowhere, ["data=camvd"], Exception, r"Could not find 'data/camvd'[\s\S]*camvid"),
+    ("image size not a multiple of 32", _nowhere, ["data.image_size=[100,128]"], Exception,
+     r"data.image_size=\[100, 128\]: height and width must be positive multiples of 32"),
+    ("thresholds out of order", _nowhere, ["callbacks.thresholds.val_loss=[0.5,1.0]"], Exception,
+     r"thresholds.val_loss=\[0.5, 1.0\]: must be strictly decreasing"),
+    ("unknown stop threshold", _nowhere, ['callbacks.thresholds.stop_when_reached="val_loss<=0.3"'], Exception,
+     r"stop_when_reached='val_loss<=0.3'; expected one of"),
+    # checkpoints
+    ("resume without a checkpoint", _camvid(lambda root: None), ["ckpt_path=last"], FileNotFoundError,
+     r"ckpt_path=last: no last checkpoint in this run folder"),
+    ("missing checkpoint file", _camvid(lambda root: None), ["ckpt_path=/nowhere/x.ckpt"], FileNotFoundError,
+     r"ckpt_path=/nowhere/x.ckpt: no such checkpoint file"),
+    ("missing init_from", _camvid(lambda root: None), ["model.init_from=/nowhere/x.ckpt"], Exception,
+     r"model.init_from: checkpoint not found: /nowhere/x.ckpt"),
+    # data (the datasets issue)
+    ("missing dataset root", _nowhere, [], FileNotFoundError, r"CamVid not found at data.root=.*nowhere"),
+    ("missing split folder", _camvid(_remove_split), [], FileNotFoundError, r"folder not found: .*valannot"),
+    ("image without mask", _camvid(lambda root: write_image(root / "train" / "extra.png", seed=9)), [],
+     ValueError, r"1 image\(s\) .*train without a mask: \['extra'\]"),
+    ("mask without image", _camvid(lambda root: (root / "val" / "0001TP_000001.png").unlink()), [], ValueError,
+     r"1 mask\(s\) .*valannot without an image: \['0001TP_000001'\]"),
+    ("corrupt image", _camvid(lambda root: _truncate(root / "train" / "0001TP_000001.png")), [], ValueError,
+     r"cannot read image .*0001TP_000001.png"),
+    ("mask of another size", _camvid(lambda root: write_mask(root / "trainannot" / "0001TP_000002.png",
+                                                              np.zeros((H, W + 5), np.uint8))), [], ValueError,
+     r"mask .*0001TP_000002.png is 64x101 but its image .* is 64x96"),
+    ("undeclared label value", _camvid(lambda root: write_mask(root / "valannot" / "0001TP_000000.png",
+                                                                np.full((H, W), 17, np.uint8))), [], ValueError,
+     r"0001TP_000000.png: mask values \[17\] are not classes of 'camvid'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("setup", "overrides", "error", "message"), [case[1:] for case in CASES],
+                         ids=[case[0] for case in CASES])  # fmt: skip
+def test_bad_input_fails_with_a_message_naming_it(make_cfg, tmp_path: Path, setup, overrides, error, message) -> None:
+    with pytest.raises(error, match=message):
+        cfg = make_cfg(*setup(tmp_path / "data"), *overrides)
+        train(cfg)
+    record = tmp_path / "run" / "run.json"
+    if record.is_file():  # composed, so train() ran: the failure is on record, with its message
+        saved = json.loads(record.read_text())
+        assert saved["status"] == "failed" and saved["error"]
+
+
+def test_unwritable_run_folder_is_named(make_cfg, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cfg = make_cfg()
+    cfg.paths.output_dir = str(blocker / "run")
+    with pytest.raises(OSError, match=r"cannot write to the run folder .*a_file/run: .* writable folder"):
+        train(cfg)
+    assert blocker.read_text() == "not a folder"
