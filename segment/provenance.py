@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import socket
 import subprocess
 import sys
-import time
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_only
 
 from segment.files import write_text_atomic
 
@@ -51,11 +55,11 @@ def git_state(folder: str | Path | None = None) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
 class RunRecord:
-    """``<run folder>/run.json``: rewritten atomically at each status change.
+    """``<run folder>/run.json``: rewritten atomically at each status change (by global rank 0 only).
 
     ``status`` is ``running``, then ``completed`` (with the final metrics) or ``failed``
     (with the error). A run killed from outside stays ``running``, which the study report
@@ -64,9 +68,13 @@ class RunRecord:
 
     def __init__(self, folder: str | Path, **fields: Any) -> None:
         self.path = Path(folder) / RUN_FILE
+        # Under DDP on a cluster every rank runs train(); one writer is enough.
+        self.enabled = rank_zero_only.rank == 0
         self.record: dict[str, Any] = {
             "status": "running",
             "started": _now(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
             "command": sys.argv,
             "git": git_state(),
             "versions": package_versions(),
@@ -75,16 +83,16 @@ class RunRecord:
 
     def update(self, **fields: Any) -> None:
         self.record.update(fields)
+        if not self.enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.path, json.dumps(self.record, indent=2, default=str) + "\n")
 
     def completed(self, metrics: dict[str, float]) -> None:
-        self.update(status="completed", ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), metrics=metrics)
+        self.update(status="completed", ended=_now(), metrics=metrics)
 
     def failed(self, error: BaseException) -> None:
-        self.update(
-            status="failed", ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=f"{type(error).__name__}: {error}"
-        )
+        self.update(status="failed", ended=_now(), error=f"{type(error).__name__}: {error}")
 
     @staticmethod
     def read(folder: str | Path) -> dict[str, Any] | None:

@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ) from error
     try:
         validate(cfg)
-        metrics, trainer = _fit(cfg, record, resumable=previous is not None)
+        metrics, trainer = _fit(cfg, record, previous)
     except Exception as error:
         record.failed(error)
         raise
@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _fit(cfg: DictConfig, record: RunRecord, resumable: bool) -> tuple[dict[str, float], Trainer]:
+def _fit(cfg: DictConfig, record: RunRecord, previous: dict | None) -> tuple[dict[str, float], Trainer]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -88,7 +88,7 @@ def _fit(cfg: DictConfig, record: RunRecord, resumable: bool) -> tuple[dict[str,
     )
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
-    ckpt_path, keep_step = _resume_point(cfg, trainer, resumable)
+    ckpt_path, keep_step = _resume_point(cfg, trainer, previous)
     if keep_step is not None:
         for logger in trainer.loggers:
             if hasattr(logger, "keep_until"):
@@ -123,12 +123,14 @@ def _fit(cfg: DictConfig, record: RunRecord, resumable: bool) -> tuple[dict[str,
     return metrics, trainer
 
 
-def _resume_point(cfg: DictConfig, trainer: Trainer, resumable: bool) -> tuple[str | None, int | None]:
+def _resume_point(cfg: DictConfig, trainer: Trainer, previous: dict | None) -> tuple[str | None, int | None]:
     """The checkpoint to continue from, and the last log step to keep of an earlier attempt.
 
-    ``ckpt_path=last`` means the ``last.ckpt`` of this run folder's checkpoint callback.
-    Returns ``(None, -1)`` for a fresh start in a folder an earlier attempt logged into
-    (its events are dropped), ``(None, None)`` for a fresh folder.
+    ``ckpt_path=last`` means the ``last.ckpt`` of this run folder's checkpoint callback;
+    with ``skip_completed``, a run that was killed (``run.json`` still says running) or
+    interrupted continues from it too. Returns ``(None, -1)`` for a fresh start in a folder
+    an earlier attempt logged into (its rows and events are dropped), ``(None, None)`` for
+    a fresh folder.
     """
     requested = cfg.get("ckpt_path")
     callback = trainer.checkpoint_callback
@@ -140,11 +142,17 @@ def _resume_point(cfg: DictConfig, trainer: Trainer, resumable: bool) -> tuple[s
                 "start in its folder: hydra.run.dir=<run folder> ckpt_path=last; or pass ckpt_path=<file.ckpt>"
             )
         requested = str(last)
-    elif requested is None and resumable and cfg.get("skip_completed") and last is not None and last.is_file():
+    elif (
+        requested is None
+        and cfg.get("skip_completed")
+        and (previous or {}).get("status") in ("running", "interrupted")
+        and last is not None
+        and last.is_file()
+    ):
         log.info("skip_completed: continuing the incomplete run in %s", Path(cfg.paths.output_dir))
         requested = str(last)
     if requested is None:
-        return None, (-1 if resumable else None)
+        return None, (-1 if previous is not None else None)
     path = Path(requested)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={requested}: no such checkpoint file")

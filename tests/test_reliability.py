@@ -148,3 +148,18 @@ def test_a_failing_job_spoils_no_other_and_a_rerun_skips_completed_jobs(tmp_path
     assert (sweep / "0" / "csv" / "metrics.csv").read_bytes() == metrics
     assert json.loads((sweep / "0" / "run.json").read_text())["status"] == "completed"
     assert json.loads((sweep / "1" / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_skip_completed_continues_a_killed_run(tmp_path: Path, data_dir: Path) -> None:
+    run = tmp_path / "run"
+    common = ["train.py", "model=unet_lab", *TINY_OVERRIDES, *TINY_SYNTHETIC, "trainer.max_epochs=2",
+              f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"]  # fmt: skip
+    kill = ["+callbacks.kill._target_=tests.helpers.KillAt", "+callbacks.kill.epoch=1", "+callbacks.kill.batch=1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    attempt = subprocess.run([sys.executable, *common, *kill], cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert attempt.returncode == -9
+    rerun = run_script([*common, "skip_completed=true"])
+    assert "skip_completed: continuing the incomplete run" in rerun.stdout + rerun.stderr
+    assert sorted(_epoch_rows(run)) == [0, 1]
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"

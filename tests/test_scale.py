@@ -1,0 +1,102 @@
+"""Scaling out on existing engines: DDP on 2 CPU processes, joblib and submitit launchers, Optuna."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from lightning import Trainer
+
+from segment.models import SegmentationModule
+from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
+
+FAST = ["model=unet_lab", *TINY_OVERRIDES, *TINY_SYNTHETIC]
+
+
+def _last_val_row(run: Path) -> dict[str, str]:
+    with (run / "csv" / "metrics.csv").open(newline="") as file:
+        return [row for row in csv.DictReader(file) if row.get("val/loss")][-1]
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_writes_one_run_folder_with_synced_metrics(make_cfg, tmp_path: Path,
+                                                                              data_dir: Path) -> None:  # fmt: skip
+    logs = tmp_path / "logs"
+    run_script(["train.py", "trainer=ddp", "trainer.devices=2", *FAST, f"paths.data_dir={data_dir}",
+                f"paths.log_dir={logs}"], timeout=600)  # fmt: skip
+    runs = list((logs / "train" / "runs").iterdir())
+    assert len(runs) == 1, runs  # no folder per rank
+    run = runs[0]
+    assert len(list(logs.rglob("thresholds.json"))) == 1 and len(list(logs.rglob("run.json"))) == 1
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    assert config["trainer"]["strategy"]["_target_"].endswith("DDPStrategy")
+
+    # the validation metrics DDP logged (each rank saw half the set) = one process validating the same weights
+    logged = _last_val_row(run)
+    module = SegmentationModule.from_checkpoint(run / "checkpoints" / "last.ckpt")
+    datamodule = instantiate(make_cfg(*FAST).data)
+    trainer = Trainer(accelerator="cpu", devices=1, precision=config["trainer"]["precision"], logger=False,
+                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    [single] = trainer.validate(module, datamodule=datamodule, verbose=False)
+    for name in ("val/loss", "val/miou", "val/pixel_acc"):
+        assert float(logged[name]) == pytest.approx(single[name], rel=1e-3, abs=1e-4), name
+
+
+def _interval(run: Path) -> tuple[datetime, datetime]:
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed"
+    return datetime.fromisoformat(record["started"]), datetime.fromisoformat(record["ended"])
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_two_jobs_at_once(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_script(["train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", *FAST,
+                f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"], timeout=600)  # fmt: skip
+    (start0, end0), (start1, end1) = _interval(sweep / "0"), _interval(sweep / "1")
+    assert start1 < end0 and start0 < end1  # the two jobs overlapped in time
+    pids = {json.loads((sweep / job / "run.json").read_text())["pid"] for job in ("0", "1")}
+    assert len(pids) == 2
+
+
+def test_slurm_launcher_config_composes() -> None:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=4",
+                     "trainer.num_nodes=2"]  # fmt: skip
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 2, 4, 4)
+    assert launcher.timeout_min == 240
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_runs_a_job(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_script(["train.py", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *FAST,
+                f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"], timeout=600)  # fmt: skip
+    _interval(sweep / "0")
+    assert list((sweep / ".submitit").rglob("*_result.pkl"))
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_three_trials_and_reports_the_best(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_script(["train.py", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3", *FAST,
+                f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"], timeout=600)  # fmt: skip
+    trials = sorted(p.name for p in sweep.iterdir() if (p / "run.json").is_file())
+    assert trials == ["0", "1", "2"]
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    mious = [json.loads((sweep / t / "run.json").read_text())["metrics"]["val/miou"] for t in trials]
+    assert results["best_value"] == pytest.approx(max(mious))
+    assert set(results["best_params"]) == {"model.optimizer.lr", "data.batch_size"}
+    batch_sizes = {yaml.safe_load((sweep / t / ".hydra" / "config.yaml").read_text())["data"]["batch_size"]
+                   for t in trials}  # fmt: skip
+    assert batch_sizes <= {4, 8, 16}
