@@ -89,7 +89,9 @@ def test_submitit_local_executor_runs_a_job(tmp_path: Path, data_dir: Path) -> N
 @pytest.mark.slow
 def test_optuna_search_runs_three_trials_and_reports_the_best(tmp_path: Path, data_dir: Path) -> None:
     sweep = tmp_path / "sweep"
-    run_script(["train.py", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3", *FAST,
+    # a batch size on the command line would take it out of the search; 32 images: 2 batches of 16
+    searched = [o for o in FAST if not o.startswith("data.batch_size=")] + ["data.num_train=32"]
+    run_script(["train.py", "-m", "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3", *searched,
                 f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"], timeout=600)  # fmt: skip
     trials = sorted(p.name for p in sweep.iterdir() if (p / "run.json").is_file())
     assert trials == ["0", "1", "2"]

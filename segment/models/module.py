@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning import LightningModule
@@ -189,9 +191,7 @@ class SegmentationModule(LightningModule):
                 f"(last finite loss: {_item(self._last_finite_loss)}). The checkpoints saved so far are intact; "
                 "try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0"
             )
-        self._last_finite_loss = (
-            loss.item() if self._last_finite_loss is None or batch_idx % 10 == 0 else self._last_finite_loss
-        )
+        self._last_finite_loss = loss.detach()
         self.train_loss.update(loss.detach(), weight=batch["image"].shape[0])
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
@@ -286,10 +286,6 @@ def _item(value: torch.Tensor | None) -> float | None:
 
 def rng_states() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states as tensors and plain types (``weights_only``-loadable)."""
-    import random
-
-    import numpy as np
-
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     states = {
@@ -304,10 +300,6 @@ def rng_states() -> dict[str, Any]:
 
 def set_rng_states(states: dict[str, Any]) -> None:
     """Restore what :func:`rng_states` returned."""
-    import random
-
-    import numpy as np
-
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = states["numpy"]
