@@ -86,8 +86,8 @@ def _target_nodes(node: Any, path: str = "") -> typing.Iterator[tuple[str, DictC
 
 def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]] | None:
     """Named parameters and type hints of a callable; for a class, of the ``__init__`` chain
-    that forwards ``**kwargs`` to its base (a data module and the base it extends).
-    None where it takes arbitrary keywords in the end."""
+    along which this package's classes forward ``**kwargs`` to their base (a data module and
+    the base it extends). None where it takes arbitrary keywords in the end."""
     functions = []
     if inspect.isclass(obj):
         for klass in obj.__mro__:
@@ -96,10 +96,10 @@ def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]
             if "__init__" not in klass.__dict__:
                 continue
             functions.append(klass.__init__)
-            if not any(
-                p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(klass.__init__).parameters.values()
-            ):
+            if not _takes_kwargs(klass.__init__):
                 break
+            if not klass.__module__.startswith("segment."):
+                return None  # where its **kwargs go (a base, a wrapped object) is not ours to know
     else:
         functions.append(obj)
     parameters: dict[str, inspect.Parameter] = {}

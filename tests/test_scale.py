@@ -42,7 +42,8 @@ def test_ddp_on_two_cpu_processes_writes_one_run_folder_with_synced_metrics(make
     logged = _last_val_row(run)
     module = SegmentationModule.from_checkpoint(run / "checkpoints" / "last.ckpt")
     datamodule = instantiate(make_cfg(*FAST).data)
-    trainer = Trainer(accelerator="cpu", devices=1, precision=config["trainer"]["precision"], logger=False,
+    precision = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())["trainer"]["precision"]  # resolved
+    trainer = Trainer(accelerator="cpu", devices=1, precision=precision, logger=False,
                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     [single] = trainer.validate(module, datamodule=datamodule, verbose=False)
     for name in ("val/loss", "val/miou", "val/pixel_acc"):

@@ -233,6 +233,29 @@ def calibration(study: Study) -> tuple[str, str, list[str]]:
     return loss_to_quality, "\n".join(lines), summary
 
 
+# val/loss bins (upper edges, descending) for the mask quality at each loss level
+LOSS_BINS = (float("inf"), 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0)
+
+
+def loss_bins(study: Study) -> str:
+    """Mask quality (mIoU, pixel accuracy, thin-class IoU) of every (run, epoch) point, binned by val/loss."""
+    thin = study.thin_classes()
+    lines = ["| val/loss | points | val/miou | val/pixel_acc | thin-class IoU |", "|---|---|---|---|---|"]
+    points = [row for run in study.usable for row in run.epochs.values() if "val/loss" in row and "val/miou" in row]
+    for high, low in zip(LOSS_BINS, LOSS_BINS[1:], strict=False):
+        rows = [row for row in points if low < row["val/loss"] <= high]
+        if not rows:
+            continue
+        label = f"> {low:g}" if high == float("inf") else f"{low:g} - {high:g}"
+        thins = [float(np.mean([row[f"val/iou/{c}"] for c in thin if f"val/iou/{c}" in row])) for row in rows
+                 if any(f"val/iou/{c}" in row for c in thin)]  # fmt: skip
+        lines.append(
+            f"| {label} | {len(rows)} | {_pm([r['val/miou'] for r in rows], 3)} "
+            f"| {_pm([r['val/pixel_acc'] for r in rows if 'val/pixel_acc' in r], 3)} | {_pm(thins, 3)} |"
+        )
+    return "\n".join(lines) + (f"\n\nThin classes: {', '.join(thin)}." if thin else "")
+
+
 def _mask_sheet(study: Study, folder: Path) -> Path | None:
     """Input / truth / prediction when each loss threshold was first reached, for the lowest seed per model."""
     loss_thresholds = [t for t in study.thresholds if _split(t)[0] == "val_loss"]
@@ -349,6 +372,9 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         + "\n\n"
         + speedup_table(speedups(study, "seconds"), "seconds"),
         "## Loss-to-quality calibration\n\n" + "\n".join(f"- {line}" for line in summary) + "\n\n"
+        "Mask quality at each validation loss level, over every (run, epoch) point (mean +- std):\n\n"
+        + loss_bins(study)
+        + "\n\n"
         "Mask quality when the validation loss first reaches each threshold:\n\n" + loss_to_quality + "\n\n"
         "Validation loss when mIoU first reaches each level:\n\n" + quality_to_loss + "\n\n"
         "![calibration](calibration.png)",

@@ -81,6 +81,16 @@ def _read_metrics(path: Path) -> dict[int, dict[str, float]]:
     return epochs
 
 
+def _weights_name(weights: Any) -> str | None:
+    """``{"source": "hed-bsds500", "requested": "imagenet", ...}`` -> ``"hed-bsds500 (requested imagenet)"``."""
+    if weights is None:
+        return None
+    if not hasattr(weights, "get"):
+        return str(weights)
+    source, requested = weights.get("source", "?"), weights.get("requested")
+    return source if requested in (None, source) else f"{source} (requested {requested})"
+
+
 def load_run(folder: str | Path) -> Run:
     """Read one run folder written by ``train.py`` (``.hydra/``, ``run.json``, ``csv/``, ``thresholds.json``)."""
     folder = Path(folder)
@@ -104,7 +114,7 @@ def load_run(folder: str | Path) -> Run:
         seed=config.get("seed"),
         status=status,
         error=record.get("error"),
-        weights=str(weights) if weights is not None else None,
+        weights=_weights_name(weights),
         epochs=_read_metrics(folder / "csv" / "metrics.csv"),
         thresholds=tracked.get("thresholds", {}),
         history=tracked.get("history", []),
