@@ -100,7 +100,7 @@ def test_report_command_lists_a_failed_and_a_killed_run(sweep: tuple[Path, str],
     assert report_main([str(copy)]) == 0
     report = (copy / "report.md").read_text()
     assert "| 0 | unet_lab | 0 | failed | FloatingPointError: nan |" in report
-    assert "| 1 | unet_lab | 1 | incomplete |" in report
+    assert "| 1 | unet_scratch | 0 | incomplete |" in report  # job 1: seed 0 (outermost), second model
     assert "4 usable runs of 6" in report
     assert "Report:" in capsys.readouterr().out
 
