@@ -149,7 +149,8 @@ def _check_node(path: str, node: DictConfig) -> None:
             )
         if key in hints and not OmegaConf.is_missing(node, key) and not OmegaConf.is_interpolation(node, key):
             value = node[key]
-            if not _conforms(value, hints[key]):
+            # None is fine wherever None is the default, whatever the annotation says
+            if not (value is None and parameters[key].default is None) and not _conforms(value, hints[key]):
                 raise ConfigError(
                     f"{path}.{key}={_show(value)}: expected {_type_name(hints[key])} (argument of {target})"
                 )
