@@ -16,7 +16,6 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,26 +56,18 @@ def _pm(values: Sequence[float], digits: int = 1) -> str:
     return "" if not values else f"{mean:.{digits}f} +- {std:.{digits}f}"
 
 
-@dataclass
 class Study:
-    """The usable runs of a sweep grouped for the report."""
+    """The runs of a sweep, and the usable ones grouped for the report (derived once)."""
 
-    runs: list[Run]
-
-    @property
-    def usable(self) -> list[Run]:
-        return [run for run in self.runs if run.usable]
-
-    @property
-    def models(self) -> list[str]:
-        return sorted({run.model for run in self.usable})
-
-    @property
-    def thresholds(self) -> list[str]:
-        names: list[str] = []
+    def __init__(self, runs: list[Run]) -> None:
+        self.runs = runs
+        self.usable = [run for run in runs if run.usable]
+        self.models = sorted({run.model for run in self.usable})
+        self.thresholds: list[str] = []
         for run in self.usable:
-            names += [name for name in run.thresholds if name not in names]
-        return names
+            self.thresholds += [name for name in run.thresholds if name not in self.thresholds]
+        logged = {key[len("val/iou/") :] for run in self.usable for row in run.epochs.values() for key in row}
+        self.thin_classes = [name for name in THIN_CLASSES if name in logged]
 
     def of(self, model: str) -> list[Run]:
         return [run for run in self.usable if run.model == model]
@@ -85,11 +76,8 @@ class Study:
         """``key`` (epoch, images_seen, seconds) of the seeds of ``model`` that reached ``threshold``."""
         return [float(run.thresholds[threshold][key]) for run in self.of(model) if run.thresholds.get(threshold)]
 
-    def thin_classes(self) -> list[str]:
-        logged = {key[len("val/iou/") :] for run in self.usable for row in run.epochs.values() for key in row}
-        return [name for name in THIN_CLASSES if name in logged]
-
-    def metric_at(self, run: Run, epoch: int, name: str) -> float | None:
+    @staticmethod
+    def metric_at(run: Run, epoch: int, name: str) -> float | None:
         return run.epochs.get(epoch, {}).get(name)
 
 
@@ -189,7 +177,7 @@ def calibration(study: Study) -> tuple[str, str, list[str]]:
     1. For each loss threshold: val/miou (and thin-class IoU) at the epoch each run first reached it.
     2. For each mIoU level: the val/loss at the epoch each run first reached it.
     """
-    thin = study.thin_classes()
+    thin = study.thin_classes
     loss_thresholds = [t for t in study.thresholds if _split(t)[0] == "val_loss"]
     miou_thresholds = [t for t in study.thresholds if _split(t)[0] == "val_miou"]
     groups = [(model, study.of(model)) for model in study.models] + [("all", study.usable)]
@@ -239,7 +227,7 @@ LOSS_BINS = (float("inf"), 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0)
 
 def loss_bins(study: Study) -> str:
     """Mask quality (mIoU, pixel accuracy, thin-class IoU) of every (run, epoch) point, binned by val/loss."""
-    thin = study.thin_classes()
+    thin = study.thin_classes
     lines = ["| val/loss | points | val/miou | val/pixel_acc | thin-class IoU |", "|---|---|---|---|---|"]
     points = [row for run in study.usable for row in run.epochs.values() if "val/loss" in row and "val/miou" in row]
     for high, low in zip(LOSS_BINS, LOSS_BINS[1:], strict=False):
@@ -294,7 +282,7 @@ def _caption(study: Study, run: Run, epoch: int) -> str:
     )
 
 
-def headline(study: Study) -> str:
+def headline(study: Study, epoch_speedups: list[dict]) -> str:
     """The short answer: epochs to each loss threshold per model, and the speedups in epochs."""
     loss_thresholds = [t for t in study.thresholds if _split(t)[0] == "val_loss"]
     lines = [
@@ -307,7 +295,7 @@ def headline(study: Study) -> str:
             epochs = study.reached(model, threshold)
             cells.append(f"{_pm(epochs)} ({len(epochs)}/{len(study.of(model))})" if epochs else "not reached")
         lines.append(f"| {model} | {len(study.of(model))} | " + " | ".join(cells) + " |")
-    rows = [row for row in speedups(study) if _split(row["threshold"])[0] == "val_loss"]
+    rows = [row for row in epoch_speedups if _split(row["threshold"])[0] == "val_loss"]
     if rows:
         lines += ["", speedup_table(rows, "epochs")]
     return "\n".join(lines)
@@ -350,12 +338,13 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
     figures.threshold_bars_figure(
         bars, {m: len(study.of(m)) for m in models}, models, sweep / "epochs_to_threshold.png"
     )
-    figures.calibration_figure(usable, models, study.thin_classes(), loss_levels, miou_levels,
+    figures.calibration_figure(usable, models, study.thin_classes, loss_levels, miou_levels,
                                sweep / "calibration.png")  # fmt: skip
     sheet = _mask_sheet(study, sweep)
 
     loss_to_quality, quality_to_loss, summary = calibration(study)
-    top = headline(study)
+    epoch_speedups = speedups(study)
+    top = headline(study, epoch_speedups)
     sections = [
         "# Study report: epochs to threshold, speedups, loss-to-quality calibration",
         f"Sweep folder: `{sweep}`; {len(usable)} usable runs of {len(study.runs)}. "
@@ -368,7 +357,7 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         "## Speedup ratios\n\nRatio of mean epochs (and seconds) to threshold, slower / faster model, with a "
         "percentile bootstrap 95% interval over seeds (each model's seeds resampled independently; "
         "coarse with few seeds).\n\n"
-        + speedup_table(speedups(study), "epochs")
+        + speedup_table(epoch_speedups, "epochs")
         + "\n\n"
         + speedup_table(speedups(study, "seconds"), "seconds"),
         "## Loss-to-quality calibration\n\n" + "\n".join(f"- {line}" for line in summary) + "\n\n"
