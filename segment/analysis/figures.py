@@ -25,7 +25,7 @@ def _color(models: Sequence[str], model: str):
 
 
 def _band(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Epochs, mean and std over runs of one metric (epochs that every run has, up to the shortest)."""
+    """Per epoch, mean and std of one metric over the runs that logged it at that epoch."""
     table: dict[int, list[float]] = {}
     for run in runs:
         for epoch, value in zip(*run.series(metric), strict=True):
