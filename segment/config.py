@@ -2,32 +2,50 @@
 
 from __future__ import annotations
 
-import torch
+import hashlib
+
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-__all__ = ["best_precision", "register_resolvers"]
+from segment.precision import best_precision
+
+__all__ = ["job_label", "register_resolvers"]
+
+# Overrides that say where things are or how a run is continued, not what it is.
+_MAX_LABEL = 120
+_UNLABELLED = ("hydra", "paths", "data.root", "data.download", "skip_completed", "ckpt_path", "overwrite",
+               "trainer.enable_progress_bar", "trainer.enable_model_summary")  # fmt: skip
 
 
-def best_precision(accelerator: str = "auto") -> str:
-    """The fastest numerically safe Lightning precision for ``accelerator``.
+def job_label() -> str:
+    """A job's command-line overrides as a folder name: ``model=unet_vgg,seed=1,model.optimizer.lr=0.001``.
 
-    bf16 autocast where the hardware computes bf16 natively (Ampere+ GPUs; CPUs with AMX
-    or AVX512-BF16, where it trains a VGG16 U-Net 2.1x faster than fp32 on a 2-core
-    AVX512-BF16 EPYC, at its bf16 matmul peak), fp16 autocast on
-    older GPUs, fp32 otherwise -- CPUs without bf16 units emulate it slower than fp32.
+    Top-level keys and config-group choices first, then dotted keys, each sorted. Overrides
+    of where data and logs live (``data.root``, ``paths.*``, ``hydra.*``) and of how a run is
+    continued (``skip_completed``, ``ckpt_path``, ``overwrite``) are left out, so a sweep
+    rerun or extended into its folder finds its jobs again; ``/`` becomes ``.`` in keys
+    (``data/transforms``) and ``_`` in values. Past 120 characters the label is cut and a
+    hash of the whole one appended, so names stay unique and within filesystem limits.
     """
-    use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    if accelerator in ("cpu", "auto"):
-        # Private probes (stable since torch 2.1); absent ones count as "no native bf16".
-        probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        native_bf16 = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-        return "bf16-mixed" if native_bf16 else "32-true"
-    return "32-true"
+    if not HydraConfig.initialized():
+        return "run"
+    items = []
+    for override in HydraConfig.get().overrides.task:
+        key, _, value = override.partition("=")
+        bare = key.lstrip("+~")
+        if any(bare == name or bare.startswith((name + ".", name + "/")) for name in _UNLABELLED):
+            continue
+        items.append(f"{bare.replace('/', '.')}={value.replace('/', '_')}")
+    items.sort(key=lambda item: ("." in item.split("=", 1)[0], item))
+    label = ",".join(items) or "defaults"
+    if len(label) > _MAX_LABEL:
+        label = f"{label[: _MAX_LABEL - 9]}~{hashlib.sha1(label.encode()).hexdigest()[:8]}"
+    return label
 
 
 def register_resolvers() -> None:
-    """Register ``${best_precision:<accelerator>}`` (idempotent)."""
+    """Register ``${best_precision:<accelerator>}`` (:mod:`segment.precision`) and ``${job_label:}`` (idempotent)."""
     if not OmegaConf.has_resolver("best_precision"):
         OmegaConf.register_new_resolver("best_precision", best_precision)
+    if not OmegaConf.has_resolver("job_label"):
+        OmegaConf.register_new_resolver("job_label", job_label)

@@ -1,16 +1,79 @@
-"""Writing result files so that a crash never leaves half of one behind."""
+"""The one way this package writes a result file: a temporary file beside it, then a rename.
+
+A reader never sees half a file, a crash (even SIGKILL) leaves the previous version in
+place, and parallel writers (joblib sweep jobs rewriting one report) never share a
+temporary file: each gets its own unique name from :func:`tempfile.mkstemp`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
-__all__ = ["write_text_atomic"]
+import cv2
+import numpy as np
+
+__all__ = ["atomic_open", "cache_root", "sha256", "write_atomic", "write_png"]
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a unique temporary file in ``path``'s folder; on success, flush, fsync and rename it onto ``path``.
+
+    The temporary file is on the same filesystem as ``path``, so the rename is atomic
+    (no cross-device copy); on an error it is removed and ``path`` is left as it was.
+
+    Args:
+        path: The file to (re)write.
+        mode: ``"w"`` (text) or ``"wb"`` (bytes).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode={mode!r}; expected 'w' or 'wb'")
     path = Path(path)
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, mode) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial)
+        raise
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text or bytes) to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as file:
+        file.write(data)
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    """Write an ``(H, W)`` label or ``(H, W, 3)`` uint8 RGB array as a PNG, atomically."""
+    if array.ndim == 3:
+        array = cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", array)
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG (array {array.shape} {array.dtype})")
+    write_atomic(path, encoded.tobytes())
+
+
+def cache_root() -> Path:
+    """This package's cache: ``$SEGMENT_CACHE_DIR``, else ``$XDG_CACHE_HOME/segment`` (``~/.cache/segment``)."""
+    root = os.environ.get("SEGMENT_CACHE_DIR")
+    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segment"
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

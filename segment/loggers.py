@@ -1,17 +1,25 @@
-"""Lightning's CSV and TensorBoard loggers, able to continue a run's logs after a resume."""
+"""Lightning's CSV and TensorBoard loggers, continuing a resumed run's logs in place.
+
+Both take ``resume_step``: the global step of the checkpoint a run continues from. What an
+earlier attempt logged up to that step is kept, what it logged after (an epoch the
+checkpoint does not hold) is dropped, so every step appears once. ``train()`` passes it to
+each logger config that declares the key.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
-import warnings
+from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
 from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
-from segment.files import write_text_atomic
+from segment.files import write_atomic
 
 __all__ = ["CSVLogger", "TensorBoardLogger"]
 
@@ -19,36 +27,47 @@ __all__ = ["CSVLogger", "TensorBoardLogger"]
 class CSVLogger(_CSVLogger):
     """:class:`lightning.pytorch.loggers.CSVLogger` that keeps the rows of the run it continues.
 
-    Lightning's writer deletes an existing ``metrics.csv``. After :meth:`keep_until`,
-    rows logged at or before that step are kept (and later ones, from an epoch the
-    checkpoint does not hold, dropped), so the file lists every epoch once.
+    Lightning's writer deletes an existing ``metrics.csv`` when it starts. With
+    ``resume_step``, the rows logged at or before that step are kept: the file is trimmed
+    to them now and moved out of the writer's way (renames only, never a copy in memory
+    alone) while it starts, then put back as the beginning of the new log.
+
+    Args:
+        resume_step: Keep rows with ``step <= resume_step``; None: a fresh log.
+        *args, **kwargs: :class:`lightning.pytorch.loggers.CSVLogger` arguments.
     """
 
-    _keep_step: int | None = None
-
-    def keep_until(self, step: int) -> None:
-        """Keep the rows logged at steps <= ``step``; call before anything is logged (-1: keep none)."""
-        self._keep_step = step
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header: list[str] = []
+        self._holding: Path | None = None
+        metrics = Path(self.log_dir) / "metrics.csv"
+        holding = metrics.parent.parent / f".{metrics.parent.name}-metrics-kept.csv"
+        # an attempt killed between these renames left its rows in the holding file
+        source = metrics if metrics.is_file() else holding
+        if resume_step is None or rank_zero_only.rank != 0 or not source.is_file():
+            return
+        with source.open(newline="") as file:
+            reader = csv.DictReader(file)
+            header = list(reader.fieldnames or [])
+            rows = [row for row in reader if row.get("step") and int(float(row["step"])) <= resume_step]
+        self._header = sorted(header)
+        self._holding = holding
+        write_atomic(holding, _csv_text(self._header, rows))
+        metrics.unlink(missing_ok=True)
 
     @property
     @rank_zero_experiment
     def experiment(self):
-        if self._experiment is not None or self._keep_step is None:
+        if self._holding is None:
             return super().experiment
-        path = os.path.join(self.log_dir, "metrics.csv")
-        header, rows = [], []
-        if os.path.isfile(path):
-            with open(path, newline="") as file:
-                reader = csv.DictReader(file)
-                header = list(reader.fieldnames or [])
-                rows = [row for row in reader if row.get("step") and int(float(row["step"])) <= self._keep_step]
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Experiment logs directory")  # we keep what it would delete
-            experiment = super().experiment
-        if header and rows:
-            experiment.metrics_keys = sorted(header)
-            write_text_atomic(path, _csv_text(experiment.metrics_keys, rows))
-        return experiment
+        # An empty folder: the writer neither deletes nor warns. hparams.yaml is rewritten when hparams are logged.
+        (Path(self.log_dir) / "hparams.yaml").unlink(missing_ok=True)
+        writer = super().experiment
+        os.replace(self._holding, Path(self.log_dir) / "metrics.csv")
+        writer.metrics_keys = list(self._header)  # new rows extend the kept file's header
+        self._holding = None
+        return writer
 
 
 def _csv_text(header: list[str], rows: list[dict[str, str]]) -> str:
@@ -60,12 +79,15 @@ def _csv_text(header: list[str], rows: list[dict[str, str]]) -> str:
 
 
 class TensorBoardLogger(_TensorBoardLogger):
-    """:class:`lightning.pytorch.loggers.TensorBoardLogger` that can hide a killed attempt's events.
+    """:class:`lightning.pytorch.loggers.TensorBoardLogger` that hides a killed attempt's later events.
 
-    After :meth:`keep_until`, TensorBoard discards events written after that step by an
-    earlier process (the writer's ``purge_step``), so a resumed run shows one curve.
+    Args:
+        resume_step: TensorBoard discards events an earlier process wrote after this step
+            (the writer's ``purge_step``), so a resumed run shows one curve; None: nothing purged.
+        *args, **kwargs: :class:`lightning.pytorch.loggers.TensorBoardLogger` arguments.
     """
 
-    def keep_until(self, step: int) -> None:
-        """Drop earlier events at steps > ``step``; call before anything is logged (-1: drop all)."""
-        self._kwargs["purge_step"] = step + 1
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        if resume_step is not None:
+            kwargs["purge_step"] = resume_step + 1
+        super().__init__(*args, **kwargs)

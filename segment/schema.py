@@ -40,6 +40,7 @@ class TrainSchema:
     seed: int | None = 42
     ckpt_path: str | None = None
     skip_completed: bool = False
+    overwrite: bool = False
     optimized_metric: str | None = "val/miou"
     data: Any = None
     model: Any = None
@@ -47,6 +48,7 @@ class TrainSchema:
     logger: Any = None
     trainer: Any = None
     paths: Any = None
+    study: Any = None
 
 
 def register_schemas() -> None:
@@ -55,8 +57,6 @@ def register_schemas() -> None:
 
 
 _SKIP = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
-# Keys that the code consuming a node takes out before instantiating it: (node path, key).
-_CONSUMED = {("model.optimizer", "encoder_lr_mult")}  # SegmentationModule.configure_optimizers
 
 
 def validate(cfg: DictConfig) -> None:
@@ -139,7 +139,7 @@ def _check_node(path: str, node: DictConfig) -> None:
         return  # takes anything; its own checks apply
     parameters, hints = found
     for key in node:
-        if key in _SKIP or (path, key) in _CONSUMED:
+        if key in _SKIP:
             continue
         if key not in parameters:
             close = difflib.get_close_matches(str(key), list(parameters), n=3)

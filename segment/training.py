@@ -2,69 +2,116 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning import Callback, Trainer
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from segment.checkpoints import ConfigInCheckpoint, newest_checkpoint, read_checkpoint, remove_partial_files
 from segment.data import SegmentationDataModule
 from segment.models import SegmentationModule
-from segment.provenance import RunRecord
+from segment.precision import cpu_precision
+from segment.provenance import RunRecord, hparams_summary
+from segment.runfolder import RESUMABLE_KEYS, RunFolder, RunFolderError, config_differences
 from segment.schema import validate
 
-__all__ = ["train", "instantiate_each"]
+__all__ = ["instantiate_each", "train"]
 
 log = logging.getLogger(__name__)
 
 
-def instantiate_each(configs: Mapping | None) -> list:
-    """Instantiate every ``_target_`` entry of a named collection (callbacks, loggers)."""
+def instantiate_each(configs: Mapping | None, **kwargs: Any) -> list:
+    """Instantiate every ``_target_`` entry of a named collection (callbacks, loggers).
+
+    ``kwargs`` go to the entries whose config declares that key (``resume_step`` for loggers).
+    """
     if not configs:
         return []
     objects = []
     for name, config in configs.items():
         if not isinstance(config, Mapping) or "_target_" not in config:
             raise ValueError(f"entry {name!r} has no _target_; got {config!r}")
-        objects.append(instantiate(config))
+        objects.append(instantiate(config, **{k: v for k, v in kwargs.items() if k in config}))
     return objects
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Validate ``cfg``; seed, build data, model, callbacks, loggers and trainer; fit.
+@dataclass(frozen=True)
+class _Plan:
+    """What ``train()`` does with the run folder."""
 
-    The run folder's ``run.json`` (:class:`~segment.provenance.RunRecord`) says whether the
-    run is running, completed, interrupted or failed (with the error), and holds the git
-    commit and package versions next to Hydra's saved config. With ``skip_completed`` a
-    run folder whose ``run.json`` says completed is not trained again, and one left
-    incomplete with a ``last.ckpt`` continues from it (a rerun of a sweep into its folder).
+    action: str  # "fresh", "resume" or "skip"
+    checkpoint: Path | None = None
+    step: int | None = None  # the checkpoint's global step: logs after it are dropped
+    archive: bool = False  # move an earlier run's files to archive/ first
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Claim the run folder, validate ``cfg``; seed, build data, model, callbacks, loggers and trainer; fit.
+
+    The run folder is locked for the whole run and never silently reused: a folder that
+    holds a run is continued (``ckpt_path=last``), skipped (``skip_completed`` and
+    completed), archived and replaced (``overwrite=true``), or refused with the choices.
+    ``run.json`` (:class:`~segment.provenance.RunRecord`) says whether the run is
+    running, completed, interrupted or failed (with the error).
 
     Returns:
         The metrics logged last (``val/loss``, ``val/miou``, ...) as floats.
     """
     output_dir = Path(cfg.paths.output_dir)
-    previous = RunRecord.read(output_dir)
-    if cfg.get("skip_completed") and previous is not None and previous.get("status") == "completed":
-        log.info("skip_completed: %s already completed; not training again", output_dir)
-        return dict(previous.get("metrics", {}))
-    record = RunRecord(output_dir, seed=cfg.get("seed"))
+    folder = RunFolder(output_dir)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder.locked())
+        except OSError as error:
+            raise OSError(
+                f"cannot write to the run folder {output_dir}: {error}. "
+                "Point paths.log_dir (or hydra.run.dir / hydra.sweep.dir) at a writable folder."
+            ) from error
+        return _train_in(cfg, folder)
+
+
+def _train_in(cfg: DictConfig, folder: RunFolder) -> dict[str, float]:
+    previous = RunRecord.read(folder.path)
     try:
-        record.update()
-    except OSError as error:
-        raise OSError(
-            f"cannot write to the run folder {output_dir}: {error}. "
-            "Point paths.log_dir (or hydra.run.dir / hydra.sweep.dir) at a writable folder."
-        ) from error
+        plan = _plan(cfg, folder, previous)
+    except Exception as error:
+        if previous is None and not folder.holds_results():
+            RunRecord(folder.path, seed=cfg.get("seed")).failed(error)  # a fresh folder: keep the reason
+        else:
+            folder.restore_owner_config()  # Hydra wrote this refused attempt's config over the owner's
+        raise
+    if plan.action == "skip":
+        folder.restore_owner_config()
+        log.info("skip_completed: %s already completed; not training again", folder.path)
+        return dict(previous.get("metrics", {}))
+    record = RunRecord(folder.path, previous=previous if plan.action == "resume" else None, seed=cfg.get("seed"))
     try:
         validate(cfg)
-        metrics, trainer = _fit(cfg, record, previous)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        if plan.checkpoint is not None:
+            _check_resume_config(cfg, resolved, plan.checkpoint)
+        if plan.archive:
+            folder.archive((previous or {}).get("started"))
+        remove_partial_files(_checkpoint_dir(cfg))
+        folder.save_owner_config()
+        record.update(precision=_precision_record(cfg), resumed_from=plan.checkpoint and str(plan.checkpoint))
+        metrics, trainer = _fit(cfg, resolved, record, plan)
+    except RunFolderError:
+        folder.restore_owner_config()
+        raise
     except Exception as error:
         record.failed(error)
+        if plan.action == "resume" and (previous or {}).get("status") == "completed":
+            folder.restore_owner_config()
         raise
     if trainer.interrupted:
         record.update(status="interrupted", metrics=metrics)
@@ -74,13 +121,113 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def _fit(cfg: DictConfig, record: RunRecord, previous: dict | None) -> tuple[dict[str, float], Trainer]:
+def _checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where the run's checkpoints go: the checkpoint callback's ``dirpath``, else ``<run folder>/checkpoints``."""
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
+    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def _plan(cfg: DictConfig, folder: RunFolder, previous: dict | None) -> _Plan:
+    """Decide between a fresh start, a resume and a skip; refuse to reuse a folder that holds a run."""
+    requested = cfg.get("ckpt_path")
+    holds_run = previous is not None or folder.holds_results()
+    if requested == "last":
+        found = newest_checkpoint(_checkpoint_dir(cfg))
+        if found is None:
+            raise FileNotFoundError(
+                f"ckpt_path=last: no loadable checkpoint in this run folder ({_checkpoint_dir(cfg)}). To continue a "
+                "killed run, start in its folder: hydra.run.dir=<run folder> ckpt_path=last; or pass ckpt_path=<file>"
+            )
+        return _Plan("resume", *found)
+    if requested is not None:
+        path = Path(requested)
+        step = int(read_checkpoint(path, "ckpt_path", require=("global_step",), mmap=True)["global_step"])
+        elsewhere = folder.path.resolve() not in path.resolve().parents
+        if holds_run and elsewhere and not cfg.get("overwrite"):
+            why = f"ckpt_path={requested} is another run's checkpoint, and "
+            raise RunFolderError(_occupied(folder, previous, why))
+        return _Plan("resume", path, step, archive=holds_run and elsewhere)
+    if cfg.get("skip_completed") and previous is not None:
+        status = previous.get("status")
+        if status == "completed":
+            return _Plan("skip")
+        found = newest_checkpoint(_checkpoint_dir(cfg)) if status in ("running", "interrupted") else None
+        if found is not None:
+            log.info("skip_completed: continuing the incomplete run in %s from %s", folder.path, found[0])
+            return _Plan("resume", *found)
+        return _Plan("fresh", archive=folder.holds_results())  # failed, or killed before its first checkpoint
+    if not holds_run:
+        return _Plan("fresh")
+    if previous is not None and previous.get("status") == "failed" and not folder.holds_results():
+        log.info("replacing the record of a failed attempt that left no results (%s)", previous.get("error"))
+        return _Plan("fresh")
+    if cfg.get("overwrite"):
+        return _Plan("fresh", archive=True)
+    raise RunFolderError(_occupied(folder, previous))
+
+
+def _occupied(folder: RunFolder, previous: dict | None, why: str = "") -> str:
+    return (
+        f"{why}run folder {folder.path} already holds {folder.describe(previous)}; it is never silently reused. "
+        "To continue that run: ckpt_path=last; to keep it and start another: choose a new folder "
+        "(hydra.run.dir=<folder>); to replace it: overwrite=true (its files move to "
+        f"{folder.path / 'archive'}/<start time>/)"
+    )
+
+
+def _path_keys(node: Any, prefix: str = "") -> set[str]:
+    """Dotted keys whose value is an interpolation of ``paths.*`` or Hydra's runtime (where files go)."""
+    keys: set[str] = set()
+    if isinstance(node, DictConfig):
+        for key in node:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            if OmegaConf.is_interpolation(node, key):
+                text = str(node._get_node(key)._value())
+                if "paths." in text or "hydra:" in text:
+                    keys.add(dotted)
+            else:
+                keys |= _path_keys(node._get_node(key), dotted)
+    return keys
+
+
+def _check_resume_config(cfg: DictConfig, resolved: dict, checkpoint: Path) -> None:
+    """Refuse to resume under a config that differs from the checkpoint's in what training does."""
+    saved = read_checkpoint(checkpoint, "ckpt_path", mmap=True).get("config")
+    if saved is None:
+        log.warning("%s holds no config (written before configs were saved): cannot check the resume", checkpoint)
+        return
+    ignore = set(RESUMABLE_KEYS) | {"paths"} | _path_keys(cfg)
+    differences = config_differences(saved, resolved, ignore)
+    if differences:
+        shown = "\n  ".join(differences[:12]) + (f"\n  ... and {len(differences) - 12} more" if len(differences) > 12
+                                                 else "")  # fmt: skip
+        raise RunFolderError(
+            f"cannot resume from {checkpoint} under a different config; it differs in:\n  {shown}\n"
+            "A resume continues the same run: drop these overrides (only where files are, how long training "
+            f"goes on and how it is shown may change: {', '.join(sorted(RESUMABLE_KEYS))}). To train on from "
+            "these weights with new settings, start a new run with model.init_from=<checkpoint>"
+        )
+
+
+def _precision_record(cfg: DictConfig) -> dict[str, Any]:
+    """What precision the run uses and why: an explicit ``trainer.precision``, or the default (measured on a CPU)."""
+    chosen = str(cfg.trainer.precision)
+    if not OmegaConf.is_interpolation(cfg.trainer, "precision"):
+        return {"precision": chosen, "chosen_by": "trainer.precision"}
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return {"precision": chosen, "chosen_by": "the GPU's bf16 support"}
+    return {"precision": chosen, "chosen_by": "measured on this CPU", **cpu_precision().as_dict()}
+
+
+def _fit(cfg: DictConfig, resolved: dict, record: RunRecord, plan: _Plan) -> tuple[dict[str, float], Trainer]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
     # Cheap constructors first: their argument checks fail before weights or data are fetched.
     callbacks: list[Callback] = instantiate_each(cfg.get("callbacks"))
-    loggers: list[Logger] = instantiate_each(cfg.get("logger"))
+    callbacks.append(ConfigInCheckpoint(resolved))
+    loggers: list[Logger] = instantiate_each(cfg.get("logger"), resume_step=plan.step)
     datamodule: SegmentationDataModule = instantiate(cfg.data)
     info = datamodule.info
     model: SegmentationModule = instantiate(
@@ -88,26 +235,10 @@ def _fit(cfg: DictConfig, record: RunRecord, previous: dict | None) -> tuple[dic
     )
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
-    ckpt_path, keep_step = _resume_point(cfg, trainer, previous)
-    if keep_step is not None:
-        for logger in trainer.loggers:
-            if hasattr(logger, "keep_until"):
-                logger.keep_until(keep_step)
-    record.update(encoder_weights_used=model.hparams.encoder_weights_used, resumed_from=ckpt_path)
-
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    # What the run really started from, next to what it asked for (they differ after a fallback).
-    resolved["encoder_weights_used"] = model.hparams.encoder_weights_used
-    # Metrics that TensorBoard's hparams view should show next to the config (the thresholds).
-    hparams_metrics = {}
-    for callback in callbacks:
-        if hasattr(callback, "hparams_metrics"):
-            hparams_metrics.update(callback.hparams_metrics())
+    record.update(encoder_weights_used=model.hparams.encoder_weights_used, config=resolved)
+    summary = hparams_summary(cfg, model, trainer)
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger) and hparams_metrics:
-            logger.log_hyperparams(resolved, metrics=hparams_metrics)
-        else:
-            logger.log_hyperparams(resolved)
+        logger.log_hyperparams(summary)
     log.info(
         "model %s, encoder weights: %s; data %s, %d classes; precision %s",
         cfg.model.net.get("encoder_name", cfg.model.net._target_),
@@ -117,49 +248,10 @@ def _fit(cfg: DictConfig, record: RunRecord, previous: dict | None) -> tuple[dic
         trainer.precision,
     )
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=plan.checkpoint and str(plan.checkpoint))
 
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     return metrics, trainer
-
-
-def _resume_point(cfg: DictConfig, trainer: Trainer, previous: dict | None) -> tuple[str | None, int | None]:
-    """The checkpoint to continue from, and the last log step to keep of an earlier attempt.
-
-    ``ckpt_path=last`` means the ``last.ckpt`` of this run folder's checkpoint callback;
-    with ``skip_completed``, a run that was killed (``run.json`` still says running) or
-    interrupted continues from it too. Returns ``(None, -1)`` for a fresh start in a folder
-    an earlier attempt logged into (its rows and events are dropped), ``(None, None)`` for
-    a fresh folder.
-    """
-    requested = cfg.get("ckpt_path")
-    callback = trainer.checkpoint_callback
-    last = Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}.ckpt" if callback and callback.dirpath else None
-    if requested == "last":
-        if last is None or not last.is_file():
-            raise FileNotFoundError(
-                f"ckpt_path=last: no last checkpoint in this run folder ({last}). To continue a killed run, "
-                "start in its folder: hydra.run.dir=<run folder> ckpt_path=last; or pass ckpt_path=<file.ckpt>"
-            )
-        requested = str(last)
-    elif (
-        requested is None
-        and cfg.get("skip_completed")
-        and (previous or {}).get("status") in ("running", "interrupted")
-        and last is not None
-        and last.is_file()
-    ):
-        log.info("skip_completed: continuing the incomplete run in %s", Path(cfg.paths.output_dir))
-        requested = str(last)
-    if requested is None:
-        return None, (-1 if previous is not None else None)
-    path = Path(requested)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={requested}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    if "global_step" not in checkpoint:
-        raise ValueError(f"ckpt_path={requested} is not a Lightning training checkpoint (no global_step)")
-    return str(path), int(checkpoint["global_step"])
 
 
 def _report(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float]) -> None:

@@ -32,7 +32,7 @@ def make_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
     def _make(*overrides: str, tiny: bool = True) -> DictConfig:
         paths = [f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}"]
         synthetic = not any(o.startswith("data=") and o != "data=synthetic" for o in overrides)
-        smp = "model=unet_lab" not in overrides
+        smp = not {"model=unet_lab", "protocol=lab_small"} & set(overrides)
         shrink = [*TINY_OVERRIDES, *(TINY_SYNTHETIC if synthetic else []), *(TINY_SMP if smp else [])] if tiny else []
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("train", overrides=[*shrink, *overrides, *paths])

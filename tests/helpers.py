@@ -36,6 +36,19 @@ TINY_SMP = ["model.net.encoder_weights=null"]
 CAMVID_ROOT = REPO.parent / "shared" / "data" / "camvid"
 
 
+def sweep_jobs(sweep: Path) -> dict[str, Path]:
+    """The job folders of a multirun, by the overrides that tell them apart (``seed=0``, ``model=unet_vgg``).
+
+    Read from each job's ``.hydra/overrides.yaml``: the overrides not shared by every job.
+    """
+    import yaml
+
+    folders = sorted(p for p in sweep.iterdir() if (p / ".hydra" / "overrides.yaml").is_file())
+    parts = [set(yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())) for folder in folders]
+    common = set.intersection(*parts) if parts else set()
+    return {",".join(sorted(part - common)): folder for part, folder in zip(parts, folders, strict=True)}
+
+
 def run_script(args: Sequence[str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python <args>`` like a user would; fail the test with its output if it fails."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -69,13 +82,18 @@ class Passthrough(nn.Module):
 
 
 class KillAt(Callback):
-    """SIGKILLs its own process at a training batch: a pre-emption no handler can soften."""
+    """SIGKILLs its own process at a training batch: a pre-emption no handler can soften.
 
-    def __init__(self, epoch: int, batch: int) -> None:
-        self.epoch, self.batch = epoch, batch
+    Only the first time: it leaves ``marker`` behind, so the resumed run (same config, same
+    callback) trains on.
+    """
+
+    def __init__(self, epoch: int, batch: int, marker: str) -> None:
+        self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch and not self.marker.exists():
+            self.marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
 
 

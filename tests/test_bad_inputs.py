@@ -66,11 +66,11 @@ CASES = [
      r"stop_when_reached='val_loss<=0.3'; expected one of"),
     # checkpoints
     ("resume without a checkpoint", _camvid(lambda root: None), ["ckpt_path=last"], FileNotFoundError,
-     r"ckpt_path=last: no last checkpoint in this run folder"),
+     r"ckpt_path=last: no loadable checkpoint in this run folder"),
     ("missing checkpoint file", _camvid(lambda root: None), ["ckpt_path=/nowhere/x.ckpt"], FileNotFoundError,
      r"ckpt_path=/nowhere/x.ckpt: no such checkpoint file"),
     ("missing init_from", _camvid(lambda root: None), ["model.init_from=/nowhere/x.ckpt"], Exception,
-     r"model.init_from: checkpoint not found: /nowhere/x.ckpt"),
+     r"model.init_from=/nowhere/x.ckpt: no such checkpoint file"),
     # data (the datasets issue)
     ("missing dataset root", _nowhere, [], FileNotFoundError, r"CamVid not found at data.root=.*nowhere"),
     ("missing split folder", _camvid(_remove_split), [], FileNotFoundError, r"folder not found: .*valannot"),

@@ -84,7 +84,8 @@ def test_option_composes_and_instantiates(make_cfg, tmp_path, group: str, option
         loss.backward()
         config["optimizer"].step()
         if "lr_scheduler" in config:
-            config["lr_scheduler"]["scheduler"].step()
+            scheduler = config["lr_scheduler"]["scheduler"]
+            scheduler.step(loss.item()) if config["lr_scheduler"].get("monitor") else scheduler.step()
     elif group == "callbacks":
         assert all(isinstance(cb, Callback) for cb in instantiate_each(cfg.get("callbacks")))
     elif group == "logger":

@@ -110,10 +110,10 @@ def test_evaluation_equals_validation_during_training(trained: Path, tmp_path: P
 
 
 def test_bad_checkpoints_are_named(trained: Path, tmp_path: Path, make_cfg) -> None:
-    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*missing.ckpt: no such file"):
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*missing.ckpt: no such checkpoint file"):
         load_checkpoint(tmp_path / "missing.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"\x00" * 100)
-    with pytest.raises(ValueError, match=r"ckpt_path=.*junk.ckpt is not a readable checkpoint"):
+    with pytest.raises(ValueError, match=r"ckpt_path=.*junk.ckpt is not a checkpoint: not a torch archive"):
         load_checkpoint(tmp_path / "junk.ckpt")
 
     from segment.evaluation.run import evaluate

@@ -105,10 +105,10 @@ def test_from_checkpoint_never_downloads_encoder_weights(tmp_path, monkeypatch) 
 
 
 def test_from_checkpoint_errors_name_the_file(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*missing.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*missing.ckpt: no such checkpoint file"):
         SegmentationModule.from_checkpoint(tmp_path / "missing.ckpt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="other.pt is not a checkpoint written by train.py"):
+    with pytest.raises(ValueError, match=r"other.pt is not a train.py checkpoint: it has no hyper_parameters"):
         SegmentationModule.from_checkpoint(tmp_path / "other.pt")
 
 
@@ -126,9 +126,30 @@ def test_other_smp_encoders_keep_smp_loading_with_a_clear_offline_error() -> Non
         _module(net=net)
 
 
-def test_non_finite_loss_stops_training() -> None:
-    module = _module()
-    nn.init.constant_(module.net.conv.weight, float("nan"))
+def test_non_finite_loss_is_caught_at_the_next_check_with_its_step() -> None:
+    module = _module(finite_check_every_n_steps=3)
     batch = {"image": torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "mask": torch.zeros(1, 4, 4, dtype=torch.long)}
+    module.training_step(batch, 0)  # a finite loss, step 0
+    good = float(module._last_finite_loss)
+    nn.init.constant_(module.net.conv.weight, float("nan"))
+    module.training_step(batch, 1)  # step 0 again (no trainer: global_step stays 0) -> noted, not yet checked
+    with pytest.raises(FloatingPointError, match=rf"non-finite training loss at epoch 1, step 0 \(last finite loss: {good:.6g}\)"):
+        module.on_validation_start()  # always checked before a validation (and its checkpoint)
+    every_step = _module(finite_check_every_n_steps=1)
+    nn.init.constant_(every_step.net.conv.weight, float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
-        module.training_step(batch, 0)
+        every_step.training_step(batch, 0)
+
+
+def test_validation_logs_plain_cross_entropy_whatever_the_loss() -> None:
+    torch.manual_seed(0)
+    batch = {"image": torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8), "mask": torch.randint(0, 4, (2, 8, 8))}
+    batch["mask"][:, :2] = 255
+    ce = _module()
+    dice = _module(loss={"_target_": "segment.models.CrossEntropyDiceLoss", "dice_weight": 1.0})
+    dice.load_state_dict(ce.state_dict())
+    for module in (ce, dice):
+        module.validation_step(batch, 0)
+    assert ce.val_ce.compute() == pytest.approx(ce.val_loss.compute().item(), rel=1e-6)  # CE: the same number
+    assert dice.val_ce.compute() == pytest.approx(ce.val_ce.compute().item(), rel=1e-6)  # same weights, same CE
+    assert dice.val_loss.compute() > dice.val_ce.compute() + 0.01  # the training loss adds the Dice term

@@ -15,7 +15,7 @@ import torch
 
 from segment.analysis.report import main as report_main
 from segment.training import train
-from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
+from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 # The lab U-Net (dropout draws random numbers), augmentation on, 6 steps per epoch.
 RESUMABLE = [
@@ -28,6 +28,12 @@ RESUMABLE = [
     "seed=0",
 ]
 EPOCH_METRICS = ("train/loss", "val/loss", "val/miou", "val/pixel_acc")
+
+
+def _kill_at(folder: Path, epoch: int, batch: int) -> list[str]:
+    """Overrides adding a callback that SIGKILLs the run once, at (epoch, batch); the resume keeps them."""
+    return ["+callbacks.kill._target_=tests.helpers.KillAt", f"+callbacks.kill.epoch={epoch}",
+            f"+callbacks.kill.batch={batch}", f"+callbacks.kill.marker={folder / 'killed-once'}"]  # fmt: skip
 
 
 def _epoch_rows(run: Path) -> dict[int, dict[str, str]]:
@@ -60,7 +66,7 @@ def test_killed_run_resumes_into_its_folder_and_matches_an_uninterrupted_run(tmp
     run_script(["train.py", *common, f"hydra.run.dir={whole}"])
 
     # SIGKILL in the middle of epoch 3 (0-based 2): epochs 1 and 2 are checkpointed, epoch 3 is half done
-    kill = ["+callbacks.kill._target_=tests.helpers.KillAt", "+callbacks.kill.epoch=2", "+callbacks.kill.batch=3"]
+    kill = _kill_at(tmp_path, epoch=2, batch=3)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     attempt = subprocess.run([sys.executable, "train.py", *common, *kill, f"hydra.run.dir={killed}"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -68,7 +74,7 @@ def test_killed_run_resumes_into_its_folder_and_matches_an_uninterrupted_run(tmp
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     assert sorted(_epoch_rows(killed)) == [0, 1]
 
-    resumed = run_script(["train.py", *common, f"hydra.run.dir={killed}", "ckpt_path=last"])
+    resumed = run_script(["train.py", *common, *kill, f"hydra.run.dir={killed}", "ckpt_path=last"])
     assert "resumed from epoch 2 (global step 12)" in resumed.stdout + resumed.stderr
 
     # one folder, every epoch exactly once, and bitwise the uninterrupted run's numbers
@@ -79,7 +85,7 @@ def test_killed_run_resumes_into_its_folder_and_matches_an_uninterrupted_run(tmp
     # the threshold record and the best checkpoint continued across the kill
     ours, theirs = (json.loads((run / "thresholds.json").read_text()) for run in (killed, whole))
     assert [h["epoch"] for h in ours["history"]] == [1, 2, 3, 4]
-    strip = {"seconds"}
+    strip = {"seconds", "cpu_share"}
     assert [{k: v for k, v in h.items() if k not in strip} for h in ours["history"]] == [
         {k: v for k, v in h.items() if k not in strip} for h in theirs["history"]
     ]
@@ -113,7 +119,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_c
     cfg = make_cfg("model=unet_lab", "trainer.max_epochs=3", "+callbacks.poison._target_=tests.helpers.PoisonAt",
                    "+callbacks.poison.epoch=1")  # fmt: skip
     with pytest.raises(
-        FloatingPointError, match=r"non-finite training loss nan at epoch 2, step 2 \(last finite loss: \d"
+        FloatingPointError, match=r"non-finite training loss at epoch 2, step 2 \(last finite loss: \d"
     ):
         train(cfg)
     run = Path(cfg.paths.output_dir)
@@ -133,7 +139,10 @@ def test_a_failing_job_spoils_no_other_and_a_rerun_skips_completed_jobs(tmp_path
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert first.returncode != 0  # Hydra reports the failed job after running all of them
-    done, failed = (json.loads((sweep / job / "run.json").read_text()) for job in ("0", "1"))
+    jobs = sweep_jobs(sweep)
+    assert sorted(jobs) == ["model.optimizer.lr=0.001", "model.optimizer.lr=nan"]
+    good, bad = jobs["model.optimizer.lr=0.001"], jobs["model.optimizer.lr=nan"]
+    done, failed = (json.loads((job / "run.json").read_text()) for job in (good, bad))
     assert done["status"] == "completed" and "val/loss" in done["metrics"]
     assert failed["status"] == "failed" and "Invalid learning rate: nan" in failed["error"]
 
@@ -141,13 +150,13 @@ def test_a_failing_job_spoils_no_other_and_a_rerun_skips_completed_jobs(tmp_path
     report = (sweep / "report.md").read_text()
     assert "| 1 | unet_lab | 42 | failed | ValueError: Invalid learning rate: nan |" in report
 
-    metrics = (sweep / "0" / "csv" / "metrics.csv").read_bytes()
+    metrics = (good / "csv" / "metrics.csv").read_bytes()
     second = subprocess.run([*command, "skip_completed=true"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)  # fmt: skip
     assert "already completed; not training again" in second.stdout + second.stderr
-    assert (sweep / "0" / "csv" / "metrics.csv").read_bytes() == metrics
-    assert json.loads((sweep / "0" / "run.json").read_text())["status"] == "completed"
-    assert json.loads((sweep / "1" / "run.json").read_text())["status"] == "failed"
+    assert (good / "csv" / "metrics.csv").read_bytes() == metrics
+    assert json.loads((good / "run.json").read_text())["status"] == "completed"
+    assert json.loads((bad / "run.json").read_text())["status"] == "failed"
 
 
 @pytest.mark.slow
@@ -155,11 +164,11 @@ def test_skip_completed_continues_a_killed_run(tmp_path: Path, data_dir: Path) -
     run = tmp_path / "run"
     common = ["train.py", "model=unet_lab", *TINY_OVERRIDES, *TINY_SYNTHETIC, "trainer.max_epochs=2",
               f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"]  # fmt: skip
-    kill = ["+callbacks.kill._target_=tests.helpers.KillAt", "+callbacks.kill.epoch=1", "+callbacks.kill.batch=1"]
+    kill = _kill_at(tmp_path, epoch=1, batch=1)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     attempt = subprocess.run([sys.executable, *common, *kill], cwd=REPO, env=env, capture_output=True, timeout=300)
     assert attempt.returncode == -9
-    rerun = run_script([*common, "skip_completed=true"])
+    rerun = run_script([*common, *kill, "skip_completed=true"])
     assert "skip_completed: continuing the incomplete run" in rerun.stdout + rerun.stderr
     assert sorted(_epoch_rows(run)) == [0, 1]
     assert json.loads((run / "run.json").read_text())["status"] == "completed"

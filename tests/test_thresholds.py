@@ -11,38 +11,47 @@ from lightning import LightningModule, Trainer
 from torch.utils.data import DataLoader
 
 from segment.callbacks import ThresholdTracker
-from segment.models import LabUNet
+from segment.models import LabUNet, LabVGGUNet
 from segment.training import train
 
 
 class _Scripted(LightningModule):
-    """Logs a given val/loss and val/miou sequence, one value per epoch."""
+    """Logs a given val/loss, val/miou (and val/ce) sequence, one value per validation."""
 
-    def __init__(self, losses: list[float], mious: list[float]) -> None:
+    def __init__(self, losses: list[float], mious: list[float], ce: list[float] | None = None) -> None:
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.losses, self.mious = losses, mious
+        self.losses, self.mious, self.ce = losses, mious, ce
+        self.validations = 0
 
     def training_step(self, batch, batch_idx):
         return (self.weight * batch["image"].float().mean()).sum()
 
     def validation_step(self, batch, batch_idx) -> None:
-        self.log("val/loss", self.losses[self.current_epoch])
-        self.log("val/miou", self.mious[self.current_epoch])
+        self.log("val/loss", self.losses[self.validations])
+        self.log("val/miou", self.mious[self.validations])
+        if self.ce is not None:
+            self.log("val/ce", self.ce[self.validations])
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.validations += 1
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-def _run(tmp_path: Path, losses, mious, **tracker_args) -> tuple[ThresholdTracker, Trainer]:
-    batches = [{"image": torch.ones(2, 3, 4, 4)} for _ in range(3)]  # 3 steps of 2 images per epoch
+def _run(tmp_path: Path, losses, mious, ce=None, steps: int = 3, val_every: int | None = None,
+         epochs: int | None = None, **tracker_args) -> tuple[ThresholdTracker, Trainer]:  # fmt: skip
+    batches = [{"image": torch.ones(2, 3, 4, 4)} for _ in range(steps)]  # `steps` steps of 2 images per epoch
     tracker = ThresholdTracker(**tracker_args)
     trainer = Trainer(
-        max_epochs=len(losses), default_root_dir=tmp_path, callbacks=[tracker], logger=False,
+        max_epochs=epochs or len(losses), default_root_dir=tmp_path, callbacks=[tracker], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        val_check_interval=val_every, accelerator="cpu",
     )  # fmt: skip
     loader = DataLoader(batches, batch_size=None)
-    trainer.fit(_Scripted(losses, mious), train_dataloaders=loader, val_dataloaders=loader)
+    trainer.fit(_Scripted(losses, mious, ce), train_dataloaders=loader, val_dataloaders=loader)
     return tracker, trainer
 
 
@@ -60,8 +69,13 @@ def test_first_epochs_reached_are_recorded(tmp_path: Path) -> None:
     point = tracker.reached["val_loss<=0.7"]
     assert point["step"] == 9 and point["images_seen"] == 18 and point["value"] == pytest.approx(0.7)
     saved = json.loads((tmp_path / "thresholds.json").read_text())
-    assert saved["thresholds"]["val_miou>=0.6"] is None
-    assert saved["thresholds"]["val_loss<=1"]["epoch"] == 2
+    by_name = {t["name"]: t for t in saved["thresholds"]}
+    assert by_name["val_miou>=0.6"] == {"metric": "val/miou", "mode": "max", "level": 0.6, "name": "val_miou>=0.6",
+                                        "reached": None}  # fmt: skip
+    assert by_name["val_loss<=1"]["reached"]["epoch"] == 2 and by_name["val_loss<=1"]["metric"] == "val/loss"
+    assert [row["epoch"] for row in saved["history"]] == [1, 2, 3, 4, 5]
+    assert [row["val/loss"] for row in saved["history"]] == pytest.approx([1.2, 0.9, 0.7, 0.8, 0.45])
+    assert all(0 < row["cpu_share"] for row in saved["history"])
 
 
 def test_patience_credits_the_start_of_a_streak(tmp_path: Path) -> None:
@@ -87,12 +101,57 @@ def test_unknown_stop_threshold_is_named() -> None:
         ThresholdTracker(val_loss=[1.0], val_miou=[0.5], stop_when_reached="val_loss<=0.3")
 
 
+def test_several_validations_per_epoch_give_fractional_epochs(tmp_path: Path) -> None:
+    # 4 steps per epoch, validated every 2: epochs 0.5, 1.0, 1.5, 2.0; the loss dips at 1.0, holds from 1.5
+    tracker, _ = _run(tmp_path, losses=[1.2, 0.9, 1.1, 0.95, 0.9, 0.8], mious=[0] * 6, val_loss=[1.0], val_miou=[],
+                      patience=2, steps=4, val_every=2, epochs=3)  # fmt: skip
+    assert [row["epoch"] for row in tracker.history] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    point = tracker.reached["val_loss<=1"]
+    assert (point["epoch"], point["step"], point["images_seen"]) == (2.0, 8, 16)
+
+
+def test_loss_thresholds_can_apply_to_plain_cross_entropy(tmp_path: Path) -> None:
+    tracker, _ = _run(tmp_path, losses=[1.2, 0.9], mious=[0, 0], ce=[0.8, 0.6], val_loss=[0.7], val_miou=[],
+                      loss_metric="val/ce")  # fmt: skip
+    assert list(tracker.reached) == ["val_ce<=0.7"] and tracker.reached["val_ce<=0.7"]["epoch"] == 2
+    with pytest.raises(ValueError, match=r"thresholds.loss_metric='val/dice'; expected one of"):
+        ThresholdTracker(loss_metric="val/dice")
+
+
 def test_lab_unet_shapes_and_size() -> None:
     net = LabUNet(classes=11)
     assert net(torch.zeros(2, 3, 64, 96)).shape == (2, 11, 64, 96)
     parameters = sum(p.numel() for p in net.parameters())
     assert 0.3e6 < parameters < 1.5e6, parameters  # small next to the 23.7 M of the VGG16 U-Net
-    assert sum(isinstance(m, torch.nn.Dropout2d) for m in net.modules()) == 5
+    # the lab's net: Dropout2d(0.3) after each of its 10 block convolutions, all with a bias
+    assert sum(isinstance(m, torch.nn.Dropout2d) and m.p == 0.3 for m in net.modules()) == 10
+    block_convs = [m for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d) and not name.startswith("head")]
+    assert len(block_convs) == 10 and all(conv.bias is not None for conv in block_convs)
+
+
+def _training_gflop(net: torch.nn.Module, size: tuple[int, int]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 3, *size)).sum().backward()
+    return counter.get_total_flops() / 1e9
+
+
+def test_lab_vgg_unet_is_the_lab_network() -> None:
+    torch.manual_seed(0)
+    net = LabVGGUNet(classes=11)
+    logits = net(torch.randn(2, 3, 64, 96))
+    assert logits.shape == (2, 11, 64, 96) and (logits >= 0).all()  # the lab's head ends in a ReLU
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    # blocks 1-2 (conv1_x, conv2_x) frozen, 3-4 trained, conv5 absent
+    frozen = {name for name, p in net.encoder.named_parameters() if not p.requires_grad}
+    assert frozen == {f"features.{i}.{kind}" for i in (0, 2, 5, 7) for kind in ("weight", "bias")}
+    assert len(net.encoder.features) == 24
+    # training cost per image as counted for the study (269 GFLOP at 192x256); FLOPs scale with pixels
+    assert _training_gflop(net, (64, 96)) * (192 * 256) / (64 * 96) == pytest.approx(269, rel=0.01)
+    assert _training_gflop(LabUNet(classes=11), (64, 96)) * 8 == pytest.approx(31.4, rel=0.01)
+    corrected = LabVGGUNet(classes=11, final_relu=False)
+    assert (corrected(torch.randn(1, 3, 32, 32)) < 0).any()
 
 
 @pytest.mark.slow
@@ -101,4 +160,5 @@ def test_unet_lab_trains_through_train_py_and_writes_thresholds(make_cfg) -> Non
     metrics = train(cfg)
     assert metrics["val/loss"] < 100
     record = json.loads((Path(cfg.paths.output_dir) / "thresholds.json").read_text())
-    assert record["thresholds"]["val_loss<=100"]["epoch"] == 1
+    [loss_100] = [t for t in record["thresholds"] if t["name"] == "val_loss<=100"]
+    assert loss_100["reached"]["epoch"] == 1

@@ -10,7 +10,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from segment.training import train
-from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
+from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 
 @pytest.mark.parametrize("model", ["unet_scratch", "unet_vgg"])
@@ -88,7 +88,10 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
             f"hydra.sweep.dir={sweep}",
         ]
     )
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert jobs == ["0", "1"]
-    seeds = [yaml.safe_load((sweep / job / ".hydra" / "config.yaml").read_text())["seed"] for job in jobs]
+    jobs = sweep_jobs(sweep)
+    assert sorted(jobs) == ["seed=0", "seed=1"]
+    seeds = [yaml.safe_load((jobs[key] / ".hydra" / "config.yaml").read_text())["seed"] for key in sorted(jobs)]
     assert seeds == [0, 1]
+    # named after its overrides: top-level keys and group choices first, then dotted keys
+    assert jobs["seed=0"].name.startswith("debug=fdr,seed=0,data.batch_size=4,data.image_size=[64,96],")
+    assert len(jobs["seed=0"].name) == 120  # cut, with a hash of the whole label: unique and short enough

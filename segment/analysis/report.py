@@ -23,7 +23,7 @@ import numpy as np
 from segment.analysis import figures
 from segment.analysis.runs import Run, load_runs
 from segment.analysis.stats import bootstrap_ratio, mean_std
-from segment.files import write_text_atomic
+from segment.files import write_atomic
 
 __all__ = ["PAIRS", "Study", "main", "write_report"]
 
@@ -323,7 +323,7 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
     study = Study(load_runs(sweep))
     if not study.usable:
         problems = _problems(study)
-        write_text_atomic(sweep / "report.md", f"# Study report\n\nNo run completed.\n\n{problems}\n")
+        write_atomic(sweep / "report.md", f"# Study report\n\nNo run completed.\n\n{problems}\n")
         raise RuntimeError(f"no completed run with metrics under {sweep}; see {sweep / 'report.md'}:\n{problems}")
 
     loss_levels = [_split(t)[1] for t in study.thresholds if _split(t)[0] == "val_loss"]
@@ -373,7 +373,7 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         "## Failed or incomplete runs\n\n" + _problems(study),
     ]
     path = sweep / "report.md"
-    write_text_atomic(path, "\n\n".join(sections) + "\n")
+    write_atomic(path, "\n\n".join(sections) + "\n")
     return path, top
 
 

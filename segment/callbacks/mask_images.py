@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image
 
 from segment.data.labels import colorize
+from segment.files import write_png
 
 __all__ = ["MaskImageLogger", "MaskSnapshots"]
 
@@ -70,13 +70,14 @@ class MaskImageLogger(Callback):
 
 
 class MaskSnapshots(Callback):
-    """Save the prediction for fixed validation images after every epoch, as PNG files.
+    """Save the prediction for fixed validation images after every validation, as PNG files.
 
     Writes ``<dirname>/input.png`` and ``<dirname>/truth.png`` once and
-    ``<dirname>/epoch_NNN.png`` (colour-coded prediction, NNN = epochs completed) after each
-    validation, in the trainer's ``default_root_dir``. The study report picks the epochs at
-    which each threshold was first reached from them, so a mask sheet needs no checkpoint
-    per epoch. Images are stacked vertically when ``num_images`` > 1.
+    ``<dirname>/step_NNNNNNN.png`` (colour-coded prediction at that global step) after each
+    validation, in the trainer's ``default_root_dir``. The study report picks the
+    validations at which each threshold was first reached from them (``thresholds.json``
+    gives their steps), so a mask sheet needs no checkpoint per validation. Images are
+    stacked vertically when ``num_images`` > 1.
 
     Args:
         num_images: How many validation images (see :func:`predict_fixed`).
@@ -97,7 +98,7 @@ class MaskSnapshots(Callback):
         folder = Path(trainer.default_root_dir) / self.dirname
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / "truth.png").exists():
-            Image.fromarray(np.concatenate(list(images))).save(folder / "input.png")
-            Image.fromarray(np.concatenate([colorize(t, palette) for t in truths])).save(folder / "truth.png")
+            write_png(folder / "input.png", np.concatenate(list(images)))
+            write_png(folder / "truth.png", np.concatenate([colorize(t, palette) for t in truths]))
         sheet = np.concatenate([colorize(p, palette) for p in predictions])
-        Image.fromarray(sheet).save(folder / f"epoch_{trainer.current_epoch + 1:03d}.png")
+        write_png(folder / f"step_{trainer.global_step:07d}.png", sheet)

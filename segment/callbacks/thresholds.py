@@ -1,4 +1,4 @@
-"""When did a run first reach each loss / mIoU threshold: epochs, steps, images and seconds."""
+"""When did a run first reach each loss / mIoU threshold: fractional epochs, steps, images and seconds."""
 
 from __future__ import annotations
 
@@ -6,38 +6,64 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.loggers import TensorBoardLogger
 
-from segment.files import write_text_atomic
+from segment.files import write_atomic
 
-__all__ = ["ThresholdTracker"]
+__all__ = ["Threshold", "ThresholdTracker"]
 
 log = logging.getLogger(__name__)
 
-# metric -> (its logged name, whether lower is better)
-_METRICS = {"val_loss": ("val/loss", True), "val_miou": ("val/miou", False)}
 # what is logged per reached threshold
 _LOGGED = ("epoch", "images_seen", "seconds")
+LOSS_METRICS = ("val/loss", "val/ce")
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A level of a logged metric: reached at ``<=`` (``mode="min"``, losses) or ``>=`` (``"max"``, mIoU)."""
+
+    metric: str
+    mode: str
+    level: float
+
+    @property
+    def name(self) -> str:
+        """``val_loss<=0.5``, ``val_miou>=0.3``: the name in logs, tables and ``stop_when_reached``."""
+        return f"{self.metric.replace('/', '_')}{'<=' if self.mode == 'min' else '>='}{self.level:g}"
+
+    def holds(self, value: float) -> bool:
+        return value <= self.level if self.mode == "min" else value >= self.level
 
 
 class ThresholdTracker(Callback):
-    """Record the first epoch at which each threshold is reached, and what it cost.
+    """Record when each threshold is first reached, and what it cost, at every validation.
 
-    ``val/loss`` reaches a threshold at ``<=``, ``val/miou`` at ``>=``. With ``patience``
-    k, a threshold counts only once it has held for k consecutive validations; it is then
-    credited to the first of them (its epoch, step, images seen and seconds). Results go
-    to ``thresholds.json`` in the trainer's ``default_root_dir`` (rewritten atomically
-    after each validation, with the per-epoch ``history`` of images seen, seconds and both
-    metrics, and ``finished`` once training ends), to the loggers as
-    ``thresholds/<name>/epoch`` etc. (registered in TensorBoard's hparams view through
-    :meth:`hparams_metrics`), and to the console at the end of training.
+    A loss threshold is reached at ``<=``, an mIoU one at ``>=``. With ``patience`` k, a
+    threshold counts only once it has held for k validations in a row; it is credited to
+    the first of them (its fractional epoch, step, images seen and seconds). With
+    ``trainer.val_check_interval`` < 1 there are several validations per epoch, so the
+    epochs are fractional (``2.25`` = a quarter into the third epoch).
+
+    Results go to ``thresholds.json`` in the trainer's ``default_root_dir`` (rewritten
+    atomically after each validation): each threshold as ``{metric, mode, level, name,
+    reached}``, the ``history`` of every validation (fractional epoch, step, images seen,
+    seconds, the CPU share the run got, and the validation metrics), and ``finished``
+    once training ends. They are also logged as ``thresholds/<name>/epoch`` etc. (and
+    registered in TensorBoard's hparams view) and printed at the end.
 
     Args:
-        val_loss: Loss thresholds, e.g. ``[1.0, 0.7, 0.5]``.
-        val_miou: mIoU thresholds, e.g. ``[0.3, 0.5, 0.6]``.
+        val_loss: Loss thresholds, e.g. ``[1.0, 0.7, 0.5]`` (strictly decreasing).
+        val_miou: mIoU thresholds, e.g. ``[0.3, 0.5, 0.6]`` (strictly increasing).
+        loss_metric: The logged loss the loss thresholds apply to: ``val/loss`` (the
+            training loss) or ``val/ce`` (plain cross-entropy, comparable across losses).
         patience: Validations in a row a threshold must hold.
         stop_when_reached: Name of a threshold (``val_loss<=0.5``, ``val_miou>=0.6``) that
             ends training once reached; None trains on.
@@ -48,24 +74,28 @@ class ThresholdTracker(Callback):
         self,
         val_loss: Sequence[float] = (1.0, 0.7, 0.5),
         val_miou: Sequence[float] = (0.3, 0.5, 0.6),
+        loss_metric: str = "val/loss",
         patience: int = 1,
         stop_when_reached: str | None = None,
         filename: str = "thresholds.json",
     ) -> None:
         if patience < 1:
             raise ValueError(f"thresholds.patience={patience} must be >= 1")
-        self.thresholds = {"val_loss": [float(t) for t in val_loss], "val_miou": [float(t) for t in val_miou]}
-        # Ordered from loosest to strictest, so that the tables and plots read in training order.
-        for metric, values in self.thresholds.items():
-            lower_is_better = _METRICS[metric][1]
+        if loss_metric not in LOSS_METRICS:
+            raise ValueError(f"thresholds.loss_metric={loss_metric!r}; expected one of {list(LOSS_METRICS)}")
+        for key, values, mode in (("val_loss", val_loss, "min"), ("val_miou", val_miou, "max")):
             steps = list(zip(values, values[1:], strict=False))
-            if any((b >= a) if lower_is_better else (b <= a) for a, b in steps):
-                order = "decreasing (loosest first), e.g. [1.0, 0.7, 0.5]" if lower_is_better else (
+            if any((b >= a) if mode == "min" else (b <= a) for a, b in steps):
+                order = "decreasing (loosest first), e.g. [1.0, 0.7, 0.5]" if mode == "min" else (
                     "increasing (loosest first), e.g. [0.3, 0.5, 0.6]")  # fmt: skip
-                raise ValueError(f"thresholds.{metric}={values}: must be strictly {order}")
+                raise ValueError(f"thresholds.{key}={list(values)}: must be strictly {order}")
+        # Ordered from loosest to strictest, so that the tables and plots read in training order.
+        self.thresholds = [Threshold(loss_metric, "min", float(v)) for v in val_loss] + [
+            Threshold("val/miou", "max", float(v)) for v in val_miou
+        ]
         self.patience = patience
         self.filename = filename
-        names = [self.name(metric, value) for metric, values in self.thresholds.items() for value in values]
+        names = [t.name for t in self.thresholds]
         if stop_when_reached is not None and stop_when_reached not in names:
             raise ValueError(f"thresholds.stop_when_reached={stop_when_reached!r}; expected one of {names}")
         self.stop_when_reached = stop_when_reached
@@ -75,15 +105,9 @@ class ThresholdTracker(Callback):
         self.finished = False
         self.images_seen = 0
         self.seconds = 0.0
+        self._batches_in_epoch = 0
         self._clock: float | None = None
-
-    @staticmethod
-    def name(metric: str, value: float) -> str:
-        return f"{metric}{'<=' if _METRICS[metric][1] else '>='}{value:g}"
-
-    def hparams_metrics(self) -> dict[str, float]:
-        """Tags to register in TensorBoard's hparams view, NaN until reached."""
-        return {f"thresholds/{name}/{key}": float("nan") for name in self.reached for key in _LOGGED}
+        self._cpu_clock: float | None = None
 
     # Lightning saves and restores this with checkpoints, so a resumed run keeps its record.
     def state_dict(self) -> dict[str, Any]:
@@ -96,59 +120,72 @@ class ThresholdTracker(Callback):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.reached.update(state["reached"])
-        self._streaks.update(state["streaks"])
+        self.reached.update({k: v for k, v in state["reached"].items() if k in self.reached})
+        self._streaks.update({k: v for k, v in state["streaks"].items() if k in self._streaks})
         self.history = list(state.get("history", []))
         self.images_seen, self.seconds = state["images_seen"], state["seconds"]
 
-    def _elapsed(self) -> float:
-        now = time.perf_counter()
-        if self._clock is not None:
-            self.seconds += now - self._clock
-        self._clock = now
-        return self.seconds
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Register the thresholds as metrics of TensorBoard's hparams view (NaN until reached).
+        metrics = {f"thresholds/{name}/{key}": float("nan") for name in self.reached for key in _LOGGED}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(dict(logger.hparams), metrics=metrics)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._clock = time.perf_counter()
+        self._clock, self._cpu_clock = time.perf_counter(), time.process_time()
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._batches_in_epoch = 0
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
         self.images_seen += int(batch["image"].shape[0]) * trainer.world_size
+        self._batches_in_epoch += 1
+
+    def _elapsed(self, trainer: Trainer) -> tuple[float, float | None]:
+        """Seconds of training so far, and the CPU share this process got since the last call (CPU runs)."""
+        now, cpu_now = time.perf_counter(), time.process_time()
+        share = None
+        if self._clock is not None:
+            wall = now - self._clock
+            self.seconds += wall
+            if isinstance(trainer.accelerator, CPUAccelerator) and wall > 0:
+                share = round((cpu_now - self._cpu_clock) / (wall * torch.get_num_threads()), 3)
+        self._clock, self._cpu_clock = now, cpu_now
+        return self.seconds, share
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Not on_validation_epoch_end: callbacks run that hook before the module logs its metrics.
         if trainer.sanity_checking:
             return
+        seconds, share = self._elapsed(trainer)
+        batches = max(int(trainer.num_training_batches), 1)
         point = {
-            "epoch": trainer.current_epoch + 1,  # epochs completed
+            "epoch": round(trainer.current_epoch + min(self._batches_in_epoch, batches) / batches, 4),
             "step": trainer.global_step,
             "images_seen": self.images_seen,
-            "seconds": round(self._elapsed(), 2),
+            "seconds": round(seconds, 2),
         }
-        self.history.append(
-            {**point, **{m: float(trainer.callback_metrics[name]) for m, (name, _) in _METRICS.items()
-                         if name in trainer.callback_metrics}}
-        )  # fmt: skip
-        for metric, values in self.thresholds.items():
-            logged, lower_is_better = _METRICS[metric]
-            if logged not in trainer.callback_metrics:
+        logged = {name: float(value) for name, value in trainer.callback_metrics.items()
+                  if name.startswith("val/") and value.numel() == 1}  # fmt: skip
+        self.history.append({**point, "cpu_share": share, **logged})
+        for threshold in self.thresholds:
+            name = threshold.name
+            if self.reached[name] is not None or threshold.metric not in logged:
                 continue
-            current = float(trainer.callback_metrics[logged])
-            for value in values:
-                name = self.name(metric, value)
-                if self.reached[name] is not None:
-                    continue
-                holds = current <= value if lower_is_better else current >= value
-                streak = self._streaks[name]
-                if not holds:
-                    streak.clear()
-                    continue
-                streak.append({**point, "value": current})
-                if len(streak) >= self.patience:
-                    self.reached[name] = streak[0]
-                    self._log(trainer, name, streak[0])
-                    if name == self.stop_when_reached:
-                        log.info("threshold %s reached at epoch %d: stopping", name, streak[0]["epoch"])
-                        trainer.should_stop = True
+            streak = self._streaks[name]
+            if not threshold.holds(logged[threshold.metric]):
+                streak.clear()
+                continue
+            streak.append({**point, "value": logged[threshold.metric]})
+            if len(streak) >= self.patience:
+                self.reached[name] = streak[0]
+                for logger in trainer.loggers:
+                    logger.log_metrics({f"thresholds/{name}/{key}": streak[0][key] for key in _LOGGED},
+                                       step=trainer.global_step)  # fmt: skip
+                if name == self.stop_when_reached:
+                    log.info("threshold %s reached at epoch %g: stopping", name, streak[0]["epoch"])
+                    trainer.should_stop = True
         if trainer.is_global_zero:
             self._write(trainer)
 
@@ -158,21 +195,16 @@ class ThresholdTracker(Callback):
             self._write(trainer)
             log.info("thresholds (first reached):\n%s", self.table())
 
-    def _log(self, trainer: Trainer, name: str, point: dict[str, Any]) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics({f"thresholds/{name}/{key}": point[key] for key in _LOGGED},
-                               step=trainer.global_step)  # fmt: skip
-
     def _write(self, trainer: Trainer) -> None:
         path = Path(trainer.default_root_dir) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "patience": self.patience,
             "finished": self.finished,
-            "thresholds": self.reached,
+            "thresholds": [{**asdict(t), "name": t.name, "reached": self.reached[t.name]} for t in self.thresholds],
             "history": self.history,
         }
-        write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+        write_atomic(path, json.dumps(record, indent=2) + "\n")
 
     def table(self) -> str:
         lines = ["| threshold | epoch | step | images | seconds |", "|---|---|---|---|---|"]
@@ -181,6 +213,7 @@ class ThresholdTracker(Callback):
                 lines.append(f"| {name} | not reached | | | |")
             else:
                 lines.append(
-                    f"| {name} | {point['epoch']} | {point['step']} | {point['images_seen']} | {point['seconds']:.0f} |"
+                    f"| {name} | {point['epoch']:g} | {point['step']} | {point['images_seen']} "
+                    f"| {point['seconds']:.0f} |"
                 )
         return "\n".join(lines)

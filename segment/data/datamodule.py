@@ -7,6 +7,8 @@ belong to which split.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -147,4 +149,17 @@ class SegmentationDataModule(LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
+            multiprocessing_context=_worker_context() if self.num_workers > 0 else None,
         )
+
+
+def _worker_context() -> multiprocessing.context.BaseContext | None:
+    """Fork DataLoader workers on Linux, whatever the process's default start method.
+
+    Inside a sweep launcher's worker (joblib's loky) the default context is the launcher's,
+    and DataLoader workers started through it fail ("'Process' object has no attribute
+    'env'"); Python 3.14 makes forkserver the default, which would pickle the RAM cache
+    into every worker. Forked workers share the cached samples' pages instead. Elsewhere
+    (macOS, Windows) Python's default stays.
+    """
+    return multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None

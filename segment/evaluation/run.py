@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from hydra.utils import instantiate
@@ -21,7 +19,7 @@ from segment.data.dataset import IMAGE_SUFFIXES, SegmentationDataset, read_image
 from segment.data.labels import DatasetInfo, colorize
 from segment.evaluation.figures import confusion_figure, mask_sheet, overlay
 from segment.evaluation.inference import Predictor
-from segment.files import write_text_atomic
+from segment.files import write_atomic, write_png
 from segment.models import SegmentationModule
 from segment.models.metrics import evaluation_scores
 
@@ -45,15 +43,8 @@ def _device(name: str) -> torch.device:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> SegmentationModule:
-    """A trained module from a ``train.py`` checkpoint, with errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={path}: no such file (checkpoints are in <run folder>/checkpoints/)")
-    try:
-        module = SegmentationModule.from_checkpoint(path, map_location="cpu")
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"ckpt_path={path} is not a readable checkpoint: {err}") from err
-    return module.to(device).eval()
+    """A trained module from a ``train.py`` checkpoint, in eval mode (errors name the file)."""
+    return SegmentationModule.from_checkpoint(path).to(device).eval()
 
 
 def _check_classes(module: SegmentationModule, info: DatasetInfo, ckpt_path: str) -> None:
@@ -96,11 +87,6 @@ def _same_size_runs(items: list[dict]) -> Iterable[list[dict]]:
         run.append(item)
     if run:
         yield run
-
-
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), rgb[..., ::-1] if rgb.ndim == 3 else rgb):
-        raise OSError(f"could not write {path}")
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -151,18 +137,18 @@ def evaluate(cfg: DictConfig) -> dict:
         **scores,
         "confusion": confusion.tolist(),
     }
-    write_text_atomic(output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     table = _markdown(report)
-    write_text_atomic(output_dir / "evaluation.md", table + "\n")
+    write_atomic(output_dir / "evaluation.md", table + "\n")
     print(table)
 
     figure = confusion_figure(confusion.numpy(), info.class_names)
-    _write_png(output_dir / "confusion_matrix.png", figure)
+    write_png(output_dir / "confusion_matrix.png", figure)
     sheets = _sheets(dataset, predictor, info, cfg.num_sheets)
     sheet_dir = output_dir / "sheets"
     sheet_dir.mkdir(exist_ok=True)
     for index, sheet in sheets:
-        _write_png(sheet_dir / f"{index:05d}.png", sheet)
+        write_png(sheet_dir / f"{index:05d}.png", sheet)
     _tensorboard(output_dir, figure, sheets, scores)
     log.info("metrics, tables and figures in %s", output_dir)
     return report
@@ -254,9 +240,9 @@ def predict(cfg: DictConfig) -> dict:
         image = read_image(path)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
         prediction = predictor.logits(tensor).argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
-        _write_png(output / f"{path.stem}_labels.png", prediction)
-        _write_png(output / f"{path.stem}_mask.png", colorize(prediction, palette))
-        _write_png(output / f"{path.stem}_overlay.png", overlay(image, prediction, palette))
+        write_png(output / f"{path.stem}_labels.png", prediction)
+        write_png(output / f"{path.stem}_mask.png", colorize(prediction, palette))
+        write_png(output / f"{path.stem}_overlay.png", overlay(image, prediction, palette))
     log.info("%d predictions in %s", len(inputs), output)
     return {"output": str(output), "num_images": len(inputs)}
 
@@ -298,7 +284,8 @@ def export(cfg: DictConfig) -> dict:
         opset_version=cfg.opset,
         dynamo=False,
     )
-    (output_dir / "model.json").write_text(
+    write_atomic(
+        output_dir / "model.json",
         json.dumps({"class_names": module.class_names, "ignore_index": module.hparams.ignore_index}, indent=2) + "\n"
     )
     log.info("ONNX model in %s", path)

@@ -2,32 +2,31 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch.nn import functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from segment.checkpoints import check_trusted_targets, read_checkpoint
 from segment.models.metrics import confusion_scores
+from segment.models.nets import build_net
+from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from segment.models.weights import WeightsRecord
 
-if TYPE_CHECKING:
-    from segment.models.weights import WeightsRecord
-
-__all__ = ["SegmentationModule", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["SegmentationModule", "rng_states", "set_rng_states"]
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _plain(config: Mapping | None) -> dict | None:
@@ -44,34 +43,40 @@ class SegmentationModule(LightningModule):
 
     The network, loss, optimiser and scheduler arrive as Hydra configs (``_target_``
     dicts) and are stored as plain hyperparameters, so a checkpoint rebuilds the module
-    without the config tree. Images arrive as uint8 ``(B, 3, H, W)`` and are normalised
-    here with buffers (``mean``, ``std``) that travel with the weights.
+    without the config tree (from an allow-list of targets: :func:`from_checkpoint`).
+    Images arrive as uint8 ``(B, 3, H, W)`` and are normalised here with buffers
+    (``scale``, ``shift``) that travel with the weights.
+
+    Logged: ``train/loss`` (epoch mean), ``train/loss_step``; per validation ``val/loss``
+    (the training loss), ``val/ce`` (plain unweighted cross-entropy, whatever the training
+    loss: one scale to compare runs on), ``val/miou``, ``val/pixel_acc``, ``val/iou/<class>``.
 
     Args:
         net: Config of an ``nn.Module`` mapping ``(B, 3, H, W)`` to ``(B, C, H, W)`` logits;
-            called with ``classes=len(class_names)``.
+            called with ``classes=len(class_names)`` (see :func:`~segment.models.nets.build_net`).
         loss: Config of a loss ``(logits, target) -> scalar``; called with ``ignore_index``.
         optimizer: ``_partial_`` config of a ``torch.optim`` optimiser.
-        scheduler: ``_partial_`` config of an epoch-wise LR scheduler, or None.
+        scheduler: Lightning's lr-scheduler dict: ``scheduler`` (a ``_partial_`` config of a
+            torch scheduler) and ``interval`` (``epoch`` or ``step``), ``frequency``,
+            ``monitor`` (for ReduceLROnPlateau), ``name``; or None for a fixed rate.
         class_names: One name per class (from the dataset's metadata).
         ignore_index: Label skipped by loss and metrics.
         mean: Per-channel RGB mean in ``[0, 1]`` units.
         std: Per-channel RGB standard deviation in ``[0, 1]`` units.
         channels_last: Run convolutions in NHWC, faster with bf16 on CPUs and tensor cores.
-        weights_fallback: For smp VGG16 encoders asking for ``imagenet``: use HED's VGG16
-            weights, with a warning, when ImageNet's cannot be had (see
-            :mod:`segment.models.weights`). The source actually used is in
+        weights_fallback: VGG16 encoders asking for ``imagenet``: use HED's VGG16 weights,
+            with a warning, when ImageNet's cannot be had. The source actually used is in
             ``hparams.encoder_weights_used``.
-        freeze_encoder_stages: Freeze the first N of the encoder's 5 stages (their
-            parameters get no gradient and never change).
-        unfreeze_at_epoch: Unfreeze the whole encoder from this epoch on (0-based), via
-            :class:`~segment.callbacks.EncoderUnfreeze`; None keeps the frozen stages frozen.
+        encoder_lr_mult: The encoder's learning rate is the base rate times this (a second
+            parameter group, named ``encoder``); 1.0: one group.
         init_from: A checkpoint of this module to take the weights from (same net and
             classes); training still starts at epoch 0 with a fresh optimiser. To continue a
             run instead, use ``train.py ckpt_path=...``.
-
-    The optimiser config may carry ``encoder_lr_mult``: the encoder's learning rate is the
-    base rate times this factor (a second parameter group).
+        compile: ``torch.compile`` the net (in place: checkpoints keep their keys).
+        finite_check_every_n_steps: How often the training loss is checked for NaN/inf. A
+            check makes the host wait for the device; in between, non-finite losses are
+            noted on the device and reported (with their step) at the next check, and always
+            before a validation or the end of an epoch, so no checkpoint is written after one.
     """
 
     def __init__(
@@ -87,11 +92,19 @@ class SegmentationModule(LightningModule):
         std: Sequence[float] = IMAGENET_STD,
         channels_last: bool = True,
         weights_fallback: bool = True,
-        freeze_encoder_stages: int = 0,
-        unfreeze_at_epoch: int | None = None,
+        encoder_lr_mult: float = 1.0,
         init_from: str | None = None,
+        compile: bool = False,
+        finite_check_every_n_steps: int = 25,
     ) -> None:
         super().__init__()
+        if finite_check_every_n_steps < 1:
+            raise ValueError(f"model.finite_check_every_n_steps={finite_check_every_n_steps} must be >= 1")
+        if scheduler is not None and "scheduler" not in scheduler:
+            raise ValueError(
+                "model.scheduler must be Lightning's lr-scheduler dict: {scheduler: {_target_: ..., _partial_: true}, "
+                f"interval: epoch|step, ...}}; got keys {sorted(scheduler)} (see conf/scheduler/)"
+            )
         self.save_hyperparameters(
             {
                 "net": _plain(net),
@@ -104,18 +117,17 @@ class SegmentationModule(LightningModule):
                 "std": [float(s) for s in std],
                 "channels_last": bool(channels_last),
                 "weights_fallback": bool(weights_fallback),
-                "freeze_encoder_stages": int(freeze_encoder_stages),
-                "unfreeze_at_epoch": unfreeze_at_epoch,
+                "encoder_lr_mult": float(encoder_lr_mult),
                 "init_from": None if init_from is None else str(init_from),
+                "compile": bool(compile),
+                "finite_check_every_n_steps": int(finite_check_every_n_steps),
             },
             logger=False,
         )
         num_classes = len(class_names)
-        self.net, record = _build_net(self.hparams.net, num_classes, weights_fallback)
+        self.net, record = build_net(self.hparams.net, num_classes, weights_fallback)
         # Stored with the checkpoint, so a results table can always say which weights a run started from.
         self.hparams["encoder_weights_used"] = record.as_dict()
-        if freeze_encoder_stages:
-            freeze_encoder_stages_(self.net, freeze_encoder_stages)
         self.criterion = instantiate(self.hparams.loss, ignore_index=ignore_index)
         # uint8 -> normalised float in one multiply-add: x * scale + shift.
         mean_t, std_t = torch.tensor(self.hparams.mean), torch.tensor(self.hparams.std)
@@ -123,23 +135,22 @@ class SegmentationModule(LightningModule):
         self.register_buffer("shift", (-mean_t / std_t).view(1, 3, 1, 1))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-
         if init_from is not None:
             self._load_weights(init_from)
+        if compile:
+            self.net.compile()
 
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
+        self.val_ce = MeanMetric()
         self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
-        self._last_finite_loss: torch.Tensor | None = None
+        # The non-finite guard's device-side record: the first bad step (-1: none) and the last finite loss.
+        self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
+        self.register_buffer("_last_finite_loss", torch.tensor(float("nan")), persistent=False)
 
     def _load_weights(self, path: str | Path) -> None:
         """Copy net and normalisation weights from a checkpoint of this module (``init_from``)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model.init_from: checkpoint not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict")
-        if state is None:
-            raise ValueError(f"model.init_from: {path} has no state_dict; is it a checkpoint written by train.py?")
+        state = read_checkpoint(path, "model.init_from", require=("state_dict",))["state_dict"]
         ours = self.state_dict()
         mismatched = [k for k in ours if k in state and state[k].shape != ours[k].shape]
         missing = [k for k in ours if k not in state]
@@ -159,16 +170,7 @@ class SegmentationModule(LightningModule):
     @property
     def weights_record(self) -> WeightsRecord:
         """Which encoder weights this module started from."""
-        from segment.models.weights import WeightsRecord
-
         return WeightsRecord(**self.hparams.encoder_weights_used)
-
-    def configure_callbacks(self) -> list:
-        if self.hparams.unfreeze_at_epoch is None:
-            return []
-        from segment.callbacks.freezing import EncoderUnfreeze
-
-        return [EncoderUnfreeze(self.hparams.unfreeze_at_epoch)]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` uint8 RGB (or float in ``[0, 255]``) -> ``(B, C, H, W)`` logits."""
@@ -184,17 +186,39 @@ class SegmentationModule(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        # One host sync per step (a GPU waits for it); the price of stopping at the first bad step.
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss {loss.item()} at epoch {self.current_epoch + 1}, step {self.global_step} "
-                f"(last finite loss: {_item(self._last_finite_loss)}). The checkpoints saved so far are intact; "
-                "try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0"
-            )
-        self._last_finite_loss = loss.detach()
+        self._note_finite(loss.detach())
+        if (self.global_step + 1) % self.hparams.finite_check_every_n_steps == 0:
+            self._check_finite()
         self.train_loss.update(loss.detach(), weight=batch["image"].shape[0])
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _note_finite(self, loss: torch.Tensor) -> None:
+        """Record on the device whether (and first when) the loss went non-finite: no host sync."""
+        bad = ~torch.isfinite(loss)
+        first_bad = self._first_bad_step < 0
+        step = torch.tensor(self.global_step, device=loss.device)
+        self._first_bad_step = torch.where(bad & first_bad, step, self._first_bad_step)
+        self._last_finite_loss = torch.where(bad | ~first_bad, self._last_finite_loss, loss.float())
+
+    def _check_finite(self) -> None:
+        """Stop at the first non-finite training loss, naming its epoch and step (one host sync)."""
+        first_bad = int(self._first_bad_step)
+        if first_bad < 0:
+            return
+        per_epoch = max(int(self.trainer.num_training_batches), 1) if self._trainer is not None else 1
+        raise FloatingPointError(
+            f"non-finite training loss at epoch {first_bad // per_epoch + 1}, step {first_bad} "
+            f"(last finite loss: {float(self._last_finite_loss):.6g}). The checkpoints saved so far are intact; "
+            "try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0"
+        )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx + 1 >= self.trainer.num_training_batches:  # before the epoch's checkpoint
+            self._check_finite()
+
+    def on_validation_start(self) -> None:  # before the checkpoint that follows a validation
+        self._check_finite()
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path:
@@ -211,77 +235,77 @@ class SegmentationModule(LightningModule):
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
 
-    def on_train_epoch_start(self) -> None:
-        for group in self.trainer.optimizers[0].param_groups:
-            name = "lr" if group.get("name", "base") == "base" else f"lr/{group['name']}"
-            self.log(name, group["lr"], on_step=False, on_epoch=True)
-
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss.compute())
         self.train_loss.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._loss(batch)
-        self.val_loss.update(loss, weight=batch["image"].shape[0])
+        weight = batch["image"].shape[0]
+        self.val_loss.update(loss, weight=weight)
+        labelled = (batch["mask"] != self.hparams.ignore_index).sum().clamp(min=1)
+        ce = F.cross_entropy(logits.float(), batch["mask"], ignore_index=self.hparams.ignore_index, reduction="sum")
+        self.val_ce.update(ce / labelled, weight=weight)
         self.val_confusion.update(logits.argmax(dim=1), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
         scores = confusion_scores(self.val_confusion.compute(), self.class_names)
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
+        self.log("val/ce", self.val_ce.compute())
         self.log("val/miou", scores.pop("miou"), prog_bar=True)
         self.log_dict({f"val/{name}": value for name, value in scores.items()})
         self.val_loss.reset()
+        self.val_ce.reset()
         self.val_confusion.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        config = dict(self.hparams.optimizer)
-        encoder_lr_mult = float(config.pop("encoder_lr_mult", 1.0))
-        optimizer_factory = instantiate(config)
+        trainable = [p for p in self.parameters() if p.requires_grad]
         encoder = getattr(self.net, "encoder", None)
-        if encoder_lr_mult != 1.0 and encoder is not None:
+        multiplier = self.hparams.encoder_lr_mult
+        optimizer_factory = instantiate(self.hparams.optimizer)
+        if multiplier != 1.0 and encoder is not None:
             encoder_ids = {id(p) for p in encoder.parameters()}
-            base_lr = optimizer_factory.keywords["lr"]
             params = [
-                {"name": "base", "params": [p for p in self.parameters() if id(p) not in encoder_ids]},
-                {"name": "encoder", "params": list(encoder.parameters()), "lr": base_lr * encoder_lr_mult},
-            ]
+                {"name": "base", "params": [p for p in trainable if id(p) not in encoder_ids]},
+                {"name": "encoder", "params": [p for p in trainable if id(p) in encoder_ids],
+                 "lr": optimizer_factory.keywords["lr"] * multiplier},
+            ]  # fmt: skip
         else:
-            params = [{"name": "base", "params": list(self.parameters())}]
-        # Frozen parameters stay in the optimiser (gradual unfreezing needs them there); without
-        # gradients, torch optimisers leave them untouched, weight decay included.
+            params = trainable
         optimizer = optimizer_factory(params=params)
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
-        scheduler = instantiate(self.hparams.scheduler)(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        config = {"name": "lr", **self.hparams.scheduler}
+        config["scheduler"] = instantiate(config["scheduler"])(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": config}
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
         """Rebuild a trained module from its checkpoint alone, without downloading anything.
 
-        ``load_from_checkpoint`` would rebuild the net from its config first, which for a
-        pretrained encoder means fetching weights the checkpoint already holds.
+        A checkpoint is data, not code: its net, loss, optimiser and scheduler configs are
+        rebuilt only from allow-listed targets (:func:`~segment.checkpoints.check_trusted_targets`),
+        and its encoder weights come from its own state dict (``load_from_checkpoint``
+        would fetch pretrained weights the checkpoint already holds).
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-        if "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-            raise ValueError(f"{path} is not a checkpoint written by train.py (no hyper_parameters/state_dict)")
+        checkpoint = read_checkpoint(path, "ckpt_path", require=("hyper_parameters", "state_dict"))
         hparams = dict(checkpoint["hyper_parameters"])
+        for key in ("net", "loss", "optimizer", "scheduler"):
+            check_trusted_targets(hparams.get(key), f"{path}: hyper_parameters.{key}")
         used = hparams.pop("encoder_weights_used", None)
         hparams["init_from"] = None  # the checkpoint's own weights replace them anyway
+        hparams["compile"] = False
         if "encoder_weights" in hparams["net"]:
             hparams["net"] = {**hparams["net"], "encoder_weights": None}
-        module = cls(**hparams)
+        scheduler = hparams.get("scheduler")
+        if scheduler and "scheduler" not in scheduler:  # written before schedulers were Lightning dicts
+            hparams["scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
+        known = inspect.signature(cls.__init__).parameters
+        module = cls(**{key: value for key, value in hparams.items() if key in known})
         module.load_state_dict(checkpoint["state_dict"])
         if used is not None:
             module.hparams["encoder_weights_used"] = used
-        return module
-
-
-def _item(value: torch.Tensor | None) -> float | None:
-    return None if value is None else float(value)
+        return module.to(map_location)
 
 
 def rng_states() -> dict[str, Any]:
@@ -307,56 +331,3 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _build_net(config: dict, num_classes: int, fallback: bool) -> tuple[nn.Module, WeightsRecord]:
-    """Instantiate the net; VGG16 encoder weights go through :func:`resolve_encoder_weights`."""
-    # Imported here so that `python -m segment.models.weights` does not find itself pre-imported.
-    from segment.models.weights import WeightsRecord, load_encoder_weights, resolve_encoder_weights
-
-    spec = config.get("encoder_weights")
-    if config.get("encoder_name") != "vgg16" or spec is None:
-        net = _instantiate_smp(config, num_classes)
-        source = "none" if spec is None else f"smp:{spec}"
-        return net, WeightsRecord(source, requested=str(spec) if spec is not None else "none")
-    net = instantiate({**config, "encoder_weights": None}, classes=num_classes)
-    state, record = resolve_encoder_weights(spec, fallback=fallback)
-    if state is not None:
-        load_encoder_weights(net.encoder, state, str(record))
-    log.info("encoder weights: %s", record)
-    return net, record
-
-
-def _instantiate_smp(config: dict, num_classes: int) -> nn.Module:
-    """Instantiate a net whose pretrained weights (if any) smp itself fetches from the hub."""
-    try:
-        return instantiate(config, classes=num_classes)
-    except Exception as err:
-        # huggingface_hub raises OSError subclasses when it can neither reach the hub nor
-        # find a cache; Hydra wraps them in an InstantiationException.
-        cause = err
-        while cause is not None and not isinstance(cause, OSError):
-            cause = cause.__cause__
-        if cause is None or not config.get("encoder_weights"):
-            raise
-        raise RuntimeError(
-            f"could not obtain encoder weights {config['encoder_weights']!r} for {config.get('encoder_name')!r}: "
-            f"{cause}. Run once with internet access to fill the Hugging Face cache (HF_HOME), "
-            "or set model.net.encoder_weights=null."
-        ) from err
-
-
-def freeze_encoder_stages_(net: nn.Module, stages: int) -> None:
-    """Stop gradients to the first ``stages`` stages of ``net.encoder`` (VGG: blocks between poolings)."""
-    encoder = getattr(net, "encoder", None)
-    features = getattr(encoder, "features", None)
-    if features is None:
-        raise ValueError(f"model.freeze_encoder_stages needs a net with a VGG encoder; {type(net).__name__} has none")
-    if not 0 <= stages <= 5:
-        raise ValueError(f"model.freeze_encoder_stages={stages}: VGG16 has 5 stages")
-    stage = 1
-    for layer in features:
-        if isinstance(layer, nn.MaxPool2d):
-            stage += 1
-        elif stage <= stages:
-            layer.requires_grad_(False)

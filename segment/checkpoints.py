@@ -1,0 +1,193 @@
+"""Checkpoint files: written atomically in their own folder, read with errors that name the file,
+found for a resume, and carrying the run's resolved config.
+
+Lightning's own writer (``TorchCheckpointIO``) goes through an fsspec transaction that
+writes a temporary file in ``$TMPDIR`` and moves it into place: when the run folder is on
+another filesystem (a cluster's scratch vs. a node-local /tmp) that move is a truncating
+copy, and a kill during it leaves a 0-byte ``last.ckpt`` and no previous copy.
+:class:`AtomicCheckpointIO` writes beside the target and renames instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from segment.files import atomic_open
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "check_trusted_targets",
+    "ConfigInCheckpoint",
+    "newest_checkpoint",
+    "read_checkpoint",
+    "remove_partial_files",
+]
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message names it and says what to do."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temporary file in the checkpoint's own folder, fsync, rename.
+
+    A kill at any moment leaves the previous checkpoint intact (and at worst a hidden
+    ``.<name>.*.partial`` file, removed when the run folder is next claimed). Remote
+    (``s3://`` ...) paths keep Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path) and not str(path).startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
+        path = Path(str(path).removeprefix("file://"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "wb") as file:
+            torch.save(checkpoint, file)
+
+
+def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str, ...] = (),
+                    mmap: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Load a checkpoint's dict with ``weights_only=True``, or raise an error naming the file.
+
+    Args:
+        path: The file.
+        key: The config key it came from, named in errors (``ckpt_path``, ``model.init_from``).
+        require: Keys the dict must hold (``global_step`` for a resume, ``state_dict`` ...).
+        mmap: Map tensors instead of reading them (a cheap look at a large file).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a torch archive (a text file, a truncated copy), corrupt,
+            holding code objects (refused: a checkpoint is data), or lacking ``require``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={path}: no such checkpoint file (checkpoints are in <run folder>/checkpoints/)")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{key}={path} is not a checkpoint: not a torch archive ({path.stat().st_size} bytes; truncated, "
+            "or another kind of file). Pass a .ckpt written by train.py"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        # torch's message advises loading without the safety check; a checkpoint is data, never code
+        raise CheckpointError(
+            f"{key}={path} holds objects other than tensors and plain values, so it was not written by train.py "
+            "(or was altered); refusing to load it"
+        ) from None
+    except Exception as error:  # noqa: BLE001 -- zip, storage and mmap errors come in many types
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{key}={path} is a damaged checkpoint ({first_line}); use another one") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{key}={path} holds a {type(checkpoint).__name__}, not a train.py checkpoint")
+    missing = [name for name in require if name not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{key}={path} is not a train.py checkpoint: it has no {', '.join(missing)}")
+    return checkpoint
+
+
+def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
+    """The loadable checkpoint with the most training steps in ``folder`` (``last.ckpt`` on ties), or None.
+
+    A run killed between two checkpoint writes may have a best checkpoint newer than its
+    ``last.ckpt`` (or none at all); unreadable files are skipped with a warning.
+    """
+    folder = Path(folder)
+    found: list[tuple[int, bool, float, Path]] = []
+    for path in folder.glob("*.ckpt") if folder.is_dir() else ():
+        try:
+            step = int(read_checkpoint(path, require=("global_step",), mmap=True)["global_step"])
+        except (CheckpointError, OSError) as error:
+            log.warning("skipping unreadable checkpoint %s: %s", path, error)
+            continue
+        found.append((step, path.stem == "last", path.stat().st_mtime, path))
+    if not found:
+        return None
+    step, _, _, path = max(found)
+    return path, step
+
+
+def remove_partial_files(folder: str | Path) -> list[Path]:
+    """Delete what killed atomic writes left behind in ``folder`` (``.<name>.*.partial``)."""
+    folder = Path(folder)
+    removed = sorted(folder.glob(".*.partial")) if folder.is_dir() else []
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
+class ConfigInCheckpoint(Callback):
+    """Store the run's resolved config in every checkpoint (``checkpoint["config"]``).
+
+    A resume compares it with the new config; ``evaluate.py`` takes the data config from it.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["config"] = self.config
+
+
+# What a checkpoint may ask to be built: classes from these modules (checked by name first, so
+# nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and smp's
+# model factory. Anything else in a ``_target_`` -- ``builtins.open``, ``shutil.copyfile``,
+# ``pathlib.Path.write_text`` -- is refused, however deeply nested.
+_TRUSTED_MODULES = (
+    "segment.models.", "segmentation_models_pytorch.", "torch.nn.", "torch.optim.", "torchvision.models.",
+)  # fmt: skip
+_TRUSTED_FUNCTIONS = ("segmentation_models_pytorch.create_model",)
+
+
+def _trusted_object(target: str) -> bool:
+    from hydra.utils import get_object
+    from torch import nn
+
+    if target in _TRUSTED_FUNCTIONS:
+        return True
+    if not isinstance(target, str) or not target.startswith(_TRUSTED_MODULES) or "__" in target:
+        return False
+    try:
+        obj = get_object(target)
+    except Exception:  # noqa: BLE001 -- not importable: not buildable either
+        return False
+    if not isinstance(obj, type) or not str(getattr(obj, "__module__", "")).startswith(
+            tuple(m.rstrip(".") for m in _TRUSTED_MODULES)):  # fmt: skip
+        return False
+    schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    return issubclass(obj, (nn.Module, torch.optim.Optimizer, *schedulers))
+
+
+def check_trusted_targets(config: Any, where: str) -> None:
+    """Refuse any ``_target_`` in ``config`` (nested included) that is not an allow-listed class.
+
+    Raises:
+        CheckpointError: naming the target and where it was found.
+    """
+    if isinstance(config, dict):
+        target = config.get("_target_")
+        if target is not None and not _trusted_object(target):
+            raise CheckpointError(
+                f"{where}: refusing to build _target_={target!r} from a checkpoint; a checkpoint may only name "
+                "nets, losses, optimisers and LR schedulers of segment.models, segmentation_models_pytorch, "
+                "torch.nn, torch.optim and torchvision.models"
+            )
+        for key, value in config.items():
+            check_trusted_targets(value, f"{where}.{key}")
+    elif isinstance(config, list | tuple):
+        for index, value in enumerate(config):
+            check_trusted_targets(value, f"{where}[{index}]")

@@ -1,0 +1,130 @@
+"""Building the segmentation net from its config, with pretrained encoder weights recorded honestly.
+
+- smp nets with a VGG16 encoder (``unet_vgg``) and the lab's VGG16 U-Net get their
+  encoder weights from :func:`~segment.models.weights.resolve_encoder_weights` (ImageNet,
+  else HED, files; the source used is recorded);
+- any other smp architecture and encoder (``model=smp``) uses smp's own pretrained
+  mechanism (the Hugging Face cache), recorded as ``smp:<weights>``;
+- other nets (``LabUNet``) are built as configured, from scratch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+from typing import Any
+
+import segmentation_models_pytorch as smp
+from hydra.utils import get_object, instantiate
+from torch import nn
+
+from segment.models.weights import WeightsRecord, load_encoder_weights, resolve_encoder_weights
+
+__all__ = ["build_net", "check_net_config"]
+
+log = logging.getLogger(__name__)
+
+def _smp_keys(config: dict[str, Any]) -> set[str] | None:
+    """The keys an smp architecture (or ``smp.create_model``) accepts, or None for other targets."""
+    target = get_object(config["_target_"])
+    if target is smp.create_model:
+        arch = config.get("arch")
+        names = {name.lower(): cls for name, cls in _smp_architectures().items()}
+        if str(arch).lower() not in names:
+            close = difflib.get_close_matches(str(arch), list(_smp_architectures()), n=3)
+            raise ValueError(
+                f"model.net.arch={arch!r} is not an smp architecture; "
+                f"{'did you mean ' + ' or '.join(close) + '? ' if close else ''}"
+                f"choose one of {', '.join(sorted(_smp_architectures()))}"
+            )
+        target = names[str(arch).lower()]
+        keys = {"arch"}
+    elif inspect.isclass(target) and target in _smp_architectures().values():
+        keys = set()
+    else:
+        return None
+    return keys | {name for name in inspect.signature(target.__init__).parameters if name not in ("self", "kwargs")}
+
+
+def _smp_architectures() -> dict[str, type]:
+    return {name: getattr(smp, name) for name in dir(smp)
+            if inspect.isclass(getattr(smp, name)) and issubclass(getattr(smp, name), smp.base.SegmentationModel)
+            and getattr(smp, name) is not smp.base.SegmentationModel}  # fmt: skip
+
+
+def check_net_config(config: dict[str, Any]) -> None:
+    """Refuse unknown keys and encoders under ``model.net`` before any weights or data are touched.
+
+    smp passes unknown keywords on to its encoders, which drop them silently (a misspelt
+    ``encoder_depthh`` would train the default depth); this names the key and the nearest valid one.
+    """
+    allowed = _smp_keys(config)
+    if allowed is None:
+        return
+    for key in config:
+        if key.startswith("_") or key == "classes":
+            continue
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=2)
+            raise ValueError(
+                f"model.net.{key}: {config['_target_']} has no argument {key!r}; "
+                f"{'did you mean ' + ' or '.join(close) + '? ' if close else ''}allowed: {', '.join(sorted(allowed))}"
+            )
+    encoder = config.get("encoder_name")
+    if encoder is not None and encoder not in smp.encoders.encoders:
+        close = difflib.get_close_matches(str(encoder), list(smp.encoders.encoders), n=3)
+        raise ValueError(
+            f"model.net.encoder_name={encoder!r} is not an smp encoder"
+            f"{'; did you mean ' + ' or '.join(close) if close else ''} (list: smp.encoders.get_encoder_names())"
+        )
+
+
+def build_net(config: dict[str, Any], num_classes: int, fallback: bool) -> tuple[nn.Module, WeightsRecord]:
+    """Instantiate the net for ``num_classes`` and load its pretrained encoder weights.
+
+    Args:
+        config: The ``model.net`` config (``_target_`` and arguments).
+        num_classes: Output channels (``classes``).
+        fallback: ImageNet VGG16 weights unavailable -> HED's, with a warning.
+
+    Returns:
+        The net and a record of the encoder weights it started from.
+    """
+    check_net_config(config)
+    spec = config.get("encoder_weights")
+    if spec is None:
+        return instantiate(config, classes=num_classes), WeightsRecord("none", requested="none")
+    if config.get("encoder_name") == "vgg16" or _is_lab_vgg(config):
+        net = instantiate({**config, "encoder_weights": None}, classes=num_classes)
+        state, record = resolve_encoder_weights(spec, fallback=fallback)
+        if _is_lab_vgg(config):  # blocks 1-4 only: VGG16's conv5 is not part of the lab's net
+            state = {key: value for key, value in state.items() if key in net.encoder.state_dict()}
+        load_encoder_weights(net.encoder, state, str(record))
+        log.info("encoder weights: %s", record)
+        return net, record
+    return _instantiate_smp(config, num_classes), WeightsRecord(f"smp:{spec}", requested=str(spec))
+
+
+def _is_lab_vgg(config: dict[str, Any]) -> bool:
+    return str(config.get("_target_", "")).rsplit(".", 1)[-1] == "LabVGGUNet"
+
+
+def _instantiate_smp(config: dict[str, Any], num_classes: int) -> nn.Module:
+    """Instantiate a net whose pretrained weights smp itself fetches (the Hugging Face cache or hub)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    try:
+        return instantiate(config, classes=num_classes)
+    except Exception as err:
+        # Hydra wraps the hub's errors in an InstantiationException; find the hub's own
+        cause = err
+        while cause is not None and not isinstance(cause, LocalEntryNotFoundError | OfflineModeIsEnabled | OSError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise RuntimeError(
+            f"could not obtain encoder weights {config['encoder_weights']!r} for {config.get('encoder_name')!r}: "
+            f"{cause}. Run once with internet access to fill the Hugging Face cache (HF_HOME), "
+            "or set model.net.encoder_weights=null."
+        ) from err

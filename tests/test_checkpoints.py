@@ -1,0 +1,160 @@
+"""Checkpoint files: atomic writes across filesystems, readable errors, the newest loadable one, and
+an allow-list for what a checkpoint may build."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+from segment.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    check_trusted_targets,
+    newest_checkpoint,
+    read_checkpoint,
+)
+from segment.models import SegmentationModule
+from tests.helpers import REPO
+
+# Save once, then save again and die at the most exposed moment of the second save: during a
+# cross-device move's copy into the target (Lightning's fsspec transaction writes in $TMPDIR and
+# moves), or just before the rename (ours).
+_KILLED_SAVE = """
+import os, shutil, signal, sys, torch
+from pathlib import Path
+dest, which = Path(sys.argv[1]), sys.argv[2]
+if which == "atomic":
+    from segment.checkpoints import AtomicCheckpointIO as IO
+else:
+    from lightning.pytorch.plugins.io import TorchCheckpointIO as IO
+io = IO()
+io.save_checkpoint({"state_dict": {"w": torch.zeros(100_000)}, "version": 1}, dest)
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+os.sendfile = shutil.copyfileobj = os.fsync = die
+io.save_checkpoint({"state_dict": {"w": torch.ones(100_000)}, "version": 2}, dest)
+"""
+
+
+@pytest.fixture
+def other_filesystem() -> Path:
+    """A folder on another filesystem than $TMPDIR (/dev/shm vs /tmp), as on clusters."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tempfile.gettempdir()).st_dev:
+        pytest.skip("needs /dev/shm on another filesystem than $TMPDIR")
+    folder = shm / f"segment-test-{uuid.uuid4().hex}"
+    folder.mkdir()
+    yield folder
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    folder.rmdir()
+
+
+def _killed_save(dest: Path, which: str) -> None:
+    env = {**os.environ, "TMPDIR": tempfile.gettempdir()}
+    result = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(dest), which], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == -9, result.stderr[-2000:]
+
+
+def test_a_kill_during_a_save_keeps_the_previous_checkpoint(other_filesystem: Path) -> None:
+    dest = other_filesystem / "checkpoints" / "last.ckpt"
+    _killed_save(dest, "atomic")
+    assert read_checkpoint(dest)["version"] == 1  # the previous checkpoint, whole
+    leftovers = [p.name for p in dest.parent.iterdir() if p.name != "last.ckpt"]
+    assert all(name.startswith(".last.ckpt.") and name.endswith(".partial") for name in leftovers), leftovers
+
+
+def test_lightning_default_writer_loses_the_checkpoint_across_filesystems(other_filesystem: Path) -> None:
+    """Why AtomicCheckpointIO exists; when a Lightning upgrade makes this fail, the plugin can go."""
+    dest = other_filesystem / "last.ckpt"
+    _killed_save(dest, "lightning")
+    with pytest.raises(CheckpointError):
+        read_checkpoint(dest)
+
+
+def test_trainer_config_writes_checkpoints_atomically(make_cfg) -> None:
+    from hydra.utils import instantiate
+
+    trainer = instantiate(make_cfg().trainer)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_unreadable_checkpoints_are_named_and_never_unpickled(tmp_path: Path) -> None:
+    (tmp_path / "text.ckpt").write_text("epoch: 3\nthis is not a checkpoint\n")
+    (tmp_path / "random.ckpt").write_bytes(random.Random(0).randbytes(4096))
+    torch.save({"global_step": 3, "state_dict": {"w": torch.zeros(1000)}}, tmp_path / "whole.ckpt")
+    data = (tmp_path / "whole.ckpt").read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    for name in ("text.ckpt", "random.ckpt", "truncated.ckpt"):
+        with pytest.raises(CheckpointError, match=rf"ckpt_path=.*{name} is not a checkpoint: not a torch archive") as info:
+            read_checkpoint(tmp_path / name)
+        assert "weights_only" not in str(info.value) and info.value.__cause__ is None
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("unpickled",))
+
+    torch.save({"global_step": 1, "extra": Payload()}, tmp_path / "code.ckpt")
+    with pytest.raises(CheckpointError, match=r"code.ckpt holds objects other than tensors") as info:
+        read_checkpoint(tmp_path / "code.ckpt")
+    assert "weights_only" not in str(info.value) and info.value.__cause__ is None
+    with pytest.raises(CheckpointError, match=r"whole.ckpt is not a train.py checkpoint: it has no hyper_parameters"):
+        read_checkpoint(tmp_path / "whole.ckpt", require=("hyper_parameters",))
+
+
+def test_newest_loadable_checkpoint_is_found(tmp_path: Path) -> None:
+    assert newest_checkpoint(tmp_path / "none") is None
+    torch.save({"global_step": 12}, tmp_path / "epoch001-val_loss0.9.ckpt")
+    torch.save({"global_step": 6}, tmp_path / "epoch000-val_loss1.2.ckpt")
+    assert newest_checkpoint(tmp_path) == (tmp_path / "epoch001-val_loss0.9.ckpt", 12)
+    (tmp_path / "last.ckpt").write_bytes(b"")  # killed while Lightning wrote it
+    assert newest_checkpoint(tmp_path) == (tmp_path / "epoch001-val_loss0.9.ckpt", 12)
+    torch.save({"global_step": 12}, tmp_path / "last.ckpt")
+    assert newest_checkpoint(tmp_path) == (tmp_path / "last.ckpt", 12)  # last.ckpt wins a tie
+
+
+# Three payloads a crafted checkpoint could hide in its net config; each would write a file.
+def _payloads(target: Path) -> list[dict]:
+    return [
+        {"_target_": "pathlib.Path.write_text", "self": str(target), "data": "pwned"},
+        {"_target_": "builtins.open", "file": str(target), "mode": "w"},
+        {"_target_": "shutil.copyfile", "src": __file__, "dst": str(target)},
+    ]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["Path.write_text", "builtins.open", "shutil.copyfile"])
+def test_a_crafted_checkpoint_builds_nothing_outside_the_allow_list(tmp_path: Path, index: int) -> None:
+    target = tmp_path / "written_by_checkpoint.txt"
+    module = SegmentationModule(
+        net={"_target_": "segment.models.LabUNet", "channels": [4, 8, 16]},
+        loss={"_target_": "torch.nn.CrossEntropyLoss"},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+        class_names=["a", "b"],
+    )
+    hparams = dict(module.hparams)
+    hparams["net"] = {**hparams["net"], "dropout": _payloads(target)[index]}
+    path = tmp_path / "crafted.ckpt"
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    with pytest.raises(CheckpointError, match=r"hyper_parameters.net.dropout: refusing to build _target_="):
+        SegmentationModule.from_checkpoint(path)
+    assert not target.exists()
+
+
+def test_allow_list_takes_nets_losses_optimisers_and_schedulers() -> None:
+    for target in ("segmentation_models_pytorch.Unet", "segment.models.LabVGGUNet", "torch.nn.CrossEntropyLoss",
+                   "segmentation_models_pytorch.losses.LovaszLoss", "torch.optim.AdamW",
+                   "torch.optim.lr_scheduler.ReduceLROnPlateau", "segmentation_models_pytorch.create_model"):
+        check_trusted_targets({"_target_": target}, "test")
+    for target in ("os.system", "segmentation_models_pytorch.os.system", "torch.load", "torch.nn.functional.relu",
+                   "segment.models.module.torch.save", "subprocess.run"):
+        with pytest.raises(CheckpointError, match="refusing to build"):
+            check_trusted_targets({"a": [{"_target_": target}]}, "test")
