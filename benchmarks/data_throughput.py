@@ -14,14 +14,14 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import segment  # noqa: F401  (registers config resolvers)
+from segment.config import config_dir
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = config_dir()
 
 
 def measure(overrides: list[str], epochs: int) -> tuple[float, float, int]:

@@ -11,11 +11,13 @@ config). Prints one markdown table:
 - lab-style loop: fp32, contiguous memory, in-process loader without cache (what one writes
   by hand);
 - data: the training loader alone;
-- FLOPs of one training step (``torch.utils.flop_counter``) and the achieved rate vs. a
-  large matmul in the same dtype (the device's practical peak);
+- FLOPs of one training step (``torch.utils.flop_counter``) and the achieved rate (MFU) vs.
+  a large square matmul in the *fastest* precision (fp32 or bf16: the device's practical
+  peak, whatever the run uses);
 - peak memory and inference images/s.
 
-Throughput is the median of ``--windows`` timed windows of ``--steps`` steps after
+``--batch-sizes 16 32 --compile both --peak-size 8192 --quick --json out.json`` is the GPU
+check (benchmarks/device_study.sh). Throughput is the median of ``--windows`` timed windows of ``--steps`` steps after
 ``--warmup`` steps. Run nothing else meanwhile: on a 2-core CPU a second job halves both.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import resource
 import statistics
@@ -37,8 +40,9 @@ from lightning import Callback
 from torch.utils.flop_counter import FlopCounterMode
 
 import segment  # noqa: F401  (registers config resolvers)
+from segment.config import config_dir
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = config_dir()
 
 
 class _StepTimer(Callback):
@@ -182,6 +186,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=None,
+                        help="measure the Lightning path at these batch sizes (default: the config's)")
+    parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
+                        help="torch.compile the net (model.compile); both: a row for each")
+    parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matmul of the peak")
+    parser.add_argument("--quick", action="store_true", help="Lightning path, loader, FLOPs and peaks only")
+    parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args, overrides = parser.parse_known_args()
     cfg = _compose(overrides)
     # What one writes by hand: fp32, contiguous memory, in-process loading, no cache.
@@ -189,7 +200,6 @@ def main() -> None:
     total = args.warmup + args.steps * args.windows + 1
     height, width = cfg.data.image_size
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
-    dtype = torch.bfloat16 if str(cfg.trainer.precision).startswith("bf16") else torch.float32
     print(
         f"# {' '.join(overrides) or 'train.py defaults'}: {height}x{width}, batch {cfg.data.batch_size}, "
         f"{cfg.trainer.precision}, channels_last={cfg.model.channels_last}, {device} "
@@ -198,26 +208,44 @@ def main() -> None:
     rows = []
 
     def row(name: str, value: float, unit: str, note: str = "") -> None:
-        rows.append((name, value, unit, note))
+        rows.append({"measurement": name, "value": value, "unit": unit, "note": note})
         print(f"| {name} | {value:.3g} | {unit} | {note} |")
         sys.stdout.flush()
+        if args.json:
+            args.json.write_text(json.dumps({"setup": " ".join(overrides), "device": str(device), "rows": rows},
+                                            indent=2))  # fmt: skip
 
     print("| measurement | value | unit | note |\n|---|---|---|---|")
-    lightning = lightning_rate(cfg, total, args.warmup, args.steps)
-    row("train: Lightning (train.py path)", lightning, "images/s")
-    bare = bare_rate(cfg, total, args.warmup, args.steps, lab_style=False)
-    row("train: bare PyTorch loop, same settings", bare, "images/s", f"Lightning / bare = {lightning / bare:.2f}")
-    lab = bare_rate(lab_cfg, total, args.warmup, args.steps, lab_style=True)
-    row("train: lab-style loop (fp32, contiguous, no cache)", lab, "images/s", f"ours / lab = {lightning / lab:.2f}x")
-    data = loader_rate(cfg)
-    row("data: training loader alone", data, "images/s", f"{data / lightning:.0f}x the model's consumption")
+    # The fastest precision's peak: a run in fp32 on a bf16-capable device is measured against bf16's
+    peaks = {dtype: peak_flops(dtype, device, args.peak_size) for dtype in (torch.float32, torch.bfloat16)}
+    fastest = max(peaks, key=peaks.get)
+    for dtype, value in peaks.items():
+        row(f"peak: {args.peak_size}^3 matmul, {str(dtype).removeprefix('torch.')}", value / 1e12, "TFLOP/s")
     flops = step_flops(cfg)
     row("FLOPs per training image (fwd + bwd)", flops / 1e9, "GFLOP")
-    achieved = flops * lightning
-    peak = peak_flops(dtype, device)
-    row("achieved training FLOP/s", achieved / 1e12, "TFLOP/s", f"{100 * achieved / peak:.0f}% of the matmul peak")
-    row(f"peak: 4096^3 matmul, {str(dtype).removeprefix('torch.')}", peak / 1e12, "TFLOP/s")
-    row("inference (model input size)", inference_rate(cfg), "images/s")
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    batch_sizes = args.batch_sizes or [cfg.data.batch_size]
+    lightning = None
+    for batch in batch_sizes:
+        for compiled in compiles:
+            variant = _compose([*overrides, f"data.batch_size={batch}", f"model.compile={str(compiled).lower()}"])
+            rate = lightning_rate(variant, total, args.warmup, args.steps)
+            lightning = lightning if lightning is not None else rate
+            achieved = flops * rate
+            row(f"train: Lightning (train.py path), batch {batch}{', compiled' if compiled else ''}", rate,
+                "images/s", f"{achieved / 1e12:.3g} TFLOP/s = {100 * achieved / peaks[fastest]:.0f}% of the "
+                f"{str(fastest).removeprefix('torch.')} matmul peak (MFU)")  # fmt: skip
+    if not args.quick:
+        bare = bare_rate(cfg, total, args.warmup, args.steps, lab_style=False)
+        row("train: bare PyTorch loop, same settings", bare, "images/s", f"Lightning / bare = {lightning / bare:.2f}")
+        lab = bare_rate(lab_cfg, total, args.warmup, args.steps, lab_style=True)
+        row("train: lab-style loop (fp32, contiguous, no cache)", lab, "images/s",
+            f"ours / lab = {lightning / lab:.2f}x")  # fmt: skip
+    data = loader_rate(cfg)
+    row(f"data: training loader alone, {cfg.data.num_workers} workers", data, "images/s",
+        f"{data / lightning:.1f}x the model's consumption")  # fmt: skip
+    if not args.quick:
+        row("inference (model input size)", inference_rate(cfg), "images/s")
     memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     row("peak CPU RSS (whole benchmark)", memory, "GiB")
     if device.type == "cuda":

@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import Callback, LightningModule, Trainer
+from albumentations.core.composition import BaseCompose
+from albumentations.core.transforms_interface import BasicTransform
+from hydra.utils import get_object
+from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
 
 from segment.files import atomic_open
 
@@ -143,51 +147,63 @@ class ConfigInCheckpoint(Callback):
         checkpoint["config"] = self.config
 
 
-# What a checkpoint may ask to be built: classes from these modules (checked by name first, so
-# nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and smp's
-# model factory. Anything else in a ``_target_`` -- ``builtins.open``, ``shutil.copyfile``,
-# ``pathlib.Path.write_text`` -- is refused, however deeply nested.
-_TRUSTED_MODULES = (
+# What a checkpoint may ask to be built. Model parts: classes from these modules (checked by name
+# first, so nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and
+# smp's model factory. The data config (evaluate.py reads it from the checkpoint): this package's
+# data modules and albumentations transforms. Anything else in a ``_target_`` -- ``builtins.open``,
+# ``shutil.copyfile``, ``pathlib.Path.write_text`` -- is refused, however deeply nested.
+_MODEL_MODULES = (
     "segment.models.", "segmentation_models_pytorch.", "torch.nn.", "torch.optim.", "torchvision.models.",
 )  # fmt: skip
+_DATA_MODULES = ("segment.data.", "albumentations.")
 _TRUSTED_FUNCTIONS = ("segmentation_models_pytorch.create_model",)
 
 
-def _trusted_object(target: str) -> bool:
-    from hydra.utils import get_object
-    from torch import nn
+def _trusted_bases(kind: str) -> tuple[type, ...]:
+    if kind == "data":
+        return (LightningDataModule, BasicTransform, BaseCompose)
+    schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    return (nn.Module, torch.optim.Optimizer, *schedulers)
 
-    if target in _TRUSTED_FUNCTIONS:
+
+def _trusted_object(target: Any, kind: str) -> bool:
+    modules = _DATA_MODULES if kind == "data" else _MODEL_MODULES
+    if kind == "model" and target in _TRUSTED_FUNCTIONS:
         return True
-    if not isinstance(target, str) or not target.startswith(_TRUSTED_MODULES) or "__" in target:
+    if not isinstance(target, str) or not target.startswith(modules) or "__" in target:
         return False
     try:
         obj = get_object(target)
     except Exception:  # noqa: BLE001 -- not importable: not buildable either
         return False
     if not isinstance(obj, type) or not str(getattr(obj, "__module__", "")).startswith(
-            tuple(m.rstrip(".") for m in _TRUSTED_MODULES)):  # fmt: skip
+            tuple(m.rstrip(".") for m in modules)):  # fmt: skip
         return False
-    schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    return issubclass(obj, (nn.Module, torch.optim.Optimizer, *schedulers))
+    return issubclass(obj, _trusted_bases(kind))
 
 
-def check_trusted_targets(config: Any, where: str) -> None:
+def check_trusted_targets(config: Any, where: str, kind: str = "model") -> None:
     """Refuse any ``_target_`` in ``config`` (nested included) that is not an allow-listed class.
+
+    Args:
+        config: Plain containers from a checkpoint.
+        where: Named in the error (``<file>: hyper_parameters.net``).
+        kind: ``model`` (nets, losses, optimisers, schedulers) or ``data`` (data modules, transforms).
 
     Raises:
         CheckpointError: naming the target and where it was found.
     """
     if isinstance(config, dict):
         target = config.get("_target_")
-        if target is not None and not _trusted_object(target):
+        if target is not None and not _trusted_object(target, kind):
+            what = ("data modules of segment.data and albumentations transforms" if kind == "data" else
+                    "nets, losses, optimisers and LR schedulers of segment.models, segmentation_models_pytorch, "
+                    "torch.nn, torch.optim and torchvision.models")  # fmt: skip
             raise CheckpointError(
-                f"{where}: refusing to build _target_={target!r} from a checkpoint; a checkpoint may only name "
-                "nets, losses, optimisers and LR schedulers of segment.models, segmentation_models_pytorch, "
-                "torch.nn, torch.optim and torchvision.models"
+                f"{where}: refusing to build _target_={target!r} from a checkpoint; a checkpoint may only name {what}"
             )
         for key, value in config.items():
-            check_trusted_targets(value, f"{where}.{key}")
+            check_trusted_targets(value, f"{where}.{key}", kind)
     elif isinstance(config, list | tuple):
         for index, value in enumerate(config):
-            check_trusted_targets(value, f"{where}[{index}]")
+            check_trusted_targets(value, f"{where}[{index}]", kind)

@@ -13,11 +13,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import OmegaConf
 
 from segment.files import write_atomic
 
-__all__ = ["RUN_FILE", "RunRecord", "git_state", "package_versions"]
+__all__ = ["RUN_FILE", "RunRecord", "git_state", "hparams_summary", "package_versions"]
 
 RUN_FILE = "run.json"
 _PACKAGES = (
@@ -133,9 +135,6 @@ def hparams_summary(cfg: Any, model: Any, trainer: Any) -> dict[str, Any]:
     swept ones among them). The whole resolved config is in ``run.json`` and in every
     checkpoint.
     """
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     select = lambda key: OmegaConf.select(cfg, key, default=None)  # noqa: E731
     image_size = select("data.image_size")

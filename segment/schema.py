@@ -25,6 +25,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from segment.models.nets import check_net_config
+
 __all__ = ["ConfigError", "TrainSchema", "register_schemas", "validate"]
 
 
@@ -41,6 +43,7 @@ class TrainSchema:
     ckpt_path: str | None = None
     skip_completed: bool = False
     overwrite: bool = False
+    test_after_fit: bool = False
     optimized_metric: str | None = "val/miou"
     data: Any = None
     model: Any = None
@@ -70,6 +73,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: missing; choose one with {key}=<name> (see conf/{key}/)")
     for path, node in _target_nodes(cfg):
         _check_node(path, node)
+    try:  # smp passes unknown keys on to its encoders, which drop them: check them against smp itself
+        check_net_config(OmegaConf.to_container(cfg.model.net, resolve=True))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _target_nodes(node: Any, path: str = "") -> typing.Iterator[tuple[str, DictConfig]]:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from segment.checkpoints import ConfigInCheckpoint, newest_checkpoint, read_checkpoint, remove_partial_files
 from segment.data import SegmentationDataModule
 from segment.models import SegmentationModule
+from segment.models.losses import needs_class_statistics, resolve_class_weights
 from segment.precision import cpu_precision
 from segment.provenance import RunRecord, hparams_summary
 from segment.runfolder import RESUMABLE_KEYS, RunFolder, RunFolderError, config_differences
@@ -134,9 +135,11 @@ def _plan(cfg: DictConfig, folder: RunFolder, previous: dict | None) -> _Plan:
     if requested == "last":
         found = newest_checkpoint(_checkpoint_dir(cfg))
         if found is None:
+            unreadable = sorted(p.name for p in _checkpoint_dir(cfg).glob("*.ckpt"))
+            why = f" ({', '.join(unreadable)} cannot be read: see the warnings above)" if unreadable else ""
             raise FileNotFoundError(
-                f"ckpt_path=last: no loadable checkpoint in this run folder ({_checkpoint_dir(cfg)}). To continue a "
-                "killed run, start in its folder: hydra.run.dir=<run folder> ckpt_path=last; or pass ckpt_path=<file>"
+                f"ckpt_path=last: no loadable checkpoint in this run folder ({_checkpoint_dir(cfg)}){why}. To continue "
+                "a killed run, start in its folder: hydra.run.dir=<run folder> ckpt_path=last; or pass ckpt_path=<file>"
             )
         return _Plan("resume", *found)
     if requested is not None:
@@ -176,17 +179,17 @@ def _occupied(folder: RunFolder, previous: dict | None, why: str = "") -> str:
 
 
 def _path_keys(node: Any, prefix: str = "") -> set[str]:
-    """Dotted keys whose value is an interpolation of ``paths.*`` or Hydra's runtime (where files go)."""
-    keys: set[str] = set()
+    """Dotted keys whose value interpolates ``paths.*`` or Hydra's runtime: where files go, not what runs."""
     if isinstance(node, DictConfig):
-        for key in node:
+        node = OmegaConf.to_container(node, resolve=False)
+    keys: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
             dotted = f"{prefix}.{key}" if prefix else str(key)
-            if OmegaConf.is_interpolation(node, key):
-                text = str(node._get_node(key)._value())
-                if "paths." in text or "hydra:" in text:
-                    keys.add(dotted)
+            if isinstance(value, str) and "${" in value and ("paths." in value or "hydra:" in value):
+                keys.add(dotted)
             else:
-                keys |= _path_keys(node._get_node(key), dotted)
+                keys |= _path_keys(value, dotted)
     return keys
 
 
@@ -230,8 +233,15 @@ def _fit(cfg: DictConfig, resolved: dict, record: RunRecord, plan: _Plan) -> tup
     loggers: list[Logger] = instantiate_each(cfg.get("logger"), resume_step=plan.step)
     datamodule: SegmentationDataModule = instantiate(cfg.data)
     info = datamodule.info
+    loss = OmegaConf.to_container(cfg.model.loss, resolve=True)
+    if needs_class_statistics(loss):  # class weights come from the training split's label counts
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        loss = resolve_class_weights(loss, datamodule.train_dataset.statistics or datamodule.train_dataset.scan())
+        log.info("loss with class weights: %s", loss)
+        record.update(loss=loss)
     model: SegmentationModule = instantiate(
-        cfg.model, class_names=list(info.class_names), ignore_index=info.ignore_index
+        cfg.model, class_names=list(info.class_names), ignore_index=info.ignore_index, loss=loss
     )
     trainer: Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
 
@@ -249,8 +259,15 @@ def _fit(cfg: DictConfig, resolved: dict, record: RunRecord, plan: _Plan) -> tup
     )
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=plan.checkpoint and str(plan.checkpoint))
-
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    if cfg.get("test_after_fit") and not trainer.interrupted:
+        if datamodule.has_split("test"):
+            # the best checkpoint by the monitored loss when there is one, else the weights as they are
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            [scores] = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update({name: float(value) for name, value in scores.items()})
+        else:
+            log.warning("test_after_fit: %s has no test split here; nothing to test", info.name)
     return metrics, trainer
 
 
@@ -263,6 +280,6 @@ def _report(cfg: DictConfig, trainer: Trainer, metrics: dict[str, float]) -> Non
             lines.append(f"  {name:14s} {metrics[name]:.4f} after {trainer.current_epoch} epoch(s)")
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_path:
         lines.append(f"  best checkpoint: {trainer.checkpoint_callback.best_model_path}")
-    if any(Path(lg.log_dir or "").exists() for lg in trainer.loggers if hasattr(lg, "log_dir")):
+    if any(lg.log_dir and Path(lg.log_dir).exists() for lg in trainer.loggers):
         lines.append(f"  dashboards:      tensorboard --logdir {output_dir}")
     log.info("\n".join(lines))

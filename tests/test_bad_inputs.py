@@ -7,6 +7,7 @@ folder that does not exist, so reaching the data would raise a different error.
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,30 @@ def _remove_split(root: Path) -> None:
 
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:200])
+
+
+def _text_checkpoint(root: Path) -> list[str]:
+    (root / "notes.ckpt").write_text("epoch: 3\nnot a checkpoint\n")
+    return [f"ckpt_path={root / 'notes.ckpt'}"]
+
+
+def _random_checkpoint(root: Path) -> list[str]:
+    (root / "noise.ckpt").write_bytes(random.Random(0).randbytes(3000))
+    return [f"model.init_from={root / 'noise.ckpt'}"]
+
+
+def _color_folder(root: Path, palette: str) -> list[str]:
+    """A folder dataset with colour masks (red, green) and the given palette."""
+    for split, count in (("Train", 2), ("Test", 1)):
+        for i in range(count):
+            write_image(root / "Images" / split / f"f{i}.png", seed=i)
+            rgb = np.zeros((H, W, 3), np.uint8)
+            rgb[:, : W // 2] = (255, 0, 0)
+            rgb[:, W // 2 :] = (0, 255, 0)
+            write_mask(root / "Masks" / split / f"f{i}.png", rgb)
+    return ["data=folder", f"data.images_dir={root / 'Images' / 'Train'}", f"data.masks_dir={root / 'Masks' / 'Train'}",
+            f"data.val_images_dir={root / 'Images' / 'Test'}", f"data.val_masks_dir={root / 'Masks' / 'Test'}",
+            "data.class_names=[road,car,sky]", "data.mask_format=color", f"data.palette={palette}"]  # fmt: skip
 
 
 # (case, data setup -> overrides, more overrides, error type, message pattern)
@@ -86,6 +111,20 @@ CASES = [
     ("undeclared label value", _camvid(lambda root: write_mask(root / "valannot" / "0001TP_000000.png",
                                                                 np.full((H, W), 17, np.uint8))), [], ValueError,
      r"0001TP_000000.png: mask values \[17\] are not classes of 'camvid'"),
+    # silent wrong data, refused (the reliability issue)
+    ("two files of one sample", _camvid(lambda root: write_image(root / "train" / "0001TP_000001.jpg", seed=5)), [],
+     ValueError, r"0001TP_000001.jpg and .*0001TP_000001.png have the same name|"
+                 r"0001TP_000001.png and .*0001TP_000001.jpg have the same name"),
+    ("JPEG masks", _camvid(lambda root: (root / "trainannot" / "0001TP_000002.png").rename(
+        root / "trainannot" / "0001TP_000002.jpg")), [], ValueError,
+     r"1 mask\(s\) in .*trainannot are JPEG files, e.g. .*0001TP_000002.jpg: JPEG compression changes label values"),
+    ("one colour for two classes", lambda root: _color_folder(root, "[[255,0,0],[0,255,0],[255,0,0]]"), [],
+     Exception, r"data.palette: colour \[255, 0, 0\] is given to both 'road' and 'sky'"),
+    # unusable checkpoints, named, never unpickled
+    ("text file as a checkpoint", lambda root: [*write_camvid(root), *_text_checkpoint(root)], [], ValueError,
+     r"ckpt_path=.*notes.ckpt is not a checkpoint: not a torch archive"),
+    ("random bytes as init_from", lambda root: [*write_camvid(root), *_random_checkpoint(root)], [], Exception,
+     r"model.init_from=.*noise.ckpt is not a checkpoint: not a torch archive"),
 ]  # fmt: skip
 
 

@@ -95,7 +95,8 @@ def test_unreadable_checkpoints_are_named_and_never_unpickled(tmp_path: Path) ->
     data = (tmp_path / "whole.ckpt").read_bytes()
     (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     for name in ("text.ckpt", "random.ckpt", "truncated.ckpt"):
-        with pytest.raises(CheckpointError, match=rf"ckpt_path=.*{name} is not a checkpoint: not a torch archive") as info:
+        message = rf"ckpt_path=.*{name} is not a checkpoint: not a torch archive"
+        with pytest.raises(CheckpointError, match=message) as info:
             read_checkpoint(tmp_path / name)
         assert "weights_only" not in str(info.value) and info.value.__cause__ is None
 

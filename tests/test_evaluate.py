@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,8 +14,7 @@ from hydra import compose, initialize_config_dir
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
 from segment.evaluation import Predictor, load_checkpoint
-from segment.evaluation.run import confusion_matrix
-from segment.models.metrics import evaluation_scores
+from segment.models.metrics import confusion_metric, evaluation_scores
 from segment.training import train
 from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 from tests.layouts import write_image
@@ -44,7 +44,10 @@ def test_metrics_match_hand_counts_numpy_and_torchmetrics() -> None:
     # car:  5 in truth, TP 4, FN 1, FP 1 -> 4/6;   sky: 4 in truth, TP 3, FN 1, FP 1 -> 3/5
     # sign: in neither truth nor prediction -> undefined
     expected_iou = [4 / 8, 4 / 6, 3 / 5]
-    confusion = confusion_matrix(torch.from_numpy(prediction), torch.from_numpy(truth), 4, 255)
+    metric = confusion_metric(4, 255)  # the object training and evaluation both accumulate
+    metric.update(torch.from_numpy(prediction[:2]), torch.from_numpy(truth[:2]))
+    metric.update(torch.from_numpy(prediction[2:]), torch.from_numpy(truth[2:]))
+    confusion = metric.compute()
     scores = evaluation_scores(confusion, NAMES)
     assert [scores["per_class"][n]["iou"] for n in NAMES[:3]] == pytest.approx(expected_iou)
     assert scores["per_class"]["sign"]["iou"] is None and scores["absent_classes"] == ["sign"]
@@ -96,7 +99,9 @@ def _evaluate_args(trained: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_evaluation_equals_validation_during_training(trained: Path, tmp_path: Path) -> None:
-    run_script(_evaluate_args(trained, f"hydra.run.dir={tmp_path}"))
+    # no data= and no data.*: the run's data config comes from the checkpoint
+    checkpoint = trained / "run" / "checkpoints" / "last.ckpt"
+    run_script(["evaluate.py", f"ckpt_path={checkpoint}", f"hydra.run.dir={tmp_path}"])
     report = json.loads((tmp_path / "metrics.json").read_text())
     with (trained / "run" / "csv" / "metrics.csv").open() as handle:
         logged = [row for row in csv.DictReader(handle) if row.get("val/miou")][-1]
@@ -175,3 +180,78 @@ def test_predictor_modes_agree(trained: Path) -> None:
     assert odd.shape == (1, 10, 50, 70)  # padded to 64x96 inside, cropped back
     resized = Predictor(module, input_size=(32, 64)).logits(images)
     assert resized.shape == plain.shape
+
+
+def test_inference_options_are_checked_with_a_fix(trained: Path, monkeypatch) -> None:
+    module = load_checkpoint(trained / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ValueError, match=r"sliding_window.stride=\[0, 0\]: two steps between 1 and the window size "
+                                         r"\[64, 64\], e.g. stride: \[32, 32\]"):
+        Predictor(module, window=(64, 64), window_stride=(0, 0))
+    with pytest.raises(ValueError, match=r"input_size=\[100, 150\]: height and width must be positive multiples of "
+                                         r"32 .*try input_size=\[96, 160\]"):
+        Predictor(module, input_size=(100, 150))
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 68719476736 bytes.")
+
+    monkeypatch.setattr(module.net, "forward", out_of_memory)
+    with pytest.raises(MemoryError, match=r"out of memory predicting 1 image\(s\) of 64x96 .*'sliding_window="):
+        Predictor(module).logits(torch.zeros(1, 3, 64, 96, dtype=torch.uint8))
+
+
+def test_predict_refuses_two_inputs_with_one_name(trained: Path, tmp_path: Path) -> None:
+    from segment.evaluation.run import _input_images
+
+    write_image(tmp_path / "in" / "s0.png", seed=0)
+    write_image(tmp_path / "in" / "s0.jpg", seed=1)
+    with pytest.raises(ValueError, match=r"s0.jpg and .*s0.png have the same name; their predictions"):
+        _input_images(tmp_path / "in")
+
+
+def test_the_mask_panel_goes_to_every_logger_that_takes_images(monkeypatch) -> None:
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    from segment.callbacks.mask_images import log_image
+
+    calls = []
+    image = np.zeros((4, 6, 3), np.uint8)
+
+    class Experiment:
+        def add_image(self, tag, img, global_step, dataformats):  # TensorBoard's SummaryWriter
+            calls.append(("tensorboard", tag, img.shape, global_step, dataformats))
+
+        def log_image(self, run_id, img, key, step):  # MLflow's client
+            calls.append(("mlflow", run_id, key, step))
+
+    monkeypatch.setattr(TensorBoardLogger, "experiment", property(lambda self: Experiment()))
+    monkeypatch.setattr(MLFlowLogger, "experiment", property(lambda self: Experiment()))
+    monkeypatch.setattr(MLFlowLogger, "run_id", property(lambda self: "run-1"))
+    monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, step: calls.append(("wandb", key, step)))
+    for kind in (TensorBoardLogger, WandbLogger, MLFlowLogger):
+        log_image(object.__new__(kind), "val/masks", image, 7)
+    assert calls == [("tensorboard", "val/masks", (4, 6, 3), 7, "HWC"), ("wandb", "val/masks", 7),
+                     ("mlflow", "run-1", "val_masks", 7)]  # fmt: skip
+
+
+class _CountingModule(torch.nn.Module):
+    """Logits that say which call made them: call k fills its tile with k."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.hparams = SimpleNamespace(mean=[0.5, 0.5, 0.5])
+        self.calls = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return torch.full((images.shape[0], 2, *images.shape[-2:]), float(self.calls))
+
+
+def test_sliding_windows_average_their_overlaps() -> None:
+    module = _CountingModule()
+    # 64x96 with 64x64 windows every 32 columns: tile 1 covers columns 0-63, tile 2 columns 32-95
+    logits = Predictor(module, window=(64, 64), window_stride=(32, 32)).logits(torch.zeros(1, 3, 64, 96))
+    row = logits[0, 0, 0]
+    assert module.calls == 2
+    assert row[:32].unique().tolist() == [1.0] and row[64:].unique().tolist() == [2.0]
+    assert row[32:64].unique().tolist() == [1.5]  # the overlap: the mean of both tiles, not their sum

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from segment.models import CrossEntropyDiceLoss, SegmentationModule
+from segment.models import SegmentationModule
 from segment.models.metrics import confusion_scores, iou_per_class
 
 NAMES = ["road", "car", "pole", "sign"]
@@ -59,19 +59,6 @@ def test_channels_last_changes_layout_not_values() -> None:
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     torch.testing.assert_close(nhwc(images), dense(images))
     assert nhwc.net.conv.weight.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_ce_dice_ignores_ignored_pixels() -> None:
-    torch.manual_seed(0)
-    logits = torch.randn(2, 4, 8, 8)
-    target = torch.randint(0, 4, (2, 8, 8))
-    loss = CrossEntropyDiceLoss(ignore_index=255)
-    corrupted = target.clone()
-    corrupted[:, :3] = 255
-    changed_logits = logits.clone()
-    changed_logits[:, :, :3] = 100.0  # anything at ignored pixels must not matter
-    assert loss(logits, corrupted).item() == pytest.approx(loss(changed_logits, corrupted).item(), rel=1e-6)
-    assert loss(logits, target).item() != pytest.approx(loss(logits, corrupted).item())
 
 
 def test_hparams_are_plain_containers() -> None:
@@ -133,7 +120,8 @@ def test_non_finite_loss_is_caught_at_the_next_check_with_its_step() -> None:
     good = float(module._last_finite_loss)
     nn.init.constant_(module.net.conv.weight, float("nan"))
     module.training_step(batch, 1)  # step 0 again (no trainer: global_step stays 0) -> noted, not yet checked
-    with pytest.raises(FloatingPointError, match=rf"non-finite training loss at epoch 1, step 0 \(last finite loss: {good:.6g}\)"):
+    message = rf"non-finite training loss at epoch 1, step 0 \(last finite loss: {good:.6g}\)"
+    with pytest.raises(FloatingPointError, match=message):
         module.on_validation_start()  # always checked before a validation (and its checkpoint)
     every_step = _module(finite_check_every_n_steps=1)
     nn.init.constant_(every_step.net.conv.weight, float("nan"))
@@ -146,7 +134,10 @@ def test_validation_logs_plain_cross_entropy_whatever_the_loss() -> None:
     batch = {"image": torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8), "mask": torch.randint(0, 4, (2, 8, 8))}
     batch["mask"][:, :2] = 255
     ce = _module()
-    dice = _module(loss={"_target_": "segment.models.CrossEntropyDiceLoss", "dice_weight": 1.0})
+    dice = _module(loss={"_target_": "segment.models.SumOfLosses", "terms": [
+        {"weight": 1.0, "loss": {"_target_": "segment.models.CrossEntropyLoss"}},
+        {"weight": 1.0, "loss": {"_target_": "segmentation_models_pytorch.losses.DiceLoss", "mode": "multiclass"}},
+    ]})  # fmt: skip
     dice.load_state_dict(ce.state_dict())
     for module in (ce, dice):
         module.validation_step(batch, 0)

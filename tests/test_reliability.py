@@ -148,7 +148,7 @@ def test_a_failing_job_spoils_no_other_and_a_rerun_skips_completed_jobs(tmp_path
 
     assert report_main([str(sweep)]) == 0
     report = (sweep / "report.md").read_text()
-    assert "| 1 | unet_lab | 42 | failed | ValueError: Invalid learning rate: nan |" in report
+    assert f"| {bad.name} | 42 | failed | ValueError: Invalid learning rate: nan |" in report
 
     metrics = (good / "csv" / "metrics.csv").read_bytes()
     second = subprocess.run([*command, "skip_completed=true"], cwd=REPO, env=env, capture_output=True, text=True,

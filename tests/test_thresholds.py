@@ -125,7 +125,8 @@ def test_lab_unet_shapes_and_size() -> None:
     assert 0.3e6 < parameters < 1.5e6, parameters  # small next to the 23.7 M of the VGG16 U-Net
     # the lab's net: Dropout2d(0.3) after each of its 10 block convolutions, all with a bias
     assert sum(isinstance(m, torch.nn.Dropout2d) and m.p == 0.3 for m in net.modules()) == 10
-    block_convs = [m for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d) and not name.startswith("head")]
+    block_convs = [m for name, m in net.named_modules()
+                   if isinstance(m, torch.nn.Conv2d) and not name.startswith("head")]  # fmt: skip
     assert len(block_convs) == 10 and all(conv.bias is not None for conv in block_convs)
 
 

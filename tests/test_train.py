@@ -13,10 +13,46 @@ from segment.training import train
 from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 
-@pytest.mark.parametrize("model", ["unet_scratch", "unet_vgg"])
+@pytest.mark.parametrize("model", ["unet_scratch", "unet_lab", "unet_lab_vgg"])
 def test_fast_dev_run(make_cfg, model: str) -> None:
     metrics = train(make_cfg(f"model={model}", "debug=fdr"))
-    assert {"val/loss", "val/miou", "val/pixel_acc", "train/loss"} <= metrics.keys()
+    assert {"val/loss", "val/ce", "val/miou", "val/pixel_acc", "train/loss"} <= metrics.keys()
+
+
+def test_fast_dev_run_of_the_pretrained_arm_loads_its_weights(make_cfg, tmp_path: Path) -> None:
+    """unet_vgg with the weights it asks for (here a VGG16 file), not random ones: the pretrained path runs."""
+    import json
+
+    import torch
+    from hydra.utils import instantiate
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    from segment.data.synthetic import SYNTHETIC_INFO
+
+    torch.manual_seed(3)
+    weights = {k: torch.randn_like(v) for k, v in get_encoder("vgg16", weights=None).state_dict().items()}
+    torch.save(weights, tmp_path / "vgg16.pth")
+    cfg = make_cfg("model=unet_vgg", "debug=fdr", f"model.net.encoder_weights={tmp_path / 'vgg16.pth'}")
+    model = instantiate(cfg.model, class_names=list(SYNTHETIC_INFO.class_names), ignore_index=255)
+    torch.testing.assert_close(model.net.encoder.state_dict()["features.28.weight"], weights["features.28.weight"])
+    assert {"val/loss", "val/miou"} <= train(cfg).keys()
+    used = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())["encoder_weights_used"]
+    assert used["source"] == "file" and used["detail"] == str(tmp_path / "vgg16.pth")
+
+
+def test_any_smp_architecture_and_encoder(make_cfg) -> None:
+    metrics = train(make_cfg("model=smp", "model.net.arch=FPN", "model.net.encoder_name=resnet34", "debug=fdr"))
+    assert "val/miou" in metrics
+
+
+def test_a_misspelt_net_key_names_the_nearest_before_anything_is_built(make_cfg, monkeypatch) -> None:
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was touched")
+
+    monkeypatch.setattr("segment.data.datamodule.SegmentationDataModule.__init__", no_data)
+    with pytest.raises(ValueError, match=r"model.net.encoder_depthh: segmentation_models_pytorch.create_model has "
+                                         r"no argument 'encoder_depthh'; did you mean encoder_depth"):
+        train(make_cfg("model=smp", "+model.net.encoder_depthh=5"))
 
 
 def _epoch_rows(csv_path: Path) -> list[dict[str, str]]:

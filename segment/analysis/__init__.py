@@ -1,10 +1,13 @@
-"""The study's analysis: read a sweep's run folders, compare models, write the report.
+"""The study's analysis: read a sweep's run folders, compare arms, write the report.
 
 The report itself is ``segment.analysis.report`` (``python -m segment.analysis.report <sweep>``).
 """
 
 from segment.analysis.hydra_callback import StudyReport
-from segment.analysis.runs import Run, load_run, load_runs
-from segment.analysis.stats import bootstrap_ratio, mean_std
+from segment.analysis.runs import Crossing, Run, load_run, load_runs
+from segment.analysis.stats import RatioEstimate, kaplan_meier, mean_std, paired_ratio
 
-__all__ = ["Run", "StudyReport", "bootstrap_ratio", "load_run", "load_runs", "mean_std"]
+__all__ = [
+    "Crossing", "RatioEstimate", "Run", "StudyReport", "kaplan_meier", "load_run", "load_runs", "mean_std",
+    "paired_ratio",
+]  # fmt: skip

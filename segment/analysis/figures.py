@@ -1,8 +1,8 @@
-"""The study's figures: curves over seeds, epochs-to-threshold bars, calibration, mask sheet."""
+"""The study's figures: curves per arm, speedup vs threshold level, fraction reached, calibration, masks."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,26 +15,32 @@ from PIL import Image  # noqa: E402
 from segment.analysis.runs import Run  # noqa: E402
 from segment.files import atomic_open  # noqa: E402
 
-__all__ = ["calibration_figure", "curves_figure", "mask_sheet_figure", "seconds_figure", "threshold_bars_figure"]
+__all__ = [
+    "calibration_figure",
+    "curves_figure",
+    "mask_sheet_figure",
+    "reached_figure",
+    "speedup_figure",
+]
 
 _COLORS = plt.get_cmap("tab10").colors
 
 
-def _color(models: Sequence[str], model: str):
-    return _COLORS[list(models).index(model) % len(_COLORS)]
+def _color(index: int):
+    return _COLORS[index % len(_COLORS)]
 
 
-def _band(runs: Sequence[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per epoch, mean and std of one metric over the runs that logged it at that epoch."""
-    table: dict[int, list[float]] = {}
+def _band(runs: Sequence[Run], metric: str, unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over runs of one validation metric at each ``unit`` value (runs of an arm share them)."""
+    table: dict[float, list[float]] = {}
     for run in runs:
-        for epoch, value in zip(*run.series(metric), strict=True):
-            table.setdefault(epoch, []).append(value)
-    epochs = np.array(sorted(table))
-    values = [np.asarray(table[e]) for e in epochs]
+        for time, value in zip(*run.series(metric, unit), strict=True):
+            table.setdefault(round(float(time), 3), []).append(value)
+    times = np.array(sorted(table))
+    values = [np.asarray(table[t]) for t in times]
     mean = np.array([v.mean() for v in values])
     std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
-    return epochs, mean, std
+    return times, mean, std
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -46,101 +52,119 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def curves_figure(
-    runs: Sequence[Run], models: Sequence[str], metric_pairs: Sequence[tuple[str, str]], path: Path,
-    title: str, hlines: Sequence[float] = (),
-) -> Path:  # fmt: skip
-    """Per-epoch mean (line) and +-1 std over seeds (band) per model, one axes.
+def curves_figure(arms: Mapping[str, Sequence[Run]], metric: str, path: Path, title: str,
+                  hlines: Sequence[float] = (), unit: str = "epoch") -> Path:  # fmt: skip
+    """Mean (line) and +-1 std over seeds (band) of a validation metric per arm, against ``unit``.
 
     Args:
-        metric_pairs: ``(metric, line style)``, e.g. ``[("val/loss", "-"), ("train/loss", "--")]``.
+        arms: ``{arm label: its runs}``.
+        metric: ``val/loss``, ``val/miou``, ...
         hlines: Threshold levels drawn as dotted lines.
+        unit: ``epoch`` (fractional) or ``seconds``.
     """
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for model in models:
-        group = [run for run in runs if run.model == model]
-        for metric, style in metric_pairs:
-            epochs, mean, std = _band(group, metric)
-            if epochs.size == 0:
-                continue
-            color = _color(models, model)
-            axes.plot(epochs, mean, style, color=color, marker="o", ms=3, label=f"{model} {metric} (n={len(group)})")
-            axes.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.15, lw=0)
+    figure, axes = plt.subplots(figsize=(8, 4.8))
+    for index, (label, runs) in enumerate(arms.items()):
+        times, mean, std = _band(runs, metric, unit)
+        if times.size == 0:
+            continue
+        axes.plot(times, mean, color=_color(index), lw=1.5, label=f"{label} (n={len(runs)})")
+        axes.fill_between(times, mean - std, mean + std, color=_color(index), alpha=0.15, lw=0)
     for level in hlines:
         axes.axhline(level, color="grey", ls=":", lw=1)
-    axes.set(xlabel="epoch", title=title)
+    axes.set(xlabel="epochs (fractional: validations within an epoch)" if unit == "epoch" else unit, ylabel=metric,
+             title=title)  # fmt: skip
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     return _save(figure, path)
 
 
-def threshold_bars_figure(
-    rows: dict[str, dict[str, list[float]]], totals: dict[str, int], models: Sequence[str], path: Path
-) -> Path:
-    """Grouped bars: mean epochs to each threshold per model, +-1 std, with reached/total counts.
+def speedup_figure(rows: Sequence[dict], path: Path) -> Path:
+    """Speedup (geometric mean of per-seed ratios, 95% interval) against the threshold level, per comparison.
 
     Args:
-        rows: ``{threshold: {model: [epochs of the seeds that reached it]}}``.
-        totals: ``{model: number of usable runs}``.
+        rows: ``{"comparison", "metric", "level", "estimate": RatioEstimate | None}``.
     """
-    thresholds = list(rows)
-    width = 0.8 / max(len(models), 1)
-    figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(thresholds) * len(models) / 2), 4.5))
-    for i, model in enumerate(models):
-        x = np.arange(len(thresholds)) + (i - (len(models) - 1) / 2) * width
-        means = [np.mean(rows[t][model]) if rows[t].get(model) else 0.0 for t in thresholds]
-        stds = [np.std(rows[t][model], ddof=1) if len(rows[t].get(model, [])) > 1 else 0.0 for t in thresholds]
-        bars = axes.bar(x, means, width, yerr=stds, capsize=3, color=_color(models, model), label=model)
-        for bar, t in zip(bars, thresholds, strict=True):
-            reached = len(rows[t].get(model, []))
-            axes.annotate(f"{reached}/{totals.get(model, 0)}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                          ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")  # fmt: skip
-    axes.set_xticks(np.arange(len(thresholds)), thresholds, fontsize=8)
-    axes.set(ylabel="epochs to reach (mean +- std over seeds that reached it)", title="Epochs to threshold")
-    axes.legend(fontsize=8)
-    axes.grid(axis="y", alpha=0.3)
+    comparisons = list(dict.fromkeys(row["comparison"] for row in rows))
+    metrics = list(dict.fromkeys(row["metric"] for row in rows))
+    figure, grid = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
+    for axes, metric in zip(grid[0], metrics, strict=True):
+        for index, comparison in enumerate(comparisons):
+            points = [r for r in rows if r["comparison"] == comparison and r["metric"] == metric and r["estimate"]]
+            exact = [r for r in points if not r["estimate"].bound]
+            color = _color(index)
+            if exact:
+                x = np.array([r["level"] for r in exact])
+                y = np.array([r["estimate"].point for r in exact])
+                low = np.array([r["estimate"].low for r in exact])
+                high = np.array([r["estimate"].high for r in exact])
+                finite = np.isfinite(low)
+                axes.errorbar(x[finite], y[finite], yerr=[y[finite] - low[finite], high[finite] - y[finite]],
+                              fmt="o-", color=color, ms=4, capsize=2, lw=1, label=comparison)  # fmt: skip
+                axes.plot(x[~finite], y[~finite], "o", color=color, ms=4, mfc="none")
+            for r in points:
+                if r["estimate"].bound:
+                    marker = "^" if r["estimate"].bound == ">=" else "v"
+                    axes.plot([r["level"]], [r["estimate"].point], marker, color=color, ms=6, mfc="none")
+        axes.axhline(1.0, color="grey", lw=0.8)
+        axes.set_yscale("log")
+        axes.set(xlabel=f"{metric} threshold", ylabel="speedup (slower / faster, epochs)",
+                 title=f"Speedup to {metric} thresholds; ^ / v: bounds where runs never got there")  # fmt: skip
+        if metric.endswith("loss") or metric.endswith("ce"):
+            axes.invert_xaxis()  # training moves right
+        axes.grid(alpha=0.3, which="both")
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize=7)
     return _save(figure, path)
 
 
-def calibration_figure(
-    runs: Sequence[Run], models: Sequence[str], thin_classes: Sequence[str], loss_levels: Sequence[float],
-    miou_levels: Sequence[float], path: Path,
-) -> Path:  # fmt: skip
-    """Every (run, epoch): val/loss against val/miou (left) and against thin-class IoU (right)."""
+def reached_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, int]]], path: Path) -> Path:
+    """Fraction of an arm's runs that reached each level by each epoch (1 - Kaplan-Meier survival).
+
+    Args:
+        curves: ``{level name: {arm label: (epochs, fraction, runs)}}``.
+    """
+    figure, grid = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 4.0), squeeze=False, sharey=True)
+    arms = list(dict.fromkeys(label for per_level in curves.values() for label in per_level))
+    for axes, (level, per_arm) in zip(grid[0], curves.items(), strict=True):
+        for label, (times, fraction, runs) in per_arm.items():
+            axes.step(times, fraction, where="post", color=_color(arms.index(label)), label=f"{label} (n={runs})")
+        axes.set(xlabel="epochs", title=level, ylim=(-0.02, 1.02))
+        axes.grid(alpha=0.3)
+    grid[0][0].set_ylabel("fraction of runs that reached it")
+    grid[0][-1].legend(fontsize=6, loc="lower right")
+    return _save(figure, path)
+
+
+def calibration_figure(points: Sequence[dict], thin_classes: Sequence[str], loss_levels: Sequence[float],
+                       miou_levels: Sequence[float], path: Path, loss_metric: str = "val/loss") -> Path:  # fmt: skip
+    """Every validation of every run: the loss against mIoU (left) and against thin-class IoU (right)."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for model in models:
-        for run in (r for r in runs if r.model == model):
-            rows = [row for row in run.epochs.values() if "val/loss" in row and "val/miou" in row]
-            left.scatter([r["val/loss"] for r in rows], [r["val/miou"] for r in rows], s=12, alpha=0.7,
-                         color=_color(models, model), label=model if run is _first(runs, model) else None)  # fmt: skip
+    rows = [p for p in points if loss_metric in p and "val/miou" in p]
+    left.scatter([r[loss_metric] for r in rows], [r["val/miou"] for r in rows], s=6, alpha=0.4, color=_color(0))
     for i, name in enumerate(thin_classes):
-        points = [(row["val/loss"], row[f"val/iou/{name}"]) for run in runs for row in run.epochs.values()
-                  if "val/loss" in row and f"val/iou/{name}" in row]  # fmt: skip
-        if points:
-            x, y = zip(*points, strict=True)
-            right.scatter(x, y, s=10, alpha=0.6, color=_COLORS[(i + 3) % len(_COLORS)], label=name)
+        pairs = [(r[loss_metric], r[f"val/iou/{name}"]) for r in rows if f"val/iou/{name}" in r]
+        if pairs:
+            x, y = zip(*pairs, strict=True)
+            right.scatter(x, y, s=5, alpha=0.4, color=_color(i + 1), label=name)
     for axes, ylabel in ((left, "val/miou"), (right, "IoU of thin classes")):
         for level in loss_levels:
             axes.axvline(level, color="grey", ls=":", lw=1)
-        axes.set(xlabel="val/loss", ylabel=ylabel)
+        axes.set(xlabel=loss_metric, ylabel=ylabel)
         axes.invert_xaxis()  # training moves right
         axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
     for level in miou_levels:
         left.axhline(level, color="grey", ls="--", lw=0.8)
-    left.set_title("Loss vs mask quality (every run and epoch)")
+    if thin_classes:
+        right.legend(fontsize=7)
+    left.set_title(f"Loss vs mask quality ({len(rows)} validations)")
     right.set_title("Loss vs thin-class IoU")
     return _save(figure, path)
-
-
-def _first(runs: Sequence[Run], model: str) -> Run:
-    return next(run for run in runs if run.model == model)
 
 
 def mask_sheet_figure(
     columns: Sequence[str], rows: Sequence[tuple[str, Sequence[Path | None], Sequence[str]]], path: Path
 ) -> Path:
-    """A grid of saved mask images: one row per model, ``None`` cells left blank with their caption.
+    """A grid of saved mask images: one row per arm, ``None`` cells left blank with their caption.
 
     Args:
         columns: Column headings.
@@ -149,32 +173,15 @@ def mask_sheet_figure(
     figure, grid = plt.subplots(len(rows), len(columns), figsize=(2.6 * len(columns), 2.2 * len(rows)), squeeze=False)
     for r, (label, files, captions) in enumerate(rows):
         for c, (file, caption) in enumerate(zip(files, captions, strict=True)):
-            axes = grid[r, c]
+            axes = grid[r][c]
             axes.set_xticks([])
             axes.set_yticks([])
             if file is not None and Path(file).is_file():
-                axes.imshow(np.asarray(Image.open(file)))
+                with Image.open(file) as image:
+                    axes.imshow(np.asarray(image.convert("RGB")))
             axes.set_xlabel(caption, fontsize=7)
             if r == 0:
                 axes.set_title(columns[c], fontsize=8)
             if c == 0:
-                axes.set_ylabel(label, fontsize=8)
-    return _save(figure, path)
-
-
-def seconds_figure(runs: Sequence[Run], models: Sequence[str], path: Path, hlines: Sequence[float] = ()) -> Path:
-    """Validation loss against training wall-clock seconds, one line per run."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for model in models:
-        for run in (r for r in runs if r.model == model):
-            points = [(h["seconds"], h["val_loss"]) for h in run.history if "val_loss" in h]
-            if points:
-                x, y = zip(*points, strict=True)
-                axes.plot(x, y, "-o", ms=3, color=_color(models, model), alpha=0.8,
-                          label=model if run is _first(runs, model) else None)  # fmt: skip
-    for level in hlines:
-        axes.axhline(level, color="grey", ls=":", lw=1)
-    axes.set(xlabel="training seconds (validation excluded)", ylabel="val/loss", title="Validation loss vs time")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
+                axes.set_ylabel(label, fontsize=7)
     return _save(figure, path)

@@ -1,13 +1,15 @@
 """The study report of a sweep: ``python -m segment.analysis.report <multirun folder>``.
 
-Reads the run folders of a Hydra multirun (``train.py -m experiment=compare_pretraining``),
-never a GPU, and writes into that folder:
+Reads the run folders of one or more Hydra multiruns written into one folder
+(``train.py -m experiment=compare_pretraining``, ``experiment=lab_comparison``), never a
+GPU, and writes into that folder ``report.md`` and its figures.
 
-- ``report.md``: epochs / images / seconds to each threshold per model (mean +- std over
-  seeds, seeds that reached it), best scores, bootstrap intervals of the speedup ratios,
-  the loss-to-quality calibration, and every failed or incomplete run with its error;
-- ``loss_curves.png``, ``miou_curves.png``, ``val_loss_vs_seconds.png``,
-  ``epochs_to_threshold.png``, ``calibration.png``, ``masks_at_thresholds.png``.
+What it compares comes from the runs' own config (``study.comparisons``, set by the
+experiment YAML): each comparison names a slower and a faster arm by config choices or
+values (``{slower: {model: unet_scratch}, faster: {model: unet_vgg}}``). An *arm* is the
+set of runs that share every command-line override but the seed; a comparison pairs the
+arms that match its two sides and agree on every other override (e.g. the learning rate),
+and pairs their runs by seed.
 """
 
 from __future__ import annotations
@@ -16,39 +18,148 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from segment.analysis import figures
-from segment.analysis.runs import Run, load_runs
-from segment.analysis.stats import bootstrap_ratio, mean_std
+from segment.analysis.runs import Crossing, Run, load_runs
+from segment.analysis.stats import RatioEstimate, kaplan_meier, mean_std, paired_ratio
 from segment.files import write_atomic
 
-__all__ = ["PAIRS", "Study", "main", "write_report"]
+__all__ = ["Arm", "Comparison", "Level", "Study", "main", "write_report"]
 
 log = logging.getLogger(__name__)
 
-# (what the ratio measures, slower model, faster model): ratio = slower / faster
-PAIRS = (
-    ("pretraining", "unet_scratch", "unet_vgg"),
-    ("architecture", "unet_lab", "unet_scratch"),
-    ("lab's comparison", "unet_lab", "unet_vgg"),
-)
 # Thin structures of the road datasets; the calibration shows their IoU against the loss.
 THIN_CLASSES = (
     "pole", "sign_symbol", "traffic_sign", "traffic_light", "pedestrian", "person",
     "bicyclist", "rider", "bicycle", "fence", "lane_marking",
 )  # fmt: skip
+# Used when no run carries a study spec (a plain multirun).
+DEFAULT_SPEC: dict[str, Any] = {
+    "comparisons": {},
+    "headline": [1.0, 0.7, 0.5],
+    "loss_ladder": {"start": 1.2, "stop": 0.5, "step": 0.05},
+    "miou_ladder": {"start": 0.2, "stop": 0.6, "step": 0.05},
+    "loss_metric": "val/loss",
+}
+UNITS = {"epoch": "epochs", "images_seen": "images", "seconds": "seconds"}
 
 
-def _split(threshold: str) -> tuple[str, float]:
-    """``"val_loss<=0.7"`` -> ``("val_loss", 0.7)``."""
-    for operator in ("<=", ">="):
-        if operator in threshold:
-            metric, level = threshold.split(operator)
-            return metric, float(level)
-    raise ValueError(f"not a threshold name: {threshold!r}")
+@dataclass(frozen=True)
+class Level:
+    """A threshold: ``metric`` reaches ``level`` at ``<=`` (``min``) or ``>=`` (``max``)."""
+
+    metric: str
+    mode: str
+    level: float
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}{'<=' if self.mode == 'min' else '>='}{self.level:g}"
+
+
+@dataclass
+class Arm:
+    """Runs that differ only in their seed."""
+
+    label: str
+    key: frozenset[tuple[str, str]]
+    runs: list[Run]
+
+    def by_seed(self) -> dict[Any, Run]:
+        return {run.seed: run for run in self.runs}
+
+
+@dataclass
+class Comparison:
+    """Two arms whose per-seed ratio of time to a level measures one effect."""
+
+    effect: str
+    context: str
+    slower: Arm
+    faster: Arm
+
+    @property
+    def name(self) -> str:
+        return f"{self.effect} ({self.context})" if self.context else self.effect
+
+    @property
+    def seeds(self) -> list[Any]:
+        return sorted(set(self.slower.by_seed()) & set(self.faster.by_seed()), key=str)
+
+    def estimate(self, level: Level, unit: str = "epoch", interpolate: bool = False) -> RatioEstimate | None:
+        slow, fast = self.slower.by_seed(), self.faster.by_seed()
+        pairs = [(slow[s].crossing(level.metric, level.mode, level.level, unit, interpolate),
+                  fast[s].crossing(level.metric, level.mode, level.level, unit, interpolate))
+                 for s in self.seeds]  # fmt: skip
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        return paired_ratio([(a.time, a.reached) for a, _ in pairs], [(b.time, b.reached) for _, b in pairs])
+
+
+def _ladder(spec: dict) -> list[float]:
+    start, stop, step = float(spec["start"]), float(spec["stop"]), abs(float(spec["step"]))
+    count = int(round(abs(start - stop) / step)) + 1
+    sign = -1 if stop < start else 1
+    return [round(start + sign * i * step, 6) for i in range(count)]
+
+
+class Study:
+    """The runs of a study folder, their arms and comparisons, and its settings (derived once)."""
+
+    def __init__(self, runs: list[Run]) -> None:
+        self.runs = runs
+        self.usable = [run for run in runs if run.usable]
+        self.spec = self._spec()
+        self.loss_metric = self.spec.get("loss_metric", "val/loss")
+        self.arms = self._arms()
+        self.comparisons = self._comparisons()
+        self.headline = [Level(self.loss_metric, "min", float(v)) for v in self.spec["headline"]]
+        self.loss_ladder = [Level(self.loss_metric, "min", v) for v in _ladder(self.spec["loss_ladder"])]
+        self.miou_ladder = [Level("val/miou", "max", v) for v in _ladder(self.spec["miou_ladder"])]
+        logged = {key[len("val/iou/") :] for run in self.usable for row in run.validations for key in row}
+        self.thin_classes = [name for name in THIN_CLASSES if name in logged]
+
+    def _spec(self) -> dict[str, Any]:
+        spec = {**DEFAULT_SPEC, "comparisons": {}}
+        for run in self.usable:
+            found = run.config.get("study") or {}
+            spec.update({k: v for k, v in found.items() if k != "comparisons"})
+            spec["comparisons"].update(found.get("comparisons") or {})
+        return spec
+
+    def _arms(self) -> list[Arm]:
+        keys = {run.folder: frozenset((k, v) for k, v in run.overrides.items() if k != "seed") for run in self.usable}
+        shared = frozenset.intersection(*keys.values()) if keys else frozenset()
+        arms: dict[frozenset, Arm] = {}
+        for run in sorted(self.usable, key=lambda r: str(r.seed)):
+            key = keys[run.folder] - shared
+            label = ", ".join(f"{k}={v}" for k, v in sorted(key, key=lambda kv: ("." in kv[0], kv))) or "all runs"
+            arms.setdefault(key, Arm(label, key, [])).runs.append(run)
+        return sorted(arms.values(), key=lambda arm: arm.label)
+
+    def _comparisons(self) -> list[Comparison]:
+        found = []
+        for effect, sides in self.spec["comparisons"].items():
+            spec_keys = set(sides["slower"]) | set(sides["faster"])
+
+            def matches(arm: Arm, side: dict) -> bool:
+                return all(str(arm.runs[0].value(k)) == str(v) for k, v in side.items())
+
+            def context(arm: Arm, spec_keys: set = spec_keys) -> frozenset:
+                return frozenset((k, v) for k, v in arm.key if k not in spec_keys)
+
+            for slower in (a for a in self.arms if matches(a, sides["slower"])):
+                for faster in (a for a in self.arms if matches(a, sides["faster"])):
+                    if slower is not faster and context(slower) == context(faster):
+                        label = ", ".join(f"{k}={v}" for k, v in sorted(context(slower)))
+                        comparison = Comparison(effect, label, slower, faster)
+                        if comparison.seeds:
+                            found.append(comparison)
+        return found
 
 
 def _pm(values: Sequence[float], digits: int = 1) -> str:
@@ -56,260 +167,289 @@ def _pm(values: Sequence[float], digits: int = 1) -> str:
     return "" if not values else f"{mean:.{digits}f} +- {std:.{digits}f}"
 
 
-class Study:
-    """The runs of a sweep, and the usable ones grouped for the report (derived once)."""
-
-    def __init__(self, runs: list[Run]) -> None:
-        self.runs = runs
-        self.usable = [run for run in runs if run.usable]
-        self.models = sorted({run.model for run in self.usable})
-        self.thresholds: list[str] = []
-        for run in self.usable:
-            self.thresholds += [name for name in run.thresholds if name not in self.thresholds]
-        logged = {key[len("val/iou/") :] for run in self.usable for row in run.epochs.values() for key in row}
-        self.thin_classes = [name for name in THIN_CLASSES if name in logged]
-
-    def of(self, model: str) -> list[Run]:
-        return [run for run in self.usable if run.model == model]
-
-    def reached(self, model: str, threshold: str, key: str = "epoch") -> list[float]:
-        """``key`` (epoch, images_seen, seconds) of the seeds of ``model`` that reached ``threshold``."""
-        return [float(run.thresholds[threshold][key]) for run in self.of(model) if run.thresholds.get(threshold)]
-
-    @staticmethod
-    def metric_at(run: Run, epoch: int, name: str) -> float | None:
-        return run.epochs.get(epoch, {}).get(name)
+def _ratio(estimate: RatioEstimate | None, interval: bool = True) -> str:
+    if estimate is None:
+        return "n/a"
+    text = f"{estimate.bound}{estimate.point:.2f}x"
+    if interval and not estimate.bound and np.isfinite(estimate.low):
+        text += f" [{estimate.low:.2f}, {estimate.high:.2f}]"
+    return text
 
 
-def threshold_table(study: Study) -> str:
-    """Epochs, images and seconds to each threshold per model (mean +- std over the seeds that reached it)."""
+def _crossings(arm: Arm, level: Level, unit: str = "epoch") -> list[Crossing]:
+    return [c for c in (run.crossing(level.metric, level.mode, level.level, unit) for run in arm.runs) if c]
+
+
+def _reached_cell(arm: Arm, level: Level, unit: str = "epoch", digits: int = 2) -> str:
+    crossings = _crossings(arm, level, unit)
+    times = [c.time for c in crossings if c.reached]
+    if not times:
+        last = max((c.time for c in crossings), default=0.0)
+        return f"not reached ({len(crossings)} runs, up to {last:.{digits}g})"
+    return f"{_pm(times, digits)} ({len(times)}/{len(crossings)})"
+
+
+def protocol_section(study: Study) -> str:
+    """What every arm was trained with, read from the runs' resolved configs."""
     lines = [
-        "| model | threshold | reached | epochs | images seen | seconds |",
-        "|---|---|---|---|---|---|",
+        "| arm | runs (seeds) | net | encoder weights | optimizer, lr | schedule | batch | image | "
+        "validations/epoch | clip | precision | cap (epochs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for model in study.models:
-        for threshold in study.thresholds:
-            epochs = study.reached(model, threshold)
+    for arm in study.arms:
+        run = arm.runs[0]
+        config = run.config
+        scheduler = (run.value("model.scheduler.scheduler._target_") or "none").rsplit(".", 1)[-1]
+        warm = run.value("model.scheduler.scheduler.total_iters")
+        if scheduler == "LinearLR" and warm:
+            scheduler = f"linear warmup {warm} steps, then constant"
+        interval = run.value("trainer.val_check_interval") or 1.0
+        image = "x".join(str(v) for v in (run.value("data.image_size") or []))
+        name = (run.value("model.optimizer._target_") or "?").rsplit(".", 1)[-1]
+        optimizer = f"{name} {run.value('model.optimizer.lr')}"
+        if run.value("model.optimizer.weight_decay"):
+            optimizer += f" (wd {run.value('model.optimizer.weight_decay')})"
+        precision = (run.record.get("precision") or {}).get("precision") or config.get("trainer", {}).get("precision")
+        weights = ", ".join(sorted({r.weights or "?" for r in arm.runs}))
+        lines.append(
+            f"| {arm.label} | {len(arm.runs)} ({', '.join(str(r.seed) for r in arm.runs)}) "
+            f"| {(run.value('model.net._target_') or '?').rsplit('.', 1)[-1]} "
+            f"{run.value('model.net.encoder_name') or ''} | {weights} | {optimizer} | {scheduler} "
+            f"| {run.value('data.batch_size')} | {image} | {round(1 / float(interval)) if interval <= 1 else 1} "
+            f"| {run.value('trainer.gradient_clip_val') or '-'} | {precision} | {run.value('trainer.max_epochs')} |"
+        )
+    run = study.usable[0]
+    thresholds = run.value("callbacks.thresholds") or {}
+    host = run.record.get("precision", {}).get("host") or run.record.get("host", "?")
+    versions = run.record.get("versions", {})
+    lines += [
+        "",
+        f"A threshold counts once it has held for {run.patience} validations in a row and is credited to the first "
+        "of them (its fractional epoch, images seen and seconds): the crossing is resolved to the first validation "
+        "at or past the level. (The sensitivity table also gives linear interpolation between the last validation "
+        "before the level and that one.) "
+        f"Training stopped once `{thresholds.get('stop_when_reached')}` had held, or at the cap. "
+        f"Host: {host}; versions: torch {versions.get('torch')}, lightning {versions.get('lightning')}; "
+        f"code {str(run.record.get('git', {}).get('commit'))[:7]}.",
+    ]
+    return "\n".join(lines)
+
+
+def headline_table(study: Study) -> str:
+    """Epochs to each headline level per arm, and the paired speedups."""
+    lines = [
+        "| arm | runs | " + " | ".join(f"epochs to {level.name}" for level in study.headline) + " |",
+        "|---|---|" + "---|" * len(study.headline),
+    ]
+    for arm in study.arms:
+        cells = [_reached_cell(arm, level) for level in study.headline]
+        lines.append(f"| {arm.label} | {len(arm.runs)} | " + " | ".join(cells) + " |")
+    if study.comparisons:
+        lines += [
+            "",
+            "| comparison | slower / faster | seed pairs | " + " | ".join(lv.name for lv in study.headline) + " |",
+            "|---|---|---|" + "---|" * len(study.headline),
+        ]
+        for comparison in study.comparisons:
+            cells = [_ratio(comparison.estimate(level)) for level in study.headline]
             lines.append(
-                f"| {model} | {threshold} | {len(epochs)}/{len(study.of(model))} | {_pm(epochs)} "
-                f"| {_pm(study.reached(model, threshold, 'images_seen'), 0)} "
-                f"| {_pm(study.reached(model, threshold, 'seconds'), 0)} |"
+                f"| {comparison.name} | {comparison.slower.label} / {comparison.faster.label} "
+                f"| {len(comparison.seeds)} | " + " | ".join(cells) + " |"
             )
+        lines.append(
+            "\nSpeedup: geometric mean over seeds of (slower arm's epochs / faster arm's epochs), paired by seed, "
+            "with a 95% t-interval on the log ratios. `>=`: some slower-arm runs never reached the level and count "
+            "at their last validation, so the speedup is at least this; `<=` the reverse; n/a: censored on both sides."
+        )
+    return "\n".join(lines)
+
+
+def ladder_rows(study: Study) -> list[dict]:
+    rows = []
+    for comparison in study.comparisons:
+        for level in study.loss_ladder + study.miou_ladder:
+            reached = {side: sum(c.reached for c in _crossings(arm, level))
+                       for side, arm in (("slower", comparison.slower), ("faster", comparison.faster))}  # fmt: skip
+            rows.append({"comparison": comparison.name, "metric": level.metric, "level": level.level,
+                         "name": level.name, "estimate": comparison.estimate(level), "reached": reached,
+                         "runs": (len(comparison.slower.runs), len(comparison.faster.runs))})  # fmt: skip
+    return rows
+
+
+def ladder_table(rows: list[dict]) -> str:
+    lines = ["| comparison | threshold | slower reached | faster reached | speedup [95% CI] |", "|---|---|---|---|---|"]
+    for row in rows:
+        slow_runs, fast_runs = row["runs"]
+        lines.append(
+            f"| {row['comparison']} | {row['name']} | {row['reached']['slower']}/{slow_runs} "
+            f"| {row['reached']['faster']}/{fast_runs} | {_ratio(row['estimate'])} |"
+        )
+    return "\n".join(lines)
+
+
+def per_seed_table(study: Study) -> str:
+    """Each seed's ratio at each headline level: the data behind the geometric means."""
+    lines = ["| comparison | threshold | " + " | ".join(["per-seed ratios (seed: slower / faster epochs)"]) + " |",
+             "|---|---|---|"]  # fmt: skip
+    for comparison in study.comparisons:
+        slow, fast = comparison.slower.by_seed(), comparison.faster.by_seed()
+        for level in study.headline:
+            cells = []
+            for seed in comparison.seeds:
+                a = slow[seed].crossing(level.metric, level.mode, level.level)
+                b = fast[seed].crossing(level.metric, level.mode, level.level)
+                if a is None or b is None:
+                    continue
+                mark = "" if a.reached and b.reached else (" (>=)" if not a.reached and b.reached else
+                                                           " (<=)" if a.reached else " (never)")  # fmt: skip
+                cells.append(f"{seed}: {a.time:.2f} / {b.time:.2f} = {a.time / b.time:.2f}{mark}")
+            lines.append(f"| {comparison.name} | {level.name} | {'; '.join(cells)} |")
+    return "\n".join(lines)
+
+
+def sensitivity_table(study: Study) -> str:
+    """The headline speedups with the level moved by +-0.02, with interpolated crossings, and in images/seconds."""
+    lines = [
+        "| comparison | level | level - 0.02 | level | level + 0.02 | interpolated crossing | images | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for comparison in study.comparisons:
+        for level in study.headline:
+            shifted = [Level(level.metric, level.mode, round(level.level + d, 6)) for d in (-0.02, 0.0, 0.02)]
+            cells = [_ratio(comparison.estimate(s), interval=False) for s in shifted]
+            cells.append(_ratio(comparison.estimate(level, interpolate=True), interval=False))
+            cells += [_ratio(comparison.estimate(level, unit=u), interval=False) for u in ("images_seen", "seconds")]
+            lines.append(f"| {comparison.name} | {level.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(study: Study) -> str:
+    """Epochs, images and seconds to each headline and mIoU level per arm (mean +- std over runs that reached it)."""
+    lines = ["| arm | threshold | reached | epochs | images seen | seconds |", "|---|---|---|---|---|---|"]
+    for arm in study.arms:
+        for level in study.headline + [level for level in study.miou_ladder if round(level.level * 20) % 2 == 0]:
+            parts = [[c.time for c in _crossings(arm, level, unit) if c.reached] for unit in UNITS]
+            lines.append(f"| {arm.label} | {level.name} | {len(parts[0])}/{len(arm.runs)} | {_pm(parts[0], 2)} "
+                         f"| {_pm(parts[1], 0)} | {_pm(parts[2], 0)} |")  # fmt: skip
     return "\n".join(lines)
 
 
 def best_table(study: Study) -> str:
-    """Best val/loss and val/miou per model with their epochs, epochs trained and weights."""
     lines = [
-        "| model | seeds | encoder weights | epochs trained | best val/loss | at epoch | best val/miou | at epoch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | encoder weights | epochs trained | best loss | at epoch | best val/miou | at epoch |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for model in study.models:
-        runs = study.of(model)
-        losses = [run.best("val/loss", True) for run in runs]
-        mious = [run.best("val/miou", False) for run in runs]
-        weights = ", ".join(sorted({run.weights or "?" for run in runs}))
+    for arm in study.arms:
+        losses = [run.best(study.loss_metric, True) for run in arm.runs]
+        mious = [run.best("val/miou", False) for run in arm.runs]
+        weights = ", ".join(sorted({run.weights or "?" for run in arm.runs}))
         lines.append(
-            f"| {model} | {', '.join(str(run.seed) for run in runs)} | {weights} "
-            f"| {_pm([max(run.epochs) for run in runs], 0)} "
+            f"| {arm.label} | {weights} | {_pm([run.last_epoch for run in arm.runs])} "
             f"| {_pm([v for v, _ in losses], 3)} | {_pm([e for _, e in losses])} "
             f"| {_pm([v for v, _ in mious], 3)} | {_pm([e for _, e in mious])} |"
         )
     return "\n".join(lines)
 
 
-def speedups(study: Study, key: str = "epoch") -> list[dict]:
-    """Ratio slower / faster model of the mean ``key`` to each threshold, with a bootstrap 95% interval.
-
-    A ratio needs every seed of both models to have reached the threshold: where the
-    slower model missed it in some seeds, those seeds are counted at the epochs they
-    trained, which gives a lower bound (``bound: ">="``); where the faster one missed
-    it, no ratio is given.
-    """
-    rows = []
-    for effect, slow, fast in PAIRS:
-        if slow not in study.models or fast not in study.models:
-            continue
-        for threshold in study.thresholds:
-            row = {"effect": effect, "ratio": f"{slow} / {fast}", "threshold": threshold, "bound": ""}
-            fast_values = study.reached(fast, threshold, key)
-            slow_values = study.reached(slow, threshold, key)
-            if len(fast_values) < len(study.of(fast)) or not fast_values:
-                row["note"] = f"{fast} reached it in {len(fast_values)}/{len(study.of(fast))} seeds"
-            elif len(slow_values) < len(study.of(slow)):
-                censored = [
-                    float(run.thresholds[threshold][key]) if run.thresholds.get(threshold) else _trained(run, key)
-                    for run in study.of(slow)
-                ]
-                row.update(point=float(np.mean(censored) / np.mean(fast_values)), bound=">=")
-                row["note"] = f"{slow} reached it in {len(slow_values)}/{len(study.of(slow))} seeds"
-            else:
-                point, low, high = bootstrap_ratio(slow_values, fast_values)
-                row.update(point=point, low=low, high=high, note="")
-            rows.append(row)
-    return rows
-
-
-def _trained(run: Run, key: str) -> float:
-    """How far a run got: epochs trained, or the last images/seconds of its history."""
-    if key == "epoch":
-        return float(max(run.epochs))
-    return float(run.history[-1][key]) if run.history else float("nan")
-
-
-def speedup_table(rows: list[dict], unit: str) -> str:
-    lines = [
-        f"| effect | ratio of {unit} | threshold | speedup | 95% bootstrap CI | note |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        point = f"{row['bound']}{row['point']:.2f}x" if "point" in row else "n/a"
-        interval = f"[{row['low']:.2f}, {row['high']:.2f}]" if "low" in row else ""
-        lines.append(
-            f"| {row['effect']} | {row['ratio']} | {row['threshold']} | {point} | {interval} | {row['note']} |"
-        )
-    return "\n".join(lines)
-
-
-def calibration(study: Study) -> tuple[str, str, list[str]]:
-    """The loss-to-quality calibration as two markdown tables and a plain-language summary.
-
-    1. For each loss threshold: val/miou (and thin-class IoU) at the epoch each run first reached it.
-    2. For each mIoU level: the val/loss at the epoch each run first reached it.
-    """
-    thin = study.thin_classes
-    loss_thresholds = [t for t in study.thresholds if _split(t)[0] == "val_loss"]
-    miou_thresholds = [t for t in study.thresholds if _split(t)[0] == "val_miou"]
-    groups = [(model, study.of(model)) for model in study.models] + [("all", study.usable)]
-
-    lines = ["| when first | model | runs | val/miou | thin-class IoU |", "|---|---|---|---|---|"]
-    for threshold in loss_thresholds:
-        for name, runs in groups:
-            mious, thins = [], []
-            for run in runs:
-                point = run.thresholds.get(threshold)
-                if point is None:
-                    continue
-                mious.append(study.metric_at(run, point["epoch"], "val/miou"))
-                values = [study.metric_at(run, point["epoch"], f"val/iou/{c}") for c in thin]
-                values = [v for v in values if v is not None]
-                if values:
-                    thins.append(float(np.mean(values)))
-            mious = [m for m in mious if m is not None]
-            lines.append(f"| {threshold} | {name} | {len(mious)} | {_pm(mious, 3)} | {_pm(thins, 3)} |")
-    loss_to_quality = "\n".join(lines)
-
-    lines = ["| when first | model | runs | val/loss |", "|---|---|---|---|"]
-    summary = []
-    for threshold in miou_thresholds:
-        for name, runs in groups:
-            losses = []
-            for run in runs:
-                point = run.thresholds.get(threshold)
-                if point is not None and study.metric_at(run, point["epoch"], "val/loss") is not None:
-                    losses.append(study.metric_at(run, point["epoch"], "val/loss"))
-            lines.append(f"| {threshold} | {name} | {len(losses)}/{len(runs)} | {_pm(losses, 3)} |")
-            if name == "all":
-                level = _split(threshold)[1]
-                if losses:
-                    summary.append(
-                        f"mIoU first reached {level:g} at val/loss {np.mean(losses):.3f} on average "
-                        f"(range {min(losses):.3f}-{max(losses):.3f}, {len(losses)} of {len(runs)} runs reached it)."
-                    )
-                else:
-                    summary.append(f"No run reached mIoU {level:g}.")
-    return loss_to_quality, "\n".join(lines), summary
-
-
-# val/loss bins (upper edges, descending) for the mask quality at each loss level
+# Loss bins (upper edges, descending) for the mask quality at each loss level.
 LOSS_BINS = (float("inf"), 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0)
 
 
-def loss_bins(study: Study) -> str:
-    """Mask quality (mIoU, pixel accuracy, thin-class IoU) of every (run, epoch) point, binned by val/loss."""
-    thin = study.thin_classes
-    lines = ["| val/loss | points | val/miou | val/pixel_acc | thin-class IoU |", "|---|---|---|---|---|"]
-    points = [row for run in study.usable for row in run.epochs.values() if "val/loss" in row and "val/miou" in row]
+def calibration(study: Study) -> tuple[str, str, list[str]]:
+    """Question 1: mask quality at each loss level, and the loss at which mIoU first reaches each level."""
+    thin, metric = study.thin_classes, study.loss_metric
+    points = [row for run in study.usable for row in run.validations if metric in row and "val/miou" in row]
+    lines = [f"| {metric} | validations | val/miou | val/pixel_acc | thin-class IoU |", "|---|---|---|---|---|"]
     for high, low in zip(LOSS_BINS, LOSS_BINS[1:], strict=False):
-        rows = [row for row in points if low < row["val/loss"] <= high]
+        rows = [row for row in points if low < row[metric] <= high]
         if not rows:
             continue
         label = f"> {low:g}" if high == float("inf") else f"{low:g} - {high:g}"
         thins = [float(np.mean([row[f"val/iou/{c}"] for c in thin if f"val/iou/{c}" in row])) for row in rows
                  if any(f"val/iou/{c}" in row for c in thin)]  # fmt: skip
-        lines.append(
-            f"| {label} | {len(rows)} | {_pm([r['val/miou'] for r in rows], 3)} "
-            f"| {_pm([r['val/pixel_acc'] for r in rows if 'val/pixel_acc' in r], 3)} | {_pm(thins, 3)} |"
-        )
-    return "\n".join(lines) + (f"\n\nThin classes: {', '.join(thin)}." if thin else "")
+        accuracy = [r["val/pixel_acc"] for r in rows if "val/pixel_acc" in r]
+        lines.append(f"| {label} | {len(rows)} | {_pm([r['val/miou'] for r in rows], 3)} | {_pm(accuracy, 3)} "
+                     f"| {_pm(thins, 3)} |")  # fmt: skip
+    bins = "\n".join(lines) + (f"\n\nThin classes: {', '.join(thin)}." if thin else "")
+
+    lines = ["| first reached | runs | at loss | val/miou then | thin-class IoU then |", "|---|---|---|---|---|"]
+    summary = []
+    for level in study.headline + [lv for lv in study.miou_ladder if round(lv.level * 20) % 2 == 0]:
+        found = []
+        for run in study.usable:
+            crossing = run.crossing(level.metric, level.mode, level.level)
+            if crossing is None or not crossing.reached:
+                continue
+            row = next(r for r in run.validations if r["step"] == crossing.step)
+            thins = [row[f"val/iou/{c}"] for c in thin if f"val/iou/{c}" in row]
+            found.append((row.get(metric), row.get("val/miou"), float(np.mean(thins)) if thins else None))
+        losses = [f[0] for f in found if f[0] is not None]
+        mious = [f[1] for f in found if f[1] is not None]
+        thins = [f[2] for f in found if f[2] is not None]
+        lines.append(f"| {level.name} | {len(found)}/{len(study.usable)} | {_pm(losses, 3)} | {_pm(mious, 3)} "
+                     f"| {_pm(thins, 3)} |")  # fmt: skip
+        if level.metric == "val/miou":
+            summary.append(
+                f"mIoU first held {level.level:g} at {metric} {np.mean(losses):.3f} on average "
+                f"(range {min(losses):.3f}-{max(losses):.3f}; {len(found)} of {len(study.usable)} runs got there)."
+                if losses else f"No run held mIoU {level.level:g}."
+            )
+    return bins, "\n".join(lines), summary
 
 
 def _mask_sheet(study: Study, folder: Path) -> Path | None:
-    """Input / truth / prediction when each loss threshold was first reached, for the lowest seed per model."""
-    loss_thresholds = [t for t in study.thresholds if _split(t)[0] == "val_loss"]
-    columns = ["input", "truth", *loss_thresholds, "last epoch"]
+    """Input / truth / prediction when each headline level was first reached, for the lowest seed of each arm."""
+    columns = ["input", "truth", *[level.name for level in study.headline], "last validation"]
     rows = []
-    for model in study.models:
-        run = study.of(model)[0]
+    for arm in study.arms:
+        run = arm.runs[0]
         masks = run.folder / "masks"
         if not (masks / "truth.png").is_file():
             continue
         files: list[Path | None] = [masks / "input.png", masks / "truth.png"]
         captions = ["", ""]
-        for threshold in loss_thresholds:
-            point = run.thresholds.get(threshold)
-            if point is None:
+        for level in study.headline:
+            crossing = run.crossing(level.metric, level.mode, level.level)
+            if crossing is None or not crossing.reached:
                 files.append(None)
-                captions.append(f"not reached in {max(run.epochs)} epochs")
+                captions.append(f"not reached in {run.last_epoch:g} epochs")
             else:
-                files.append(masks / f"epoch_{point['epoch']:03d}.png")
-                captions.append(_caption(study, run, point["epoch"]))
-        last = max(run.epochs)
-        files.append(masks / f"epoch_{last:03d}.png")
+                files.append(masks / f"step_{crossing.step:07d}.png")
+                captions.append(_caption(study, run, crossing.step))
+        last = run.validations[-1]["step"]
+        files.append(masks / f"step_{last:07d}.png")
         captions.append(_caption(study, run, last))
-        rows.append((f"{model} (seed {run.seed})", files, captions))
+        rows.append((f"{arm.label}\n(seed {run.seed})", files, captions))
     if not rows:
         return None
     return figures.mask_sheet_figure(columns, rows, folder / "masks_at_thresholds.png")
 
 
-def _caption(study: Study, run: Run, epoch: int) -> str:
-    loss, miou = study.metric_at(run, epoch, "val/loss"), study.metric_at(run, epoch, "val/miou")
-    return (
-        f"epoch {epoch}: loss {loss:.2f}, mIoU {miou:.2f}"
-        if loss is not None and miou is not None
-        else f"epoch {epoch}"
-    )
+def _caption(study: Study, run: Run, step: int) -> str:
+    row = next((r for r in run.validations if r["step"] == step), {})
+    if study.loss_metric in row and "val/miou" in row:
+        return f"epoch {row['epoch']:.2f}: loss {row[study.loss_metric]:.2f}, mIoU {row['val/miou']:.2f}"
+    return f"step {step}"
 
 
-def headline(study: Study, epoch_speedups: list[dict]) -> str:
-    """The short answer: epochs to each loss threshold per model, and the speedups in epochs."""
-    loss_thresholds = [t for t in study.thresholds if _split(t)[0] == "val_loss"]
-    lines = [
-        "| model | seeds | " + " | ".join(f"epochs to {t}" for t in loss_thresholds) + " |",
-        "|---|---|" + "---|" * len(loss_thresholds),
-    ]
-    for model in study.models:
-        cells = []
-        for threshold in loss_thresholds:
-            epochs = study.reached(model, threshold)
-            cells.append(f"{_pm(epochs)} ({len(epochs)}/{len(study.of(model))})" if epochs else "not reached")
-        lines.append(f"| {model} | {len(study.of(model))} | " + " | ".join(cells) + " |")
-    rows = [row for row in epoch_speedups if _split(row["threshold"])[0] == "val_loss"]
-    if rows:
-        lines += ["", speedup_table(rows, "epochs")]
-    return "\n".join(lines)
+def _contention(study: Study) -> str:
+    shares = [(run, min((row.get("cpu_share") or 1.0) for row in run.validations)) for run in study.usable]
+    contended = [(run, share) for run, share in shares if share < 0.8]
+    if not contended:
+        return "Every run had its CPU cores to itself (CPU share >= 0.8 at every validation, where measured)."
+    names = ", ".join(f"{run.folder.name} ({share:.2f})" for run, share in contended)
+    return (f"Seconds are inflated where another job shared the CPU: {len(contended)} run(s) had a CPU share "
+            f"below 0.8 at some validation ({names}). Epochs and images are unaffected.")  # fmt: skip
 
 
 def _problems(study: Study) -> str:
     bad = [run for run in study.runs if not run.usable]
     if not bad:
         return "None: every run completed."
-    lines = ["| run folder | model | seed | status | error |", "|---|---|---|---|---|"]
+    lines = ["| run folder | seed | status | error |", "|---|---|---|---|"]
     for run in bad:
-        error = (run.error or ("no validated epoch" if run.status == "completed" else "")).replace("|", "/")
-        first_line = error.splitlines()[0] if error else ""
-        lines.append(f"| {run.folder.name} | {run.model} | {run.seed} | {run.status} | {first_line} |")
+        error = (run.error or ("no validation" if run.status == "completed" else "")).replace("|", "/")
+        lines.append(f"| {run.folder.name} | {run.seed} | {run.status} | {error.splitlines()[0] if error else ''} |")
     return "\n".join(lines)
 
 
@@ -317,59 +457,73 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
     """Write ``report.md`` and the figures into ``sweep``.
 
     Returns:
-        The report's path and its headline table.
+        The report's path and its headline.
     """
     sweep = Path(sweep)
     study = Study(load_runs(sweep))
     if not study.usable:
         problems = _problems(study)
         write_atomic(sweep / "report.md", f"# Study report\n\nNo run completed.\n\n{problems}\n")
-        raise RuntimeError(f"no completed run with metrics under {sweep}; see {sweep / 'report.md'}:\n{problems}")
+        raise RuntimeError(f"no completed run with validations under {sweep}; see {sweep / 'report.md'}:\n{problems}")
 
-    loss_levels = [_split(t)[1] for t in study.thresholds if _split(t)[0] == "val_loss"]
-    miou_levels = [_split(t)[1] for t in study.thresholds if _split(t)[0] == "val_miou"]
-    usable, models = study.usable, study.models
-    figures.curves_figure(usable, models, [("val/loss", "-"), ("train/loss", "--")], sweep / "loss_curves.png",
-                          "Loss per epoch: val (solid), train (dashed); mean +- std", loss_levels)  # fmt: skip
-    figures.curves_figure(usable, models, [("val/miou", "-")], sweep / "miou_curves.png",
-                          "Validation mIoU per epoch; mean +- std over seeds", miou_levels)  # fmt: skip
-    figures.seconds_figure(usable, models, sweep / "val_loss_vs_seconds.png", loss_levels)
-    bars = {t: {m: study.reached(m, t) for m in models} for t in study.thresholds}
-    figures.threshold_bars_figure(
-        bars, {m: len(study.of(m)) for m in models}, models, sweep / "epochs_to_threshold.png"
-    )
-    figures.calibration_figure(usable, models, study.thin_classes, loss_levels, miou_levels,
-                               sweep / "calibration.png")  # fmt: skip
+    arms = {arm.label: arm.runs for arm in study.arms}
+    loss_levels = [level.level for level in study.headline]
+    figures.curves_figure(arms, study.loss_metric, sweep / "loss_curves.png",
+                          f"{study.loss_metric} at every validation: mean +- std over seeds", loss_levels)  # fmt: skip
+    figures.curves_figure(arms, "val/miou", sweep / "miou_curves.png", "val/miou at every validation",
+                          sorted({round(lv.level, 2) for lv in study.miou_ladder if round(lv.level * 20) % 2 == 0}))
+    figures.curves_figure(arms, study.loss_metric, sweep / "val_loss_vs_seconds.png",
+                          f"{study.loss_metric} against training seconds", loss_levels, unit="seconds")  # fmt: skip
+    rows = ladder_rows(study)
+    if rows:
+        figures.speedup_figure(rows, sweep / "speedup_vs_threshold.png")
+    curves = {}
+    for level in study.headline:
+        per_arm = {}
+        for arm in study.arms:
+            crossings = _crossings(arm, level)
+            times, fraction = kaplan_meier([c.time for c in crossings], [c.reached for c in crossings])
+            per_arm[arm.label] = (np.append(times, max(c.time for c in crossings)), np.append(fraction, fraction[-1]),
+                                  len(crossings))  # fmt: skip
+        curves[level.name] = per_arm
+    figures.reached_figure(curves, sweep / "reached_vs_epochs.png")
+    points = [row for run in study.usable for row in run.validations]
+    figures.calibration_figure(points, study.thin_classes, loss_levels,
+                               [lv.level for lv in study.miou_ladder if round(lv.level * 20) % 2 == 0],
+                               sweep / "calibration.png", study.loss_metric)  # fmt: skip
     sheet = _mask_sheet(study, sweep)
 
-    loss_to_quality, quality_to_loss, summary = calibration(study)
-    epoch_speedups = speedups(study)
-    top = headline(study, epoch_speedups)
+    bins, first_reached, summary = calibration(study)
+    top = headline_table(study)
+    figure_names = ["loss_curves.png", "miou_curves.png", "val_loss_vs_seconds.png", "reached_vs_epochs.png"]
+    if rows:
+        figure_names.insert(0, "speedup_vs_threshold.png")
+    if sheet:
+        figure_names.append(sheet.name)
     sections = [
-        "# Study report: epochs to threshold, speedups, loss-to-quality calibration",
-        f"Sweep folder: `{sweep}`; {len(usable)} usable runs of {len(study.runs)}. "
-        "Epochs count completed epochs (1 = after the first epoch); a threshold is reached at "
-        "`<=` for the loss and `>=` for mIoU.",
+        "# Study report: epochs to threshold, paired speedups, loss-to-quality calibration",
+        f"Study folder: `{sweep}`; {len(study.usable)} usable runs of {len(study.runs)} in {len(study.arms)} arms. "
+        "Epochs are fractional (validations within an epoch); a loss threshold is reached at `<=`, an mIoU one at "
+        "`>=`.",
+        "## Protocol\n\n" + protocol_section(study),
         "## Headline\n\n" + top,
-        "## Epochs, images and seconds to each threshold\n\nMean +- std over the seeds that reached it.\n\n"
-        + threshold_table(study),
+        "## Speedup at every threshold level\n\nThe fraction of runs of each arm that reached the level, and the "
+        "paired speedup (geometric mean, 95% t-interval on log ratios; bounds where censoring decides).\n\n"
+        + (ladder_table(rows) if rows else "No comparison: the runs name none (`study.comparisons`).")
+        + ("\n\n![speedup vs threshold](speedup_vs_threshold.png)" if rows else ""),
+        "## Per-seed ratios\n\n" + (per_seed_table(study) if study.comparisons else "No comparison."),
+        "## Sensitivity\n\nThe headline speedups (geometric means) with the level moved by +-0.02, with the "
+        "crossing interpolated between validations, and counted in images and in seconds.\n\n"
+        + (sensitivity_table(study) if study.comparisons else "No comparison.")
+        + "\n\n" + _contention(study),
+        "## Epochs, images and seconds to each threshold\n\nMean +- std over the runs that reached it.\n\n"
+        + cost_table(study) + "\n\n![fraction reached](reached_vs_epochs.png)",
         "## Best scores\n\n" + best_table(study),
-        "## Speedup ratios\n\nRatio of mean epochs (and seconds) to threshold, slower / faster model, with a "
-        "percentile bootstrap 95% interval over seeds (each model's seeds resampled independently; "
-        "coarse with few seeds).\n\n"
-        + speedup_table(epoch_speedups, "epochs")
-        + "\n\n"
-        + speedup_table(speedups(study, "seconds"), "seconds"),
         "## Loss-to-quality calibration\n\n" + "\n".join(f"- {line}" for line in summary) + "\n\n"
-        "Mask quality at each validation loss level, over every (run, epoch) point (mean +- std):\n\n"
-        + loss_bins(study)
-        + "\n\n"
-        "Mask quality when the validation loss first reaches each threshold:\n\n" + loss_to_quality + "\n\n"
-        "Validation loss when mIoU first reaches each level:\n\n" + quality_to_loss + "\n\n"
-        "![calibration](calibration.png)",
-        "## Figures\n\n![loss curves](loss_curves.png)\n\n![mIoU curves](miou_curves.png)\n\n"
-        "![val loss vs seconds](val_loss_vs_seconds.png)\n\n![epochs to threshold](epochs_to_threshold.png)"
-        + (f"\n\n![masks at thresholds]({sheet.name})" if sheet else ""),
+        "Mask quality at each loss level, over every validation of every run (mean +- std):\n\n" + bins + "\n\n"
+        "The loss, mIoU and thin-class IoU at the validation that first held each level:\n\n" + first_reached
+        + "\n\n![calibration](calibration.png)",
+        "## Figures\n\n" + "\n\n".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in figure_names),
         "## Failed or incomplete runs\n\n" + _problems(study),
     ]
     path = sweep / "report.md"

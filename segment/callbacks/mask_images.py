@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities.seed import isolate_rng
 
 from segment.data.labels import colorize
 from segment.files import write_png
@@ -26,7 +27,8 @@ def predict_fixed(trainer: Trainer, pl_module: LightningModule, num_images: int)
     """
     dataset = trainer.datamodule.val_dataset
     picks = np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).round().astype(int)
-    items = [dataset[int(i)] for i in picks]
+    with isolate_rng():  # augmentation seeding draws from torch's RNG: a picture must not change training
+        items = [dataset[int(i)] for i in picks]
     images = torch.stack([item["image"] for item in items])
     truths = torch.stack([item["mask"] for item in items]).numpy()
     with torch.no_grad(), trainer.precision_plugin.forward_context():
@@ -34,8 +36,25 @@ def predict_fixed(trainer: Trainer, pl_module: LightningModule, num_images: int)
     return images.permute(0, 2, 3, 1).numpy().astype(np.uint8), truths, predictions
 
 
+# The loggers that take images, each through its own API.
+_IMAGE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
+
+
+def log_image(logger: Logger, tag: str, image: np.ndarray, step: int) -> None:
+    """Log an ``(H, W, 3)`` uint8 image to TensorBoard, Weights & Biases or MLflow."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+    elif isinstance(logger, WandbLogger):
+        logger.log_image(key=tag, images=[image], step=step)
+    elif isinstance(logger, MLFlowLogger):
+        logger.experiment.log_image(logger.run_id, image, key=tag.replace("/", "_"), step=step)
+    else:
+        names = [kind.__name__ for kind in _IMAGE_LOGGERS]
+        raise TypeError(f"{type(logger).__name__} takes no images; log to one of {names}")
+
+
 class MaskImageLogger(Callback):
-    """Log fixed validation images with their masks every ``every_n_epochs`` epochs.
+    """Log fixed validation images with their masks every ``every_n_epochs`` epochs (TensorBoard, W&B, MLflow).
 
     Each row of the logged image (tag ``val/masks``) is input | truth | prediction,
     coloured with the dataset palette (ignored pixels black). Always logs after the
@@ -55,7 +74,7 @@ class MaskImageLogger(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
         due = epoch == 0 or (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, _IMAGE_LOGGERS)]
         if trainer.sanity_checking or not due or not loggers or not trainer.is_global_zero:
             return
         images, truths, predictions = predict_fixed(trainer, pl_module, self.num_images)
@@ -66,7 +85,7 @@ class MaskImageLogger(Callback):
         ]
         sheet = np.concatenate(rows, axis=0)
         for logger in loggers:
-            logger.experiment.add_image("val/masks", sheet, global_step=trainer.global_step, dataformats="HWC")
+            log_image(logger, "val/masks", sheet, trainer.global_step)
 
 
 class MaskSnapshots(Callback):

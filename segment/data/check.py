@@ -4,43 +4,42 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from segment.config import config_dir
 from segment.data.datamodule import SegmentationDataModule
-from segment.data.dataset import SegmentationDataset
+from segment.data.dataset import DatasetStatistics, SegmentationDataset
 
 __all__ = ["DatasetReport", "check_datamodule", "main"]
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = config_dir()
 
 
 @dataclass
 class DatasetReport:
-    """What :func:`check_datamodule` found."""
+    """What :func:`check_datamodule` found: the statistics of each split, and every problem."""
 
     name: str
     class_names: Sequence[str]
+    splits: dict[str, DatasetStatistics] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
-    sizes: dict[str, Counter] = field(default_factory=dict)
-    pixels: dict[str, np.ndarray] = field(default_factory=dict)
-    ignored: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
     def frequencies(self, split: str) -> dict[str, float]:
         """Share of labelled (non-ignored) pixels per class in ``split``."""
-        total = self.pixels[split].sum()
-        return {
-            name: float(n / total) if total else 0.0
-            for name, n in zip(self.class_names, self.pixels[split], strict=True)
-        }
+        pixels = self.splits[split].pixels
+        total = pixels.sum()
+        return {name: float(n / total) if total else 0.0 for name, n in zip(self.class_names, pixels, strict=True)}
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{split}: {len(stats.unlabelled)} mask(s) have no labelled pixel (all ignored): "
+                f"{', '.join(str(p) for p in stats.unlabelled[:5])}{' ...' if len(stats.unlabelled) > 5 else ''}"
+                for split, stats in self.splits.items() if stats.unlabelled]  # fmt: skip
 
     def to_markdown(self) -> str:
         lines = [
@@ -49,16 +48,18 @@ class DatasetReport:
             "| split | samples | image sizes (HxW: count) | ignored pixels |",
             "|---|---|---|---|",
         ]
-        for split, count in self.counts.items():
-            sizes = ", ".join(f"{h}x{w}: {n}" for (h, w), n in self.sizes[split].most_common(3))
-            total = self.pixels[split].sum() + self.ignored[split]
-            ignored = f"{100 * self.ignored[split] / total:.2f}%" if total else "-"
-            lines.append(f"| {split} | {count} | {sizes} | {ignored} |")
-        splits = list(self.counts)
+        for split, stats in self.splits.items():
+            sizes = ", ".join(f"{h}x{w}: {n}" for (h, w), n in stats.sizes.most_common(3))
+            total = stats.pixels.sum() + stats.ignored
+            ignored = f"{100 * stats.ignored / total:.2f}%" if total else "-"
+            lines.append(f"| {split} | {self.counts[split]} | {sizes} | {ignored} |")
+        splits = list(self.splits)
         lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
         freqs = {split: self.frequencies(split) for split in splits}
         for name in self.class_names:
             lines.append(f"| {name} | " + " | ".join(f"{100 * freqs[s][name]:.2f}%" for s in splits) + " |")
+        if self.warnings:
+            lines += ["", f"## {len(self.warnings)} warning(s)", *[f"- {w}" for w in self.warnings]]
         if self.problems:
             lines += ["", f"## {len(self.problems)} problem(s)", *[f"- {p}" for p in self.problems]]
         return "\n".join(lines)
@@ -81,30 +82,9 @@ def check_datamodule(datamodule: SegmentationDataModule, threads: int | None = N
         if not samples:
             report.problems.append(f"{split}: the split is empty")
             continue
-        dataset = SegmentationDataset(samples, info)
-        pixels = np.zeros(info.num_classes, np.int64)
-        ignored, sizes = 0, Counter()
-
-        def inspect(index: int, dataset=dataset) -> tuple[tuple[int, int], np.ndarray] | str:
-            try:
-                image, mask = dataset.decode(index)
-            except (OSError, ValueError) as err:
-                return str(err)
-            return image.shape[:2], np.bincount(mask.ravel(), minlength=256)
-
-        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-            for result in pool.map(inspect, range(len(dataset))):
-                if isinstance(result, str):
-                    report.problems.append(f"{split}: {result}")
-                    continue
-                size, counts = result
-                sizes[size] += 1
-                pixels += counts[: info.num_classes]
-                ignored += int(counts[info.ignore_index]) if info.ignore_index < 256 else 0
-        report.counts[split] = len(samples)
-        report.sizes[split] = sizes
-        report.pixels[split] = pixels
-        report.ignored[split] = ignored
+        stats = SegmentationDataset(samples, info).scan(threads=threads)
+        report.problems += [f"{split}: {problem}" for problem in stats.problems]
+        report.splits[split], report.counts[split] = stats, len(samples)
     return report
 
 

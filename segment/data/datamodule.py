@@ -94,6 +94,7 @@ class SegmentationDataModule(LightningDataModule):
         self.cache = cache
         self.train_dataset: SegmentationDataset | None = None
         self.val_dataset: SegmentationDataset | None = None
+        self.test_dataset: SegmentationDataset | None = None
 
     splits: tuple[str, ...] = ("train", "val")
 
@@ -137,6 +138,25 @@ class SegmentationDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, shuffle=False, drop_last=False)
+
+    def has_split(self, split: str) -> bool:
+        """Whether the dataset has labelled samples for ``split`` (CamVid's test/ is optional)."""
+        if split not in self.splits:
+            return False
+        try:
+            return bool(self.samples(split))
+        except FileNotFoundError:
+            return False
+
+    def test_dataloader(self) -> DataLoader:
+        """The ``test`` split, decoded and checked like validation (``train.py test_after_fit=true``)."""
+        if self.test_dataset is None:
+            if not self.has_split("test"):
+                raise ValueError(f"{self.info.name} has no test split here (splits: {list(self.splits)})")
+            self.test_dataset = self.dataset("test")
+            if self.verify or self.cache:
+                self.test_dataset.preload(cache=False)
+        return self._loader(self.test_dataset, shuffle=False, drop_last=False)
 
     def _loader(self, dataset: SegmentationDataset | None, shuffle: bool, drop_last: bool) -> DataLoader:
         if dataset is None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -16,13 +18,17 @@ from torch.utils.data import Dataset
 
 from segment.data.labels import DatasetInfo
 
-__all__ = ["Sample", "SegmentationDataset", "pair_files", "read_image", "read_mask"]
+__all__ = ["DatasetStatistics", "Sample", "SegmentationDataset", "pair_files", "read_image", "read_mask"]
+
+log = logging.getLogger(__name__)
 
 # OpenCV's own thread pool would fight torch for the same cores (in workers and in the
 # main process alike); parallelism comes from DataLoader workers instead.
 cv2.setNumThreads(1)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Fine for images, never for masks: compression invents label values.
+LOSSY_SUFFIXES = (".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ def pair_files(
 
     Raises:
         FileNotFoundError: a folder is missing, or holds no images.
-        ValueError: images without masks or masks without images (names listed).
+        ValueError: images without masks or masks without images (names listed), two files
+            of one sample (``s0.png`` and ``s0.jpg``), or JPEG masks.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     for folder in (images_dir, masks_dir):
@@ -71,13 +78,20 @@ def pair_files(
 
     def keyed(root: Path, key_of: Callable[[str], str | None]) -> dict[str, Path]:
         files = root.rglob("*") if recursive else root.iterdir()
-        found = {}
+        found: dict[str, Path] = {}
         for path in sorted(files):
             if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 continue
             key = key_of(path.stem)
-            if key is not None:
-                found[(path.parent.relative_to(root) / key).as_posix()] = path
+            if key is None:
+                continue
+            key = (path.parent.relative_to(root) / key).as_posix()
+            if key in found:  # s0.png and s0.jpg: which one is the sample?
+                raise ValueError(
+                    f"{found[key]} and {path} have the same name {key!r}: one would be dropped silently. "
+                    "Keep one file per sample (remove or rename the other)"
+                )
+            found[key] = path
         return found
 
     def strip(suffix: str) -> Callable[[str], str | None]:
@@ -85,6 +99,12 @@ def pair_files(
 
     images = keyed(images_dir, strip(image_suffix))
     masks = keyed(masks_dir, mask_stem or strip(mask_suffix))
+    lossy = sorted(str(path) for path in masks.values() if path.suffix.lower() in LOSSY_SUFFIXES)
+    if lossy:
+        raise ValueError(
+            f"{len(lossy)} mask(s) in {masks_dir} are JPEG files, e.g. {lossy[0]}: JPEG compression changes label "
+            "values at edges into other classes. Save masks losslessly (PNG)"
+        )
     if not images:
         raise FileNotFoundError(f"no images (*{image_suffix}{{{','.join(IMAGE_SUFFIXES)}}}) in {images_dir}")
     unmatched_images = sorted(images.keys() - masks.keys())
@@ -119,6 +139,38 @@ def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
         raise OSError(f"cannot read mask {path}: {err}") from err
 
 
+@dataclass
+class DatasetStatistics:
+    """What decoding every sample of a split found.
+
+    Attributes:
+        pixels: Labelled pixels per class.
+        image_pixels: Per class, the labelled pixels of the images that contain it (for
+            median-frequency balancing).
+        ignored: Pixels with the ignore index.
+        sizes: Image sizes ``(H, W)`` and how many images have each.
+        unlabelled: Masks with no labelled pixel at all.
+        problems: Samples that could not be decoded, with the reason.
+    """
+
+    pixels: np.ndarray
+    image_pixels: np.ndarray
+    ignored: int = 0
+    sizes: Counter = field(default_factory=Counter)
+    unlabelled: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, sample: Sample, size: tuple[int, int], mask: np.ndarray, info: DatasetInfo) -> None:
+        counts = np.bincount(mask.ravel(), minlength=256)
+        labelled = counts[: info.num_classes]
+        self.pixels += labelled
+        self.image_pixels[labelled > 0] += labelled.sum()
+        self.ignored += int(counts[info.ignore_index]) if info.ignore_index < 256 else 0
+        self.sizes[tuple(size)] += 1
+        if not labelled.any():
+            self.unlabelled.append(sample.mask)
+
+
 class SegmentationDataset(Dataset):
     """Labelled images decoded, label-mapped and augmented on access.
 
@@ -148,6 +200,7 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.load_size = tuple(load_size) if load_size is not None else None
         self._cache: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self.statistics: DatasetStatistics | None = None  # filled by preload()
 
     def __len__(self) -> int:
         return len(self.samples) * self.repeats
@@ -175,38 +228,57 @@ class SegmentationDataset(Dataset):
             return image.copy(), mask.copy()  # augmentations must never alter the cache
         return self.decode(index)
 
-    def preload(self, cache: bool, threads: int | None = None) -> None:
-        """Decode every sample once, so bad files fail now and not mid-training.
+    def scan(self, cache: bool = False, threads: int | None = None) -> DatasetStatistics:
+        """Decode every sample once: image sizes, label counts, masks without a labelled pixel, problems.
 
         Args:
             cache: Keep the decoded samples in RAM for all later epochs. DataLoader workers
                 forked afterwards share these pages instead of decoding again.
             threads: Decoding threads (OpenCV and PIL release the GIL); default: all cores.
+        """
+        stats = DatasetStatistics(np.zeros(self.info.num_classes, np.int64), np.zeros(self.info.num_classes, np.int64))
+        decoded: list = [None] * len(self.samples)
+
+        def work(index: int) -> tuple[np.ndarray, np.ndarray] | str:
+            try:
+                return self.decode(index)
+            except (OSError, ValueError) as err:
+                return str(err)
+
+        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
+            for index, result in enumerate(pool.map(work, range(len(self.samples)))):
+                if isinstance(result, str):
+                    stats.problems.append(result)
+                    continue
+                image, mask = result
+                stats.add(self.samples[index], image.shape[:2], mask, self.info)
+                if cache:
+                    decoded[index] = result
+        if cache and not stats.problems:
+            self._cache = decoded
+        return stats
+
+    def preload(self, cache: bool, threads: int | None = None) -> DatasetStatistics:
+        """:meth:`scan` every sample so bad files fail now, not mid-training; warn about masks without labels.
 
         Raises:
             ValueError: listing every sample that failed, with its reason.
         """
-        decoded: list = [None] * len(self.samples)
-        problems: list[str] = []
-
-        def work(index: int) -> None:
-            try:
-                result = self.decode(index)
-                if cache:
-                    decoded[index] = result
-            except (OSError, ValueError) as err:
-                problems.append(str(err))
-
-        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-            list(pool.map(work, range(len(self.samples))))
-        if problems:
-            shown = "\n  ".join(sorted(problems)[:10])
-            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        stats = self.scan(cache, threads)
+        if stats.problems:
+            shown = "\n  ".join(sorted(stats.problems)[:10])
+            more = f"\n  ... and {len(stats.problems) - 10} more" if len(stats.problems) > 10 else ""
             raise ValueError(
-                f"{len(problems)} of {len(self.samples)} {self.info.name} samples are unusable:\n  {shown}{more}"
+                f"{len(stats.problems)} of {len(self.samples)} {self.info.name} samples are unusable:\n  {shown}{more}"
             )
-        if cache:
-            self._cache = decoded
+        if stats.unlabelled:
+            log.warning(
+                "%d %s mask(s) have no labelled pixel (all %d, ignored): they add nothing to training: %s",
+                len(stats.unlabelled), self.info.name, self.info.ignore_index,
+                ", ".join(str(p) for p in stats.unlabelled[:10]) + (" ..." if len(stats.unlabelled) > 10 else ""),
+            )  # fmt: skip
+        self.statistics = stats
+        return stats
 
     @property
     def cache_bytes(self) -> int:

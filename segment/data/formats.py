@@ -355,6 +355,17 @@ class FolderDataModule(SegmentationDataModule):
         if (val_images_dir is None) != (val_masks_dir is None):
             raise ValueError("give both data.val_images_dir and data.val_masks_dir, or neither")
         colors = tuple(tuple(int(v) for v in c) for c in palette) if palette is not None else None
+        if colors is not None and len(colors) != len(class_names):
+            raise ValueError(f"data.palette has {len(colors)} colours for {len(class_names)} data.class_names")
+        if mask_format == "color" and colors is not None:
+            for first, color in enumerate(colors):
+                later = colors.index(color, first + 1) if color in colors[first + 1 :] else None
+                if later is not None:
+                    raise ValueError(
+                        f"data.palette: colour {list(color)} is given to both {class_names[first]!r} and "
+                        f"{class_names[later]!r}; in a colour mask it can mean only one class. Give each class "
+                        "its own colour"
+                    )
         self.info = DatasetInfo(
             name="folder",
             class_names=tuple(class_names),

@@ -47,15 +47,20 @@ class Predictor:
         self.module = module.eval()
         self.device = next(module.parameters()).device
         self.precision = precision
-        self.input_size = tuple(input_size) if input_size else None
-        self.window = tuple(window) if window else None
-        if self.window and any(s % _STRIDE for s in self.window):
-            raise ValueError(f"sliding_window.size={list(self.window)} must be multiples of {_STRIDE}")
-        self.window_stride = (
-            tuple(window_stride)
-            if window_stride
-            else (tuple(max(1, s // 2) for s in self.window) if self.window else None)
-        )
+        self.input_size = _size("input_size", input_size)
+        self.window = _size("sliding_window.size", window)
+        if window_stride is not None and self.window is None:
+            raise ValueError("sliding_window.stride needs sliding_window.size")
+        if window_stride is not None:
+            stride = tuple(int(v) for v in window_stride)
+            if len(stride) != 2 or any(v < 1 or v > w for v, w in zip(stride, self.window, strict=False)):
+                raise ValueError(
+                    f"sliding_window.stride={list(window_stride)}: two steps between 1 and the window size "
+                    f"{list(self.window)}, e.g. stride: {[w // 2 for w in self.window]} (half-window overlap)"
+                )
+            self.window_stride = stride
+        else:
+            self.window_stride = tuple(max(1, s // 2) for s in self.window) if self.window else None
         self.flip = flip
         # The mean colour: padding with it normalises to ~0, the least surprising border.
         self.fill = [round(255 * m) for m in module.hparams.mean]
@@ -83,8 +88,18 @@ class Predictor:
         return self._padded(images)
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            return self.module(images).float()
+        try:
+            with self._autocast():
+                return self.module(images).float()
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not isinstance(error, torch.OutOfMemoryError) and "memory" not in str(error).lower():
+                raise
+            height, width = images.shape[-2:]
+            raise MemoryError(
+                f"out of memory predicting {images.shape[0]} image(s) of {height}x{width} at once "
+                f"({str(error).splitlines()[0][:200]}). Use sliding windows, e.g. "
+                "'sliding_window={size:[512,512],stride:[384,384]}', or resize: input_size=[h,w], or batch_size=1"
+            ) from error
 
     def _padded(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
@@ -113,3 +128,17 @@ class Predictor:
                 total[..., top : top + wh, left : left + ww] += logits
                 count[..., top : top + wh, left : left + ww] += 1
         return total / count
+
+
+def _size(key: str, size: Sequence[int] | None) -> tuple[int, int] | None:
+    """A ``[h, w]`` option checked: two positive multiples of 32, or an error naming the key and a fix."""
+    if not size:
+        return None
+    values = tuple(int(v) for v in size)
+    if len(values) != 2 or any(v < _STRIDE or v % _STRIDE for v in values):
+        fixed = [max(_STRIDE, round(v / _STRIDE) * _STRIDE) for v in values]
+        raise ValueError(
+            f"{key}={list(size)}: height and width must be positive multiples of {_STRIDE} (the U-Net halves the "
+            f"resolution five times); try {key}={fixed}"
+        )
+    return values

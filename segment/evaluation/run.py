@@ -10,20 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from segment.checkpoints import check_trusted_targets, read_checkpoint
 from segment.data.dataset import IMAGE_SUFFIXES, SegmentationDataset, read_image
-from segment.data.labels import DatasetInfo, colorize
+from segment.data.labels import DatasetInfo, colorize, default_palette
 from segment.evaluation.figures import confusion_figure, mask_sheet, overlay
 from segment.evaluation.inference import Predictor
 from segment.files import write_atomic, write_png
 from segment.models import SegmentationModule
-from segment.models.metrics import evaluation_scores
+from segment.models.metrics import confusion_metric, evaluation_scores
 
-__all__ = ["confusion_matrix", "evaluate", "export", "load_checkpoint", "predict", "run"]
+__all__ = ["evaluate", "export", "load_checkpoint", "predict", "run", "run_data_config"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,44 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Seg
     return SegmentationModule.from_checkpoint(path).to(device).eval()
 
 
+def run_data_config(cfg: DictConfig) -> DictConfig:
+    """The data config to evaluate on: the run's own, saved in its checkpoint, unless ``data=`` names another.
+
+    ``data.<key>=...`` overrides (``data.root``, ``data.batch_size``) apply on top of the
+    saved config, so a run is evaluated on its own data without retyping it; the saved
+    config's ``_target_``s are checked against the data allow-list first.
+    """
+    explicit, keys = _data_overrides()
+    saved = read_checkpoint(cfg.ckpt_path, "ckpt_path", mmap=True).get("config", {}).get("data")
+    if explicit:
+        return cfg.data
+    if saved is None:
+        log.warning("%s holds no data config (written before configs were saved): evaluating on data=%s; "
+                    "pass data=<the training data config> if that is not it",
+                    cfg.ckpt_path, cfg.data.get("_target_"))  # fmt: skip
+        return cfg.data
+    check_trusted_targets(saved, f"{cfg.ckpt_path}: config.data", kind="data")
+    data = OmegaConf.create(saved)
+    for key in keys:
+        OmegaConf.update(data, key[len("data.") :], OmegaConf.select(cfg, key), merge=False, force_add=True)
+    log.info("data config from the checkpoint%s", f", with {', '.join(keys)} from the command line" if keys else "")
+    return data
+
+
+def _data_overrides() -> tuple[bool, list[str]]:
+    """Whether the command line chose a data config (``data=camvid``), and which ``data.*`` keys it set."""
+    if not HydraConfig.initialized():
+        return True, []  # composed in code: the caller's cfg.data is meant
+    explicit, keys = False, []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "data" or key.startswith("data/"):
+            explicit = True
+        elif key.startswith("data."):
+            keys.append(key)
+    return explicit, keys
+
+
 def _check_classes(module: SegmentationModule, info: DatasetInfo, ckpt_path: str) -> None:
     if list(module.class_names) != list(info.class_names):
         raise ValueError(
@@ -63,18 +104,9 @@ def _predictor(cfg: DictConfig, module: SegmentationModule) -> Predictor:
         precision=cfg.precision,
         input_size=cfg.input_size,
         window=window.size if window else None,
-        window_stride=window.stride if window else None,
+        window_stride=window.get("stride") if window else None,
         flip=cfg.tta_flip,
     )
-
-
-def confusion_matrix(
-    prediction: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int
-) -> torch.Tensor:
-    """``(C, C)`` int64 counts, rows = truth, pixels labelled ``ignore_index`` left out."""
-    valid = target != ignore_index
-    index = target[valid] * num_classes + prediction[valid]
-    return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
 
 
 def _same_size_runs(items: list[dict]) -> Iterable[list[dict]]:
@@ -95,7 +127,8 @@ def evaluate(cfg: DictConfig) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     device = _device(cfg.device)
     module = load_checkpoint(cfg.ckpt_path, device)
-    datamodule = instantiate(cfg.data)
+    data_config = run_data_config(cfg)
+    datamodule = instantiate(data_config)
     info = datamodule.info
     _check_classes(module, info, cfg.ckpt_path)
     datamodule.prepare_data()
@@ -105,11 +138,11 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"resolution={cfg.resolution!r}; expected 'native' or 'model'")
     load_size = None if cfg.resolution == "native" else datamodule.image_size
     dataset = SegmentationDataset(datamodule.samples(cfg.split), info, load_size=load_size)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, collate_fn=list)
+    batch_size = cfg.batch_size or data_config.batch_size
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=list)
     predictor = _predictor(cfg, module)
 
-    num_classes = info.num_classes
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    metric = confusion_metric(info.num_classes, info.ignore_index)
     seconds = 0.0
     for items in tqdm(loader, desc=f"evaluate {info.name}/{cfg.split}", unit="batch"):
         for group in _same_size_runs(items):
@@ -117,9 +150,9 @@ def evaluate(cfg: DictConfig) -> dict:
             start = time.perf_counter()
             prediction = predictor.logits(images).argmax(dim=1).cpu()
             seconds += time.perf_counter() - start
-            masks = torch.stack([item["mask"] for item in group])
-            confusion += confusion_matrix(prediction, masks, num_classes, info.ignore_index)
+            metric.update(prediction, torch.stack([item["mask"] for item in group]))
 
+    confusion = metric.compute()
     scores = evaluation_scores(confusion, info.class_names)
     report = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
@@ -170,8 +203,6 @@ def _sheets(dataset: SegmentationDataset, predictor: Predictor, info: DatasetInf
 
 
 def _tensorboard(output_dir: Path, figure: np.ndarray, sheets: list, scores: dict) -> None:
-    from torch.utils.tensorboard import SummaryWriter
-
     with SummaryWriter(str(output_dir / "tensorboard")) as writer:
         writer.add_image("eval/confusion_matrix", figure, dataformats="HWC")
         for index, sheet in sheets:
@@ -220,6 +251,14 @@ def _input_images(path: Path) -> list[Path]:
         return [path]
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        stems: dict[str, Path] = {}
+        for image in images:
+            if image.stem in stems:  # outputs are named by stem: one would overwrite the other
+                raise ValueError(
+                    f"input={path}: {stems[image.stem]} and {image} have the same name; their predictions "
+                    f"({image.stem}_mask.png, ...) would overwrite each other. Rename one"
+                )
+            stems[image.stem] = image
         if images:
             return images
         raise FileNotFoundError(f"input={path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
@@ -249,10 +288,8 @@ def predict(cfg: DictConfig) -> dict:
 
 def _palette(module: SegmentationModule, cfg: DictConfig) -> tuple:
     """The data config's palette when it matches the checkpoint's classes, else generated colours."""
-    from segment.data.labels import default_palette
-
     try:
-        info = instantiate(cfg.data).info
+        info = instantiate(run_data_config(cfg)).info
         if list(info.class_names) == module.class_names:
             return info.palette
     except Exception:  # any data config problem only costs the colours here

@@ -1,7 +1,7 @@
 """The LightningModule, its nets, metrics and losses."""
 
 from segment.models.lab_unet import LabUNet, LabVGGUNet
-from segment.models.losses import CrossEntropyDiceLoss
+from segment.models.losses import CrossEntropyLoss, SumOfLosses
 from segment.models.module import SegmentationModule
 
-__all__ = ["CrossEntropyDiceLoss", "LabUNet", "LabVGGUNet", "SegmentationModule"]
+__all__ = ["CrossEntropyLoss", "LabUNet", "LabVGGUNet", "SegmentationModule", "SumOfLosses"]

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save
 
 from segment.files import cache_root, sha256, write_atomic
 from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -160,8 +161,6 @@ def hed_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     The .h5 is checked against its known sha256 before conversion, the converted file
     against the checksum written beside it.
     """
-    from safetensors.torch import load_file, save
-
     target = weights_cache() / HED_CONVERTED
     checksum = target.with_suffix(".sha256")
     if target.is_file() and checksum.is_file():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torchvision.models import vgg16
 
 __all__ = ["LabUNet", "LabVGGUNet", "VGG16_STAGE_LAYERS"]
 
@@ -114,8 +115,6 @@ class LabVGGUNet(nn.Module):
             )
         if not 0 <= frozen_blocks <= 4:
             raise ValueError(f"model.net.frozen_blocks={frozen_blocks}: the encoder has 4 blocks (0-4 frozen)")
-        from torchvision.models import vgg16
-
         features = vgg16(weights=None).features  # weights come from the resolver (ImageNet or HED)
         self.encoder = nn.Module()
         # Named like torchvision's VGG16 (features.<index>), so ImageNet/HED state dicts load unchanged.

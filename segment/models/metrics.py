@@ -5,8 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
 
-__all__ = ["confusion_scores", "evaluation_scores", "iou_per_class"]
+__all__ = ["confusion_metric", "confusion_scores", "evaluation_scores", "iou_per_class"]
+
+
+def confusion_metric(num_classes: int, ignore_index: int) -> MulticlassConfusionMatrix:
+    """The one confusion matrix of training, validation and evaluation: rows truth, columns prediction.
+
+    torchmetrics accumulates it across batches (and across DDP ranks), ``ignore_index`` left out.
+    """
+    return MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
 
 
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,9 @@ from lightning import LightningModule
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from segment.checkpoints import check_trusted_targets, read_checkpoint
-from segment.models.metrics import confusion_scores
+from segment.models.metrics import confusion_metric, confusion_scores
 from segment.models.nets import build_net
 from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from segment.models.weights import WeightsRecord
@@ -128,7 +127,8 @@ class SegmentationModule(LightningModule):
         self.net, record = build_net(self.hparams.net, num_classes, weights_fallback)
         # Stored with the checkpoint, so a results table can always say which weights a run started from.
         self.hparams["encoder_weights_used"] = record.as_dict()
-        self.criterion = instantiate(self.hparams.loss, ignore_index=ignore_index)
+        # not recursive: a SumOfLosses builds its terms itself, each with the ignore index
+        self.criterion = instantiate(self.hparams.loss, ignore_index=ignore_index, _recursive_=False)
         # uint8 -> normalised float in one multiply-add: x * scale + shift.
         mean_t, std_t = torch.tensor(self.hparams.mean), torch.tensor(self.hparams.std)
         self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(1, 3, 1, 1))
@@ -143,7 +143,7 @@ class SegmentationModule(LightningModule):
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.val_ce = MeanMetric()
-        self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index, validate_args=False)
+        self.val_confusion = confusion_metric(num_classes, ignore_index)
         # The non-finite guard's device-side record: the first bad step (-1: none) and the last finite loss.
         self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
         self.register_buffer("_last_finite_loss", torch.tensor(float("nan")), persistent=False)
@@ -248,15 +248,24 @@ class SegmentationModule(LightningModule):
         self.val_ce.update(ce / labelled, weight=weight)
         self.val_confusion.update(logits.argmax(dim=1), batch["mask"])
 
-    def on_validation_epoch_end(self) -> None:
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)  # the same scores, logged as test/* (train.py test_after_fit=true)
+
+    def _log_scores(self, prefix: str) -> None:
         scores = confusion_scores(self.val_confusion.compute(), self.class_names)
-        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
-        self.log("val/ce", self.val_ce.compute())
-        self.log("val/miou", scores.pop("miou"), prog_bar=True)
-        self.log_dict({f"val/{name}": value for name, value in scores.items()})
+        self.log(f"{prefix}/loss", self.val_loss.compute(), prog_bar=True)
+        self.log(f"{prefix}/ce", self.val_ce.compute())
+        self.log(f"{prefix}/miou", scores.pop("miou"), prog_bar=True)
+        self.log_dict({f"{prefix}/{name}": value for name, value in scores.items()})
         self.val_loss.reset()
         self.val_ce.reset()
         self.val_confusion.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_scores("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
         trainable = [p for p in self.parameters() if p.requires_grad]
@@ -276,7 +285,10 @@ class SegmentationModule(LightningModule):
         if not self.hparams.scheduler:
             return {"optimizer": optimizer}
         config = {"name": "lr", **self.hparams.scheduler}
-        config["scheduler"] = instantiate(config["scheduler"])(optimizer)
+        scheduler = dict(config["scheduler"])
+        if "total_steps" in scheduler and scheduler["total_steps"] is None:  # null: this run's optimiser steps
+            scheduler["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        config["scheduler"] = instantiate(scheduler)(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     @classmethod

@@ -16,6 +16,7 @@ import logging
 from typing import Any
 
 import segmentation_models_pytorch as smp
+from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from hydra.utils import get_object, instantiate
 from torch import nn
 
@@ -112,8 +113,6 @@ def _is_lab_vgg(config: dict[str, Any]) -> bool:
 
 def _instantiate_smp(config: dict[str, Any], num_classes: int) -> nn.Module:
     """Instantiate a net whose pretrained weights smp itself fetches (the Hugging Face cache or hub)."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
     try:
         return instantiate(config, classes=num_classes)
     except Exception as err:

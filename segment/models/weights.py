@@ -24,6 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from safetensors import safe_open
+from safetensors.torch import load_file
+from segmentation_models_pytorch.encoders import encoders
 from torch import nn
 
 from segment.files import sha256
@@ -61,11 +66,6 @@ def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     Raises:
         FileNotFoundError: none of the three worked, with huggingface_hub's reason.
     """
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
-    from safetensors.torch import load_file
-    from segmentation_models_pytorch.encoders import encoders
-
     settings = encoders["vgg16"]["pretrained_settings"]["imagenet"]
     repo, revision = settings["repo_id"], settings["revision"]
     try:
@@ -87,10 +87,15 @@ def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     return load_file(path), path
 
 
+def _described(path: Path) -> str:
+    """The file's path, and the note its safetensors metadata carries (e.g. a float16 copy for transport)."""
+    with safe_open(str(path), "pt") as file:
+        note = (file.metadata() or {}).get("note")
+    return f"{path} [{note}]" if note else str(path)
+
+
 def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
@@ -131,7 +136,7 @@ def resolve_encoder_weights(spec: str | None, fallback: bool = True) -> tuple[di
         return None, WeightsRecord("none", requested="none")
     if spec == "hed":
         state, path = hed_state_dict()
-        return state, WeightsRecord("hed-bsds500", str(path), sha256(path), "hed")
+        return state, WeightsRecord("hed-bsds500", _described(path), sha256(path), "hed")
     if spec == "imagenet":
         try:
             state, path = _imagenet_state_dict()
@@ -151,7 +156,7 @@ def resolve_encoder_weights(spec: str | None, fallback: bool = True) -> tuple[di
             warnings.warn(message, stacklevel=2)
             log.warning(message)
             state, path = hed_state_dict()
-            return state, WeightsRecord("hed-bsds500", str(path), sha256(path), "imagenet")
+            return state, WeightsRecord("hed-bsds500", _described(path), sha256(path), "imagenet")
     return _from_file(str(spec))
 
 

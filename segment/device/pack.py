@@ -1,0 +1,182 @@
+"""Build ``.device_pack/``: what the GPU machine lacks, within what travels (64 MiB with the working tree).
+
+- ``wheels/``: manylinux wheels of exactly the packages the machine lacks, at the versions
+  installed here (one pure-Python wheel built here for ``antlr4-python3-runtime``, which
+  has only an sdist on the index);
+- ``camvid/``: CamVid in its SegNet layout, images as JPEG (``--quality``), masks copied
+  byte for byte (PNG, lossless: checked by decoding both);
+- ``weights/``: HED's converted VGG16 encoder in float16 (half the bytes; the record of
+  every run that loads it says so), found by the resolver through ``SEGMENT_CACHE_DIR``;
+- ``manifest.json``: versions, sizes and what was done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import cv2
+import numpy as np
+from safetensors.torch import save
+
+from segment.files import sha256, write_atomic
+from segment.models.hed import HED_CONVERTED, hed_state_dict
+
+__all__ = ["BUDGET", "MISSING_THERE", "PackReport", "main", "pack"]
+
+BUDGET = 64 * 2**20  # what travels: the working tree plus carried paths
+# Python distributions the GPU machine lacks (its package list: /work/.library/device/KINDS.md, 2026-11):
+# ours and their dependencies that are not there. typing-extensions travels too: pydantic needs a
+# newer one than some images hold, and a newer one serves every other package.
+MISSING_THERE = (
+    "segmentation-models-pytorch", "albumentations", "albucore", "stringzilla", "simsimd", "pydantic",
+    "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "hydra-core", "omegaconf",
+    "antlr4-python3-runtime", "hydra-joblib-launcher",
+)  # fmt: skip
+SDIST_ONLY = ("antlr4-python3-runtime",)
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
+             "manylinux1_x86_64")  # fmt: skip
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class PackReport:
+    """Sizes in bytes of what travels, by part."""
+
+    parts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def table(self) -> str:
+        lines = ["| part | MiB |", "|---|---|"]
+        lines += [f"| {name} | {size / 2**20:.1f} |" for name, size in self.parts.items()]
+        lines.append(f"| **total** (budget {BUDGET / 2**20:.0f}) | **{self.total / 2**20:.1f}** |")
+        return "\n".join(lines)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _working_tree_size(repo: Path, pack_dir: Path) -> int:
+    """Bytes of tracked and untracked-but-not-ignored files: what travels besides the pack."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                            capture_output=True, check=True).stdout.decode().split("\0")  # fmt: skip
+    files = [repo / name for name in listed if name and (repo / name).is_file()]
+    return sum(f.stat().st_size for f in files if pack_dir not in f.parents)
+
+
+def fetch_wheels(target: Path, python_version: str, names: tuple[str, ...] = MISSING_THERE) -> list[Path]:
+    """Download (or, sdist-only, build) one wheel per distribution, at the version installed here."""
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        version = metadata.version(name)
+        stem = name.replace("-", "_").lower()
+        if any(p.name.lower().startswith(f"{stem}-{version}-") for p in target.glob("*.whl")):
+            continue
+        if name in SDIST_ONLY:
+            command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(target), f"{name}=={version}"]
+        else:
+            command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--only-binary=:all:",
+                       "--python-version", python_version, "--implementation", "cp", "-d", str(target),
+                       *[f"--platform={p}" for p in PLATFORMS], f"{name}=={version}"]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"could not fetch {name}=={version} for Python {python_version}: "
+                               f"{result.stderr.strip()[-400:]}")  # fmt: skip
+    return sorted(target.glob("*.whl"))
+
+
+def pack_camvid(source: Path, target: Path, quality: int, max_images: int | None = None) -> int:
+    """CamVid's splits with JPEG images and byte-identical PNG masks; returns the number of samples."""
+    if not (source / "train").is_dir():
+        raise FileNotFoundError(f"--camvid {source}: no train/ folder (SegNet layout: train/ trainannot/ val/ ...)")
+    count = 0
+    for split in SPLITS:
+        if not (source / split).is_dir():
+            continue
+        images = sorted((source / split).glob("*.png"))[:max_images]
+        (target / split).mkdir(parents=True, exist_ok=True)
+        (target / f"{split}annot").mkdir(parents=True, exist_ok=True)
+        for image in images:
+            mask = source / f"{split}annot" / image.name
+            ok, encoded = cv2.imencode(".jpg", cv2.imread(str(image), cv2.IMREAD_COLOR),
+                                       [cv2.IMWRITE_JPEG_QUALITY, quality])  # fmt: skip
+            if not ok:
+                raise OSError(f"could not encode {image} as JPEG")
+            write_atomic(target / split / f"{image.stem}.jpg", encoded.tobytes())
+            shutil.copyfile(mask, target / f"{split}annot" / mask.name)
+            copied = cv2.imread(str(target / f"{split}annot" / mask.name), cv2.IMREAD_UNCHANGED)
+            if not np.array_equal(copied, cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)):
+                raise RuntimeError(f"the packed mask of {mask} differs from it")
+            count += 1
+    return count
+
+
+def pack_weights(target: Path) -> Path:
+    """HED's converted VGG16 encoder in float16, where the resolver looks when SEGMENT_CACHE_DIR=<pack>."""
+    state, source = hed_state_dict()
+    half = {key: value.half() for key, value in state.items()}
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / HED_CONVERTED
+    note = f"float16 copy of {source.name} (sha256 {sha256(source)[:12]}), halved for transport to the GPU machine"
+    write_atomic(path, save(half, metadata={"note": note}))
+    write_atomic(path.with_suffix(".sha256"), sha256(path) + "\n")
+    return path
+
+
+def pack(output: Path, camvid: Path, python_version: str = "3.12", quality: int = 90,
+         max_images: int | None = None, repo: Path | None = None) -> PackReport:  # fmt: skip
+    """Build the pack in ``output`` and size what travels; see the module docstring."""
+    output = Path(output)
+    report = PackReport()
+    wheels = fetch_wheels(output / "wheels", python_version)
+    report.parts["wheels"] = sum(w.stat().st_size for w in wheels)
+    samples = pack_camvid(Path(camvid), output / "camvid", quality, max_images)
+    report.parts["camvid"] = _size(output / "camvid")
+    report.parts["weights"] = _size(pack_weights(output / "weights"))
+    if repo is not None:
+        report.parts["working tree"] = _working_tree_size(repo, output.resolve())
+    report.notes = [f"{samples} CamVid samples, JPEG quality {quality}, masks byte-identical",
+                    f"{len(wheels)} wheels for Python {python_version}", "VGG16 (HED) encoder in float16"]  # fmt: skip
+    manifest = {"wheels": [w.name for w in wheels], "camvid_samples": samples, "jpeg_quality": quality,
+                "python_version": python_version, "bytes": report.parts, "notes": report.notes}  # fmt: skip
+    write_atomic(output / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m segment.device pack``: build the pack, print its size, refuse when over budget."""
+    parser = argparse.ArgumentParser(prog="python -m segment.device", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("pack", help="build .device_pack/ (wheels, CamVid, weights)")
+    build.add_argument("--camvid", type=Path, default=Path("../shared/data/camvid"), help="CamVid, SegNet layout")
+    build.add_argument("--output", type=Path, default=Path(".device_pack"))
+    build.add_argument("--python-version", default="3.12", help="of the GPU machine (3.11 for a dry run here)")
+    build.add_argument("--quality", type=int, default=90, help="JPEG quality of the packed images")
+    build.add_argument("--max-images", type=int, default=None, help="per split (a dry run packs a handful)")
+    args = parser.parse_args(argv)
+    repo = Path.cwd()
+    try:
+        report = pack(args.output, args.camvid, args.python_version, args.quality, args.max_images, repo)
+    except (OSError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report.table())
+    print("; ".join(report.notes))
+    if report.total > BUDGET:
+        print(f"error: {report.total / 2**20:.1f} MiB would travel, over the {BUDGET / 2**20:.0f} MiB budget: lower "
+              "--quality, or leave out a split's images with --max-images", file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"{args.output}: ready; name it in the device run's carry")
+    return 0
+

@@ -1,0 +1,73 @@
+"""The package declares what it imports, lists all its subpackages, and ships its config tree."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from tests.helpers import REPO
+
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+# Imported only where their extra is installed (they are declared as extras).
+OPTIONAL = {"h5py": "hed", "onnx": "onnx", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_every_subpackage_is_listed() -> None:
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "segment").rglob("__init__.py")}
+    listed = set(PYPROJECT["tool"]["setuptools"]["packages"]) - {"segment.conf"}
+    assert found == listed
+
+
+def test_what_the_code_imports_is_declared() -> None:
+    declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
+    extras = {extra: {_name(r) for r in reqs} for extra, reqs in PYPROJECT["project"]["optional-dependencies"].items()}
+    distributions = metadata.packages_distributions()
+    imported = set()
+    for path in (REPO / "segment").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {name for name in imported if name in distributions and name not in sys.stdlib_module_names}
+    for module in sorted(third_party - {"segment"}):
+        names = {d.lower().replace("_", "-") for d in distributions[module]}
+        if module in OPTIONAL:
+            assert names & extras[OPTIONAL[module]], f"{module} should be in the {OPTIONAL[module]} extra"
+        else:
+            assert names & declared, f"segment imports {module} ({names}) but pyproject does not declare it"
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_config_tree(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    for name in ("pyproject.toml", "README.md", "segment", "conf"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                             if (REPO / name).is_dir() else {}))  # fmt: skip
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(source)], check=True, capture_output=True)  # fmt: skip
+    [wheel] = tmp_path.glob("road_segment_unet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for config in REPO.joinpath("conf").rglob("*.yaml"):
+        assert f"segment/conf/{config.relative_to(REPO / 'conf').as_posix()}" in names, config
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)  # fmt: skip
+    found = subprocess.run([sys.executable, "-c", "from segment.config import config_dir; print(config_dir())"],
+                           cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    assert Path(found) == site / "segment" / "conf"

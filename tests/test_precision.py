@@ -1,0 +1,80 @@
+"""The default precision is measured on the host, cached, recorded, and overridable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segment import precision
+from segment.precision import PrecisionChoice, best_precision, cpu_precision
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SEGMENT_CACHE_DIR", str(tmp_path))
+    return tmp_path / "precision.json"
+
+
+def _timed(monkeypatch: pytest.MonkeyPatch, fp32_ms: float, bf16_ms: float) -> list[bool]:
+    """Make the benchmark report these step times; returns the list of measurements made."""
+    calls = []
+
+    def step_ms(net, x, bf16: bool, repeats: int) -> float:
+        calls.append(bf16)
+        return bf16_ms if bf16 else fp32_ms
+
+    monkeypatch.setattr(precision, "_step_ms", step_ms)
+    return calls
+
+
+@pytest.mark.parametrize(("fp32_ms", "bf16_ms", "expected"), [
+    (10.0, 4.0, "bf16-mixed"),   # an AMX host: bf16 2.5x faster
+    (10.0, 20.0, "32-true"),     # AVX512-BF16 without AMX, as measured on one host: bf16 2x slower
+    (10.0, 9.5, "32-true"),      # barely faster: not worth bf16's lost mantissa bits
+])  # fmt: skip
+def test_cpu_precision_follows_the_measurement_not_the_flags(cache, monkeypatch, fp32_ms, bf16_ms, expected) -> None:
+    _timed(monkeypatch, fp32_ms, bf16_ms)
+    choice = cpu_precision()
+    assert choice.precision == expected and best_precision("cpu") == expected
+    assert choice.bf16_speedup == pytest.approx(fp32_ms / bf16_ms)
+
+
+def test_the_measurement_is_cached_per_host_and_torch_version(cache, monkeypatch) -> None:
+    calls = _timed(monkeypatch, 10.0, 4.0)
+    first = cpu_precision()
+    assert len(calls) == 2 and cpu_precision() == first and len(calls) == 2  # measured once
+    saved = json.loads(cache.read_text())
+    assert list(saved) == [precision.host_key()] and "torch" in precision.host_key()
+    monkeypatch.setattr(precision, "host_key", lambda: "another CPU | torch 9.9 | 2 threads")
+    cpu_precision()
+    assert len(calls) == 4 and len(json.loads(cache.read_text())) == 2
+
+
+def test_gpu_precision_without_measuring(monkeypatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: False)
+    monkeypatch.setattr(precision, "cpu_precision", lambda: pytest.fail("measured a CPU for a GPU run"))
+    assert best_precision("gpu") == "16-mixed"
+
+
+def test_run_json_records_the_precision_and_who_chose_it(make_cfg, cache, monkeypatch) -> None:
+    from segment.training import train
+
+    _timed(monkeypatch, 10.0, 20.0)
+    cfg = make_cfg("model=unet_lab", "debug=fdr")
+    train(cfg)
+    record = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())["precision"]
+    assert record["precision"] == "32-true" and record["chosen_by"] == "measured on this CPU"
+    assert record["bf16_speedup"] == pytest.approx(0.5)
+    cfg = make_cfg("model=unet_lab", "debug=fdr", "trainer.precision=bf16-mixed")
+    cfg.paths.output_dir = str(Path(cfg.paths.output_dir).parent / "override")
+    train(cfg)
+    record = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())["precision"]
+    assert record == {"precision": "bf16-mixed", "chosen_by": "trainer.precision"}
+
+
+def test_precision_choice_round_trips() -> None:
+    choice = PrecisionChoice("bf16-mixed", 10.0, 4.0, "x")
+    assert PrecisionChoice(**{k: v for k, v in choice.as_dict().items() if k != "bf16_speedup"}) == choice
