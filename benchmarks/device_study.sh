@@ -10,6 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0; [[ "${1:-}" == "--dry-run" ]] && DRY=1
 PACK=${PACK:-.device_pack}
+PY=${PYTHON:-python3}  # the Python that has torch: python3 on the GPU machine, the test's own here
 OUT=${OUT:-device_out}
 WORK=$(mktemp -d)
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
@@ -18,28 +19,30 @@ say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 
 [[ -d "$PACK/wheels" && -d "$PACK/camvid" ]] || { say "no pack at $PACK: run python -m segment.device pack"; exit 1; }
 SITE="$WORK/site"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$PACK"/wheels/*.whl \
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$PACK"/wheels/*.whl \
   >>"$LOG" 2>&1 || { say "installing the packed wheels failed"; exit 1; }
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 SEGMENT_CACHE_DIR="$PACK" PYTHONUNBUFFERED=1
-python3 -c "import segmentation_models_pytorch as smp, albumentations, hydra; print('from the pack:', smp.__file__)" \
+"$PY" -c "import segmentation_models_pytorch as smp, albumentations, hydra; print('from the pack:', smp.__file__)" \
   >>"$LOG" 2>&1 || { say "the packed wheels do not import"; exit 1; }
-python3 -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" >>"$LOG" 2>&1
-say "wheels installed into $SITE; versions: $(python3 -c 'import torch, lightning; print(torch.__version__, lightning.__version__)')"
+"$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" >>"$LOG" 2>&1
+say "wheels installed into $SITE; versions: $("$PY" -c 'import torch, lightning; print(torch.__version__, lightning.__version__)')"
 
 DATA="data=camvid data.root=$PACK/camvid"
 if (( DRY )); then
   SIZE="[64,96]"; BATCHES="2 4"; TIME_A=240; TIME_B=420; TIME_C=240
   TINY="trainer.max_epochs=1 +trainer.limit_train_batches=2 +trainer.limit_val_batches=2 trainer.val_check_interval=1.0 data.num_workers=1"
   SEEDS_A="0"; SEEDS_B="0"; JOBS=1; PARTS="pretraining"; QUALITY_EPOCHS=1
+  QUALITY_EXTRA="model.scheduler.scheduler.warmup_steps=0"  # one step cannot hold a 100-step warmup
 else
   SIZE="[384,480]"; BATCHES="16 32"; TIME_A=100; TIME_B=330; TIME_C=140
   TINY="data.num_workers=2"
   SEEDS_A="0,1,2,3,4"; SEEDS_B="0,1,2"; JOBS=4; PARTS="pretraining lr1e-3 architecture lab"; QUALITY_EPOCHS=200
+  QUALITY_EXTRA=""
 fi
 
 # (a) throughput: unet_vgg, bf16, channels_last, two batch sizes, with and without torch.compile
 say "(a) throughput, budget ${TIME_A}s"
-timeout "$TIME_A" python3 benchmarks/train_throughput.py $DATA model=unet_vgg model.net.encoder_weights=hed \
+timeout "$TIME_A" "$PY" benchmarks/train_throughput.py $DATA model=unet_vgg model.net.encoder_weights=hed \
   "data.image_size=$SIZE" --batch-sizes $BATCHES --compile $( (( DRY )) && echo off || echo both ) \
   --peak-size $( (( DRY )) && echo 1024 || echo 8192 ) --quick --warmup 2 --steps 3 --windows 2 \
   --json "$OUT/throughput.json" >>"$LOG" 2>&1 || say "(a) ended early (exit $?); throughput.json holds what it measured"
@@ -56,10 +59,10 @@ for part in $PARTS; do
     architecture) args="experiment=compare_pretraining model=unet_lab model.optimizer.lr=1e-4 seed=$SEEDS_B" ;;
     lab) args="experiment=lab_comparison protocol=lab_small,lab_vgg seed=$SEEDS_B" ;;
   esac
-  timeout "$TIME_B" python3 train.py -m $args $COMMON >>"$WORK/study_$part.log" 2>&1 &
+  timeout "$TIME_B" "$PY" train.py -m $args $COMMON >>"$WORK/study_$part.log" 2>&1 &
 done
 wait
-python3 -m segment.analysis.report "$SWEEP" >>"$LOG" 2>&1 || say "(b) no report: no run finished"
+"$PY" -m segment.analysis.report "$SWEEP" >>"$LOG" 2>&1 || say "(b) no report: no run finished"
 [[ -f "$SWEEP/report.md" ]] && cp "$SWEEP/report.md" "$OUT/study_report.md"
 [[ -f "$SWEEP/speedup_vs_threshold.png" ]] && cp "$SWEEP/speedup_vs_threshold.png" "$OUT/"
 [[ -f "$SWEEP/reached_vs_epochs.png" ]] && cp "$SWEEP/reached_vs_epochs.png" "$OUT/"
@@ -70,13 +73,13 @@ tail -n 5 "$WORK"/study_*.log >>"$LOG" 2>/dev/null
 # (c) quality: unet_vgg at native resolution with median-frequency class weights, evaluated on val (and test)
 say "(c) quality, budget ${TIME_C}s"
 RUN="$WORK/quality"
-timeout "$TIME_C" python3 train.py $DATA "data.image_size=$SIZE" model=unet_vgg model.net.encoder_weights=hed \
+timeout "$TIME_C" "$PY" train.py $DATA "data.image_size=$SIZE" model=unet_vgg model.net.encoder_weights=hed \
   loss=ce_balanced scheduler=warmup_poly model.optimizer.lr=1e-3 \
-  trainer.max_epochs=$QUALITY_EPOCHS "+trainer.max_time=00:00:$(( (TIME_C - 40) / 60 )):$(( (TIME_C - 40) % 60 ))" \
-  trainer.enable_progress_bar=false test_after_fit=true hydra.run.dir="$RUN" $TINY >>"$WORK/quality.log" 2>&1 \
+  trainer.max_epochs=$QUALITY_EPOCHS "+trainer.max_time=$(printf '00:00:%02d:%02d' $(( (TIME_C - 40) / 60 )) $(( (TIME_C - 40) % 60 )))" \
+  trainer.enable_progress_bar=false test_after_fit=true hydra.run.dir="$RUN" $TINY $QUALITY_EXTRA >>"$WORK/quality.log" 2>&1 \
   || say "(c) training ended early (exit $?)"
 if [[ -f "$RUN/checkpoints/last.ckpt" ]]; then
-  python3 evaluate.py ckpt_path="$RUN/checkpoints/last.ckpt" data.root="$PACK/camvid" num_sheets=0 \
+  "$PY" evaluate.py ckpt_path="$RUN/checkpoints/last.ckpt" data.root="$PACK/camvid" num_sheets=0 \
     hydra.run.dir="$WORK/evaluation" >>"$LOG" 2>&1 && cp "$WORK/evaluation/metrics.json" "$OUT/quality_metrics.json" \
     && cp "$WORK/evaluation/evaluation.md" "$OUT/quality_evaluation.md"
 fi

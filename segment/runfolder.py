@@ -126,6 +126,8 @@ class RunFolder:
         Its ``.hydra/`` comes from ``.hydra/owner/`` and its ``train.log`` is copied (Hydra
         is appending to the open file, which then starts afresh for the new run).
         """
+        if not self.enabled:
+            return self.path / ARCHIVE_DIR
         stamp = (started or datetime.now().isoformat(timespec="seconds")).replace(":", "-")
         target = self.path / ARCHIVE_DIR / stamp
         suffix = 1

@@ -131,7 +131,9 @@ def _checkpoint_dir(cfg: DictConfig) -> Path:
 def _plan(cfg: DictConfig, folder: RunFolder, previous: dict | None) -> _Plan:
     """Decide between a fresh start, a resume and a skip; refuse to reuse a folder that holds a run."""
     requested = cfg.get("ckpt_path")
-    holds_run = previous is not None or folder.holds_results()
+    # Ranks other than 0 (srun starts train.py once per GPU) follow rank 0, which owns the folder
+    # and may already have written this attempt's run.json: no reuse checks here.
+    holds_run = folder.enabled and (previous is not None or folder.holds_results())
     if requested == "last":
         found = newest_checkpoint(_checkpoint_dir(cfg))
         if found is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -10,8 +11,10 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
 from segment.data import SegmentationDataModule
+from segment.data.dataset import DatasetStatistics
 from segment.data.synthetic import SYNTHETIC_INFO
 from segment.models import SegmentationModule
+from segment.models.losses import resolve_class_weights
 from segment.training import instantiate_each
 from tests.helpers import CONF_DIR, TINY_SMP, run_script
 from tests.layouts import WRITERS
@@ -49,7 +52,11 @@ def test_every_group_has_options() -> None:
 
 
 def _build_model(cfg) -> SegmentationModule:
-    return instantiate(cfg.model, class_names=list(SYNTHETIC_INFO.class_names), ignore_index=255)
+    """As train.py builds it: a class-weighting method in the loss is resolved from label counts first."""
+    n = SYNTHETIC_INFO.num_classes
+    counts = DatasetStatistics(pixels=np.arange(1, n + 1) * 100, image_pixels=np.full(n, 100 * n * n))
+    loss = resolve_class_weights(OmegaConf.to_container(cfg.model.loss, resolve=True), counts)
+    return instantiate(cfg.model, class_names=list(SYNTHETIC_INFO.class_names), ignore_index=255, loss=loss)
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

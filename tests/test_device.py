@@ -22,7 +22,7 @@ needs_camvid = pytest.mark.skipif(not (CAMVID_ROOT / "train").is_dir(), reason=f
 
 def test_packed_camvid_keeps_the_masks_exact(tmp_path: Path) -> None:
     write_camvid(tmp_path / "camvid")
-    smooth = np.dstack(np.meshgrid(np.linspace(0, 255, 96), np.linspace(0, 255, 64)) + [np.full((64, 96), 128.0)])
+    smooth = np.dstack([*np.meshgrid(np.linspace(0, 255, 96), np.linspace(0, 255, 64)), np.full((64, 96), 128.0)])
     cv2.imwrite(str(tmp_path / "camvid" / "train" / "0001TP_000000.png"), smooth.astype(np.uint8))
     count = pack_camvid(tmp_path / "camvid", tmp_path / "packed", quality=90)
     assert count == 6  # train 3, val 2, test 1
@@ -58,7 +58,8 @@ def test_pack_and_the_device_command_dry_run(tmp_path: Path) -> None:
 
     out = tmp_path / "out"
     run = subprocess.run(["bash", "benchmarks/device_study.sh", "--dry-run"], cwd=REPO, timeout=900,
-                         env={**env, "PACK": str(pack), "OUT": str(out)}, capture_output=True, text=True)  # fmt: skip
+                         env={**env, "PACK": str(pack), "OUT": str(out), "PYTHON": sys.executable},
+                         capture_output=True, text=True)  # fmt: skip
     log = (out / "device_log.txt").read_text()
     assert run.returncode == 0, log[-3000:] + run.stderr[-2000:]
     assert f"from the pack: {tempfile_site(log)}" in log  # smp imported from the installed wheels

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -64,6 +65,8 @@ def test_cross_entropy_of_a_batch_without_labels_is_zero_not_nan() -> None:
 @pytest.mark.parametrize("option", LOSS_OPTIONS)
 def test_every_loss_option_skips_ignored_pixels(option: str) -> None:
     config = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "loss" / f"{option}.yaml"))
+    counts = DatasetStatistics(pixels=np.array([400, 200, 50, 10]), image_pixels=np.array([800, 800, 400, 200]))
+    config = resolve_class_weights(config, counts)  # a weighting method, as train.py resolves it
     loss = instantiate(config, ignore_index=255, _recursive_=False)  # as the module builds it
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 8, 8)

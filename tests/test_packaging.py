@@ -54,6 +54,7 @@ def test_what_the_code_imports_is_declared() -> None:
 @pytest.mark.slow
 def test_the_wheel_ships_the_config_tree(tmp_path: Path) -> None:
     source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    source.mkdir()
     for name in ("pyproject.toml", "README.md", "segment", "conf"):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
         copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}

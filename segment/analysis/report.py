@@ -120,6 +120,8 @@ class Study:
         self.headline = [Level(self.loss_metric, "min", float(v)) for v in self.spec["headline"]]
         self.loss_ladder = [Level(self.loss_metric, "min", v) for v in _ladder(self.spec["loss_ladder"])]
         self.miou_ladder = [Level("val/miou", "max", v) for v in _ladder(self.spec["miou_ladder"])]
+        # the mIoU levels the tables name: the ladder's multiples of 0.1
+        self.miou_levels = [lv for lv in self.miou_ladder if abs(lv.level * 10 - round(lv.level * 10)) < 1e-6]
         logged = {key[len("val/iou/") :] for run in self.usable for row in run.validations for key in row}
         self.thin_classes = [name for name in THIN_CLASSES if name in logged]
 
@@ -327,7 +329,7 @@ def cost_table(study: Study) -> str:
     """Epochs, images and seconds to each headline and mIoU level per arm (mean +- std over runs that reached it)."""
     lines = ["| arm | threshold | reached | epochs | images seen | seconds |", "|---|---|---|---|---|---|"]
     for arm in study.arms:
-        for level in study.headline + [level for level in study.miou_ladder if round(level.level * 20) % 2 == 0]:
+        for level in study.headline + study.miou_levels:
             parts = [[c.time for c in _crossings(arm, level, unit) if c.reached] for unit in UNITS]
             lines.append(f"| {arm.label} | {level.name} | {len(parts[0])}/{len(arm.runs)} | {_pm(parts[0], 2)} "
                          f"| {_pm(parts[1], 0)} | {_pm(parts[2], 0)} |")  # fmt: skip
@@ -374,7 +376,7 @@ def calibration(study: Study) -> tuple[str, str, list[str]]:
 
     lines = ["| first reached | runs | at loss | val/miou then | thin-class IoU then |", "|---|---|---|---|---|"]
     summary = []
-    for level in study.headline + [lv for lv in study.miou_ladder if round(lv.level * 20) % 2 == 0]:
+    for level in study.headline + study.miou_levels:
         found = []
         for run in study.usable:
             crossing = run.crossing(level.metric, level.mode, level.level)
@@ -471,7 +473,7 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
     figures.curves_figure(arms, study.loss_metric, sweep / "loss_curves.png",
                           f"{study.loss_metric} at every validation: mean +- std over seeds", loss_levels)  # fmt: skip
     figures.curves_figure(arms, "val/miou", sweep / "miou_curves.png", "val/miou at every validation",
-                          sorted({round(lv.level, 2) for lv in study.miou_ladder if round(lv.level * 20) % 2 == 0}))
+                          [lv.level for lv in study.miou_levels])
     figures.curves_figure(arms, study.loss_metric, sweep / "val_loss_vs_seconds.png",
                           f"{study.loss_metric} against training seconds", loss_levels, unit="seconds")  # fmt: skip
     rows = ladder_rows(study)
@@ -489,7 +491,7 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
     figures.reached_figure(curves, sweep / "reached_vs_epochs.png")
     points = [row for run in study.usable for row in run.validations]
     figures.calibration_figure(points, study.thin_classes, loss_levels,
-                               [lv.level for lv in study.miou_ladder if round(lv.level * 20) % 2 == 0],
+                               [lv.level for lv in study.miou_levels],
                                sweep / "calibration.png", study.loss_metric)  # fmt: skip
     sheet = _mask_sheet(study, sweep)
 

@@ -134,7 +134,7 @@ def pack_weights(target: Path) -> Path:
     return path
 
 
-def pack(output: Path, camvid: Path, python_version: str = "3.12", quality: int = 90,
+def pack(output: Path, camvid: Path, python_version: str = "3.12", quality: int = 85,
          max_images: int | None = None, repo: Path | None = None) -> PackReport:  # fmt: skip
     """Build the pack in ``output`` and size what travels; see the module docstring."""
     output = Path(output)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--camvid", type=Path, default=Path("../shared/data/camvid"), help="CamVid, SegNet layout")
     build.add_argument("--output", type=Path, default=Path(".device_pack"))
     build.add_argument("--python-version", default="3.12", help="of the GPU machine (3.11 for a dry run here)")
-    build.add_argument("--quality", type=int, default=90, help="JPEG quality of the packed images")
+    build.add_argument("--quality", type=int, default=85, help="JPEG quality of the packed images (85: ~45 KB each)")
     build.add_argument("--max-images", type=int, default=None, help="per split (a dry run packs a handful)")
     args = parser.parse_args(argv)
     repo = Path.cwd()

@@ -16,10 +16,12 @@ import logging
 from typing import Any
 
 import segmentation_models_pytorch as smp
+from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from hydra.utils import get_object, instantiate
 from torch import nn
 
+from segment.files import sha256
 from segment.models.weights import WeightsRecord, load_encoder_weights, resolve_encoder_weights
 
 __all__ = ["build_net", "check_net_config"]
@@ -104,7 +106,18 @@ def build_net(config: dict[str, Any], num_classes: int, fallback: bool) -> tuple
         load_encoder_weights(net.encoder, state, str(record))
         log.info("encoder weights: %s", record)
         return net, record
-    return _instantiate_smp(config, num_classes), WeightsRecord(f"smp:{spec}", requested=str(spec))
+    return _instantiate_smp(config, num_classes), _smp_record(config.get("encoder_name"), str(spec))
+
+
+def _smp_record(encoder: str | None, spec: str) -> WeightsRecord:
+    """What smp loaded: the file in the Hugging Face cache and its sha256, where smp names one."""
+    settings = smp.encoders.encoders.get(encoder or "", {}).get("pretrained_settings", {}).get(spec, {})
+    try:
+        path = hf_hub_download(settings["repo_id"], "model.safetensors", revision=settings.get("revision"),
+                               local_files_only=True)  # fmt: skip
+    except (KeyError, LocalEntryNotFoundError, OSError):
+        return WeightsRecord(f"smp:{spec}", requested=spec)
+    return WeightsRecord(f"smp:{spec}", str(path), sha256(path), spec)
 
 
 def _is_lab_vgg(config: dict[str, Any]) -> bool:
