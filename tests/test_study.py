@@ -13,7 +13,7 @@ import yaml
 from scipy import stats
 
 from segment.analysis import kaplan_meier, load_runs, mean_std, paired_ratio
-from segment.analysis.report import Level, Study
+from segment.analysis.report import Level, Study, protocol_section
 from segment.analysis.report import main as report_main
 from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
@@ -66,7 +66,8 @@ def test_mean_std_of_few_values() -> None:
     assert all(np.isnan(mean_std([])))
 
 
-def _write_run(sweep: Path, model: str, seed: int, lr: str, losses: list[float], status: str = "completed") -> Path:
+def _write_run(sweep: Path, model: str, seed: int, lr: str, losses: list[float], status: str = "completed",
+               net: dict | None = None) -> Path:
     """A run folder as train.py writes it, with a scripted validation history (4 validations per epoch)."""
     overrides = [f"model={model}", f"seed={seed}", f"model.optimizer.lr={lr}", "data.root=/somewhere"]
     folder = sweep / ",".join(overrides[:3])
@@ -74,6 +75,8 @@ def _write_run(sweep: Path, model: str, seed: int, lr: str, losses: list[float],
     config = {"seed": seed, "study": SPEC, "model": {"optimizer": {"_target_": "torch.optim.AdamW", "lr": float(lr)}},
               "data": {"batch_size": 8, "image_size": [64, 96]}, "trainer": {"val_check_interval": 0.25},
               "callbacks": {"thresholds": {"stop_when_reached": "val_loss<=0.7"}}}  # fmt: skip
+    if net is not None:
+        config["model"]["net"] = net
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"model": model}}}}))
@@ -139,6 +142,17 @@ def test_report_of_scripted_runs(scripted: Path, capsys) -> None:
         assert (scripted / figure).stat().st_size > 1000, figure
         assert f"]({figure})" in report
     assert "Report:" in capsys.readouterr().out
+
+
+def test_the_protocol_table_says_which_head_the_lab_vgg_net_trained_with(tmp_path: Path) -> None:
+    lab_vgg = {"_target_": "segment.models.LabVGGUNet", "final_relu": True}
+    _write_run(tmp_path, "unet_scratch", 0, "0.0001", [1.0, 0.9], net={**lab_vgg, "final_relu": False})
+    _write_run(tmp_path, "unet_vgg", 0, "0.0001", [1.0, 0.9], net=lab_vgg)
+    _write_run(tmp_path, "unet_lab", 0, "0.0001", [1.0, 0.9], net={"_target_": "segmentation_models_pytorch.Unet",
+                                                                   "encoder_name": "vgg16"})  # fmt: skip
+    table = protocol_section(Study(load_runs(tmp_path)))
+    assert "| LabVGGUNet, corrected head |" in table and "| LabVGGUNet, head ending in ReLU (the lab's) |" in table
+    assert "| Unet, vgg16 |" in table
 
 
 def test_report_command_on_a_folder_without_runs(tmp_path: Path, capsys) -> None:

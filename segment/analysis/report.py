@@ -213,10 +213,12 @@ def protocol_section(study: Study) -> str:
             optimizer += f" (wd {run.value('model.optimizer.weight_decay')})"
         precision = (run.record.get("precision") or {}).get("precision") or config.get("trainer", {}).get("precision")
         weights = ", ".join(sorted({r.weights or "?" for r in arm.runs}))
+        net = [(run.value("model.net._target_") or "?").rsplit(".", 1)[-1], run.value("model.net.encoder_name")]
+        if run.value("model.net.final_relu") is not None:  # the lab's VGG net: which head it trained with
+            net.append("head ending in ReLU (the lab's)" if run.value("model.net.final_relu") else "corrected head")
         lines.append(
             f"| {arm.label} | {len(arm.runs)} ({', '.join(str(r.seed) for r in arm.runs)}) "
-            f"| {(run.value('model.net._target_') or '?').rsplit('.', 1)[-1]} "
-            f"{run.value('model.net.encoder_name') or ''} | {weights} | {optimizer} | {scheduler} "
+            f"| {', '.join(part for part in net if part)} | {weights} | {optimizer} | {scheduler} "
             f"| {run.value('data.batch_size')} | {image} | {round(1 / float(interval)) if interval <= 1 else 1} "
             f"| {run.value('trainer.gradient_clip_val') or '-'} | {precision} | {run.value('trainer.max_epochs')} |"
         )
