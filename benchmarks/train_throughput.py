@@ -190,6 +190,9 @@ def main() -> None:
                         help="measure the Lightning path at these batch sizes (default: the config's)")
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
                         help="torch.compile the net (model.compile); both: a row for each")
+    parser.add_argument("--precisions", nargs="*", default=None,
+                        help="measure the Lightning path in each (e.g. 32-true bf16-mixed; default: the config's, "
+                             "which is measured per host) and give their ratio")  # fmt: skip
     parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matmul of the peak")
     parser.add_argument("--quick", action="store_true", help="Lightning path, loader, FLOPs and peaks only")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
@@ -225,16 +228,25 @@ def main() -> None:
     row("FLOPs per training image (fwd + bwd)", flops / 1e9, "GFLOP")
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     batch_sizes = args.batch_sizes or [cfg.data.batch_size]
+    precisions = args.precisions or [str(cfg.trainer.precision)]
     lightning = None
-    for batch in batch_sizes:
-        for compiled in compiles:
-            variant = _compose([*overrides, f"data.batch_size={batch}", f"model.compile={str(compiled).lower()}"])
-            rate = lightning_rate(variant, total, args.warmup, args.steps)
-            lightning = lightning if lightning is not None else rate
-            achieved = flops * rate
-            row(f"train: Lightning (train.py path), batch {batch}{', compiled' if compiled else ''}", rate,
-                "images/s", f"{achieved / 1e12:.3g} TFLOP/s = {100 * achieved / peaks[fastest]:.0f}% of the "
-                f"{str(fastest).removeprefix('torch.')} matmul peak (MFU)")  # fmt: skip
+    by_precision: dict[str, float] = {}
+    for precision in precisions:
+        for batch in batch_sizes:
+            for compiled in compiles:
+                variant = _compose([*overrides, f"data.batch_size={batch}", f"model.compile={str(compiled).lower()}",
+                                    f"trainer.precision={precision}"])  # fmt: skip
+                rate = lightning_rate(variant, total, args.warmup, args.steps)
+                lightning = lightning if lightning is not None else rate
+                by_precision.setdefault(precision, rate)
+                achieved = flops * rate
+                row(f"train: Lightning (train.py path), {precision}, batch {batch}{', compiled' if compiled else ''}",
+                    rate, "images/s", f"{achieved / 1e12:.3g} TFLOP/s = {100 * achieved / peaks[fastest]:.0f}% of "
+                    f"the {str(fastest).removeprefix('torch.')} matmul peak (MFU)")  # fmt: skip
+    if len(by_precision) > 1:
+        (first, base), *others = by_precision.items()
+        for precision, rate in others:
+            row(f"train: {precision} / {first}", rate / base, "x", f"the default here: {cfg.trainer.precision}")
     if not args.quick:
         bare = bare_rate(cfg, total, args.warmup, args.steps, lab_style=False)
         row("train: bare PyTorch loop, same settings", bare, "images/s", f"Lightning / bare = {lightning / bare:.2f}")

@@ -9,6 +9,7 @@ import pytest
 
 from segment import precision
 from segment.precision import PrecisionChoice, best_precision, cpu_precision
+from tests.helpers import TINY_SYNTHETIC, run_script
 
 
 @pytest.fixture
@@ -78,3 +79,16 @@ def test_run_json_records_the_precision_and_who_chose_it(make_cfg, cache, monkey
 def test_precision_choice_round_trips() -> None:
     choice = PrecisionChoice("bf16-mixed", 10.0, 4.0, "x")
     assert PrecisionChoice(**{k: v for k, v in choice.as_dict().items() if k != "bf16_speedup"}) == choice
+
+
+def test_throughput_benchmark_measures_each_precision_and_their_ratio(tmp_path: Path, data_dir: Path) -> None:
+    """The benchmark that settles a host's precision: both precisions in one run, and the ratio of the two."""
+    out = tmp_path / "throughput.json"
+    run_script(["benchmarks/train_throughput.py", "--quick", "--precisions", "32-true", "bf16-mixed",
+                "--warmup", "1", "--steps", "1", "--windows", "1", "--peak-size", "256", "--json", str(out),
+                "model=unet_lab", "data.image_size=[64,96]", "data.batch_size=2", *TINY_SYNTHETIC,
+                f"paths.data_dir={data_dir}"], timeout=600)  # fmt: skip
+    rows = {row["measurement"]: row["value"] for row in json.loads(out.read_text())["rows"]}
+    fp32 = rows["train: Lightning (train.py path), 32-true, batch 2"]
+    bf16 = rows["train: Lightning (train.py path), bf16-mixed, batch 2"]
+    assert rows["train: bf16-mixed / 32-true"] == pytest.approx(bf16 / fp32)

@@ -416,14 +416,15 @@ def _mask_sheet(study: Study, folder: Path) -> Path | None:
             crossing = run.crossing(level.metric, level.mode, level.level)
             if crossing is None or not crossing.reached:
                 files.append(None)
-                captions.append(f"not reached in {run.last_epoch:g} epochs")
+                captions.append(f"not reached in {run.last_epoch:.1f} epochs")
             else:
                 files.append(masks / f"step_{crossing.step:07d}.png")
                 captions.append(_caption(study, run, crossing.step))
         last = run.validations[-1]["step"]
         files.append(masks / f"step_{last:07d}.png")
         captions.append(_caption(study, run, last))
-        rows.append((f"{arm.label}\n(seed {run.seed})", files, captions))
+        label = arm.label.replace(", ", "\n")  # one override per line: a sheet row is narrow
+        rows.append((f"{label}\n(seed {run.seed})", files, captions))
     if not rows:
         return None
     return figures.mask_sheet_figure(columns, rows, folder / "masks_at_thresholds.png")
