@@ -8,8 +8,10 @@ from pathlib import Path
 
 import cv2
 import h5py
+import huggingface_hub
 import numpy as np
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import save_file
 from segmentation_models_pytorch.encoders import get_encoder
@@ -27,6 +29,7 @@ from segment.models.hed import (
     read_hed_h5,
     weights_cache,
 )
+from segment.models.nets import _smp_record
 from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from segment.models.weights import load_encoder_weights, resolve_encoder_weights
 from tests.hed_net import HEDNet
@@ -307,3 +310,19 @@ def test_unfreeze_at_epoch_releases_the_encoder(make_cfg) -> None:
     assert torch.equal(snapshots.encoder[0], initial)  # epoch 0: frozen
     assert not torch.equal(snapshots.decoder[0], module.net.decoder.blocks[0].conv1[0].weight)  # decoder trains
     assert not torch.equal(snapshots.encoder[1], initial)  # epoch 1: unfrozen and trained
+
+
+
+def test_smp_weights_are_recorded_with_their_cache_file_and_checksum(tmp_path: Path, monkeypatch) -> None:
+    """Weights smp loads itself (any encoder but VGG16's fallback path) are recorded as honestly as HED's."""
+    settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    snapshot = tmp_path / f"models--{settings['repo_id'].replace('/', '--')}" / "snapshots" / settings["revision"]
+    snapshot.mkdir(parents=True)
+    save_file({"w": torch.zeros(2)}, str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    record = _smp_record("resnet18", "imagenet")
+    assert record.source == "smp:imagenet" and record.requested == "imagenet"
+    assert record.detail == str(snapshot / "model.safetensors")
+    assert record.sha256 == sha256(snapshot / "model.safetensors")
+    # not in the cache: the source is still named, without a file to vouch for
+    assert _smp_record("resnet34", "imagenet").sha256 == ""
