@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,6 +113,17 @@ def test_evaluation_equals_validation_during_training(trained: Path, tmp_path: P
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert "| mIoU | pixel acc | mean class acc | fw IoU | mean Dice |" in (tmp_path / "evaluation.md").read_text()
+
+
+def test_a_sweep_job_checkpoint_is_evaluated_with_the_documented_quoting(trained: Path, tmp_path: Path) -> None:
+    # a sweep job's folder is named after its overrides: '=' and ',' that Hydra's grammar would parse
+    job = tmp_path / "loss=ce_balanced,seed=1"
+    (job / "checkpoints").mkdir(parents=True)
+    shutil.copy2(trained / "run" / "checkpoints" / "last.ckpt", job / "checkpoints" / "last.ckpt")
+    out = tmp_path / "eval=1,a"
+    run_script(["evaluate.py", f"ckpt_path='{job / 'checkpoints' / 'last.ckpt'}'", f"hydra.run.dir='{out}'",
+                f"paths.data_dir={trained / 'data'}", "num_sheets=0"])  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
 
 
 def test_bad_checkpoints_are_named(trained: Path, tmp_path: Path, make_cfg) -> None:
