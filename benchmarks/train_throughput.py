@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import segment  # noqa: F401  (registers config resolvers)
 from segment.config import config_dir
+from segment.training import resolve_trainer_precision
 
 CONF_DIR = config_dir()
 
@@ -63,7 +64,9 @@ def _windows(stamps: list[float], warmup: int, steps: int, batch: int) -> float:
 def _compose(overrides: list[str]):
     cwd = os.getcwd()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[f"paths.root_dir={cwd}", f"paths.output_dir={cwd}/.bench", *overrides])
+        cfg = compose("train", overrides=[f"paths.root_dir={cwd}", f"paths.output_dir={cwd}/.bench", *overrides])
+    resolve_trainer_precision(cfg)  # trainer.precision=auto -> what train.py would measure here
+    return cfg
 
 
 def _build(cfg, **model_overrides):

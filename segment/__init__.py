@@ -1,9 +1,7 @@
 """Semantic segmentation of road scenes with U-Nets, Lightning and Hydra."""
 
-from segment.config import register_resolvers
-from segment.schema import register_schemas
+from segment.config import register
 
-register_resolvers()
-register_schemas()
+register()  # the config tree's resolvers and top-level schema
 
 __version__ = "0.1.0"

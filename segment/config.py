@@ -1,49 +1,182 @@
-"""OmegaConf resolvers that the config tree uses; registered on import of :mod:`segment`."""
+"""The config tree's interface: resolvers, the top-level schema, command-line overrides and job folder names.
+
+Overrides are parsed in one place (:func:`parse_overrides`, Hydra's own grammar), and one
+list says which keys describe where things are or how a run is shown or continued rather
+than what it trains (:data:`INFRASTRUCTURE`): job names, run identities, resume checks,
+the study report and the hyperparameter views all leave those out.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from segment.precision import best_precision
+__all__ = [
+    "INFRASTRUCTURE", "RESUMABLE", "TrainSchema", "config_dir", "identity", "is_infrastructure", "job_name",
+    "loader_workers", "parse_overrides", "register", "short_names",
+]  # fmt: skip
 
-__all__ = ["config_dir", "job_label", "loader_workers", "register_resolvers"]
+# Where things are, how a run is shown, logged or continued: never what it trains.
+INFRASTRUCTURE = (
+    "hydra", "paths", "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
+    "skip_completed", "ckpt_path", "resume", "overwrite", "task_name", "tags", "extras", "logger",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary",
+)  # fmt: skip
+# What a resume may change besides: how long training goes on.
+RESUMABLE = (*INFRASTRUCTURE, "trainer.max_epochs", "trainer.max_steps", "callbacks.thresholds.stop_when_reached")
+MAX_NAME = 120  # bytes of a job folder name (filesystems allow 255)
+_CONTEXT_GROUPS = ("data", "experiment")  # the same for a whole sweep, as a rule: last in names
 
-# Overrides that say where things are or how a run is continued, not what it is.
-_MAX_LABEL = 120
-_UNLABELLED = ("hydra", "paths", "data.root", "data.download", "skip_completed", "ckpt_path", "overwrite",
-               "trainer.enable_progress_bar", "trainer.enable_model_summary")  # fmt: skip
+
+@dataclass
+class TrainSchema:
+    """The top-level keys of ``conf/train.yaml`` and their types; groups are checked by :mod:`segment.schema`."""
+
+    task_name: str = "train"
+    tags: list[str] | None = None
+    seed: int | None = 42
+    ckpt_path: str | None = None
+    resume: str | None = None
+    skip_completed: bool = False
+    overwrite: bool = False
+    test_after_fit: bool = False
+    optimized_metric: str | None = "val/miou"
+    extras: Any = None
+    data: Any = None
+    model: Any = None
+    callbacks: Any = None
+    logger: Any = None
+    trainer: Any = None
+    paths: Any = None
+    study: Any = None
 
 
-def job_label() -> str:
-    """A job's command-line overrides as a folder name: ``model=unet_vgg,seed=1,model.optimizer.lr=0.001``.
+def is_infrastructure(key: str, keys: Sequence[str] = INFRASTRUCTURE) -> bool:
+    """Whether a dotted key (or config group, ``data/transforms``) is one of ``keys`` or below one."""
+    key = key.replace("/", ".")
+    return any(key == name or key.startswith(name + ".") for name in keys)
 
-    Top-level keys and config-group choices first, then dotted keys, each sorted. Overrides
-    of where data and logs live (``data.root``, ``paths.*``, ``hydra.*``) and of how a run is
-    continued (``skip_completed``, ``ckpt_path``, ``overwrite``) are left out, so a sweep
-    rerun or extended into its folder finds its jobs again; ``/`` becomes ``.`` in keys
-    (``data/transforms``) and ``_`` in values. Past 120 characters the label is cut and a
-    hash of the whole one appended, so names stay unique and within filesystem limits.
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["model=unet_vgg", "data.image_size=[128,160]"]`` -> ``{"model": "unet_vgg", "data.image_size": [128, 160]}``.
+
+    Hydra's own grammar: values are typed (``1e-4`` -> ``0.0001``), quotes removed, ``+``/``++``
+    dropped from keys; a deletion (``~key``) maps to None; a sweep (``seed=0,1``) to its list of strings.
+
+    Raises:
+        ValueError: an item Hydra cannot parse, named.
     """
+    parser = OverridesParser.create()
+    parsed: dict[str, Any] = {}
+    for item in items:
+        try:
+            [override] = parser.parse_overrides([str(item)])
+        except Exception as error:  # noqa: BLE001 -- Hydra raises its own OverrideParseException
+            raise ValueError(f"cannot parse the override {item!r}: {error}") from None
+        key = override.key_or_group + (f"@{override.package}" if override.package else "")
+        if override.is_sweep_override():
+            parsed[key] = list(override.sweep_string_iterator())
+        else:
+            parsed[key] = None if override.is_delete() else override.value()
+    return parsed
+
+
+def identity(overrides: Iterable[str]) -> dict[str, Any]:
+    """The overrides that say what a run trains: :func:`parse_overrides` without :data:`INFRASTRUCTURE`."""
+    return {key: value for key, value in parse_overrides(overrides).items() if not is_infrastructure(key)}
+
+
+def _value_text(value: Any) -> str:
+    """A value as folder-name text: ``[128, 160]`` -> ``128x160``, ``0.0003`` -> ``3e-4``, ``/a/b`` -> ``a_b-<hash>``.
+    """
+    if isinstance(value, list | tuple):
+        return "x".join(_value_text(item) for item in value) or "empty"
+    if isinstance(value, bool) or value is None:
+        return str(value).lower()
+    if isinstance(value, float) and value and abs(value) < 1e-2 and math.isfinite(value):
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    text = str(value)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+    # two values must not share a name: a lossy replacement carries a hash of what it replaced
+    return safe if safe == text else f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:4]}"
+
+
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each dotted key's last part (``model.optimizer.lr`` -> ``lr``) where no other key of ``keys`` shares it."""
+    tails = [key.replace("/", ".").rsplit(".", 1)[-1] for key in keys]
+    return {key: tail if tails.count(tail) == 1 and tail not in keys else key.replace("/", ".")
+            for key, tail in zip(keys, tails, strict=True)}  # fmt: skip
+
+
+def ordered(values: dict[str, Any], groups: Iterable[str]) -> list[str]:
+    """Keys in name order: config-group choices (``model``, ``protocol``), top-level keys (``seed``), dotted
+    keys, then the sweep's context (``data``, ``experiment``); sorted within each."""
+    groups = set(groups)
+
+    def rank(key: str) -> tuple[int, str]:
+        if key in _CONTEXT_GROUPS:
+            return 3, key
+        return (0 if key in groups else 1 if "." not in key else 2), key
+
+    return sorted(values, key=rank)
+
+
+def job_name(overrides: Sequence[str], groups: Iterable[str] = (), swept: Iterable[str] = ()) -> str:
+    """A job's overrides as a folder name of ``[A-Za-z0-9._-]`` only: ``model-unet_vgg__seed-0__lr-1e-4``.
+
+    Deterministic, so a sweep continued or extended into its folder finds its jobs again:
+    config-group choices first, then top-level keys, dotted keys by their last part, the
+    data set and experiment last; :data:`INFRASTRUCTURE` left out, except that a ``data.root``
+    the sweep varies (``swept``) adds its folder's name. Past :data:`MAX_NAME` characters,
+    whole items are dropped from the end and a hash of the full name is appended.
+    """
+    parsed = parse_overrides(overrides)
+    values = {key: value for key, value in parsed.items() if not is_infrastructure(key)}
+    if "data.root" in swept and parsed.get("data.root"):
+        values["data.root"] = Path(str(parsed["data.root"])).name
+    keys = ordered(values, groups)
+    names = short_names(keys)
+    items = [f"{_value_text(names[key])}-{_value_text(values[key])}" for key in keys]
+    name = "__".join(items) or "defaults"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        kept: list[str] = []
+        for item in items:
+            if len("__".join([*kept, item, digest])) > MAX_NAME:
+                break
+            kept.append(item)
+        name = "__".join([*kept, digest])[-MAX_NAME:]
+    return name
+
+
+def _swept_in_this_sweep() -> set[str]:
+    """Keys the running multirun sweeps, from the ``multirun.yaml`` Hydra writes into the sweep folder."""
+    path = Path(HydraConfig.get().sweep.dir) / "multirun.yaml"
+    try:
+        task = OmegaConf.load(path).hydra.overrides.task
+    except Exception:  # noqa: BLE001 -- a single run, or a launcher that wrote none: nothing swept
+        return set()
+    return {key for key, value in parse_overrides(task).items() if isinstance(value, list) and len(value) > 1}
+
+
+def _job_name_resolver() -> str:
     if not HydraConfig.initialized():
         return "run"
-    items = []
-    for override in HydraConfig.get().overrides.task:
-        key, _, value = override.partition("=")
-        bare = key.lstrip("+~")
-        if any(bare == name or bare.startswith((name + ".", name + "/")) for name in _UNLABELLED):
-            continue
-        items.append(f"{bare.replace('/', '.')}={value.replace('/', '_')}")
-    items.sort(key=lambda item: ("." in item.split("=", 1)[0], item))
-    label = ",".join(items) or "defaults"
-    if len(label) > _MAX_LABEL:
-        label = f"{label[: _MAX_LABEL - 9]}~{hashlib.sha1(label.encode()).hexdigest()[:8]}"
-    return label
+    hydra = HydraConfig.get()
+    return job_name(list(hydra.overrides.task), hydra.runtime.choices.keys(), _swept_in_this_sweep())
 
 
 def loader_workers() -> int:
@@ -67,13 +200,11 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"no config tree at {source} or {installed}; reinstall road-segment-unet")
 
 
-def register_resolvers() -> None:
-    """Register ``best_precision`` (:mod:`segment.precision`), ``job_label``, ``loader_workers`` and ``not``."""
-    if not OmegaConf.has_resolver("best_precision"):
-        OmegaConf.register_new_resolver("best_precision", best_precision)
-    if not OmegaConf.has_resolver("job_label"):
-        OmegaConf.register_new_resolver("job_label", job_label)
-    if not OmegaConf.has_resolver("loader_workers"):
-        OmegaConf.register_new_resolver("loader_workers", loader_workers)
-    if not OmegaConf.has_resolver("not"):
-        OmegaConf.register_new_resolver("not", lambda value: not value)
+def register() -> None:
+    """Register the resolvers ``job_name``, ``loader_workers`` and ``not``, and :class:`TrainSchema` as
+    ``train_schema`` in Hydra's ConfigStore (the first entry of ``conf/train.yaml``'s defaults)."""
+    for name, function in (("job_name", _job_name_resolver), ("loader_workers", loader_workers),
+                           ("not", lambda value: not value)):  # fmt: skip
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, function)
+    ConfigStore.instance().store(name="train_schema", node=TrainSchema)

@@ -2,10 +2,13 @@
 
 CPU flags mislead: a 2-core Xeon that advertises AVX512-BF16 (no AMX) ran a 4096^2 bf16
 matmul at half its fp32 speed, while an AMX host runs the VGG16 U-Net 4x faster in bf16.
-So on a CPU, :func:`cpu_precision` times a small convolution forward + backward step in
-fp32 and under bf16 autocast (about two seconds), picks bf16 only when it is clearly
-faster, and caches the answer per CPU model, torch version and thread count in
-``$SEGMENT_CACHE_DIR/precision.json`` (default ``~/.cache/segment``).
+So for ``trainer.precision=auto`` on a CPU, :func:`cpu_precision` times a small convolution
+forward + backward step in fp32 and under bf16 autocast (about two seconds), picks bf16
+only when it is clearly faster, and caches the answer per CPU model, torch version and
+thread count in ``$SEGMENT_CACHE_DIR/precision.json`` (default ``~/.cache/segment``).
+
+Nothing is measured while a config is composed: :func:`resolve_precision` runs when
+training starts, and a sweep measures once, before its jobs start (:class:`SweepPrecision`).
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from filelock import FileLock
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 from torch import nn
 
 from segment.files import cache_root, write_atomic
 
-__all__ = ["PrecisionChoice", "best_precision", "cpu_precision", "measure_cpu_precision"]
+__all__ = ["PrecisionChoice", "SweepPrecision", "cpu_precision", "measure_cpu_precision", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
 # bf16 loses mantissa bits: take it only when it saves at least this share of the step time.
 MIN_SPEEDUP = 1.15
+SWEEP_FILE = "precision.json"
 
 
 @dataclass(frozen=True)
@@ -94,38 +102,107 @@ def measure_cpu_precision(size: int = 48, channels: int = 64, batch: int = 4, re
 
 
 def cpu_precision(refresh: bool = False) -> PrecisionChoice:
-    """The measured CPU precision for this host, from the cache or measured once now."""
+    """The measured CPU precision for this host: from the cache, or measured now under a lock.
+
+    The lock (``precision.json.lock`` beside the cache) makes concurrent runs wait for one
+    measurement instead of each timing the CPU while the others load it.
+    """
     key, path = host_key(), _cache_file()
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    if not refresh and isinstance(cached.get(key), dict):
-        entry = {k: v for k, v in cached[key].items() if k != "bf16_speedup"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        cached = _read_cache(path)
+        if not refresh and isinstance(cached.get(key), dict):
+            entry = {k: v for k, v in cached[key].items() if k != "bf16_speedup"}
+            try:
+                return PrecisionChoice(**entry)
+            except TypeError:
+                pass  # an older cache format: measure again
+        choice = measure_cpu_precision()
+        log.info("CPU precision measured on %s: fp32 %.1f ms, bf16 %.1f ms per step -> %s",
+                 key, choice.fp32_ms, choice.bf16_ms, choice.precision)  # fmt: skip
         try:
-            return PrecisionChoice(**entry)
-        except TypeError:
-            pass  # an older cache format: measure again
-    choice = measure_cpu_precision()
-    log.info("CPU precision measured on %s: fp32 %.1f ms, bf16 %.1f ms per step -> %s",
-             key, choice.fp32_ms, choice.bf16_ms, choice.precision)  # fmt: skip
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({**cached, key: choice.as_dict()}, indent=2) + "\n")
-    except OSError as error:  # a read-only home must not stop training
-        log.warning("could not cache the precision measurement in %s: %s", path, error)
+            write_atomic(path, json.dumps({**cached, key: choice.as_dict()}, indent=2) + "\n")
+        except OSError as error:  # a read-only home must not stop training
+            log.warning("could not cache the precision measurement in %s: %s", path, error)
     return choice
 
 
-def best_precision(accelerator: str = "auto") -> str:
-    """The fastest numerically safe Lightning precision for ``accelerator``.
+def _read_cache(path: Path) -> dict:
+    try:
+        cached = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        log.warning("the precision cache %s is unreadable (%s): measuring again and replacing it", path, error)
+        return {}
+    if not isinstance(cached, dict):
+        log.warning("the precision cache %s holds no table: measuring again and replacing it", path)
+        return {}
+    return cached
 
-    GPUs: bf16 autocast on Ampere or newer, fp16 autocast with loss scaling before. CPUs:
-    whatever :func:`cpu_precision` measured (bf16 autocast or fp32).
+
+def _on_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+# Precisions the module cannot train in on a CPU: fp16 autocast has no CPU kernels (Lightning would
+# quietly train in bf16), and "true" half precision breaks the module's fp32 input normalisation.
+_REFUSED_ON_CPU = {"16-mixed": "bf16-mixed", "16": "bf16-mixed", "bf16-true": "bf16-mixed", "16-true": "bf16-mixed",
+                   "bf16": "bf16-mixed", "transformer-engine": "bf16-mixed"}  # fmt: skip
+
+
+def resolve_precision(requested: str | int, accelerator: str = "auto", sweep: str | Path | None = None,
+                      ) -> tuple[str, dict[str, Any]]:  # fmt: skip
+    """The precision a run trains in, and the record of how it was chosen.
+
+    Args:
+        requested: ``trainer.precision``: ``auto``, or a Lightning precision.
+        accelerator: ``trainer.accelerator``.
+        sweep: A multirun's folder: ``auto`` takes the answer :class:`SweepPrecision`
+            measured there before the jobs started, so every job of a sweep trains alike.
+
+    Returns:
+        ``(precision, record)``: what Lightning is given (and what the run records), and why.
+
+    Raises:
+        ValueError: a precision that cannot train here, naming the one to use.
     """
-    use_cuda = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    if accelerator in ("cpu", "auto"):
-        return cpu_precision().precision
-    return "32-true"
+    requested = str(requested)
+    if requested != "auto":
+        if not _on_gpu(accelerator) and requested in _REFUSED_ON_CPU:
+            raise ValueError(
+                f"trainer.precision={requested} cannot train on a CPU (fp16 autocast has no CPU kernels and "
+                f"half-precision weights break the fp32 input normalisation); use trainer.precision="
+                f"{_REFUSED_ON_CPU[requested]} or 32-true"
+            )
+        return requested, {"precision": requested, "chosen_by": "trainer.precision"}
+    if _on_gpu(accelerator):
+        chosen = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+        return chosen, {"precision": chosen, "chosen_by": "the GPU's bf16 support"}
+    shared = Path(sweep) / SWEEP_FILE if sweep is not None else None
+    if shared is not None and shared.is_file():
+        try:
+            choice = PrecisionChoice(**{k: v for k, v in json.loads(shared.read_text()).items() if k != "bf16_speedup"})
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"{shared} is unreadable ({error}); delete it to measure again") from None
+        return choice.precision, {"precision": choice.precision, "chosen_by": f"measured once for the sweep ({shared})",
+                                  **choice.as_dict()}  # fmt: skip
+    choice = cpu_precision()
+    return choice.precision, {"precision": choice.precision, "chosen_by": "measured on this CPU", **choice.as_dict()}
+
+
+class SweepPrecision(Callback):
+    """Measure the CPU precision once, before a sweep's jobs start, into ``<sweep folder>/precision.json``.
+
+    Jobs started together (``hydra/launcher=joblib``) would otherwise each time the CPU
+    while the others load it, and some would pick another precision than the rest.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        trainer = config.get("trainer")
+        if not trainer or str(trainer.get("precision")) != "auto" or _on_gpu(str(trainer.get("accelerator"))):
+            return  # not a training sweep, a precision given, or a GPU
+        folder = Path(config.hydra.sweep.dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / SWEEP_FILE).is_file():  # a sweep continued into its folder keeps its answer
+            write_atomic(folder / SWEEP_FILE, json.dumps(cpu_precision().as_dict(), indent=2) + "\n")

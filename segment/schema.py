@@ -1,8 +1,9 @@
 """Config validation before anything is built: a structured schema for the top level, and
 the signature of each ``_target_`` for the keys and value types of its node.
 
-The top level (:class:`TrainSchema`, in Hydra's ConfigStore as ``train_schema`` and the
-first entry of ``conf/train.yaml``'s defaults) is checked by Hydra while composing. Every
+The top level (:class:`segment.config.TrainSchema`, in Hydra's ConfigStore as
+``train_schema`` and the first entry of ``conf/train.yaml``'s defaults) is checked by Hydra
+while composing. Every
 node with a ``_target_`` (data, model and its net/loss/optimizer/scheduler, callbacks,
 loggers, trainer, transforms) is checked by :func:`validate` against the parameters of the
 class it names, which are the real schema of those nodes: a misspelt key is reported with
@@ -16,47 +17,20 @@ import inspect
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.core.config_store import ConfigStore
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from segment.models.nets import check_net_config
 
-__all__ = ["ConfigError", "TrainSchema", "register_schemas", "validate"]
+__all__ = ["ConfigError", "validate"]
 
 
 class ConfigError(ValueError):
     """A config value or key that cannot work; the message names the key."""
-
-
-@dataclass
-class TrainSchema:
-    """The top-level keys of ``conf/train.yaml`` and their types; groups are checked by :func:`validate`."""
-
-    task_name: str = "train"
-    seed: int | None = 42
-    ckpt_path: str | None = None
-    skip_completed: bool = False
-    overwrite: bool = False
-    test_after_fit: bool = False
-    optimized_metric: str | None = "val/miou"
-    data: Any = None
-    model: Any = None
-    callbacks: Any = None
-    logger: Any = None
-    trainer: Any = None
-    paths: Any = None
-    study: Any = None
-
-
-def register_schemas() -> None:
-    """Put :class:`TrainSchema` in Hydra's ConfigStore as ``train_schema``."""
-    ConfigStore.instance().store(name="train_schema", node=TrainSchema)
 
 
 _SKIP = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}

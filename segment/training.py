@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning import Callback, Trainer
 from lightning.pytorch.loggers import Logger
@@ -20,12 +21,12 @@ from segment.checkpoints import ConfigInCheckpoint, newest_checkpoint, read_chec
 from segment.data import SegmentationDataModule
 from segment.models import SegmentationModule
 from segment.models.losses import needs_class_statistics, resolve_class_weights
-from segment.precision import cpu_precision
+from segment.precision import resolve_precision
 from segment.provenance import RunRecord, hparams_summary
 from segment.runfolder import RESUMABLE_KEYS, RunFolder, RunFolderError, config_differences
 from segment.schema import validate
 
-__all__ = ["instantiate_each", "train"]
+__all__ = ["instantiate_each", "resolve_trainer_precision", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def _train_in(cfg: DictConfig, folder: RunFolder) -> dict[str, float]:
         return dict(previous.get("metrics", {}))
     record = RunRecord(folder.path, previous=previous if plan.action == "resume" else None, seed=cfg.get("seed"))
     try:
+        precision = resolve_trainer_precision(cfg)
         validate(cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         if plan.checkpoint is not None:
@@ -104,7 +106,7 @@ def _train_in(cfg: DictConfig, folder: RunFolder) -> dict[str, float]:
             folder.archive((previous or {}).get("started"))
         remove_partial_files(_checkpoint_dir(cfg))
         folder.save_owner_config()
-        record.update(precision=_precision_record(cfg), resumed_from=plan.checkpoint and str(plan.checkpoint))
+        record.update(precision=precision, resumed_from=plan.checkpoint and str(plan.checkpoint))
         metrics, trainer = _fit(cfg, resolved, record, plan)
     except RunFolderError:
         folder.restore_owner_config()
@@ -120,6 +122,14 @@ def _train_in(cfg: DictConfig, folder: RunFolder) -> dict[str, float]:
         record.completed(metrics)
     _report(cfg, trainer, metrics)
     return metrics
+
+
+def resolve_trainer_precision(cfg: DictConfig) -> dict[str, Any]:
+    """Replace ``trainer.precision=auto`` by what this host (or this sweep) measured; return how it was chosen."""
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    sweep = HydraConfig.get().sweep.dir if multirun else None
+    cfg.trainer.precision, record = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, sweep)
+    return record
 
 
 def _checkpoint_dir(cfg: DictConfig) -> Path:
@@ -212,17 +222,6 @@ def _check_resume_config(cfg: DictConfig, resolved: dict, checkpoint: Path) -> N
             f"goes on and how it is shown may change: {', '.join(sorted(RESUMABLE_KEYS))}). To train on from "
             "these weights with new settings, start a new run with model.init_from=<checkpoint>"
         )
-
-
-def _precision_record(cfg: DictConfig) -> dict[str, Any]:
-    """What precision the run uses and why: an explicit ``trainer.precision``, or the default (measured on a CPU)."""
-    chosen = str(cfg.trainer.precision)
-    if not OmegaConf.is_interpolation(cfg.trainer, "precision"):
-        return {"precision": chosen, "chosen_by": "trainer.precision"}
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return {"precision": chosen, "chosen_by": "the GPU's bf16 support"}
-    return {"precision": chosen, "chosen_by": "measured on this CPU", **cpu_precision().as_dict()}
 
 
 def _fit(cfg: DictConfig, resolved: dict, record: RunRecord, plan: _Plan) -> tuple[dict[str, float], Trainer]:

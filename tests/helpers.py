@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -51,9 +52,10 @@ def sweep_jobs(sweep: Path) -> dict[str, Path]:
     return {",".join(sorted(part - common)): folder for part, folder in zip(parts, folders, strict=True)}
 
 
-def run_script(args: Sequence[str], cwd: Path = REPO, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python <args>`` like a user would; fail the test with its output if it fails."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+def run_script(args: Sequence[str], cwd: Path = REPO, timeout: float = 300,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run ``python <args>`` like a user would (``env`` added to this process's); fail the test if it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         pytest.fail(
@@ -125,3 +127,31 @@ class KillBeforeLast(AtomicCheckpointIO):
             self.marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
         super().save_checkpoint(checkpoint, path, storage_options)
+
+
+class LastCheckpointSpy(Callback):
+    """Records ``[global_step, epoch]`` inside ``last.ckpt`` whenever it changed, in ``<folder>/last_checkpoints.json``.
+
+    Looked at before every training batch and at the end of fit: Lightning runs its checkpoint
+    callbacks after all others within a hook, so this is the first moment after each save.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.path = Path(folder) / "last_checkpoints.json"
+        self.seen: list[list[int]] = []
+
+    def _look(self, trainer) -> None:
+        last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            return
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        found = [int(checkpoint["global_step"]), int(checkpoint["epoch"])]
+        if not self.seen or self.seen[-1] != found:
+            self.seen.append(found)
+            self.path.write_text(json.dumps(self.seen))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._look(trainer)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._look(trainer)

@@ -84,7 +84,11 @@ def test_lightning_default_writer_loses_the_checkpoint_across_filesystems(other_
 def test_trainer_config_writes_checkpoints_atomically(make_cfg) -> None:
     from hydra.utils import instantiate
 
-    trainer = instantiate(make_cfg().trainer)
+    from segment.training import resolve_trainer_precision
+
+    cfg = make_cfg()
+    resolve_trainer_precision(cfg)
+    trainer = instantiate(cfg.trainer)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 

@@ -15,7 +15,7 @@ from segment.data.dataset import DatasetStatistics
 from segment.data.synthetic import SYNTHETIC_INFO
 from segment.models import SegmentationModule
 from segment.models.losses import resolve_class_weights
-from segment.training import instantiate_each
+from segment.training import instantiate_each, resolve_trainer_precision
 from tests.helpers import CONF_DIR, TINY_SMP, run_script
 from tests.layouts import WRITERS
 
@@ -105,6 +105,7 @@ def test_option_composes_and_instantiates(make_cfg, tmp_path, group: str, option
     elif group in ("trainer", "debug", "experiment"):
         if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
             pytest.skip("trainer=gpu composes; building it needs a CUDA device")
+        resolve_trainer_precision(cfg)
         assert isinstance(instantiate(cfg.trainer), Trainer)
     else:  # paths, hydra: configuration only
         assert cfg.paths.output_dir and cfg.paths.log_dir

@@ -1,4 +1,5 @@
-"""The default precision is measured on the host, cached, recorded, and overridable."""
+"""The default precision is measured on the host when training starts (once per sweep), cached, recorded,
+refused where it cannot train, and overridable."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from segment import precision
-from segment.precision import PrecisionChoice, best_precision, cpu_precision
+from segment.precision import PrecisionChoice, cpu_precision, resolve_precision
 from tests.helpers import TINY_SYNTHETIC, run_script
 
 
@@ -38,7 +39,7 @@ def _timed(monkeypatch: pytest.MonkeyPatch, fp32_ms: float, bf16_ms: float) -> l
 def test_cpu_precision_follows_the_measurement_not_the_flags(cache, monkeypatch, fp32_ms, bf16_ms, expected) -> None:
     _timed(monkeypatch, fp32_ms, bf16_ms)
     choice = cpu_precision()
-    assert choice.precision == expected and best_precision("cpu") == expected
+    assert choice.precision == expected and resolve_precision("auto", "cpu")[0] == expected
     assert choice.bf16_speedup == pytest.approx(fp32_ms / bf16_ms)
 
 
@@ -57,7 +58,47 @@ def test_gpu_precision_without_measuring(monkeypatch) -> None:
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: False)
     monkeypatch.setattr(precision, "cpu_precision", lambda: pytest.fail("measured a CPU for a GPU run"))
-    assert best_precision("gpu") == "16-mixed"
+    assert resolve_precision("auto", "gpu") == ("16-mixed", {"precision": "16-mixed",
+                                                               "chosen_by": "the GPU's bf16 support"})
+
+
+@pytest.mark.parametrize("asked", ["16-mixed", "bf16-true", "16-true"])
+def test_a_precision_that_cannot_train_on_a_cpu_is_refused_naming_the_one_to_use(asked: str) -> None:
+    with pytest.raises(ValueError, match=rf"trainer.precision={asked} cannot train on a CPU .* use "
+                                         r"trainer.precision=bf16-mixed or 32-true"):
+        resolve_precision(asked, "cpu")
+
+
+def test_a_corrupt_cache_is_named_and_replaced(cache, monkeypatch, caplog) -> None:
+    _timed(monkeypatch, 10.0, 4.0)
+    cache.write_text("{not json")
+    assert cpu_precision().precision == "bf16-mixed"
+    assert f"the precision cache {cache} is unreadable" in caplog.text
+    assert json.loads(cache.read_text())[precision.host_key()]["precision"] == "bf16-mixed"
+
+
+def test_composing_a_config_measures_nothing(make_cfg, cache, monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    monkeypatch.setattr(precision, "measure_cpu_precision", lambda **kw: pytest.fail("measured while composing"))
+    cfg = make_cfg("model=unet_lab")
+    OmegaConf.to_container(cfg, resolve=True)
+    assert cfg.trainer.precision == "auto" and not cache.exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_measures_once_before_its_jobs_and_every_job_trains_alike(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_script(["train.py", "-m", "model=unet_lab", "seed=0,1", "trainer.max_epochs=1", *TINY_SYNTHETIC,
+                "data.image_size=[64,96]", "data.num_workers=0", "trainer.enable_progress_bar=false",
+                f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"],  # fmt: skip
+               env={"SEGMENT_CACHE_DIR": str(tmp_path / "cache")})
+    shared = json.loads((sweep / "precision.json").read_text())
+    records = [json.loads(p.read_text())["precision"] for p in sorted(sweep.glob("*/run.json"))]
+    assert len(records) == 2
+    for record in records:
+        assert record["precision"] == shared["precision"] and record["fp32_ms"] == shared["fp32_ms"]
+        assert record["chosen_by"] == f"measured once for the sweep ({sweep / 'precision.json'})"
 
 
 def test_run_json_records_the_precision_and_who_chose_it(make_cfg, cache, monkeypatch) -> None:

@@ -36,7 +36,7 @@ def _kill_at(folder: Path, epoch: int, batch: int) -> list[str]:
             f"+callbacks.kill.batch={batch}", f"+callbacks.kill.marker={folder / 'killed-once'}"]  # fmt: skip
 
 
-def _epoch_rows(run: Path) -> dict[int, dict[str, str]]:
+def _epoch_rows(run: Path) -> dict[int, dict[str, str]]:  # one validation per epoch
     """The per-epoch validation rows of metrics.csv; fails if an epoch appears twice."""
     rows: dict[int, dict[str, str]] = {}
     with (run / "csv" / "metrics.csv").open(newline="") as file:
@@ -59,32 +59,50 @@ def _epoch_metrics(run: Path) -> dict[int, dict[str, str]]:
     return merged
 
 
+def _validation_rows(run: Path) -> dict[int, dict[str, str]]:
+    """The validation rows of metrics.csv by global step; fails if a step appears twice."""
+    rows: dict[int, dict[str, str]] = {}
+    with (run / "csv" / "metrics.csv").open(newline="") as file:
+        for row in csv.DictReader(file):
+            if row.get("val/loss"):
+                step = int(row["step"])
+                assert step not in rows, f"step {step} logged twice in {run}"
+                rows[step] = row
+    return rows
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_into_its_folder_and_matches_an_uninterrupted_run(tmp_path: Path, data_dir: Path) -> None:
-    common = [*RESUMABLE, f"paths.data_dir={data_dir}"]
+def test_killed_run_resumes_mid_epoch_with_loader_workers_and_matches_an_uninterrupted_run(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """The defaults users get: a loader worker process (persistent), validation twice per epoch, last.ckpt after
+    each; a SIGKILL after the first validation of epoch 2 loses only the batches since that validation."""
+    common = [*(o for o in RESUMABLE if o != "data.num_workers=0"), "trainer.val_check_interval=0.5",
+              f"paths.data_dir={data_dir}"]  # fmt: skip
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_script(["train.py", *common, f"hydra.run.dir={whole}"])
 
-    # SIGKILL in the middle of epoch 3 (0-based 2): epochs 1 and 2 are checkpointed, epoch 3 is half done
-    kill = _kill_at(tmp_path, epoch=2, batch=3)
+    kill = _kill_at(tmp_path, epoch=2, batch=4)  # 6 batches per epoch: validations after batches 3 and 6
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     attempt = subprocess.run([sys.executable, "train.py", *common, *kill, f"hydra.run.dir={killed}"], cwd=REPO,
                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert attempt.returncode == -9, attempt.stderr[-3000:]
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
-    assert sorted(_epoch_rows(killed)) == [0, 1]
+    assert sorted(_validation_rows(killed)) == [2, 5, 8, 11, 14]  # global step of each validation (0-based)
+    last = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 15)  # the validation mid-epoch 3, not the epoch's start
 
     resumed = run_script(["train.py", *common, *kill, f"hydra.run.dir={killed}", "ckpt_path=last"])
-    assert "resumed from epoch 2 (global step 12)" in resumed.stdout + resumed.stderr
+    assert "resumed from epoch 2 (global step 15)" in resumed.stdout + resumed.stderr
 
-    # one folder, every epoch exactly once, and bitwise the uninterrupted run's numbers
-    assert sorted(_epoch_rows(killed)) == [0, 1, 2, 3]
+    # every validation exactly once, and bitwise the uninterrupted run's numbers
+    assert _validation_rows(killed) == _validation_rows(whole)
     assert _epoch_metrics(killed) == _epoch_metrics(whole)
     record = json.loads((killed / "run.json").read_text())
     assert record["status"] == "completed" and record["resumed_from"].endswith("last.ckpt")
     # the threshold record and the best checkpoint continued across the kill
     ours, theirs = (json.loads((run / "thresholds.json").read_text()) for run in (killed, whole))
-    assert [h["epoch"] for h in ours["history"]] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in ours["history"]] == [0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4]
     strip = {"seconds", "cpu_share"}
     assert [{k: v for k, v in h.items() if k not in strip} for h in ours["history"]] == [
         {k: v for k, v in h.items() if k not in strip} for h in theirs["history"]
@@ -97,7 +115,27 @@ def test_killed_run_resumes_into_its_folder_and_matches_an_uninterrupted_run(tmp
     events = EventAccumulator(str(killed / "tensorboard"))
     events.Reload()
     steps = [event.step for event in events.Scalars("val/loss")]
-    assert len(steps) == 4 and len(set(steps)) == 4
+    assert len(steps) == 8 and len(set(steps)) == 8
+
+
+@pytest.mark.slow
+def test_last_checkpoint_follows_every_validation_when_val_loss_gets_worse(make_cfg, tmp_path: Path) -> None:
+    """Gradient ascent: every validation is worse than the first, so no best checkpoint is written after it;
+    last.ckpt still holds each validation's state (Lightning 2.6's save_last alone stopped at the first)."""
+    seen: list[tuple[int, int, float]] = []
+    cfg = make_cfg("model=unet_lab", "optimizer=sgd", "+model.optimizer.maximize=true", "model.optimizer.lr=0.05",
+                   "trainer.max_epochs=3", "trainer.val_check_interval=0.5", "data.train_repeats=2",
+                   "+callbacks.spy._target_=tests.helpers.LastCheckpointSpy", f"+callbacks.spy.folder={tmp_path}")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    history = json.loads((run / "thresholds.json").read_text())["history"]
+    losses = [row["val/loss"] for row in history]
+    assert losses == sorted(losses) and losses[0] < losses[-1]  # worse and worse
+    seen = json.loads((tmp_path / "last_checkpoints.json").read_text())
+    # after each validation, last.ckpt holds that validation's step (4 steps per epoch, 2 validations each)
+    assert [step for step, _ in seen] == [row["step"] for row in history] == [2, 4, 6, 8, 10, 12]
+    [best] = (run / "checkpoints").glob("epoch*.ckpt")
+    assert best.name.startswith("epoch000-")  # the best stayed at the first validation
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,8 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
     assert sorted(jobs) == ["seed=0", "seed=1"]
     seeds = [yaml.safe_load((jobs[key] / ".hydra" / "config.yaml").read_text())["seed"] for key in sorted(jobs)]
     assert seeds == [0, 1]
-    # named after its overrides: top-level keys and group choices first, then dotted keys
-    assert jobs["seed=0"].name.startswith("seed=0,data.batch_size=4,data.image_size=[64,96],")
-    assert len(jobs["seed=0"].name) == 120  # cut, with a hash of the whole label: unique and short enough
+    # named after its overrides, [A-Za-z0-9._-] only: top-level keys first, then dotted keys by their last part;
+    # past 120 characters whole items are dropped and a hash of the whole name keeps it unique
+    name = jobs["seed=0"].name
+    assert name.startswith("seed-0__batch_size-4__image_size-64x96__num_train-8__num_val-4__accelerator-cpu__")
+    assert re.fullmatch(r"[A-Za-z0-9._-]+__[0-9a-f]{8}", name) and len(name) <= 120

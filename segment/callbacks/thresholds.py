@@ -117,6 +117,7 @@ class ThresholdTracker(Callback):
             "history": self.history,
             "images_seen": self.images_seen,
             "seconds": self.seconds,
+            "batches_in_epoch": self._batches_in_epoch,  # a checkpoint written mid-epoch
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -124,6 +125,7 @@ class ThresholdTracker(Callback):
         self._streaks.update({k: v for k, v in state["streaks"].items() if k in self._streaks})
         self.history = list(state.get("history", []))
         self.images_seen, self.seconds = state["images_seen"], state["seconds"]
+        self._batches_in_epoch = int(state.get("batches_in_epoch", 0))
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Register the thresholds as metrics of TensorBoard's hparams view (NaN until reached).

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from segment.data.dataset import Sample, SegmentationDataset
 from segment.data.labels import DatasetInfo
+from segment.data.sampling import EpochSampler, ResumableLoader
 
 __all__ = ["SegmentationDataModule"]
 
@@ -49,6 +50,8 @@ class SegmentationDataModule(LightningDataModule):
             mask of the wrong size or an undeclared label fails before training.
         cache: Keep the decoded (``load_size``) samples in RAM: later epochs skip PNG/JPEG
             decoding. Implies ``verify``.
+        seed: Fixes the training order and augmentation per epoch (the run's ``seed``;
+            :mod:`segment.data.sampling`); None: a random one, still resumable.
     """
 
     info: DatasetInfo
@@ -66,6 +69,7 @@ class SegmentationDataModule(LightningDataModule):
         load_size: Sequence[int] | None = None,
         verify: bool = True,
         cache: bool = False,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if len(image_size) != 2 or any(int(s) <= 0 or int(s) % 32 for s in image_size):
@@ -92,6 +96,7 @@ class SegmentationDataModule(LightningDataModule):
         self.load_size = tuple(int(v) for v in load_size) if load_size is not None else None
         self.verify = verify
         self.cache = cache
+        self.seed = seed
         self.train_dataset: SegmentationDataset | None = None
         self.val_dataset: SegmentationDataset | None = None
         self.test_dataset: SegmentationDataset | None = None
@@ -133,11 +138,26 @@ class SegmentationDataModule(LightningDataModule):
         return SegmentationDataset(samples, self.info, transform, load_size=self.load_size, repeats=repeats)
 
     def train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        sampler = EpochSampler(len(self.train_dataset), self.seed)
         # drop_last: a final batch of one image would make BatchNorm's statistics degenerate.
-        return self._loader(self.train_dataset, shuffle=True, drop_last=len(self.train_dataset) > self.batch_size)
+        drop_last = len(self.train_dataset) > self.batch_size
+        return ResumableLoader(self.train_dataset, sampler, self._fit_progress, **self._loader_options(drop_last))
+
+    def _fit_progress(self) -> tuple[int, int, int]:
+        """The running fit's epoch, batches trained on in it and batches per epoch.
+
+        Lightning's own batch counter (``fit_loop.epoch_loop.batch_progress``, a loop
+        attribute outside its documented API): the one place this package reads it;
+        tests/test_reliability.py's mid-epoch resume fails if an upgrade moves it.
+        """
+        trainer = self.trainer
+        completed = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return trainer.current_epoch, int(completed), int(trainer.num_training_batches)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False, drop_last=False)
+        return self._loader(self.val_dataset)
 
     def has_split(self, split: str) -> bool:
         """Whether the dataset has labelled samples for ``split`` (CamVid's test/ is optional)."""
@@ -156,21 +176,27 @@ class SegmentationDataModule(LightningDataModule):
             self.test_dataset = self.dataset("test")
             if self.verify or self.cache:
                 self.test_dataset.preload(cache=False)
-        return self._loader(self.test_dataset, shuffle=False, drop_last=False)
+        return self._loader(self.test_dataset)
 
-    def _loader(self, dataset: SegmentationDataset | None, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: SegmentationDataset | None) -> DataLoader:
+        """An evaluation loader: in order, every sample."""
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-            multiprocessing_context=_worker_context() if self.num_workers > 0 else None,
-        )
+        return DataLoader(dataset, shuffle=False, **self._loader_options(drop_last=False))
+
+    def _loader_options(self, drop_last: bool) -> dict:
+        return {
+            "batch_size": self.batch_size,
+            "drop_last": drop_last,
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+            "multiprocessing_context": _worker_context() if self.num_workers > 0 else None,
+            # Each iterator draws its workers' base seed from this generator, not from torch's global RNG: a
+            # resumed run creates its iterators at other moments than an uninterrupted one, and dropout draws
+            # from the global RNG (augmentation is seeded per item: segment/data/sampling.py).
+            "generator": torch.Generator().manual_seed(0),
+        }
 
 
 def _worker_context() -> multiprocessing.context.BaseContext | None:

@@ -285,21 +285,15 @@ class SegmentationDataset(Dataset):
         """RAM held by the decoded-sample cache."""
         return sum(image.nbytes + mask.nbytes for image, mask in self._cache or [])
 
-    def _seed_transform(self) -> None:
-        """Seed albumentations from torch's generator, once per sample.
-
-        Albumentations 2 draws from its own generator, seeded from OS entropy when built:
-        runs would not repeat, and forked DataLoader workers would share one augmentation
-        stream. Drawing the seed from torch ties augmentation to what ``seed_everything``
-        fixes in the main process and what PyTorch seeds per worker and epoch.
-        """
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """One item by index, or by ``(index, augmentation seed)`` (what :class:`~segment.data.sampling.EpochSampler`
+        yields: albumentations 2 would otherwise draw from generators seeded by OS entropy, differently in every
+        worker process and in every resumed run)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(index)
         if self.transform is not None:
-            self._seed_transform()
+            if hasattr(self.transform, "set_random_seed"):
+                self.transform.set_random_seed(int(torch.randint(2**31 - 1, ()).item()) if seed is None else seed)
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {

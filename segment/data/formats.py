@@ -93,31 +93,32 @@ def _require_root(root: Path, what: str, expected: str, hint: str = "") -> None:
 class SyntheticDataModule(SegmentationDataModule):
     """The embedded procedural road scenes (:mod:`segment.data.synthetic`).
 
-    Scenes are rendered once into ``root/v<version>-seed<seed>-<H>x<W>/`` and then read
+    Scenes are rendered once into ``root/v<version>-seed<scene_seed>-<H>x<W>/`` and then read
     like any folder dataset; changing ``num_train`` extends or reuses the cache.
 
     Args:
         root: Cache folder for generated PNGs.
         num_train: Training scenes.
         num_val: Validation scenes.
-        seed: Generator seed (which scenes), independent of the training seed.
+        scene_seed: Generator seed (which scenes), independent of the training seed.
         **kwargs: :class:`SegmentationDataModule` arguments.
     """
 
     info = SYNTHETIC_INFO
 
-    def __init__(self, root: str | Path, num_train: int = 256, num_val: int = 64, seed: int = 0, **kwargs) -> None:
+    def __init__(self, root: str | Path, num_train: int = 256, num_val: int = 64, scene_seed: int = 0,
+                 **kwargs) -> None:  # fmt: skip
         super().__init__(**kwargs)
         if num_train < 1 or num_val < 1:
             raise ValueError(f"data.num_train={num_train} and data.num_val={num_val} must both be at least 1")
         self.counts = {"train": num_train, "val": num_val}
-        self.seed = seed
+        self.scene_seed = scene_seed
         height, width = self.image_size
-        self.root = Path(root) / f"v{GENERATOR_VERSION}-seed{seed}-{height}x{width}"
+        self.root = Path(root) / f"v{GENERATOR_VERSION}-seed{scene_seed}-{height}x{width}"
 
     def prepare_data(self) -> None:
         for split, count in self.counts.items():
-            generate_split(self.root, split, count, self.image_size, self.seed)
+            generate_split(self.root, split, count, self.image_size, self.scene_seed)
 
     def samples(self, split: str) -> list[Sample]:
         split_dir = self.root / split

@@ -25,6 +25,7 @@ from segment.evaluation.inference import Predictor
 from segment.files import write_atomic, write_png
 from segment.models import SegmentationModule
 from segment.models.metrics import confusion_metric, evaluation_scores
+from segment.precision import resolve_precision
 
 __all__ = ["evaluate", "export", "load_checkpoint", "predict", "run", "run_data_config"]
 
@@ -101,7 +102,7 @@ def _predictor(cfg: DictConfig, module: SegmentationModule) -> Predictor:
     window = cfg.sliding_window
     return Predictor(
         module,
-        precision=cfg.precision,
+        precision=resolve_precision(cfg.precision, cfg.device)[0],
         input_size=cfg.input_size,
         window=window.size if window else None,
         window_stride=window.get("stride") if window else None,
@@ -163,7 +164,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "input_size": list(cfg.input_size) if cfg.input_size else None,
         "sliding_window": OmegaConf.to_container(cfg.sliding_window) if cfg.sliding_window else None,
         "tta_flip": bool(cfg.tta_flip),
-        "precision": cfg.precision,
+        "precision": predictor.precision,
         "device": str(device),
         "images_per_s": len(dataset) / seconds if seconds else None,
         "encoder_weights_used": module.hparams.get("encoder_weights_used"),

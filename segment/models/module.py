@@ -141,6 +141,7 @@ class SegmentationModule(LightningModule):
             self.net.compile()
 
         self.train_loss = MeanMetric()
+        self.train_loss.persistent(True)  # its running epoch mean travels with checkpoints (mid-epoch resumes)
         self.val_loss = MeanMetric()
         self.val_ce = MeanMetric()
         self.val_confusion = confusion_metric(num_classes, ignore_index)
@@ -151,7 +152,7 @@ class SegmentationModule(LightningModule):
     def _load_weights(self, path: str | Path) -> None:
         """Copy net and normalisation weights from a checkpoint of this module (``init_from``)."""
         state = read_checkpoint(path, "model.init_from", require=("state_dict",))["state_dict"]
-        ours = self.state_dict()
+        ours = {k: v for k, v in self.state_dict().items() if k not in self._running_state()}
         mismatched = [k for k in ours if k in state and state[k].shape != ours[k].shape]
         missing = [k for k in ours if k not in state]
         if mismatched or missing:
@@ -160,7 +161,7 @@ class SegmentationModule(LightningModule):
                 f"{len(mismatched)} differently shaped tensors (first: {(missing + mismatched)[0]}); "
                 "was it trained with another net or number of classes?"
             )
-        self.load_state_dict({k: state[k] for k in ours})
+        self.load_state_dict({**self._running_state(), **{k: state[k] for k in ours}})
         log.info("weights initialised from %s (training starts at epoch 0)", path)
 
     @property
@@ -234,6 +235,11 @@ class SegmentationModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        checkpoint["state_dict"] = {**self._running_state(), **checkpoint["state_dict"]}
+
+    def _running_state(self) -> dict[str, torch.Tensor]:
+        """The training loss's running mean (empty between epochs), for checkpoints written before it was saved."""
+        return {f"train_loss.{key}": value for key, value in self.train_loss.state_dict().items()}
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss.compute())
@@ -314,7 +320,7 @@ class SegmentationModule(LightningModule):
             hparams["scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
         known = inspect.signature(cls.__init__).parameters
         module = cls(**{key: value for key, value in hparams.items() if key in known})
-        module.load_state_dict(checkpoint["state_dict"])
+        module.load_state_dict({**module._running_state(), **checkpoint["state_dict"]})
         if used is not None:
             module.hparams["encoder_weights_used"] = used
         return module.to(map_location)
