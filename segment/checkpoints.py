@@ -10,8 +10,10 @@ copy, and a kill during it leaves a 0-byte ``last.ckpt`` and no previous copy.
 
 from __future__ import annotations
 
+import errno
 import logging
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ __all__ = [
     "CheckpointError",
     "check_trusted_targets",
     "ConfigInCheckpoint",
+    "find_checkpoint",
     "newest_checkpoint",
     "read_checkpoint",
     "remove_partial_files",
@@ -58,8 +61,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
         path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "wb") as file:
-            torch.save(checkpoint, file)
+        try:
+            with atomic_open(path, "wb") as file:
+                torch.save(checkpoint, file)
+        except RuntimeError as error:  # torch's writer reports a full disk as "[enforce fail at ...]"
+            free = shutil.disk_usage(path.parent).free
+            if "write failed" not in str(error) or free > 4 * 2**20:
+                raise
+            raise OSError(errno.ENOSPC, f"No space left on device: writing checkpoint {path} failed with "
+                          f"{free / 2**20:.1f} MiB free; the previous checkpoint is intact. Free space (or point "
+                          "paths.log_dir elsewhere), then continue: ckpt_path=last") from None  # fmt: skip
 
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str, ...] = (),
@@ -75,7 +86,8 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str
     Raises:
         FileNotFoundError: no such file.
         CheckpointError: not a torch archive (a text file, a truncated copy), corrupt,
-            holding code objects (refused: a checkpoint is data), or lacking ``require``.
+            holding code objects or a string OmegaConf would resolve (``${...}``; refused: a
+            checkpoint is data), or lacking ``require``.
     """
     path = Path(path)
     if not path.is_file():
@@ -101,7 +113,25 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str
     missing = [name for name in require if name not in checkpoint]
     if missing:
         raise CheckpointError(f"{key}={path} is not a train.py checkpoint: it has no {', '.join(missing)}")
+    for name, value in checkpoint.items():
+        if name not in ("state_dict", "optimizer_states"):
+            _refuse_interpolations(value, f"{key}={path}: {name}")
     return checkpoint
+
+
+def _refuse_interpolations(node: Any, where: str) -> None:
+    """A checkpoint is data: a string that OmegaConf would resolve (``${...}``) never reaches a config."""
+    if isinstance(node, str) and "${" in node:
+        raise CheckpointError(
+            f"{where}={node!r}: a checkpoint's strings may not hold interpolations or resolvers ('${{...}}'), which "
+            "would run when its config is built; refusing the checkpoint"
+        )
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _refuse_interpolations(value, f"{where}.{name}")
+    elif isinstance(node, list | tuple):
+        for index, value in enumerate(node):
+            _refuse_interpolations(value, f"{where}[{index}]")
 
 
 def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
@@ -125,6 +155,23 @@ def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
     return path, step
 
 
+def find_checkpoint(path: str | Path, key: str = "ckpt_path") -> tuple[Path, int]:
+    """A checkpoint file, or a run folder's newest checkpoint (``<folder>/checkpoints/``), and its global step.
+
+    Raises:
+        FileNotFoundError: no such file or folder, or a folder without a loadable checkpoint, named.
+        CheckpointError: a file that is not a usable checkpoint.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{key}={path}: a folder without a loadable checkpoint (none in it or its "
+                                    "checkpoints/); pass a run folder or a .ckpt file")  # fmt: skip
+        return found
+    return path, int(read_checkpoint(path, key, require=("global_step",), mmap=True)["global_step"])
+
+
 def remove_partial_files(folder: str | Path) -> list[Path]:
     """Delete what killed atomic writes left behind in ``folder`` (``.<name>.*.partial``)."""
     folder = Path(folder)
@@ -135,16 +182,16 @@ def remove_partial_files(folder: str | Path) -> list[Path]:
 
 
 class ConfigInCheckpoint(Callback):
-    """Store the run's resolved config in every checkpoint (``checkpoint["config"]``).
+    """Store the run's resolved config and its data fingerprint in every checkpoint (``config``, ``data``).
 
-    A resume compares it with the new config; ``evaluate.py`` takes the data config from it.
+    A resume compares both with its own; ``evaluate.py`` takes the data config from it.
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
+    def __init__(self, config: dict[str, Any], data: dict[str, Any] | None = None) -> None:
+        self.config, self.data = config, data
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        checkpoint["config"] = self.config
+        checkpoint["config"], checkpoint["data"] = self.config, self.data
 
 
 # What a checkpoint may ask to be built. Model parts: classes from these modules (checked by name

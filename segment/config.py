@@ -9,29 +9,34 @@ the study report and the hyperparameter views all leave those out.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import rich
+import rich.syntax
+import rich.tree
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 __all__ = [
-    "INFRASTRUCTURE", "RESUMABLE", "TrainSchema", "config_dir", "identity", "is_infrastructure", "job_name",
-    "loader_workers", "parse_overrides", "register", "short_names",
+    "INFRASTRUCTURE", "RESUMABLE", "TrainSchema", "config_dir", "hyperparameters", "identity", "is_infrastructure",
+    "job_name", "loader_workers", "parse_overrides", "print_config_tree", "register", "short_names", "sweep_jobs",
+    "value_text",
 ]  # fmt: skip
 
-# Where things are, how a run is shown, logged or continued: never what it trains.
+# Where things are, how a run is shown, logged, continued or reported on: never what it trains.
 INFRASTRUCTURE = (
     "hydra", "paths", "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
-    "skip_completed", "ckpt_path", "resume", "overwrite", "task_name", "tags", "extras", "logger",
+    "skip_completed", "ckpt_path", "overwrite", "task_name", "tags", "extras", "logger", "study",
     "trainer.enable_progress_bar", "trainer.enable_model_summary",
 )  # fmt: skip
 # What a resume may change besides: how long training goes on.
@@ -48,7 +53,6 @@ class TrainSchema:
     tags: list[str] | None = None
     seed: int | None = 42
     ckpt_path: str | None = None
-    resume: str | None = None
     skip_completed: bool = False
     overwrite: bool = False
     test_after_fit: bool = False
@@ -98,11 +102,11 @@ def identity(overrides: Iterable[str]) -> dict[str, Any]:
     return {key: value for key, value in parse_overrides(overrides).items() if not is_infrastructure(key)}
 
 
-def _value_text(value: Any) -> str:
+def value_text(value: Any) -> str:
     """A value as folder-name text: ``[128, 160]`` -> ``128x160``, ``0.0003`` -> ``3e-4``, ``/a/b`` -> ``a_b-<hash>``.
     """
     if isinstance(value, list | tuple):
-        return "x".join(_value_text(item) for item in value) or "empty"
+        return "x".join(value_text(item) for item in value) or "empty"
     if isinstance(value, bool) or value is None:
         return str(value).lower()
     if isinstance(value, float) and value and abs(value) < 1e-2 and math.isfinite(value):
@@ -115,10 +119,11 @@ def _value_text(value: Any) -> str:
 
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:
-    """Each dotted key's last part (``model.optimizer.lr`` -> ``lr``) where no other key of ``keys`` shares it."""
+    """Each dotted key's last part (``model.optimizer.lr`` -> ``lr``) where no other key of ``keys`` shares it and
+    it says something on its own (not ``_target_``)."""
     tails = [key.replace("/", ".").rsplit(".", 1)[-1] for key in keys]
-    return {key: tail if tails.count(tail) == 1 and tail not in keys else key.replace("/", ".")
-            for key, tail in zip(keys, tails, strict=True)}  # fmt: skip
+    return {key: tail if tails.count(tail) == 1 and tail not in keys and not tail.startswith("_")
+            else key.replace("/", ".") for key, tail in zip(keys, tails, strict=True)}  # fmt: skip
 
 
 def ordered(values: dict[str, Any], groups: Iterable[str]) -> list[str]:
@@ -149,7 +154,7 @@ def job_name(overrides: Sequence[str], groups: Iterable[str] = (), swept: Iterab
         values["data.root"] = Path(str(parsed["data.root"])).name
     keys = ordered(values, groups)
     names = short_names(keys)
-    items = [f"{_value_text(names[key])}-{_value_text(values[key])}" for key in keys]
+    items = [f"{re.sub(r'[^A-Za-z0-9._-]+', '_', names[key])}-{value_text(values[key])}" for key in keys]
     name = "__".join(items) or "defaults"
     if len(name) > MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -177,6 +182,57 @@ def _job_name_resolver() -> str:
         return "run"
     hydra = HydraConfig.get()
     return job_name(list(hydra.overrides.task), hydra.runtime.choices.keys(), _swept_in_this_sweep())
+
+
+def sweep_jobs() -> list[str]:
+    """The job folder names of the running multirun, in launch order (its sweeper params, then its command line)."""
+    hydra = HydraConfig.get()
+    try:
+        task = list(OmegaConf.load(Path(hydra.sweep.dir) / "multirun.yaml").hydra.overrides.task)
+    except Exception:  # noqa: BLE001 -- no multirun.yaml: this job alone
+        return [job_name(list(hydra.overrides.task), hydra.runtime.choices.keys())]
+    params = [f"{key}={value}" for key, value in (OmegaConf.select(hydra, "sweeper.params") or {}).items()]
+    lists: dict[str, list[str]] = {}  # the command line replaces a sweeper param of the same key
+    for override in OverridesParser.create().parse_overrides([*params, *task]):
+        values = override.sweep_string_iterator() if override.is_sweep_override() else None
+        lists[override.key_or_group] = ([f"{override.get_key_element()}={v}" for v in values] if values is not None
+                                        else [override.input_line])  # fmt: skip
+    swept = {key for key, values in lists.items() if len(values) > 1}
+    return [job_name(list(job), hydra.runtime.choices.keys(), swept) for job in itertools.product(*lists.values())]
+
+
+def hyperparameters(cfg: DictConfig, overrides: Sequence[str], choices: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys a researcher compares runs by (TensorBoard's HPARAMS, csv/hparams.yaml), each once, named as in
+    job folders: the run's own overrides first (what a sweep varies), then model, seed, rate, batch, image size,
+    epochs, optimiser, schedule and loss."""
+    values = identity(overrides)
+    keys = ordered(values, choices.keys())
+    names = short_names(keys)
+    params = {names[key]: values[key] for key in keys}
+    select = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
+    short = lambda key: (select(key) or "").rsplit(".", 1)[-1] or None  # noqa: E731
+    described = {
+        "model": choices.get("model"), "seed": cfg.get("seed"), "lr": select("model.optimizer.lr"),
+        "batch_size": select("data.batch_size"), "image_size": select("data.image_size"),
+        "max_epochs": select("trainer.max_epochs"), "optimizer": short("model.optimizer._target_"),
+        "scheduler": short("model.scheduler.scheduler._target_"), "loss": short("model.loss._target_"),
+        "data": choices.get("data"), "tags": ",".join(cfg.get("tags") or []) or None,
+    }  # fmt: skip
+    params |= {name: value for name, value in described.items() if name not in params and value is not None}
+    plain = lambda v: v if isinstance(v, bool | int | float | str) else value_text(v)  # noqa: E731
+    return {name: plain(value) for name, value in params.items()}
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """The resolved config as a tree, one branch per top-level group (``extras.print_config``), as in LHT."""
+    tree = rich.tree.Tree("config", guide_style="dim")
+    first = [key for key in ("data", "model", "callbacks", "logger", "trainer", "paths") if key in cfg]
+    for key in [*first, *(key for key in cfg if key not in first)]:
+        value = OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig | ListConfig) \
+            else cfg[key]  # fmt: skip
+        tree.add(str(key)).add(rich.syntax.Syntax(OmegaConf.to_yaml({key: value}).split("\n", 1)[-1]
+                                                  if isinstance(value, dict) else str(value), "yaml"))  # fmt: skip
+    rich.print(tree)
 
 
 def loader_workers() -> int:

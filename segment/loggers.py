@@ -50,7 +50,14 @@ class CSVLogger(_CSVLogger):
         with source.open(newline="") as file:
             reader = csv.DictReader(file)
             header = list(reader.fieldnames or [])
-            rows = [row for row in reader if row.get("step") and int(float(row["step"])) <= resume_step]
+            rows = []
+            for number, row in enumerate(reader, start=2):
+                try:
+                    if row.get("step") and int(float(row["step"])) <= resume_step:
+                        rows.append(row)
+                except ValueError:
+                    raise ValueError(f"{source}, line {number}: step={row['step']!r} is not a number; correct or "
+                                     "delete that line (every validation is also in thresholds.json)") from None
         self._header = sorted(header)
         self._holding = holding
         write_atomic(holding, _csv_text(self._header, rows))

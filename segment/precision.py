@@ -23,13 +23,15 @@ from typing import Any
 
 import torch
 from filelock import FileLock
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from torch import nn
 
 from segment.files import cache_root, write_atomic
 
-__all__ = ["PrecisionChoice", "SweepPrecision", "cpu_precision", "measure_cpu_precision", "resolve_precision"]
+__all__ = ["PrecisionChoice", "SweepPrecision", "cpu_precision", "measure_cpu_precision", "resolve_precision",
+           "resolve_trainer_precision"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +191,14 @@ def resolve_precision(requested: str | int, accelerator: str = "auto", sweep: st
                                   **choice.as_dict()}  # fmt: skip
     choice = cpu_precision()
     return choice.precision, {"precision": choice.precision, "chosen_by": "measured on this CPU", **choice.as_dict()}
+
+
+def resolve_trainer_precision(cfg: DictConfig) -> dict[str, Any]:
+    """Replace ``trainer.precision=auto`` in ``cfg`` by what this host (or the running sweep) measured; return how."""
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    sweep = HydraConfig.get().sweep.dir if multirun else None
+    cfg.trainer.precision, record = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, sweep)
+    return record
 
 
 class SweepPrecision(Callback):

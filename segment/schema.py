@@ -47,6 +47,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: missing; choose one with {key}=<name> (see conf/{key}/)")
     for path, node in _target_nodes(cfg):
         _check_node(path, node)
+    clip = cfg.trainer.get("gradient_clip_val")
+    if clip is not None and not clip > 0:  # Lightning takes any number and clips to it
+        raise ConfigError(f"trainer.gradient_clip_val={clip}: must be > 0 (the largest gradient norm), or null")
     try:  # smp passes unknown keys on to its encoders, which drop them: check them against smp itself
         check_net_config(OmegaConf.to_container(cfg.model.net, resolve=True))
     except ValueError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import signal as signal_module
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -155,3 +156,20 @@ class LastCheckpointSpy(Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._look(trainer)
+
+
+class SignalAt(Callback):
+    """Sends ``signal`` once, at a training batch: to its whole process group (a cluster preemption, a ``kill`` of
+    the job: DataLoader workers included) or to its own process only. Leaves ``marker``, so a rerun trains on."""
+
+    def __init__(self, epoch: int, batch: int, marker: str, signal: str = "SIGTERM", group: bool = True) -> None:
+        self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
+        self.number, self.group = getattr(signal_module, signal), group
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch and not self.marker.exists():
+            self.marker.touch()
+            if self.group:
+                os.killpg(os.getpgid(0), self.number)
+            else:
+                os.kill(os.getpid(), self.number)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from importlib import metadata
@@ -92,14 +93,17 @@ def test_killed_run_resumes_mid_epoch_with_loader_workers_and_matches_an_uninter
     last = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (2, 15)  # the validation mid-epoch 3, not the epoch's start
 
-    resumed = run_script(["train.py", *common, *kill, f"hydra.run.dir={killed}", "ckpt_path=last"])
-    assert "resumed from epoch 2 (global step 15)" in resumed.stdout + resumed.stderr
+    # continued from the folder alone: the run's own overrides (the kill callback's among them) are saved in it
+    resumed = run_script(["train.py", f"hydra.run.dir={killed}", "ckpt_path=last"])
+    output = resumed.stdout + resumed.stderr
+    assert "resumed from epoch 2 (global step 15)" in output
+    assert f"continuing from {killed / 'checkpoints' / 'last.ckpt'}: epoch 2, global step 15" in output
 
     # every validation exactly once, and bitwise the uninterrupted run's numbers
     assert _validation_rows(killed) == _validation_rows(whole)
     assert _epoch_metrics(killed) == _epoch_metrics(whole)
     record = json.loads((killed / "run.json").read_text())
-    assert record["status"] == "completed" and record["resumed_from"].endswith("last.ckpt")
+    assert record["status"] == "completed" and record["attempts"][-1]["resumed_from"].endswith("last.ckpt")
     # the threshold record and the best checkpoint continued across the kill
     ours, theirs = (json.loads((run / "thresholds.json").read_text()) for run in (killed, whole))
     assert [h["epoch"] for h in ours["history"]] == [0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4]
@@ -210,3 +214,54 @@ def test_skip_completed_continues_a_killed_run(tmp_path: Path, data_dir: Path) -
     assert "skip_completed: continuing the incomplete run" in rerun.stdout + rerun.stderr
     assert sorted(_epoch_rows(run)) == [0, 1]
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def _signal_at(folder: Path, epoch: int, batch: int, name: str, group: bool) -> list[str]:
+    return ["+callbacks.stop._target_=tests.helpers.SignalAt", f"+callbacks.stop.epoch={epoch}",
+            f"+callbacks.stop.batch={batch}", f"+callbacks.stop.marker={folder / 'signalled-once'}",
+            f"+callbacks.stop.signal={name}", f"+callbacks.stop.group={str(group).lower()}"]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "group"), [("SIGTERM", True), ("SIGTERM", False), ("SIGINT", False)],
+                         ids=["SIGTERM to the process group", "SIGTERM to the training process", "SIGINT"])
+def test_an_interrupted_run_is_recorded_as_such_and_continued(tmp_path: Path, data_dir: Path, name: str,
+                                                              group: bool) -> None:  # fmt: skip
+    """With loader workers (the default), a signal mid-epoch: exit 128 + signal, run.json says interrupted (with
+    the signal), last.ckpt holds the last validation, and skip_completed continues the run to completion."""
+    run = tmp_path / "run"
+    common = ["train.py", *(o for o in RESUMABLE if o != "data.num_workers=0"), "trainer.max_epochs=2",
+              "trainer.val_check_interval=0.5", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}",
+              *_signal_at(tmp_path, epoch=1, batch=4, name=name, group=group)]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    attempt = subprocess.run([sys.executable, *common], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300, start_new_session=True)  # fmt: skip
+    number = int(getattr(signal, name))
+    assert attempt.returncode == 128 + number, attempt.stderr[-3000:]
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["error"] == f"interrupted by {name}"
+    assert record["attempts"][-1]["signal"] == name
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 9  # the validation after batch 3 of epoch 2 (6 batches per epoch)
+    run_script(common[:-6] + ["skip_completed=true"])
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and [a["outcome"] for a in record["attempts"]] == ["interrupted",
+                                                                                             "completed"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_sweep_stops_and_names_the_jobs_it_did_not_complete(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "train.py", "-m", "seed=0,1", "model=unet_lab", *TINY_OVERRIDES, *TINY_SYNTHETIC,
+               "trainer.max_epochs=2", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}",
+               *_signal_at(tmp_path, epoch=1, batch=0, name="SIGTERM", group=False)]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    attempt = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert attempt.returncode == 128 + int(signal.SIGTERM)
+    output = attempt.stdout + attempt.stderr
+    [started] = [p.name for p in sweep.iterdir() if p.is_dir()]  # the second job never started
+    assert f"interrupted by SIGTERM: the sweep stops; 2 job(s) not completed: {started}, model-unet_lab__seed-1__" \
+        in output  # fmt: skip
+    run_script(command[1:] + ["skip_completed=true"])
+    jobs = [p for p in sweep.iterdir() if p.is_dir()]
+    assert len(jobs) == 2 and all(json.loads((job / "run.json").read_text())["status"] == "completed" for job in jobs)

@@ -1,9 +1,11 @@
-"""A run folder belongs to one run: never silently reused, locked while training, its record never
-downgraded, resumed only under the same config, and resumable from whatever checkpoint survived."""
+"""A run folder belongs to one run: never silently reused, locked while training, its status never changed by an
+attempt it refused, every attempt on record, resumed only under the same config and data, and resumable from
+whatever checkpoint survived."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,93 +13,139 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from filelock import FileLock
 
-from segment.runfolder import RunFolder, RunFolderError
+from segment.runfolder import RunFolderError
 from segment.training import train
 from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
+from tests.layouts import stripes, write_camvid, write_image, write_mask
 
 FAST = ["model=unet_lab", "trainer.max_epochs=1"]
 
 
-def _hydra_config(folder: Path, text: str) -> None:
-    """What Hydra does before train() runs: write the new run's config into the folder."""
-    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
-    (folder / ".hydra" / "config.yaml").write_text(text)
-
-
 @pytest.fixture
 def finished(make_cfg) -> Path:
-    """A completed tiny run in tmp_path/run, with its config saved as Hydra saves it."""
+    """A completed tiny run in tmp_path/run."""
     cfg = make_cfg(*FAST, "seed=1")
-    run = Path(cfg.paths.output_dir)
-    _hydra_config(run, "seed: 1\n")
     train(cfg)
-    return run
+    return Path(cfg.paths.output_dir)
 
 
 def _snapshot(run: Path) -> dict[str, bytes]:
-    files = (p for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock")
+    """Every file of the run but its lock and its record (which lists every attempt, refused ones too)."""
+    files = (p for p in sorted(run.rglob("*")) if p.is_file() and p.name not in (".lock", "run.json"))
     return {str(p.relative_to(run)): p.read_bytes() for p in files}
 
 
+def _record(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text())
+
+
 def test_a_finished_run_folder_is_never_silently_reused(make_cfg, finished: Path) -> None:
-    before = _snapshot(finished)
-    _hydra_config(finished, "seed: 2\n")  # Hydra overwrites the config before train() can refuse
+    before, record = _snapshot(finished), _record(finished)
     with pytest.raises(RunFolderError, match=r"already holds a completed run started .* \(seed 1, val/loss [\d.]+\); "
                                              r"it is never silently reused. To continue that run: ckpt_path=last"):
         train(make_cfg(*FAST, "seed=2", "model.optimizer.lr=0.01"))
-    assert _snapshot(finished) == before  # the first run's files, its config included, are as they were
+    assert _snapshot(finished) == before  # the first run's files, .hydra/ included, are as they were
+    after = _record(finished)
+    assert {k: after[k] for k in ("status", "metrics", "seed")} == {k: record[k] for k in ("status", "metrics", "seed")}
+    assert [a["outcome"] for a in after["attempts"]] == ["completed", "refused"]
+    assert "never silently reused" in after["attempts"][-1]["error"]
 
 
 def test_overwrite_archives_the_earlier_run_first(make_cfg, finished: Path) -> None:
-    before = _snapshot(finished)
-    _hydra_config(finished, "seed: 2\n")
+    before = {**_snapshot(finished), "run.json": (finished / "run.json").read_bytes()}
     train(make_cfg(*FAST, "seed=2", "overwrite=true"))
     [archive] = (finished / "archive").iterdir()
     for name in ("run.json", "thresholds.json", "csv/metrics.csv", "checkpoints/last.ckpt", ".hydra/config.yaml"):
         assert (archive / name).read_bytes() == before[name], name
-    assert json.loads((finished / "run.json").read_text())["seed"] == 2
+    assert _record(finished)["seed"] == 2
+    assert yaml.safe_load((finished / ".hydra" / "config.yaml").read_text())["seed"] == 2
     assert not list((finished / "checkpoints").glob("last-v*.ckpt"))  # no second "last" beside the old one
 
 
-def test_a_failed_attempt_never_downgrades_a_completed_record(make_cfg, finished: Path) -> None:
-    record = json.loads((finished / "run.json").read_text())
+def test_a_refused_attempt_never_changes_the_status_of_the_run_it_refused(make_cfg, finished: Path) -> None:
+    record = _record(finished)
     with pytest.raises(ValueError, match=r"model.optimizer.lr='fast': expected float"):
         train(make_cfg(*FAST, "seed=1", "ckpt_path=last", "model.optimizer.lr=fast"))
-    after = json.loads((finished / "run.json").read_text())
+    after = _record(finished)
     assert after["status"] == "completed" and after["metrics"] == record["metrics"]
-    assert "model.optimizer.lr='fast'" in after["failed_attempts"][0]["error"]
+    assert after["attempts"][-1]["outcome"] == "refused"
+    assert "model.optimizer.lr='fast'" in after["attempts"][-1]["error"]
     # and a sweep rerun with skip_completed still skips it
     assert train(make_cfg(*FAST, "seed=1", "skip_completed=true")) == record["metrics"]
+
+
+def test_a_refused_resume_of_a_killed_run_leaves_it_to_be_continued(make_cfg, finished: Path) -> None:
+    """The killed run (status running, a checkpoint) survives a resume refused for a changed config, and
+    skip_completed then continues it from its checkpoint instead of archiving it."""
+    record = _record(finished)
+    (finished / "run.json").write_text(json.dumps({**record, "status": "running"}))  # as a SIGKILL leaves it
+    with pytest.raises(RunFolderError, match=r"differs in:\n  model.optimizer.lr: 0.001 -> 0.5"):
+        train(make_cfg(*FAST, "seed=1", "ckpt_path=last", "model.optimizer.lr=0.5"))
+    assert _record(finished)["status"] == "running"
+    train(make_cfg(*FAST, "seed=1", "skip_completed=true"))
+    after = _record(finished)
+    assert after["status"] == "completed" and not (finished / "archive").exists()
+    assert after["attempts"][-1]["resumed_from"].endswith("last.ckpt")
+    assert [a["outcome"] for a in after["attempts"]] == ["completed", "refused", "completed"]
 
 
 def test_a_resume_under_a_changed_config_is_refused_naming_the_keys(make_cfg, finished: Path) -> None:
     before = _snapshot(finished)
     with pytest.raises(RunFolderError, match=r"differs in:\n  model.optimizer.lr: 0.001 -> 0.5\n  "
-                                             r"model.scheduler.scheduler.T_max: 1 -> 3"):
+                                             r"model.scheduler.scheduler.T_max: 1 -> 3\nThe schedule follows "
+                                             r"trainer.max_epochs \(cosine, warmup_poly, warmup_cosine\)"):
         train(make_cfg(*FAST, "seed=1", "ckpt_path=last", "model.optimizer.lr=0.5", "trainer.max_epochs=3"))
     assert _snapshot(finished) == before
 
 
-def test_a_resume_may_train_longer_under_a_schedule_that_ignores_the_length(make_cfg) -> None:
+def test_a_resume_may_train_longer_under_a_schedule_that_ignores_the_length(make_cfg, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="segment")
     cfg = make_cfg(*FAST, "scheduler=warmup_constant")
     train(cfg)
     train(make_cfg(*FAST, "scheduler=warmup_constant", "trainer.max_epochs=2", "ckpt_path=last"))
     run = Path(cfg.paths.output_dir)
-    record = json.loads((run / "run.json").read_text())
-    assert record["status"] == "completed" and record["resumed_from"].endswith("last.ckpt")
-    assert record["config"]["trainer"]["max_epochs"] == 2  # what ran is what is recorded
+    assert f"continuing from {run / 'checkpoints' / 'last.ckpt'}: epoch 0, global step 2" in caplog.text
+    record = _record(run)
+    assert record["status"] == "completed" and record["attempts"][-1]["resumed_from"].endswith("last.ckpt")
+    assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["trainer"]["max_epochs"] == 2  # what ran
     history = json.loads((run / "thresholds.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1.0, 2.0]
 
 
-def test_a_second_run_in_a_locked_folder_is_refused_naming_the_holder(make_cfg, tmp_path: Path) -> None:
+def test_a_second_run_in_a_locked_folder_is_refused_naming_the_holder(make_cfg) -> None:
     cfg = make_cfg(*FAST)
-    with RunFolder(cfg.paths.output_dir).locked():
-        with pytest.raises(RunFolderError, match=rf"is in use by pid {os.getpid()} on "):
-            train(cfg)
-    assert not (Path(cfg.paths.output_dir) / "run.json").exists()  # the holder's record is not touched
-    train(cfg)  # released: the folder is free again
+    run = Path(cfg.paths.output_dir)
+    run.mkdir(parents=True)
+    holder = {"status": "running", "attempts": [{"pid": 4242, "host": "node7", "started": "2026-12-01T10:00:00"}]}
+    (run / "run.json").write_text(json.dumps(holder))
+    with FileLock(run / ".lock"), pytest.raises(RunFolderError, match=r"is in use by pid 4242 on node7 since"):
+        train(cfg)
+    assert _record(run) == holder  # the holder's record is not touched
+
+
+def test_a_resume_or_skip_on_other_data_is_refused(make_cfg, tmp_path: Path) -> None:
+    """A run trained on 3 images, continued or skipped with data.root pointing at 4 (data.root may change: the data
+    may move): refused, naming both fingerprints; a moved copy of the same files is accepted."""
+    first, other, moved = tmp_path / "a" / "camvid", tmp_path / "b" / "camvid", tmp_path / "c" / "camvid"
+    write_camvid(first), write_camvid(other), write_camvid(moved)
+    write_image(other / "train" / "0001TP_000009.png", seed=9)
+    write_mask(other / "trainannot" / "0001TP_000009.png", stripes([0, 3]))
+    common = [*FAST, "scheduler=constant", "data=camvid"]
+    cfg = make_cfg(*common, f"data.root={first}")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    fingerprint = _record(run)["data"]
+    refusal = r"trained on other data than data.root now holds \({'dataset': 'camvid', 'train': 3, .* 'train': 4"
+    with pytest.raises(RunFolderError, match=refusal):
+        train(make_cfg(*common, f"data.root={other}", "trainer.max_epochs=2", "ckpt_path=last"))
+    with pytest.raises(RunFolderError, match=refusal + r".*refusing to skip it as completed"):
+        train(make_cfg(*common, f"data.root={other}", "skip_completed=true"))
+    assert _record(run)["status"] == "completed"
+    train(make_cfg(*common, f"data.root={moved}", "trainer.max_epochs=2", "ckpt_path=last"))  # the same files
+    assert _record(run)["data"] == fingerprint and _record(run)["status"] == "completed"
 
 
 @pytest.mark.slow
@@ -112,7 +160,7 @@ def test_killed_between_two_checkpoint_writes_resumes_from_the_newest(tmp_path: 
     assert attempt.returncode == -9, attempt.stderr[-2000:]
     [best] = [p.name for p in (run / "checkpoints").glob("*.ckpt")]
     assert best.startswith("epoch000-")  # no last.ckpt
-    resumed = run_script([*common, *kill, "ckpt_path=last"])
+    resumed = run_script(["train.py", f"hydra.run.dir={run}", "ckpt_path=last"])  # its own overrides, saved
     assert "resumed from epoch 1 (global step 2)" in resumed.stdout + resumed.stderr
-    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    assert _record(run)["status"] == "completed"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["epoch"] == 1

@@ -45,7 +45,7 @@ def test_ddp_on_two_cpu_processes_writes_one_run_folder_with_synced_metrics(make
     logged = _last_val_row(run)
     module = SegmentationModule.from_checkpoint(run / "checkpoints" / "last.ckpt")
     datamodule = instantiate(make_cfg(*FAST).data)
-    precision = json.loads((run / "run.json").read_text())["config"]["trainer"]["precision"]  # resolved
+    precision = config["trainer"]["precision"]  # resolved: what ran
     trainer = Trainer(accelerator="cpu", devices=1, precision=precision, logger=False,
                       enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     [single] = trainer.validate(module, datamodule=datamodule, verbose=False)

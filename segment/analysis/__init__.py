@@ -4,10 +4,11 @@ The report itself is ``segment.analysis.report`` (``python -m segment.analysis.r
 """
 
 from segment.analysis.hydra_callback import StudyReport
-from segment.analysis.runs import Crossing, Run, load_run, load_runs
-from segment.analysis.stats import RatioEstimate, kaplan_meier, mean_std, paired_ratio
+from segment.analysis.runs import Run, load_run, load_runs
+from segment.analysis.stats import RatioEstimate, kaplan_meier, mean_std, paired_ratio, tuned_ratio
+from segment.analysis.study import Study
 
 __all__ = [
-    "Crossing", "RatioEstimate", "Run", "StudyReport", "kaplan_meier", "load_run", "load_runs", "mean_std",
-    "paired_ratio",
+    "RatioEstimate", "Run", "Study", "StudyReport", "kaplan_meier", "load_run", "load_runs", "mean_std",
+    "paired_ratio", "tuned_ratio",
 ]  # fmt: skip

@@ -19,6 +19,7 @@ __all__ = [
     "calibration_figure",
     "curves_figure",
     "mask_sheet_figure",
+    "rate_figure",
     "reached_figure",
     "speedup_figure",
 ]
@@ -114,6 +115,33 @@ def speedup_figure(rows: Sequence[dict], path: Path) -> Path:
         axes.grid(alpha=0.3, which="both")
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def rate_figure(panels: Mapping[str, Mapping[str, Mapping[float, Sequence[tuple[float, bool]]]]], path: Path) -> Path:
+    """Epochs to each level against the learning rate: a line through each arm's medians, a point per seed.
+
+    Args:
+        panels: ``{level name: {arm label: {rate: [(epochs, reached) per seed]}}}``; runs that
+            never reached the level are drawn hollow at their last validation, and the median
+            line breaks where half an arm's seeds never got there.
+    """
+    figure, grid = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False, sharey=True)
+    arms = list(dict.fromkeys(label for per_level in panels.values() for label in per_level))
+    for axes, (level, per_arm) in zip(grid[0], panels.items(), strict=True):
+        for label, cells in per_arm.items():
+            color, rates = _color(arms.index(label)), sorted(cells)
+            medians = [np.median([t if reached else np.inf for t, reached in cells[r]]) for r in rates]
+            axes.plot(rates, [m if np.isfinite(m) else np.nan for m in medians], "-", color=color, lw=1.5,
+                      label=label)  # fmt: skip
+            for rate in rates:
+                for time, reached in cells[rate]:
+                    axes.plot([rate], [time], "o", color=color, ms=4, alpha=0.7, mfc=color if reached else "none")
+        axes.set_xscale("log")
+        axes.set(xlabel="learning rate", title=level)
+        axes.grid(alpha=0.3, which="both")
+    grid[0][0].set_ylabel("epochs to the level (hollow: never, last seen)")
+    grid[0][-1].legend(fontsize=7)
     return _save(figure, path)
 
 

@@ -12,22 +12,10 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from segment.provenance import RunRecord
+from segment.callbacks.thresholds import Crossing, Threshold, first_crossing
+from segment.config import identity, value_text
 
 __all__ = ["Crossing", "Run", "load_run", "load_runs"]
-
-# Overrides that say where things are or how a run was continued, never what it is.
-_INFRASTRUCTURE = ("hydra", "paths", "data.root", "data.download", "skip_completed", "ckpt_path", "overwrite",
-                   "trainer.enable_progress_bar", "trainer.enable_model_summary")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Crossing:
-    """When a run first reached a level (held for ``patience`` validations), or when it was last seen without it."""
-
-    time: float  # in the unit asked for (fractional epochs, images, seconds)
-    reached: bool  # False: right-censored at ``time``
-    step: int | None = None  # the global step of the crediting validation (its mask snapshot)
 
 
 @dataclass
@@ -37,9 +25,9 @@ class Run:
     Attributes:
         folder: The run folder.
         choices: Hydra's config-group choices (``model``, ``protocol``, ``data``, ...).
-        overrides: The job's command-line overrides (``{"model": "unet_vgg", "seed": "0"}``),
-            infrastructure (paths, data root, resume flags) left out.
-        config: The resolved config (``run.json``), else Hydra's composed one.
+        overrides: The job's command-line overrides as folder-name text (``{"model": "unet_vgg",
+            "model.optimizer.lr": "1e-4"}``), infrastructure (paths, data root, resume flags) left out.
+        config: The resolved config (``.hydra/config.yaml``; older runs: ``run.json``).
         seed: The training seed.
         status: ``completed``, ``failed``, ``interrupted`` or ``incomplete`` (killed or still running).
         error: The error of a failed run.
@@ -104,20 +92,7 @@ class Run:
         Returns:
             The crossing, or a right-censored point at the last validation; None without validations.
         """
-        rows = [row for row in self.validations if metric in row]
-        if not rows:
-            return None
-        holds = [row[metric] <= level if mode == "min" else row[metric] >= level for row in rows]
-        for i in range(len(rows) - self.patience + 1):
-            if all(holds[i : i + self.patience]):
-                time = float(rows[i][unit])
-                if interpolate and i > 0:
-                    before, after = rows[i - 1], rows[i]
-                    span = before[metric] - after[metric]
-                    fraction = (before[metric] - level) / span if span else 1.0
-                    time = float(before[unit]) + fraction * (float(after[unit]) - float(before[unit]))
-                return Crossing(time, True, int(rows[i]["step"]))
-        return Crossing(float(rows[-1][unit]), False)
+        return first_crossing(self.validations, Threshold(metric, mode, level), self.patience, unit, interpolate)
 
     def best(self, name: str, lower_is_better: bool) -> tuple[float, float] | None:
         """Best value of a validation metric and its (fractional) epoch."""
@@ -126,6 +101,13 @@ class Run:
             return None
         value = (min if lower_is_better else max)(values)
         return value, epochs[values.index(value)]
+
+    @property
+    def precision(self) -> str | None:
+        """The precision the run trained in (recorded per attempt; older runs: once)."""
+        attempts = self.record.get("attempts") or [{}]
+        found = attempts[-1].get("precision") or self.record.get("precision") or {}
+        return found.get("precision") if isinstance(found, dict) else None
 
     @property
     def last_epoch(self) -> float:
@@ -156,24 +138,40 @@ def _weights_name(weights: Any) -> str | None:
 
 def _overrides(folder: Path) -> dict[str, str]:
     path = folder / ".hydra" / "overrides.yaml"
-    overrides = {}
     items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
-    for item in items:
-        key, _, value = str(item).partition("=")
-        key = key.lstrip("+~")
-        if not any(key == name or key.startswith((name + ".", name + "/")) for name in _INFRASTRUCTURE):
-            overrides[key] = value
-    return overrides
+    return {key: value_text(value) for key, value in identity(items).items()}
+
+
+def _json(path: Path, kind: type) -> Any:
+    """A JSON file of the run folder, or an error naming it and the fix."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is unreadable ({error}); rerun the job with skip_completed=true") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not a {kind.__name__}; rerun the job")
+    return value
+
+
+def _history(path: Path, tracked: dict) -> list[dict[str, Any]]:
+    """``thresholds.json``'s validations, each value a number (else an error naming the row)."""
+    rows = tracked.get("history", [])
+    for index, row in enumerate(rows):
+        bad = [key for key, value in row.items() if key != "cpu_share" and not isinstance(value, int | float)]
+        if bad:
+            raise ValueError(f"{path}: history[{index}][{bad[0]!r}]={row[bad[0]]!r} is not a number")
+    return list(rows)
 
 
 def load_run(folder: str | Path) -> Run:
     """Read one run folder written by ``train.py`` (``.hydra/``, ``run.json``, ``thresholds.json``, ``csv/``)."""
     folder = Path(folder)
-    hydra = OmegaConf.load(folder / ".hydra" / "hydra.yaml")
-    record = RunRecord.read(folder) or {}
+    hydra_file = folder / ".hydra" / "hydra.yaml"
+    choices = OmegaConf.load(hydra_file).hydra.runtime.choices if hydra_file.is_file() else {}
+    record = _json(folder / "run.json", dict) if (folder / "run.json").is_file() else {}
     config = record.get("config") or OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"))
     tracked_file = folder / "thresholds.json"
-    tracked = json.loads(tracked_file.read_text()) if tracked_file.is_file() else {}
+    tracked = _json(tracked_file, dict) if tracked_file.is_file() else {}
     status = record.get("status")
     if status is None:
         status = "completed" if tracked.get("finished") else "incomplete"
@@ -181,14 +179,14 @@ def load_run(folder: str | Path) -> Run:
         status = "incomplete"
     return Run(
         folder=folder,
-        choices={str(k): str(v) for k, v in hydra.hydra.runtime.choices.items() if v is not None},
+        choices={str(k): str(v) for k, v in choices.items() if v is not None},
         overrides=_overrides(folder),
         config=config,
         seed=config.get("seed"),
         status=status,
         error=record.get("error"),
         weights=_weights_name(record.get("encoder_weights_used")),
-        validations=list(tracked.get("history", [])),
+        validations=_history(tracked_file, tracked),
         train_loss=_read_train_loss(folder / "csv" / "metrics.csv"),
         patience=int(tracked.get("patience", 1)),
         record=record,

@@ -10,10 +10,15 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from segment.data.labels import colorize
+from segment.data.labels import annotated, colorize
 from segment.files import write_png
 
-__all__ = ["MaskImageLogger", "MaskSnapshots"]
+__all__ = ["MaskImageLogger", "MaskSnapshots", "snapshot_file"]
+
+
+def snapshot_file(folder: str | Path, step: int) -> Path:
+    """Where :class:`MaskSnapshots` saves the prediction after the validation at global ``step``."""
+    return Path(folder) / f"step_{step:07d}.png"
 
 
 def predict_fixed(trainer: Trainer, pl_module: LightningModule, num_images: int) -> tuple[np.ndarray, ...]:
@@ -40,10 +45,23 @@ def predict_fixed(trainer: Trainer, pl_module: LightningModule, num_images: int)
 _IMAGE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
 
 
-def log_image(logger: Logger, tag: str, image: np.ndarray, step: int) -> None:
-    """Log an ``(H, W, 3)`` uint8 image to TensorBoard, Weights & Biases or MLflow."""
+def log_image(logger: Logger, tag: str, image: np.ndarray, step: int, masks: tuple | None = None) -> None:
+    """Log an ``(H, W, 3)`` uint8 image to TensorBoard, Weights & Biases or MLflow.
+
+    ``masks`` (``images, truths, predictions, class_names``): Weights & Biases gets each
+    image with its truth and prediction as interactive overlays with class labels instead.
+    """
     if isinstance(logger, TensorBoardLogger):
         logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
+    elif isinstance(logger, WandbLogger) and masks is not None:
+        import wandb  # noqa: PLC0415 -- the optional extra, present whenever a WandbLogger is
+
+        images, truths, predictions, names = masks
+        labels = dict(enumerate(names))
+        overlays = [wandb.Image(picture, masks={"prediction": {"mask_data": pred, "class_labels": labels},
+                                                "truth": {"mask_data": truth, "class_labels": labels}})
+                    for picture, truth, pred in zip(images, truths, predictions, strict=True)]  # fmt: skip
+        logger.experiment.log({tag: overlays, "trainer/global_step": step})
     elif isinstance(logger, WandbLogger):
         logger.log_image(key=tag, images=[image], step=step)
     elif isinstance(logger, MLFlowLogger):
@@ -57,8 +75,9 @@ class MaskImageLogger(Callback):
     """Log fixed validation images with their masks every ``every_n_epochs`` epochs (TensorBoard, W&B, MLflow).
 
     Each row of the logged image (tag ``val/masks``) is input | truth | prediction,
-    coloured with the dataset palette (ignored pixels black). Always logs after the
-    first and the last epoch too, so short runs show a start and an end.
+    coloured with the dataset palette (ignored pixels black), under column titles and
+    above a class-colour legend (Weights & Biases: overlays with class labels). Always logs
+    after the first and the last epoch too, so short runs show a start and an end.
 
     Args:
         every_n_epochs: Logging period in epochs.
@@ -78,14 +97,14 @@ class MaskImageLogger(Callback):
         if trainer.sanity_checking or not due or not loggers or not trainer.is_global_zero:
             return
         images, truths, predictions = predict_fixed(trainer, pl_module, self.num_images)
-        palette = trainer.datamodule.info.palette
+        info = trainer.datamodule.info
         rows = [
-            np.concatenate([image, colorize(truth, palette), colorize(pred, palette)], axis=1)
+            np.concatenate([image, colorize(truth, info.palette), colorize(pred, info.palette)], axis=1)
             for image, truth, pred in zip(images, truths, predictions, strict=True)
         ]
-        sheet = np.concatenate(rows, axis=0)
+        sheet = annotated(np.concatenate(rows), ["input", "truth", "prediction"], info.class_names, info.palette)
         for logger in loggers:
-            log_image(logger, "val/masks", sheet, trainer.global_step)
+            log_image(logger, "val/masks", sheet, trainer.global_step, (images, truths, predictions, info.class_names))
 
 
 class MaskSnapshots(Callback):
@@ -120,4 +139,4 @@ class MaskSnapshots(Callback):
             write_png(folder / "input.png", np.concatenate(list(images)))
             write_png(folder / "truth.png", np.concatenate([colorize(t, palette) for t in truths]))
         sheet = np.concatenate([colorize(p, palette) for p in predictions])
-        write_png(folder / f"step_{trainer.global_step:07d}.png", sheet)
+        write_png(snapshot_file(folder, trainer.global_step), sheet)

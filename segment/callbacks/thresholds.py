@@ -13,16 +13,13 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from segment.files import write_atomic
 
-__all__ = ["Threshold", "ThresholdTracker"]
+__all__ = ["Crossing", "Threshold", "ThresholdTracker", "first_crossing"]
 
 log = logging.getLogger(__name__)
 
-# what is logged per reached threshold
-_LOGGED = ("epoch", "images_seen", "seconds")
 LOSS_METRICS = ("val/loss", "val/ce")
 
 
@@ -43,6 +40,50 @@ class Threshold:
         return value <= self.level if self.mode == "min" else value >= self.level
 
 
+@dataclass(frozen=True)
+class Crossing:
+    """When a run first reached a threshold (held for ``patience`` validations), or when it was last seen without."""
+
+    time: float  # in the unit asked for (fractional epochs, images, seconds)
+    reached: bool  # False: right-censored at ``time``
+    step: int | None = None  # the global step of the crediting validation (its mask snapshot)
+
+
+def first_crossing(history: Sequence[dict[str, Any]], threshold: Threshold, patience: int = 1, unit: str = "epoch",
+                   interpolate: bool = False) -> Crossing | None:  # fmt: skip
+    """The first validation from which ``threshold`` held for ``patience`` validations in a row.
+
+    The one crossing rule: the tracker applies it as training goes, the study report to
+    every level of its ladders. Validations that did not log the metric are skipped.
+
+    Args:
+        history: Validations in order, each with ``epoch`` (fractional), ``step``,
+            ``images_seen``, ``seconds`` and the logged metrics (``thresholds.json``'s history).
+        threshold: The level.
+        patience: Validations in a row it must hold; the first of them is credited.
+        unit: ``epoch``, ``step``, ``images_seen`` or ``seconds``.
+        interpolate: Credit the linear interpolation between the last validation short of
+            the level and the crediting one, instead of the latter (a sensitivity check).
+
+    Returns:
+        The crossing, or a right-censored point at the last validation; None without validations.
+    """
+    rows = [row for row in history if threshold.metric in row]
+    if not rows:
+        return None
+    holds = [threshold.holds(row[threshold.metric]) for row in rows]
+    for i in range(len(rows) - patience + 1):
+        if all(holds[i : i + patience]):
+            time = float(rows[i][unit])
+            if interpolate and i > 0:
+                before, after = rows[i - 1], rows[i]
+                span = before[threshold.metric] - after[threshold.metric]
+                fraction = (before[threshold.metric] - threshold.level) / span if span else 1.0
+                time = float(before[unit]) + fraction * (float(after[unit]) - time)
+            return Crossing(time, True, int(rows[i]["step"]))
+    return Crossing(float(rows[-1][unit]), False)
+
+
 class ThresholdTracker(Callback):
     """Record when each threshold is first reached, and what it cost, at every validation.
 
@@ -56,8 +97,9 @@ class ThresholdTracker(Callback):
     atomically after each validation): each threshold as ``{metric, mode, level, name,
     reached}``, the ``history`` of every validation (fractional epoch, step, images seen,
     seconds, the CPU share the run got, and the validation metrics), and ``finished``
-    once training ends. They are also logged as ``thresholds/<name>/epoch`` etc. (and
-    registered in TensorBoard's hparams view) and printed at the end.
+    once training ends. The epoch is also logged as ``thresholds/<name>`` (a column of
+    TensorBoard's HPARAMS table: :class:`~segment.callbacks.HyperparameterTable`), and the
+    table is printed at the end.
 
     Args:
         val_loss: Loss thresholds, e.g. ``[1.0, 0.7, 0.5]`` (strictly decreasing).
@@ -72,8 +114,8 @@ class ThresholdTracker(Callback):
 
     def __init__(
         self,
-        val_loss: Sequence[float] = (1.0, 0.7, 0.5),
-        val_miou: Sequence[float] = (0.3, 0.5, 0.6),
+        val_loss: Sequence[float] = (),
+        val_miou: Sequence[float] = (),
         loss_metric: str = "val/loss",
         patience: int = 1,
         stop_when_reached: str | None = None,
@@ -100,7 +142,6 @@ class ThresholdTracker(Callback):
             raise ValueError(f"thresholds.stop_when_reached={stop_when_reached!r}; expected one of {names}")
         self.stop_when_reached = stop_when_reached
         self.reached: dict[str, dict[str, Any] | None] = dict.fromkeys(names)
-        self._streaks: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         self.history: list[dict[str, Any]] = []
         self.finished = False
         self.images_seen = 0
@@ -113,7 +154,6 @@ class ThresholdTracker(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "reached": self.reached,
-            "streaks": self._streaks,
             "history": self.history,
             "images_seen": self.images_seen,
             "seconds": self.seconds,
@@ -122,17 +162,9 @@ class ThresholdTracker(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reached.update({k: v for k, v in state["reached"].items() if k in self.reached})
-        self._streaks.update({k: v for k, v in state["streaks"].items() if k in self._streaks})
         self.history = list(state.get("history", []))
         self.images_seen, self.seconds = state["images_seen"], state["seconds"]
         self._batches_in_epoch = int(state.get("batches_in_epoch", 0))
-
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Register the thresholds as metrics of TensorBoard's hparams view (NaN until reached).
-        metrics = {f"thresholds/{name}/{key}": float("nan") for name in self.reached for key in _LOGGED}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(dict(logger.hparams), metrics=metrics)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._clock, self._cpu_clock = time.perf_counter(), time.process_time()
@@ -173,21 +205,16 @@ class ThresholdTracker(Callback):
         self.history.append({**point, "cpu_share": share, **logged})
         for threshold in self.thresholds:
             name = threshold.name
-            if self.reached[name] is not None or threshold.metric not in logged:
+            crossing = None if self.reached[name] else first_crossing(self.history, threshold, self.patience)
+            if crossing is None or not crossing.reached:
                 continue
-            streak = self._streaks[name]
-            if not threshold.holds(logged[threshold.metric]):
-                streak.clear()
-                continue
-            streak.append({**point, "value": logged[threshold.metric]})
-            if len(streak) >= self.patience:
-                self.reached[name] = streak[0]
-                for logger in trainer.loggers:
-                    logger.log_metrics({f"thresholds/{name}/{key}": streak[0][key] for key in _LOGGED},
-                                       step=trainer.global_step)  # fmt: skip
-                if name == self.stop_when_reached:
-                    log.info("threshold %s reached at epoch %g: stopping", name, streak[0]["epoch"])
-                    trainer.should_stop = True
+            row = next(row for row in self.history if row["step"] == crossing.step)
+            self.reached[name] = {key: row[key] for key in point} | {"value": row[threshold.metric]}
+            for logger in trainer.loggers:  # one metric per level (the HPARAMS table's column)
+                logger.log_metrics({f"thresholds/{name}": row["epoch"]}, step=trainer.global_step)
+            if name == self.stop_when_reached:
+                log.info("threshold %s reached at epoch %g: stopping", name, row["epoch"])
+                trainer.should_stop = True
         if trainer.is_global_zero:
             self._write(trainer)
 

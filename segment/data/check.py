@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from PIL import Image
 
 from segment.config import config_dir
 from segment.data.datamodule import SegmentationDataModule
-from segment.data.dataset import DatasetStatistics, SegmentationDataset
+from segment.data.dataset import DatasetStatistics, Sample, SegmentationDataset
 
 __all__ = ["DatasetReport", "check_datamodule", "main"]
 
 CONF_DIR = config_dir()
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 @dataclass
@@ -82,10 +84,27 @@ def check_datamodule(datamodule: SegmentationDataModule, threads: int | None = N
         if not samples:
             report.problems.append(f"{split}: the split is empty")
             continue
-        stats = SegmentationDataset(samples, info).scan(threads=threads)
+        stats = SegmentationDataset(samples, info).scan(threads=threads, progress=f"check {info.name}/{split}")
         report.problems += [f"{split}: {problem}" for problem in stats.problems]
+        report.problems += [f"{split}: {problem}" for problem in _exif_problems(samples)]
         report.splits[split], report.counts[split] = stats, len(samples)
     return report
+
+
+def _exif_problems(samples: Sequence[Sample]) -> list[str]:
+    """Images with an EXIF orientation tag: a viewer shows them rotated, training reads the stored pixels."""
+    found = []
+    for sample in samples:
+        try:
+            with Image.open(sample.image) as image:
+                orientation = image.getexif().get(_ORIENTATION, 1)
+        except OSError:
+            continue  # unreadable: the scan reported it
+        if orientation != 1:
+            found.append(f"{sample.image} has EXIF orientation {orientation}: viewers rotate it, training reads the "
+                         "stored pixels (as for its mask). If the mask was drawn on the rotated view, save the image "
+                         "rotated, without the tag")  # fmt: skip
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:

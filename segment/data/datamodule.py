@@ -6,10 +6,14 @@ belong to which split.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from lightning import LightningDataModule
@@ -31,8 +35,8 @@ class SegmentationDataModule(LightningDataModule):
     override :meth:`prepare_data` to download or generate files.
 
     Args:
-        image_size: ``(height, width)`` the model sees; each a multiple of 32 (the U-Net
-            downsamples five times).
+        image_size: ``(height, width)`` the model sees; each a multiple of the net's
+            downsampling (32 for the smp U-Nets; the module checks it when training starts).
         transforms: ``{"train": ..., "val": ...}`` albumentations pipelines (built from the
             ``data/transforms`` config group).
         batch_size: Images per batch.
@@ -72,12 +76,9 @@ class SegmentationDataModule(LightningDataModule):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if len(image_size) != 2 or any(int(s) <= 0 or int(s) % 32 for s in image_size):
-            padded = [max(32, -(-int(s) // 32) * 32) for s in image_size]
-            raise ValueError(
-                f"data.image_size={list(image_size)}: height and width must be positive multiples of 32 "
-                f"(the U-Net halves the resolution five times); try data.image_size={padded}"
-            )
+        if len(image_size) != 2 or any(int(s) <= 0 for s in image_size):
+            raise ValueError(f"data.image_size={list(image_size)}: expected [height, width], both positive "
+                             "(multiples of the net's downsampling: 32 for the smp U-Nets)")  # fmt: skip
         missing = {"train", "val"} - set(transforms)
         if missing:
             raise ValueError(f"data.transforms lacks {sorted(missing)}; it needs a 'train' and a 'val' pipeline")
@@ -114,6 +115,13 @@ class SegmentationDataModule(LightningDataModule):
             for dataset in (self.train_dataset, self.val_dataset):
                 if self.cache or self.verify:
                     dataset.preload(cache=self.cache)
+            checked = self.val_dataset.statistics
+            if checked is not None and not checked.pixels.any():
+                raise ValueError(
+                    f"{self.info.name}: no validation mask has a labelled pixel (every pixel is void, ignored): "
+                    "val/loss would be 0 and every threshold reached at once. Check the val masks and the "
+                    "dataset's label mapping (python -m segment.data check ...)"
+                )
             cached = self.train_dataset.cache_bytes + self.val_dataset.cache_bytes
             log.info(
                 "%s: %d train / %d val samples, %d classes, model input %dx%d%s",
@@ -124,6 +132,17 @@ class SegmentationDataModule(LightningDataModule):
                 *self.image_size,
                 f", {cached / 2**20:.0f} MiB cached in RAM" if self.cache else "",
             )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a run trains and validates on, wherever the files lie: the dataset, its split sizes and a hash of
+        its file names relative to their common folder (``run.json``, every checkpoint). A continued or skipped
+        run is refused on other data."""
+        files = {split: self.samples(split) for split in ("train", "val")}
+        paths = [path for samples in files.values() for sample in samples for path in (sample.image, sample.mask)]
+        base = os.path.commonpath([str(path) for path in paths]) if paths else ""
+        names = "\n".join(sorted(os.path.relpath(path, base) for path in paths))
+        return {"dataset": self.info.name, "train": len(files["train"]), "val": len(files["val"]),
+                "files": hashlib.sha1(names.encode()).hexdigest()[:16]}  # fmt: skip
 
     def dataset(self, split: str) -> SegmentationDataset:
         """A dataset of ``split`` with this module's transforms (augmentation for ``train`` only)."""
@@ -196,7 +215,15 @@ class SegmentationDataModule(LightningDataModule):
             # resumed run creates its iterators at other moments than an uninterrupted one, and dropout draws
             # from the global RNG (augmentation is seeded per item: segment/data/sampling.py).
             "generator": torch.Generator().manual_seed(0),
+            "worker_init_fn": _leave_stop_signals_to_the_trainer if self.num_workers > 0 else None,
         }
+
+
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """Loader workers ignore SIGTERM and SIGINT: a ``kill`` of the process group (a preemption, Ctrl-C) reaches
+    the training process, which stops cleanly and shuts its workers down, instead of failing on dead workers."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_context() -> multiprocessing.context.BaseContext | None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from segment.data.labels import DatasetInfo
 
@@ -120,8 +121,12 @@ def pair_files(
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to ``(H, W, 3)`` uint8 RGB, naming the file on failure."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """Decode an image file to ``(H, W, 3)`` uint8 RGB as stored, naming the file on failure.
+
+    An EXIF orientation tag is not applied: masks (PNGs) carry none, so image and mask stay
+    aligned pixel for pixel (``python -m segment.data check`` flags tagged images).
+    """
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise OSError(f"cannot read image {path} (missing, unreadable or not an image)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -228,13 +233,14 @@ class SegmentationDataset(Dataset):
             return image.copy(), mask.copy()  # augmentations must never alter the cache
         return self.decode(index)
 
-    def scan(self, cache: bool = False, threads: int | None = None) -> DatasetStatistics:
+    def scan(self, cache: bool = False, threads: int | None = None, progress: str | None = None) -> DatasetStatistics:
         """Decode every sample once: image sizes, label counts, masks without a labelled pixel, problems.
 
         Args:
             cache: Keep the decoded samples in RAM for all later epochs. DataLoader workers
                 forked afterwards share these pages instead of decoding again.
             threads: Decoding threads (OpenCV and PIL release the GIL); default: all cores.
+            progress: Show a progress bar with this label.
         """
         stats = DatasetStatistics(np.zeros(self.info.num_classes, np.int64), np.zeros(self.info.num_classes, np.int64))
         decoded: list = [None] * len(self.samples)
@@ -246,7 +252,8 @@ class SegmentationDataset(Dataset):
                 return str(err)
 
         with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-            for index, result in enumerate(pool.map(work, range(len(self.samples)))):
+            results = pool.map(work, range(len(self.samples)))
+            for index, result in enumerate(tqdm(results, progress, len(self.samples), disable=progress is None)):
                 if isinstance(result, str):
                     stats.problems.append(result)
                     continue

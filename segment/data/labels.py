@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import colorsys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 __all__ = [
     "CAMVID_INFO",
+    "THIN_CLASSES",
     "CITYSCAPES_ALL_INFO",
     "CITYSCAPES_INFO",
     "KITTI_ROAD_INFO",
     "DatasetInfo",
     "LabelError",
+    "annotated",
     "colorize",
     "default_palette",
 ]
+
+
+# Thin structures of the road datasets (by class name): the study's calibration shows their IoU against the loss.
+THIN_CLASSES = (
+    "pole", "sign_symbol", "traffic_sign", "traffic_light", "pedestrian", "person",
+    "bicyclist", "rider", "bicycle", "fence", "lane_marking",
+)  # fmt: skip
 
 
 class LabelError(ValueError):
@@ -271,3 +281,33 @@ KITTI_ROAD_INFO = DatasetInfo(
     palette=((255, 0, 0), (255, 0, 255)),
     mask_colors={(255, 0, 0): 0, (255, 0, 255): 1, (0, 0, 0): 255},
 )
+
+
+def annotated(sheet: np.ndarray, titles: Sequence[str], class_names: Sequence[str], palette: Sequence) -> np.ndarray:
+    """A mask sheet with a title over each of its equal-width columns and a class-colour legend below it.
+
+    Args:
+        sheet: ``(H, W, 3)`` uint8, ``len(titles)`` columns side by side (rows of images stacked).
+        titles: One per column (``input``, ``truth``, ``prediction``, ...).
+        class_names: The dataset's classes, in palette order.
+        palette: ``(C, 3)`` RGB colours.
+    """
+    font, scale, line = cv2.FONT_HERSHEY_SIMPLEX, 0.4, 14
+    width = sheet.shape[1]
+    header = np.full((line + 4, width, 3), 255, np.uint8)
+    for index, title in enumerate(titles):
+        left = index * width // len(titles) + 3
+        cv2.putText(header, str(title), (left, line), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    entries, x, rows = [], 0, 0
+    for name, color in zip(class_names, palette, strict=False):
+        size = 14 + cv2.getTextSize(str(name), font, scale, 1)[0][0] + 10
+        if x and x + size > width:
+            x, rows = 0, rows + 1
+        entries.append((x, rows, name, color))
+        x += size
+    legend = np.full(((rows + 1) * (line + 2) + 2, width, 3), 255, np.uint8)
+    for x, row, name, color in entries:
+        top = row * (line + 2) + 3
+        legend[top : top + 10, x + 2 : x + 12] = color
+        cv2.putText(legend, str(name), (x + 15, top + 9), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([header, sheet, legend])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from segment.data.labels import DatasetInfo
 from segment.files import write_png
@@ -433,7 +434,7 @@ def generate_split(
         log.info(
             "rendering %d synthetic %s scenes (%dx%d) into %s", len(missing), split, height, width, images_dir.parent
         )
-    for index in missing:
+    for index in tqdm(missing, f"render synthetic {split}", disable=not missing):
         image_path, mask_path = images_dir / f"{index:05d}.png", masks_dir / f"{index:05d}.png"
         rng = np.random.default_rng([seed, _SPLIT_IDS[split], index])
         image, mask = render_scene(rng, height, width)

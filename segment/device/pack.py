@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from safetensors.torch import save
+from tqdm import tqdm
 
 from segment.files import sha256, write_atomic
 from segment.models.hed import HED_CONVERTED, hed_state_dict
@@ -107,7 +108,7 @@ def pack_camvid(source: Path, target: Path, quality: int, max_images: int | None
         images = sorted((source / split).glob("*.png"))[:max_images]
         (target / split).mkdir(parents=True, exist_ok=True)
         (target / f"{split}annot").mkdir(parents=True, exist_ok=True)
-        for image in images:
+        for image in tqdm(images, f"pack camvid/{split}", unit="image"):
             mask = source / f"{split}annot" / image.name
             ok, encoded = cv2.imencode(".jpg", cv2.imread(str(image), cv2.IMREAD_COLOR),
                                        [cv2.IMWRITE_JPEG_QUALITY, quality])  # fmt: skip

@@ -12,8 +12,6 @@ from segment.models import SegmentationModule
 
 __all__ = ["Predictor"]
 
-_STRIDE = 32  # a U-Net with five poolings needs inputs divisible by 32
-
 
 class Predictor:
     """Logits at the input's own size for any image size, batched.
@@ -24,7 +22,7 @@ class Predictor:
       logits of overlapping tiles averaged (for images much larger than the training crops);
     - ``input_size`` ``(h, w)``: resize the input, predict, resize the logits back
       bilinearly (then argmax) -- evaluation at the training resolution;
-    - neither: pad to a multiple of 32 with the mean colour and crop the logits.
+    - neither: pad to a multiple of the net's downsampling with the mean colour and crop the logits.
 
     Args:
         module: The trained module (put in eval mode here).
@@ -47,8 +45,9 @@ class Predictor:
         self.module = module.eval()
         self.device = next(module.parameters()).device
         self.precision = precision
-        self.input_size = _size("input_size", input_size)
-        self.window = _size("sliding_window.size", window)
+        self.multiple = module.size_multiple
+        self.input_size = _size("input_size", input_size, self.multiple)
+        self.window = _size("sliding_window.size", window, self.multiple)
         if window_stride is not None and self.window is None:
             raise ValueError("sliding_window.stride needs sliding_window.size")
         if window_stride is not None:
@@ -103,7 +102,7 @@ class Predictor:
 
     def _padded(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
-        pad_h, pad_w = -height % _STRIDE, -width % _STRIDE
+        pad_h, pad_w = -height % self.multiple, -width % self.multiple
         if pad_h or pad_w:
             canvas = torch.empty(
                 (*images.shape[:2], height + pad_h, width + pad_w), dtype=images.dtype, device=images.device
@@ -130,15 +129,15 @@ class Predictor:
         return total / count
 
 
-def _size(key: str, size: Sequence[int] | None) -> tuple[int, int] | None:
-    """A ``[h, w]`` option checked: two positive multiples of 32, or an error naming the key and a fix."""
+def _size(key: str, size: Sequence[int] | None, multiple: int) -> tuple[int, int] | None:
+    """A ``[h, w]`` option checked: two positive multiples of the net's downsampling, or an error naming a fix."""
     if not size:
         return None
     values = tuple(int(v) for v in size)
-    if len(values) != 2 or any(v < _STRIDE or v % _STRIDE for v in values):
-        fixed = [max(_STRIDE, round(v / _STRIDE) * _STRIDE) for v in values]
+    if len(values) != 2 or any(v < multiple or v % multiple for v in values):
+        fixed = [max(multiple, -(-v // multiple) * multiple) for v in values]
         raise ValueError(
-            f"{key}={list(size)}: height and width must be positive multiples of {_STRIDE} (the U-Net halves the "
-            f"resolution five times); try {key}={fixed}"
+            f"{key}={list(size)}: height and width must be positive multiples of {multiple} (the net downsamples "
+            f"{multiple}x); try {key}={fixed}"
         )
     return values

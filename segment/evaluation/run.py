@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import time
@@ -17,9 +18,10 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from segment.checkpoints import check_trusted_targets, read_checkpoint
+from segment.checkpoints import check_trusted_targets, find_checkpoint, read_checkpoint
+from segment.config import parse_overrides
 from segment.data.dataset import IMAGE_SUFFIXES, SegmentationDataset, read_image
-from segment.data.labels import DatasetInfo, colorize, default_palette
+from segment.data.labels import DatasetInfo, annotated, colorize, default_palette
 from segment.evaluation.figures import confusion_figure, mask_sheet, overlay
 from segment.evaluation.inference import Predictor
 from segment.files import write_atomic, write_png
@@ -30,6 +32,10 @@ from segment.precision import resolve_precision
 __all__ = ["evaluate", "export", "load_checkpoint", "predict", "run", "run_data_config"]
 
 log = logging.getLogger(__name__)
+
+
+# What mode=evaluate writes into its folder.
+_EVALUATION_FILES = ("metrics.json", "evaluation.md", "confusion_matrix.png", "sheets", "tensorboard")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -47,8 +53,8 @@ def _device(name: str) -> torch.device:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> SegmentationModule:
-    """A trained module from a ``train.py`` checkpoint, in eval mode (errors name the file)."""
-    return SegmentationModule.from_checkpoint(path).to(device).eval()
+    """A trained module from a ``train.py`` checkpoint or a run folder's newest, in eval mode (errors name it)."""
+    return SegmentationModule.from_checkpoint(find_checkpoint(path)[0]).to(device).eval()
 
 
 def run_data_config(cfg: DictConfig) -> DictConfig:
@@ -59,7 +65,7 @@ def run_data_config(cfg: DictConfig) -> DictConfig:
     config's ``_target_``s are checked against the data allow-list first.
     """
     explicit, keys = _data_overrides()
-    saved = read_checkpoint(cfg.ckpt_path, "ckpt_path", mmap=True).get("config", {}).get("data")
+    saved = read_checkpoint(find_checkpoint(cfg.ckpt_path)[0], "ckpt_path", mmap=True).get("config", {}).get("data")
     if explicit:
         return cfg.data
     if saved is None:
@@ -68,7 +74,7 @@ def run_data_config(cfg: DictConfig) -> DictConfig:
                     cfg.ckpt_path, cfg.data.get("_target_"))  # fmt: skip
         return cfg.data
     check_trusted_targets(saved, f"{cfg.ckpt_path}: config.data", kind="data")
-    data = OmegaConf.create(saved)
+    data = OmegaConf.create(saved)  # read_checkpoint refused any interpolation in it
     for key in keys:
         OmegaConf.update(data, key[len("data.") :], OmegaConf.select(cfg, key), merge=False, force_add=True)
     log.info("data config from the checkpoint%s", f", with {', '.join(keys)} from the command line" if keys else "")
@@ -79,14 +85,22 @@ def _data_overrides() -> tuple[bool, list[str]]:
     """Whether the command line chose a data config (``data=camvid``), and which ``data.*`` keys it set."""
     if not HydraConfig.initialized():
         return True, []  # composed in code: the caller's cfg.data is meant
-    explicit, keys = False, []
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key == "data" or key.startswith("data/"):
-            explicit = True
-        elif key.startswith("data."):
-            keys.append(key)
-    return explicit, keys
+    keys = list(parse_overrides(HydraConfig.get().overrides.task))
+    return any(k == "data" or k.startswith("data/") for k in keys), [k for k in keys if k.startswith("data.")]
+
+
+def _own_folder(folder: Path, names: Iterable[str]) -> Path:
+    """``folder``, checked to be this command's to write ``names`` into: not a training run's folder, and none
+    of ``names`` already there (an evaluation never writes over a file it did not create)."""
+    if (folder / "run.json").is_file() or (folder / "checkpoints").is_dir():
+        raise ValueError(f"{folder} is a training run's folder; evaluate.py writes only into a folder of its own "
+                         "(logs/evaluate/runs/<time> by default; or hydra.run.dir=<new folder>)")  # fmt: skip
+    taken = [name for name in names if (folder / name).exists()]
+    if taken:
+        raise FileExistsError(f"{folder / taken[0]} exists: evaluate.py never writes over a file it did not create "
+                              "just now; choose a new folder (hydra.run.dir=<folder> or output=<folder>)")  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _check_classes(module: SegmentationModule, info: DatasetInfo, ckpt_path: str) -> None:
@@ -124,15 +138,15 @@ def _same_size_runs(items: list[dict]) -> Iterable[list[dict]]:
 
 def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; write metrics, tables and figures."""
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = _own_folder(Path(cfg.paths.output_dir), _EVALUATION_FILES)
     device = _device(cfg.device)
     module = load_checkpoint(cfg.ckpt_path, device)
     data_config = run_data_config(cfg)
     datamodule = instantiate(data_config)
     info = datamodule.info
     _check_classes(module, info, cfg.ckpt_path)
-    datamodule.prepare_data()
+    if _data_overrides()[0]:  # never download or render into a folder that a checkpoint's data config names
+        datamodule.prepare_data()
     if cfg.split not in datamodule.splits:
         raise ValueError(f"split={cfg.split!r}; {info.name} has {list(datamodule.splits)}")
     if cfg.resolution not in ("native", "model"):
@@ -156,7 +170,7 @@ def evaluate(cfg: DictConfig) -> dict:
     confusion = metric.compute()
     scores = evaluation_scores(confusion, info.class_names)
     report = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+        "checkpoint": str(find_checkpoint(cfg.ckpt_path)[0].resolve()),
         "dataset": info.name,
         "split": cfg.split,
         "num_images": len(dataset),
@@ -167,7 +181,7 @@ def evaluate(cfg: DictConfig) -> dict:
         "precision": predictor.precision,
         "device": str(device),
         "images_per_s": len(dataset) / seconds if seconds else None,
-        "encoder_weights_used": module.hparams.get("encoder_weights_used"),
+        "encoder_weights_used": module.weights_record.as_dict(),
         **scores,
         "confusion": confusion.tolist(),
     }
@@ -197,9 +211,9 @@ def _sheets(dataset: SegmentationDataset, predictor: Predictor, info: DatasetInf
         item = dataset[int(index)]
         prediction = predictor.logits(item["image"][None]).argmax(dim=1)[0].cpu().numpy()
         image = item["image"].permute(1, 2, 0).numpy()
-        sheets.append(
-            (int(index), mask_sheet(image, item["mask"].numpy(), prediction, info.palette, info.ignore_index))
-        )
+        row = mask_sheet(image, item["mask"].numpy(), prediction, info.palette, info.ignore_index)
+        titles = ["input", "truth", "prediction", "errors (red)"]
+        sheets.append((int(index), annotated(row, titles, info.class_names, info.palette)))
     return sheets
 
 
@@ -250,29 +264,41 @@ def _markdown(report: dict) -> str:
 def _input_images(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        stems: dict[str, Path] = {}
-        for image in images:
-            if image.stem in stems:  # outputs are named by stem: one would overwrite the other
-                raise ValueError(
-                    f"input={path}: {stems[image.stem]} and {image} have the same name; their predictions "
-                    f"({image.stem}_mask.png, ...) would overwrite each other. Rename one"
-                )
-            stems[image.stem] = image
-        if images:
-            return images
+    if not path.is_dir():
+        raise FileNotFoundError(f"input={path}: no such file or folder")
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    others = [p.name for p in files if p not in images]
+    if others:
+        shown = ", ".join(others[:10]) + (" ..." if len(others) > 10 else "")
+        log.warning("input=%s: skipping %d file(s) that are not %s images: %s", path, len(others),
+                    "/".join(IMAGE_SUFFIXES), shown)  # fmt: skip
+    stems: dict[str, Path] = {}
+    for image in images:
+        if image.stem in stems:  # outputs are named by stem: one would overwrite the other
+            raise ValueError(
+                f"input={path}: {stems[image.stem]} and {image} have the same name; their predictions "
+                f"({image.stem}_mask.png, ...) would overwrite each other. Rename one"
+            )
+        stems[image.stem] = image
+    if not images:
         raise FileNotFoundError(f"input={path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-    raise FileNotFoundError(f"input={path}: no such file or folder")
+    return images
 
 
 def predict(cfg: DictConfig) -> dict:
     """Colour masks, class-index masks and overlays for unlabelled images of any size."""
     if not cfg.input:
         raise ValueError("mode=predict needs input=<image or folder>")
-    inputs = _input_images(Path(cfg.input))
+    source = Path(cfg.input)
+    inputs = _input_images(source)
     output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "predictions"
-    output.mkdir(parents=True, exist_ok=True)
+    folder = (source if source.is_dir() else source.parent).resolve()
+    if output.resolve() == folder or folder in output.resolve().parents:
+        raise ValueError(f"output={output} is inside input={source}: predictions would mix with (or overwrite) the "
+                         "images they come from; choose a folder outside it")  # fmt: skip
+    names = [f"{path.stem}_{kind}.png" for path in inputs for kind in ("labels", "mask", "overlay")]
+    output = _own_folder(output, names)
     module = load_checkpoint(cfg.ckpt_path, _device(cfg.device))
     predictor = _predictor(cfg, module)
     palette = _palette(module, cfg)
@@ -306,8 +332,9 @@ def export(cfg: DictConfig) -> dict:
     """
     if cfg.format != "onnx":
         raise ValueError(f"format={cfg.format!r}; only 'onnx' is supported")
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
+        raise ModuleNotFoundError("mode=export needs the onnx extra: pip install -e '.[onnx]'")
+    output_dir = _own_folder(Path(cfg.paths.output_dir), ("model.onnx", "model.json"))
     module = load_checkpoint(cfg.ckpt_path, "cpu").float()
     path = output_dir / "model.onnx"
     height, width = 64, 96

@@ -36,6 +36,8 @@ class LabUNet(nn.Module):
         dropout: Dropout2d rate after every convolution of the blocks.
     """
 
+    size_multiple = 4  # two poolings: input height and width must be multiples of 4
+
     def __init__(
         self, classes: int, in_channels: int = 3, channels: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.3
     ) -> None:
@@ -104,6 +106,8 @@ class LabVGGUNet(nn.Module):
             :func:`segment.models.nets.build_net` resolves, records and loads into
             ``encoder.features`` (torchvision's VGG16 names), as for smp's VGG16 encoders.
     """
+
+    size_multiple = 16  # four poolings
 
     def __init__(self, classes: int, frozen_blocks: int = 2, final_relu: bool = True, dropout: float = 0.1,
                  encoder_weights: str | None = None) -> None:  # fmt: skip

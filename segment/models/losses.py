@@ -14,12 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
     "CLASS_WEIGHTINGS", "CrossEntropyLoss", "SumOfLosses", "class_weights", "needs_class_statistics",
-    "resolve_class_weights",
+    "resolve_class_weights", "with_class_weights",
 ]  # fmt: skip
 
 CLASS_WEIGHTINGS = ("median_frequency", "inverse_log")
@@ -68,6 +69,19 @@ def resolve_class_weights(config: Any, statistics: Any) -> Any:
     if isinstance(config, list | tuple):
         return [resolve_class_weights(item, statistics) for item in config]
     return config
+
+
+def with_class_weights(config: Any, datamodule: Any) -> Any:
+    """The ``model.loss`` config to build, with every class-weighting method replaced by its weights.
+
+    The weights come from the training split's label counts, so the data module is set up
+    here, and only here, when a method is named (``loss=ce_balanced``).
+    """
+    config = OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
+    if not needs_class_statistics(config):
+        return config
+    datamodule.setup("fit")
+    return resolve_class_weights(config, datamodule.train_dataset.statistics or datamodule.train_dataset.scan())
 
 
 def needs_class_statistics(config: Any) -> bool:

@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric
 
 from segment.checkpoints import check_trusted_targets, read_checkpoint
 from segment.models.metrics import confusion_metric, confusion_scores
-from segment.models.nets import build_net
+from segment.models.nets import build_net, size_multiple
 from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from segment.models.weights import WeightsRecord
 
@@ -64,8 +64,8 @@ class SegmentationModule(LightningModule):
         std: Per-channel RGB standard deviation in ``[0, 1]`` units.
         channels_last: Run convolutions in NHWC, faster with bf16 on CPUs and tensor cores.
         weights_fallback: VGG16 encoders asking for ``imagenet``: use HED's VGG16 weights,
-            with a warning, when ImageNet's cannot be had. The source actually used is in
-            ``hparams.encoder_weights_used``.
+            with a warning, when ImageNet's cannot be had. The source actually used is
+            :attr:`weights_record` (saved in every checkpoint as ``encoder_weights_used``).
         encoder_lr_mult: The encoder's learning rate is the base rate times this (a second
             parameter group, named ``encoder``); 1.0: one group.
         init_from: A checkpoint of this module to take the weights from (same net and
@@ -124,9 +124,11 @@ class SegmentationModule(LightningModule):
             logger=False,
         )
         num_classes = len(class_names)
-        self.net, record = build_net(self.hparams.net, num_classes, weights_fallback)
-        # Stored with the checkpoint, so a results table can always say which weights a run started from.
-        self.hparams["encoder_weights_used"] = record.as_dict()
+        # Which encoder weights the net started from: saved with every checkpoint (on_save_checkpoint).
+        self.net, self.weights_record = build_net(self.hparams.net, num_classes, weights_fallback)
+        if encoder_lr_mult != 1.0 and getattr(self.net, "encoder", None) is None:
+            raise ValueError(f"model.encoder_lr_mult={encoder_lr_mult}: {type(self.net).__name__} has no encoder "
+                             "(net.encoder) to give another rate; remove the key")  # fmt: skip
         # not recursive: a SumOfLosses builds its terms itself, each with the ignore index
         self.criterion = instantiate(self.hparams.loss, ignore_index=ignore_index, _recursive_=False)
         # uint8 -> normalised float in one multiply-add: x * scale + shift.
@@ -169,9 +171,9 @@ class SegmentationModule(LightningModule):
         return list(self.hparams.class_names)
 
     @property
-    def weights_record(self) -> WeightsRecord:
-        """Which encoder weights this module started from."""
-        return WeightsRecord(**self.hparams.encoder_weights_used)
+    def size_multiple(self) -> int:
+        """What input height and width must be multiples of (the net's downsampling)."""
+        return size_multiple(self.net)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` uint8 RGB (or float in ``[0, 255]``) -> ``(B, C, H, W)`` logits."""
@@ -221,6 +223,14 @@ class SegmentationModule(LightningModule):
     def on_validation_start(self) -> None:  # before the checkpoint that follows a validation
         self._check_finite()
 
+    def on_fit_start(self) -> None:
+        size = getattr(self.trainer.datamodule, "image_size", None)
+        multiple = self.size_multiple
+        if size and any(int(s) % multiple for s in size):
+            fitting = [-(-int(s) // multiple) * multiple for s in size]
+            raise ValueError(f"data.image_size={list(size)}: this net downsamples {multiple}x, so height and "
+                             f"width must be multiples of {multiple}; try data.image_size={fitting}")  # fmt: skip
+
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path:
             log.info("resumed from epoch %d (global step %d) of %s", self.current_epoch, self.global_step,
@@ -231,6 +241,7 @@ class SegmentationModule(LightningModule):
     # the sanity check between load and training inside isolate_rng, so it draws nothing.)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["rng_states"] = rng_states()
+        checkpoint["encoder_weights_used"] = self.weights_record.as_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
@@ -310,9 +321,8 @@ class SegmentationModule(LightningModule):
         hparams = dict(checkpoint["hyper_parameters"])
         for key in ("net", "loss", "optimizer", "scheduler"):
             check_trusted_targets(hparams.get(key), f"{path}: hyper_parameters.{key}")
-        used = hparams.pop("encoder_weights_used", None)
-        hparams["init_from"] = None  # the checkpoint's own weights replace them anyway
-        hparams["compile"] = False
+        # the checkpoint's own weights replace any pretrained ones: build nothing else, fetch nothing
+        hparams |= {"init_from": None, "compile": False}
         if "encoder_weights" in hparams["net"]:
             hparams["net"] = {**hparams["net"], "encoder_weights": None}
         scheduler = hparams.get("scheduler")
@@ -321,8 +331,9 @@ class SegmentationModule(LightningModule):
         known = inspect.signature(cls.__init__).parameters
         module = cls(**{key: value for key, value in hparams.items() if key in known})
         module.load_state_dict({**module._running_state(), **checkpoint["state_dict"]})
-        if used is not None:
-            module.hparams["encoder_weights_used"] = used
+        # what the run started from (older checkpoints kept it among the hyperparameters)
+        used = checkpoint.get("encoder_weights_used") or hparams.get("encoder_weights_used")
+        module.weights_record = WeightsRecord(**used) if used else module.weights_record
         return module.to(map_location)
 
 

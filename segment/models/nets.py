@@ -24,7 +24,7 @@ from torch import nn
 from segment.files import sha256
 from segment.models.weights import WeightsRecord, load_encoder_weights, resolve_encoder_weights
 
-__all__ = ["build_net", "check_net_config"]
+__all__ = ["build_net", "check_net_config", "size_multiple"]
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,14 @@ def check_net_config(config: dict[str, Any]) -> None:
     smp passes unknown keywords on to its encoders, which drop them silently (a misspelt
     ``encoder_depthh`` would train the default depth); this names the key and the nearest valid one.
     """
+    if "classes" in config:
+        raise ValueError("model.net.classes: the number of classes comes from the dataset (its class names); "
+                         "remove the key, or choose another data config")  # fmt: skip
     allowed = _smp_keys(config)
     if allowed is None:
         return
     for key in config:
-        if key.startswith("_") or key == "classes":
+        if key.startswith("_"):
             continue
         if key not in allowed:
             close = difflib.get_close_matches(key, sorted(allowed), n=2)
@@ -81,6 +84,12 @@ def check_net_config(config: dict[str, Any]) -> None:
             f"model.net.encoder_name={encoder!r} is not an smp encoder"
             f"{'; did you mean ' + ' or '.join(close) if close else ''} (list: smp.encoders.get_encoder_names())"
         )
+
+
+def size_multiple(net: nn.Module) -> int:
+    """What the height and width of a net's input must be multiples of: its encoder's total downsampling."""
+    encoder = getattr(net, "encoder", None)
+    return int(getattr(encoder, "output_stride", None) or getattr(net, "size_multiple", 1))
 
 
 def build_net(config: dict[str, Any], num_classes: int, fallback: bool) -> tuple[nn.Module, WeightsRecord]:

@@ -1,0 +1,69 @@
+"""TensorBoard's HPARAMS table (and the other loggers' hyperparameters): what a sweep varies, and how runs did."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from segment.callbacks.thresholds import ThresholdTracker
+
+__all__ = ["HyperparameterTable"]
+
+
+class HyperparameterTable(Callback):
+    """Log a run's hyperparameters once, with its final and best validation scores and thresholds as metrics.
+
+    The keys come from :func:`segment.config.hyperparameters` (``train.py`` passes them as
+    ``params``): the run's own overrides first, named as in job folders, each key once; the
+    encoder weights actually loaded and the precision trained in are added here. Metrics:
+    ``final/<name>`` and ``best/<name>`` for each of ``metrics`` (best: lowest loss, highest
+    score) and ``thresholds/<level>``, the fractional epoch at which the threshold tracker
+    found each level reached (NaN until then).
+
+    Args:
+        params: The hyperparameters (set by ``train.py``).
+        metrics: Validation metrics to report, losses first (``*loss*`` is minimised).
+    """
+
+    def __init__(self, params: Mapping[str, Any] | None = None,
+                 metrics: Sequence[str] = ("val/loss", "val/miou", "val/pixel_acc")) -> None:  # fmt: skip
+        self.params = dict(params or {})
+        self.metrics = list(metrics)
+        self.best: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = dict(state.get("best", {}))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        params = {**self.params, "encoder_weights": pl_module.weights_record.source,
+                  "precision": str(trainer.precision)}  # fmt: skip
+        levels = [f"thresholds/{t.name}" for cb in trainer.callbacks if isinstance(cb, ThresholdTracker)
+                  for t in cb.thresholds]  # fmt: skip
+        metrics = {f"{kind}/{name}": math.nan for name in self.metrics for kind in ("final", "best")}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):  # the HPARAMS tab shows only metrics declared with the params
+                logger.log_hyperparams(params, metrics=metrics | dict.fromkeys(levels, math.nan))
+            else:
+                logger.log_hyperparams(params)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        logged = trainer.callback_metrics
+        found = {name: float(logged[name]) for name in self.metrics if name in logged}
+        for name, value in found.items():
+            lower = "loss" in name
+            previous = self.best.get(name)
+            if previous is None or (value < previous if lower else value > previous):
+                self.best[name] = value
+        scores = {f"final/{name}": value for name, value in found.items()}
+        scores |= {f"best/{name}": value for name, value in self.best.items()}
+        for logger in trainer.loggers:
+            logger.log_metrics(scores, step=trainer.global_step)
