@@ -163,3 +163,45 @@ def test_allow_list_takes_nets_losses_optimisers_and_schedulers() -> None:
                    "segment.models.module.torch.save", "subprocess.run"):
         with pytest.raises(CheckpointError, match="refusing to build"):
             check_trusted_targets({"a": [{"_target_": target}]}, "test")
+
+
+def _crafted_checkpoint(tmp_path: Path, where: str, target: Path) -> Path:
+    """A real checkpoint whose string at ``where`` (dotted) would make OmegaConf build a file writer."""
+    module = SegmentationModule(
+        net={"_target_": "segment.models.LabUNet", "channels": [4, 8, 16]},
+        loss={"_target_": "torch.nn.CrossEntropyLoss"},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+        class_names=["a", "b"],
+    )
+    payload = "${oc.create:{_target_: segment.files.write_atomic, _args_: [" + str(target) + ", pwned]}}"
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 1,
+                  "config": {"data": {"_target_": "segment.data.SyntheticDataModule", "root": "data",
+                                      "image_size": [32, 32], "transforms": {}}}}  # fmt: skip
+    node = checkpoint
+    *parents, leaf = where.split(".")
+    for key in parents:
+        node[key] = dict(node[key])
+        node = node[key]
+    node[leaf] = payload
+    path = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("where", ["hyper_parameters.net.dropout", "hyper_parameters.net.channels",
+                                   "config.data.root"])  # fmt: skip
+def test_an_interpolation_in_a_checkpoint_is_refused_naming_the_key(tmp_path: Path, where: str) -> None:
+    """The allow-list looks at _target_ dicts; a string that OmegaConf resolves later is refused when the file is
+    read, before anything is built or composed, by the module and by evaluate.py alike."""
+    target = tmp_path / "written_by_checkpoint.txt"
+    path = _crafted_checkpoint(tmp_path, where, target)
+    refusal = rf"crafted.ckpt: {where}=.* may not hold interpolations or resolvers"
+    with pytest.raises(CheckpointError, match=refusal):
+        SegmentationModule.from_checkpoint(path)
+    with pytest.raises(CheckpointError, match=refusal):
+        read_checkpoint(path)
+    out = tmp_path / "eval"
+    result = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={path}", f"hydra.run.dir={out}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode != 0 and "may not hold interpolations or resolvers" in result.stderr
+    assert not target.exists() and not (tmp_path / "data").exists()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,15 +114,34 @@ def test_evaluation_equals_validation_during_training(trained: Path, tmp_path: P
     assert "| mIoU | pixel acc | mean class acc | fw IoU | mean Dice |" in (tmp_path / "evaluation.md").read_text()
 
 
-def test_a_sweep_job_checkpoint_is_evaluated_with_the_documented_quoting(trained: Path, tmp_path: Path) -> None:
-    # a sweep job's folder is named after its overrides: '=' and ',' that Hydra's grammar would parse
-    job = tmp_path / "loss=ce_balanced,seed=1"
-    (job / "checkpoints").mkdir(parents=True)
-    shutil.copy2(trained / "run" / "checkpoints" / "last.ckpt", job / "checkpoints" / "last.ckpt")
-    out = tmp_path / "eval=1,a"
-    run_script(["evaluate.py", f"ckpt_path='{job / 'checkpoints' / 'last.ckpt'}'", f"hydra.run.dir='{out}'",
-                f"paths.data_dir={trained / 'data'}", "num_sheets=0"])  # fmt: skip
-    assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
+def test_evaluation_writes_only_into_a_folder_of_its_own(trained: Path, tmp_path: Path) -> None:
+    """Never into a training run's folder, never over a file it did not just create, never inside its input."""
+    from segment.evaluation.run import evaluate, predict
+
+    run = trained / "run"
+    with pytest.raises(ValueError, match=r"run is a training run's folder; evaluate.py writes only into a folder"):
+        evaluate(_compose(trained, f"paths.output_dir={run}"))
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=r"eval/metrics.json exists: evaluate.py never writes over a file"):
+        evaluate(_compose(trained, f"paths.output_dir={tmp_path / 'eval'}"))
+    assert (tmp_path / "eval" / "metrics.json").read_text() == "{}"
+    images = tmp_path / "in"
+    write_image(images / "x.png", seed=0)
+    for output in (images, images / "masks"):
+        with pytest.raises(ValueError, match=r"is inside input=.*: predictions would mix with"):
+            predict(_compose(trained, "mode=predict", f"input={images}", f"output={output}"))
+    write_image(tmp_path / "out" / "x_mask.png", seed=3)
+    before = (tmp_path / "out" / "x_mask.png").read_bytes()
+    with pytest.raises(FileExistsError, match=r"out/x_labels.png exists|out/x_mask.png exists"):
+        predict(_compose(trained, "mode=predict", f"input={images}", f"output={tmp_path / 'out'}"))
+    assert (tmp_path / "out" / "x_mask.png").read_bytes() == before and sorted(images.iterdir()) == [images / "x.png"]
+
+
+def _compose(trained: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("evaluate", overrides=[f"ckpt_path={trained / 'run'}", f"paths.data_dir={trained / 'data'}",
+                                              f"paths.root_dir={trained}", *overrides])  # fmt: skip
 
 
 def test_bad_checkpoints_are_named(trained: Path, tmp_path: Path, make_cfg) -> None:
@@ -151,10 +169,15 @@ def test_bad_checkpoints_are_named(trained: Path, tmp_path: Path, make_cfg) -> N
         evaluate(cfg)
 
 
-def test_predict_writes_masks_for_any_size(trained: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_predict_writes_masks_for_any_size_and_names_what_it_skips(trained: Path, tmp_path: Path) -> None:
     write_image(tmp_path / "in" / "small.png", seed=0, shape=(50, 70))
     write_image(tmp_path / "in" / "wide.jpg", seed=1, shape=(64, 160))
-    run_script(_evaluate_args(trained, "mode=predict", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}"))
+    (tmp_path / "in" / "clip.gif").write_bytes(b"GIF89a")
+    (tmp_path / "in" / "photo.webp").write_bytes(b"RIFF")
+    done = run_script(_evaluate_args(trained, "mode=predict", f"input={tmp_path / 'in'}",
+                                     f"output={tmp_path / 'out'}"))  # fmt: skip
+    assert "skipping 2 file(s) that are not" in done.stdout + done.stderr and "clip.gif, photo.webp" in done.stderr
     import cv2
 
     for stem, shape in (("small", (50, 70)), ("wide", (64, 160))):
@@ -164,6 +187,18 @@ def test_predict_writes_masks_for_any_size(trained: Path, tmp_path: Path) -> Non
         assert cv2.imread(str(tmp_path / "out" / f"{stem}_overlay.png")).shape == (*shape, 3)
 
 
+def test_export_without_onnx_names_the_extra(trained: Path, monkeypatch) -> None:
+    import importlib.util
+
+    from segment.evaluation.run import export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"mode=export needs the onnx extra: pip install -e '.\[onnx\]'"):
+        export(_compose(trained, "mode=export"))
+
+
+@pytest.mark.slow
 def test_onnx_export_matches_pytorch(trained: Path, tmp_path: Path) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     run_script(_evaluate_args(trained, "mode=export", f"hydra.run.dir={tmp_path}"))
@@ -200,7 +235,7 @@ def test_inference_options_are_checked_with_a_fix(trained: Path, monkeypatch) ->
                                          r"\[64, 64\], e.g. stride: \[32, 32\]"):
         Predictor(module, window=(64, 64), window_stride=(0, 0))
     with pytest.raises(ValueError, match=r"input_size=\[100, 150\]: height and width must be positive multiples of "
-                                         r"32 .*try input_size=\[96, 160\]"):
+                                         r"32 \(the net downsamples 32x\); try input_size=\[128, 160\]"):
         Predictor(module, input_size=(100, 150))
 
     def out_of_memory(*args, **kwargs):
@@ -252,6 +287,7 @@ class _CountingModule(torch.nn.Module):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(1))
         self.hparams = SimpleNamespace(mean=[0.5, 0.5, 0.5])
+        self.size_multiple = 32
         self.calls = 0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

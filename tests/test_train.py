@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import glob
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from segment.training import train
-from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
+from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 
 @pytest.mark.parametrize("model", ["unet_scratch", "unet_lab", "unet_lab_vgg"])
@@ -78,7 +82,8 @@ def test_overfit_one_batch_lowers_val_loss_and_fills_the_dashboards(make_cfg, tm
     assert {"val/loss", "val/miou", "train/loss"} <= set(events.Tags()["scalars"])
     images = events.Images("val/masks")
     assert len(images) == 2  # after each epoch
-    assert images[0].width == 3 * 96 and images[0].height == 4 * 64  # input | truth | prediction rows
+    # input | truth | prediction, 4 rows, under a title band and above a class legend
+    assert images[0].width == 3 * 96 and images[0].height > 4 * 64 + 18 + 16
 
     checkpoints = {p.name for p in (run / "checkpoints").iterdir()}
     assert "last.ckpt" in checkpoints
@@ -133,6 +138,22 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
     assert seeds == [0, 1]
     # named after its overrides, [A-Za-z0-9._-] only: top-level keys first, then dotted keys by their last part;
     # past 120 characters whole items are dropped and a hash of the whole name keeps it unique
-    name = jobs["seed=0"].name
-    assert name.startswith("seed-0__batch_size-4__image_size-64x96__num_train-8__num_val-4__accelerator-cpu__")
-    assert re.fullmatch(r"[A-Za-z0-9._-]+__[0-9a-f]{8}", name) and len(name) <= 120
+    job = jobs["seed=0"]
+    assert job.name.startswith("seed-0__batch_size-4__image_size-64x96__num_train-8__num_val-4__accelerator-cpu__")
+    assert re.fullmatch(r"[A-Za-z0-9._-]+__[0-9a-f]{8}", job.name) and len(job.name) <= 120
+    assert glob.glob(str(job)) == [str(job)]  # no character class, no wildcard
+
+    # pasted unquoted through a shell into the next commands: evaluate a checkpoint, a folder, continue the run
+    for ckpt in (job / "checkpoints" / "last.ckpt", job):
+        out = tmp_path / f"eval-{ckpt.name}"
+        done = subprocess.run(["bash", "-c", f"{sys.executable} evaluate.py ckpt_path={ckpt} hydra.run.dir={out} "
+                               f"paths.data_dir={data_dir} num_sheets=0"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
+    done = subprocess.run(["bash", "-c", f"{sys.executable} train.py hydra.run.dir={job} ckpt_path=last"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((job / "run.json").read_text())
+    assert [a["outcome"] for a in record["attempts"]] == ["completed", "completed"]
+    assert record["attempts"][1]["overrides"] == ["ckpt_path=last"]  # typed; the rest came from the folder

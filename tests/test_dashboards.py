@@ -1,0 +1,106 @@
+"""What a researcher sees: the HPARAMS table, the config tree, mask panels with titles and legends, and every
+logger the extras install (TensorBoard, CSV, MLflow, Weights & Biases)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from segment.data.labels import annotated
+from segment.training import train
+from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
+
+
+def _hparams(run: Path) -> tuple[list[str], list[str], dict]:
+    """The HPARAMS tab's columns of a run: hyperparameter names in order, metric tags, and the values."""
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    values = {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+              for name, value in start.hparams.items()}  # fmt: skip
+    return [h.name for h in experiment.hparam_infos], [m.name.tag for m in experiment.metric_infos], values
+
+
+@pytest.mark.slow
+def test_the_hparams_table_puts_the_overrides_first_each_key_once_with_scores(tmp_path: Path, data_dir: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run_script(["train.py", "-m", "model=unet_lab", "seed=3", "model.optimizer.lr=0.002", "tags=[baseline,tiny]",
+                *TINY_OVERRIDES, *TINY_SYNTHETIC, "trainer.max_epochs=2", f"paths.data_dir={data_dir}",
+                f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    [run] = [p for p in sweep.iterdir() if p.is_dir()]
+    names, metrics, values = _hparams(run)
+    assert names[:2] == ["model", "seed"] and len(names) == len(set(names))  # what was varied first; once each
+    assert "lr" in names and not any(name.startswith(("model.optimizer", "data.", "trainer.")) for name in names)
+    assert values["lr"] == pytest.approx(0.002) and values["model"] == "unet_lab" and values["tags"] == "baseline,tiny"
+    assert values["encoder_weights"] == "none" and values["precision"] in ("bf16-mixed", "32-true")
+    for kind in ("final", "best"):
+        assert {f"{kind}/val/loss", f"{kind}/val/miou", f"{kind}/val/pixel_acc"} <= set(metrics)
+    assert {"thresholds/val_loss<=1", "thresholds/val_miou>=0.3"} <= set(metrics)
+    assert not any(tag.endswith(("/images_seen", "/seconds")) for tag in metrics)  # each level once
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    final, best = events.Scalars("final/val/loss"), events.Scalars("best/val/loss")
+    assert final[-1].value == pytest.approx(json.loads((run / "run.json").read_text())["metrics"]["val/loss"])
+    assert best[-1].value == pytest.approx(min(event.value for event in final if event.step > 0))
+    assert json.loads((run / "run.json").read_text())["tags"] == ["baseline", "tiny"]
+
+
+def test_a_mask_sheet_has_column_titles_and_a_class_legend() -> None:
+    sheet = np.zeros((64, 3 * 96, 3), np.uint8)
+    palette = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    out = annotated(sheet, ["input", "truth", "prediction"], ["road", "car", "sky"], palette)
+    assert out.shape[1] == sheet.shape[1] and out.shape[0] > 64 + 30
+    header, legend = out[:18], out[18 + 64 :]
+    assert (header < 128).any() and (header == 255).mean() > 0.8  # dark title text on white
+    for color in palette:  # one swatch per class
+        assert (legend == color).all(axis=-1).sum() >= 100
+
+
+def test_weights_and_biases_gets_masks_as_overlays_with_class_labels(monkeypatch, tmp_path: Path) -> None:
+    wandb = pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    from segment.callbacks.mask_images import log_image
+
+    logged = []
+
+    class Run:
+        def log(self, data):
+            logged.append(data)
+
+    monkeypatch.setattr(WandbLogger, "experiment", property(lambda self: Run()))
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    truths = np.zeros((2, 8, 8), np.int64)
+    log_image(object.__new__(WandbLogger), "val/masks", np.zeros((8, 24, 3), np.uint8), 5,
+              (images, truths, truths + 1, ["road", "car"]))  # fmt: skip
+    [entry] = logged
+    assert entry["trainer/global_step"] == 5 and len(entry["val/masks"]) == 2
+    overlay = entry["val/masks"][0]
+    assert isinstance(overlay, wandb.Image) and set(overlay._masks) == {"prediction", "truth"}
+    assert overlay._masks["prediction"]._val["class_labels"] == {0: "road", 1: "car"}
+
+
+@pytest.mark.slow
+def test_mlflow_logs_a_run_into_its_sqlite_store(make_cfg, tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    logs = tmp_path / "logs"
+    cfg = make_cfg("model=unet_lab", "logger=[csv,mlflow]", f"paths.log_dir={logs}")
+    train(cfg)
+    client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{logs}/mlflow.db")
+    [experiment] = [e for e in client.search_experiments() if e.name == "train"]
+    [run] = client.search_runs([experiment.experiment_id])
+    assert run.data.params["optimizer"] == "AdamW" and "val/loss" in run.data.metrics
+    assert "final/val/loss" in run.data.metrics
+
+
+def test_the_config_tree_is_printed_when_training_starts(make_cfg, capsys) -> None:
+    train(make_cfg("model=unet_lab", "debug=fdr"))
+    out = capsys.readouterr().out
+    assert "config" in out and "├── data" in out and "└── " in out and "_target_: segment.data" in out
