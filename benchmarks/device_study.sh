@@ -18,6 +18,10 @@ LOG="$OUT/device_log.txt"
 say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 
 [[ -d "$PACK/wheels" && -d "$PACK/camvid" ]] || { say "no pack at $PACK: run python -m segment.device pack"; exit 1; }
+PACKED=$("$PY" -c "import json; print(json.load(open('$PACK/manifest.json'))['python_version'])" 2>/dev/null)
+HERE=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+[[ -z "$PACKED" || "$PACKED" == "$HERE" ]] || { say "the pack holds wheels for Python $PACKED, this machine runs \
+Python $HERE: pack again with python -m segment.device pack --python-version $HERE"; exit 1; }
 SITE="$WORK/site"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$PACK"/wheels/*.whl \
   >>"$LOG" 2>&1 || { say "installing the packed wheels failed"; exit 1; }
@@ -29,9 +33,10 @@ say "wheels installed into $SITE; versions: $("$PY" -c 'import torch, lightning;
 
 DATA="data=camvid data.root=$PACK/camvid"
 if (( DRY )); then
-  SIZE="[64,96]"; BATCHES="2 4"; TIME_A=240; TIME_B=420; TIME_C=240
+  SIZE="[64,96]"; BATCHES="2 4"; TIME_A=240; TIME_B=600; TIME_C=240
   TINY="trainer.max_epochs=1 +trainer.limit_train_batches=2 +trainer.limit_val_batches=2 trainer.val_check_interval=1.0 data.num_workers=1"
-  SEEDS_A="0"; SEEDS_B="0"; JOBS=1; PARTS="pretraining"; QUALITY_EPOCHS=1
+  # the GPU run's concurrent path in small: several parts at once, two joblib jobs each
+  SEEDS_A="0"; SEEDS_B="0,1"; JOBS=2; PARTS="pretraining architecture"; QUALITY_EPOCHS=1
   QUALITY_EXTRA="model.scheduler.scheduler.warmup_steps=0"  # one step cannot hold a 100-step warmup
 else
   SIZE="[384,480]"; BATCHES="16 32"; TIME_A=100; TIME_B=330; TIME_C=140
@@ -51,7 +56,8 @@ timeout "$TIME_A" "$PY" benchmarks/train_throughput.py $DATA model=unet_vgg mode
 say "(b) study, budget ${TIME_B}s"
 SWEEP="$WORK/study"
 COMMON="$DATA data.image_size=$SIZE trainer.enable_progress_bar=false hydra.sweep.dir=$SWEEP hydra/launcher=joblib \
-  hydra.launcher.n_jobs=$JOBS ~callbacks.model_checkpoint +trainer.enable_checkpointing=false $TINY"
+  hydra.launcher.n_jobs=$JOBS ~callbacks.model_checkpoint ~callbacks.last_checkpoint +trainer.enable_checkpointing=false \
+  $TINY"
 for part in $PARTS; do
   case $part in
     pretraining) args="experiment=compare_pretraining model=unet_scratch,unet_vgg model.optimizer.lr=1e-4 seed=$SEEDS_A" ;;

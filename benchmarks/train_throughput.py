@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import segment  # noqa: F401  (registers config resolvers)
 from segment.config import config_dir
-from segment.precision import resolve_trainer_precision
+from segment.device.precision import resolve_trainer_precision
 
 CONF_DIR = config_dir()
 

@@ -1,5 +1,5 @@
-"""Checkpoint files: written atomically in their own folder, read with errors that name the file,
-found for a resume, and carrying the run's resolved config.
+"""Checkpoint files: written atomically in their own folder, read as data (errors name the file), found for a
+resume, carrying the run's resolved config and data fingerprint.
 
 Lightning's own writer (``TorchCheckpointIO``) goes through an fsspec transaction that
 writes a temporary file in ``$TMPDIR`` and moves it into place: when the run folder is on
@@ -15,6 +15,7 @@ import logging
 import pickle
 import shutil
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,9 @@ from torch import nn
 from segment.files import atomic_open
 
 __all__ = [
-    "AtomicCheckpointIO",
-    "CheckpointError",
-    "check_trusted_targets",
-    "ConfigInCheckpoint",
-    "find_checkpoint",
-    "newest_checkpoint",
-    "read_checkpoint",
-    "remove_partial_files",
-]
+    "AtomicCheckpointIO", "CheckpointError", "ConfigInCheckpoint", "check_trusted_targets", "find_checkpoint",
+    "newest_checkpoint", "read_checkpoint", "remove_partial_files",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +45,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into a temporary file in the checkpoint's own folder, fsync, rename.
 
     A kill at any moment leaves the previous checkpoint intact (and at worst a hidden
-    ``.<name>.*.partial`` file, removed when the run folder is next claimed). Remote
-    (``s3://`` ...) paths keep Lightning's writer.
+    ``.<name>.*.partial`` file, removed when the run folder is next claimed); a full disk is
+    named as such. Remote (``s3://`` ...) paths keep Lightning's writer.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
@@ -73,9 +68,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                           "paths.log_dir elsewhere), then continue: ckpt_path=last") from None  # fmt: skip
 
 
+def _nodes(node: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """Every node of nested plain containers, with its dotted place."""
+    yield where, node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list | tuple) else ()
+    for key, value in items:
+        yield from _nodes(value, f"{where}.{key}" if isinstance(node, dict) else f"{where}[{key}]")
+
+
 def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str, ...] = (),
                     mmap: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Load a checkpoint's dict with ``weights_only=True``, or raise an error naming the file.
+    """Load a checkpoint's dict as data (``weights_only``), or raise an error naming the file.
 
     Args:
         path: The file.
@@ -85,53 +88,34 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: not a torch archive (a text file, a truncated copy), corrupt,
-            holding code objects or a string OmegaConf would resolve (``${...}``; refused: a
-            checkpoint is data), or lacking ``require``.
+        CheckpointError: not a torch archive (a text file, a truncated copy), corrupt, holding
+            code objects or a string OmegaConf would resolve (``${...}``, at any depth), or
+            lacking ``require``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{key}={path}: no such checkpoint file (checkpoints are in <run folder>/checkpoints/)")
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(
-            f"{key}={path} is not a checkpoint: not a torch archive ({path.stat().st_size} bytes; truncated, "
-            "or another kind of file). Pass a .ckpt written by train.py"
-        )
+        raise CheckpointError(f"{key}={path} is not a checkpoint: not a torch archive ({path.stat().st_size} bytes; "
+                              "truncated, or another kind of file). Pass a .ckpt written by train.py")  # fmt: skip
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        # torch's message advises loading without the safety check; a checkpoint is data, never code
-        raise CheckpointError(
-            f"{key}={path} holds objects other than tensors and plain values, so it was not written by train.py "
-            "(or was altered); refusing to load it"
-        ) from None
+    except pickle.UnpicklingError:  # torch's message advises loading without the check: a checkpoint is never code
+        raise CheckpointError(f"{key}={path} holds objects other than tensors and plain values, so it was not "
+                              "written by train.py (or was altered); refusing to load it") from None  # fmt: skip
     except Exception as error:  # noqa: BLE001 -- zip, storage and mmap errors come in many types
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{key}={path} is a damaged checkpoint ({first_line}); use another one") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{key}={path} holds a {type(checkpoint).__name__}, not a train.py checkpoint")
-    missing = [name for name in require if name not in checkpoint]
-    if missing:
+    if missing := [name for name in require if name not in checkpoint]:
         raise CheckpointError(f"{key}={path} is not a train.py checkpoint: it has no {', '.join(missing)}")
-    for name, value in checkpoint.items():
-        if name not in ("state_dict", "optimizer_states"):
-            _refuse_interpolations(value, f"{key}={path}: {name}")
+    data = {name: value for name, value in checkpoint.items() if name not in ("state_dict", "optimizer_states")}
+    for where, node in _nodes(data, f"{key}={path}:"):
+        if isinstance(node, str) and "${" in node:  # OmegaConf would resolve it when the config is built
+            raise CheckpointError(f"{where.replace(':.', ': ')}={node!r}: a checkpoint's strings may not hold "
+                                  "interpolations or resolvers ('${...}'); refusing the checkpoint")  # fmt: skip
     return checkpoint
-
-
-def _refuse_interpolations(node: Any, where: str) -> None:
-    """A checkpoint is data: a string that OmegaConf would resolve (``${...}``) never reaches a config."""
-    if isinstance(node, str) and "${" in node:
-        raise CheckpointError(
-            f"{where}={node!r}: a checkpoint's strings may not hold interpolations or resolvers ('${{...}}'), which "
-            "would run when its config is built; refusing the checkpoint"
-        )
-    if isinstance(node, dict):
-        for name, value in node.items():
-            _refuse_interpolations(value, f"{where}.{name}")
-    elif isinstance(node, list | tuple):
-        for index, value in enumerate(node):
-            _refuse_interpolations(value, f"{where}[{index}]")
 
 
 def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
@@ -140,9 +124,8 @@ def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
     A run killed between two checkpoint writes may have a best checkpoint newer than its
     ``last.ckpt`` (or none at all); unreadable files are skipped with a warning.
     """
-    folder = Path(folder)
     found: list[tuple[int, bool, float, Path]] = []
-    for path in folder.glob("*.ckpt") if folder.is_dir() else ():
+    for path in Path(folder).glob("*.ckpt") if Path(folder).is_dir() else ():
         try:
             step = int(read_checkpoint(path, require=("global_step",), mmap=True)["global_step"])
         except (CheckpointError, OSError) as error:
@@ -156,29 +139,20 @@ def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
 
 
 def find_checkpoint(path: str | Path, key: str = "ckpt_path") -> tuple[Path, int]:
-    """A checkpoint file, or a run folder's newest checkpoint (``<folder>/checkpoints/``), and its global step.
-
-    Raises:
-        FileNotFoundError: no such file or folder, or a folder without a loadable checkpoint, named.
-        CheckpointError: a file that is not a usable checkpoint.
-    """
+    """A checkpoint file, or a run folder's newest checkpoint (``<folder>/checkpoints/``), and its global step."""
     path = Path(path)
     if path.is_dir():
-        found = newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)
-        if found is None:
+        if (found := newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)) is None:
             raise FileNotFoundError(f"{key}={path}: a folder without a loadable checkpoint (none in it or its "
                                     "checkpoints/); pass a run folder or a .ckpt file")  # fmt: skip
         return found
     return path, int(read_checkpoint(path, key, require=("global_step",), mmap=True)["global_step"])
 
 
-def remove_partial_files(folder: str | Path) -> list[Path]:
+def remove_partial_files(folder: str | Path) -> None:
     """Delete what killed atomic writes left behind in ``folder`` (``.<name>.*.partial``)."""
-    folder = Path(folder)
-    removed = sorted(folder.glob(".*.partial")) if folder.is_dir() else []
-    for path in removed:
+    for path in Path(folder).glob(".*.partial") if Path(folder).is_dir() else ():
         path.unlink(missing_ok=True)
-    return removed
 
 
 class ConfigInCheckpoint(Callback):
@@ -194,28 +168,24 @@ class ConfigInCheckpoint(Callback):
         checkpoint["config"], checkpoint["data"] = self.config, self.data
 
 
-# What a checkpoint may ask to be built. Model parts: classes from these modules (checked by name
-# first, so nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and
-# smp's model factory. The data config (evaluate.py reads it from the checkpoint): this package's
-# data modules and albumentations transforms. Anything else in a ``_target_`` -- ``builtins.open``,
-# ``shutil.copyfile``, ``pathlib.Path.write_text`` -- is refused, however deeply nested.
-_MODEL_MODULES = (
-    "segment.models.", "segmentation_models_pytorch.", "torch.nn.", "torch.optim.", "torchvision.models.",
-)  # fmt: skip
-_DATA_MODULES = ("segment.data.", "albumentations.")
-_TRUSTED_FUNCTIONS = ("segmentation_models_pytorch.create_model",)
+# What a checkpoint may ask to be built. Model parts: classes from these modules (checked by name first, so
+# nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and smp's model factory.
+# The data config (evaluate.py reads it from the checkpoint): this package's data modules and albumentations
+# transforms. Anything else in a ``_target_`` (``builtins.open``, ``shutil.copyfile``) is refused at any depth.
+_ALLOWED = {
+    "model": (("segment.models.", "segmentation_models_pytorch.", "torch.nn.", "torch.optim.", "torchvision.models."),
+              (nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
+               torch.optim.lr_scheduler.ReduceLROnPlateau),
+              "nets, losses, optimisers and LR schedulers of segment.models, segmentation_models_pytorch, torch.nn, "
+              "torch.optim and torchvision.models"),
+    "data": (("segment.data.", "albumentations."), (LightningDataModule, BasicTransform, BaseCompose),
+             "data modules of segment.data and albumentations transforms"),
+}  # fmt: skip
 
 
-def _trusted_bases(kind: str) -> tuple[type, ...]:
-    if kind == "data":
-        return (LightningDataModule, BasicTransform, BaseCompose)
-    schedulers = (torch.optim.lr_scheduler.LRScheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    return (nn.Module, torch.optim.Optimizer, *schedulers)
-
-
-def _trusted_object(target: Any, kind: str) -> bool:
-    modules = _DATA_MODULES if kind == "data" else _MODEL_MODULES
-    if kind == "model" and target in _TRUSTED_FUNCTIONS:
+def _trusted(target: Any, kind: str) -> bool:
+    modules, bases, _ = _ALLOWED[kind]
+    if kind == "model" and target == "segmentation_models_pytorch.create_model":
         return True
     if not isinstance(target, str) or not target.startswith(modules) or "__" in target:
         return False
@@ -223,34 +193,14 @@ def _trusted_object(target: Any, kind: str) -> bool:
         obj = get_object(target)
     except Exception:  # noqa: BLE001 -- not importable: not buildable either
         return False
-    if not isinstance(obj, type) or not str(getattr(obj, "__module__", "")).startswith(
-            tuple(m.rstrip(".") for m in modules)):  # fmt: skip
-        return False
-    return issubclass(obj, _trusted_bases(kind))
+    home = str(getattr(obj, "__module__", ""))
+    return isinstance(obj, type) and home.startswith(tuple(m.rstrip(".") for m in modules)) and issubclass(obj, bases)
 
 
 def check_trusted_targets(config: Any, where: str, kind: str = "model") -> None:
-    """Refuse any ``_target_`` in ``config`` (nested included) that is not an allow-listed class.
-
-    Args:
-        config: Plain containers from a checkpoint.
-        where: Named in the error (``<file>: hyper_parameters.net``).
-        kind: ``model`` (nets, losses, optimisers, schedulers) or ``data`` (data modules, transforms).
-
-    Raises:
-        CheckpointError: naming the target and where it was found.
-    """
-    if isinstance(config, dict):
-        target = config.get("_target_")
-        if target is not None and not _trusted_object(target, kind):
-            what = ("data modules of segment.data and albumentations transforms" if kind == "data" else
-                    "nets, losses, optimisers and LR schedulers of segment.models, segmentation_models_pytorch, "
-                    "torch.nn, torch.optim and torchvision.models")  # fmt: skip
-            raise CheckpointError(
-                f"{where}: refusing to build _target_={target!r} from a checkpoint; a checkpoint may only name {what}"
-            )
-        for key, value in config.items():
-            check_trusted_targets(value, f"{where}.{key}", kind)
-    elif isinstance(config, list | tuple):
-        for index, value in enumerate(config):
-            check_trusted_targets(value, f"{where}[{index}]", kind)
+    """Refuse any ``_target_`` in ``config`` (plain containers from a checkpoint, at any depth) that is not an
+    allow-listed class of ``kind`` (``model`` or ``data``), naming it and where it was found."""
+    for place, node in _nodes(config, where):
+        if isinstance(node, dict) and node.get("_target_") is not None and not _trusted(node["_target_"], kind):
+            raise CheckpointError(f"{place}: refusing to build _target_={node['_target_']!r} from a checkpoint; a "
+                                  f"checkpoint may only name {_ALLOWED[kind][2]}")  # fmt: skip

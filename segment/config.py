@@ -13,7 +13,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,8 +28,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 __all__ = [
-    "INFRASTRUCTURE", "RESUMABLE", "TrainSchema", "config_dir", "hyperparameters", "identity", "is_infrastructure",
-    "job_name", "loader_workers", "parse_overrides", "print_config_tree", "register", "short_names", "sweep_jobs",
+    "INFRASTRUCTURE", "RESUMABLE", "TrainSchema", "config_dir", "identity", "is_infrastructure",
+    "job_name", "loader_workers", "ordered", "parse_overrides", "print_config_tree", "register", "short_names",
+    "sweep_jobs",
     "value_text",
 ]  # fmt: skip
 
@@ -199,28 +200,6 @@ def sweep_jobs() -> list[str]:
                                         else [override.input_line])  # fmt: skip
     swept = {key for key, values in lists.items() if len(values) > 1}
     return [job_name(list(job), hydra.runtime.choices.keys(), swept) for job in itertools.product(*lists.values())]
-
-
-def hyperparameters(cfg: DictConfig, overrides: Sequence[str], choices: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys a researcher compares runs by (TensorBoard's HPARAMS, csv/hparams.yaml), each once, named as in
-    job folders: the run's own overrides first (what a sweep varies), then model, seed, rate, batch, image size,
-    epochs, optimiser, schedule and loss."""
-    values = identity(overrides)
-    keys = ordered(values, choices.keys())
-    names = short_names(keys)
-    params = {names[key]: values[key] for key in keys}
-    select = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
-    short = lambda key: (select(key) or "").rsplit(".", 1)[-1] or None  # noqa: E731
-    described = {
-        "model": choices.get("model"), "seed": cfg.get("seed"), "lr": select("model.optimizer.lr"),
-        "batch_size": select("data.batch_size"), "image_size": select("data.image_size"),
-        "max_epochs": select("trainer.max_epochs"), "optimizer": short("model.optimizer._target_"),
-        "scheduler": short("model.scheduler.scheduler._target_"), "loss": short("model.loss._target_"),
-        "data": choices.get("data"), "tags": ",".join(cfg.get("tags") or []) or None,
-    }  # fmt: skip
-    params |= {name: value for name, value in described.items() if name not in params and value is not None}
-    plain = lambda v: v if isinstance(v, bool | int | float | str) else value_text(v)  # noqa: E731
-    return {name: plain(value) for name, value in params.items()}
 
 
 def print_config_tree(cfg: DictConfig) -> None:

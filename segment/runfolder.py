@@ -1,14 +1,12 @@
 """A run folder belongs to one run: claimed once per attempt, locked while it trains, never silently reused.
 
-:meth:`RunFolder.claim` is the one call the training driver makes about its folder. It
-locks the folder, decides what this attempt does (train afresh, continue the run from its
-newest checkpoint, skip a completed run, or archive the earlier run first), checks that a
-continued or skipped run is the same run (config, data), and keeps the folder's record
-(``run.json``): the run's status and, for every attempt, when, how and with what outcome.
-
-Hydra is told not to write ``.hydra/`` itself (``hydra.output_subdir: null``): the claim
-writes it once an attempt owns the folder, so a refused attempt never touches the run it
-refused. ``.hydra/config.yaml`` is the resolved config the run trains with.
+:meth:`RunFolder.claim` is the one call the training driver makes about its folder: it locks
+the folder, decides what this attempt does (train afresh, continue the run from its newest
+checkpoint, skip a completed run, archive the earlier run first), checks that a continued or
+skipped run is the same run (config, data), and keeps ``run.json``: the run's status and,
+for every attempt, when, how and with what outcome. An attempt it refuses leaves the run's
+files and status as they were. Hydra does not write ``.hydra/`` (``hydra.output_subdir:
+null``): the claim does, once the attempt owns the folder, with the resolved config.
 """
 
 from __future__ import annotations
@@ -37,24 +35,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from segment.checkpoints import find_checkpoint, newest_checkpoint, read_checkpoint, remove_partial_files
 from segment.config import RESUMABLE, identity, is_infrastructure, parse_overrides, sweep_jobs
+from segment.device.precision import resolve_trainer_precision
 from segment.files import write_atomic
-from segment.precision import resolve_trainer_precision
 from segment.schema import validate
 
-__all__ = ["RUN_FILE", "RunFolder", "RunFolderError", "config_differences", "read_record"]
+__all__ = ["RunFolder", "RunFolderError", "config_differences", "read_record"]
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 # What a run leaves in its folder besides train.log (moved to archive/ by overwrite=true).
-_RUN_ENTRIES = (RUN_FILE, ".hydra", "thresholds.json", "checkpoints", "csv", "tensorboard", "masks")
+_RUN_ENTRIES = ("run.json", ".hydra", "thresholds.json", "checkpoints", "csv", "tensorboard", "masks")
 _PACKAGES = ("torch", "lightning", "segmentation-models-pytorch", "albumentations", "hydra-core", "torchmetrics",
              "numpy", "road-segment-unet")  # fmt: skip
-# How an attempt treats the folder, not the run: never carried over from the run's saved overrides.
-_ATTEMPT_KEYS = ("ckpt_path", "skip_completed", "overwrite")
-# Schedules that follow trainer.max_epochs: a resume may not change the length under them.
-_LENGTH_KEYS = ("model.scheduler.scheduler.T_max", "model.scheduler.scheduler.total_steps",
-                "model.scheduler.scheduler.total_iters")  # fmt: skip
+_ATTEMPT_KEYS = ("ckpt_path", "skip_completed", "overwrite")  # how one attempt treats the folder, not the run
+# The schedules' keys that follow trainer.max_epochs (cosine, warmup_poly, warmup_cosine).
+_LENGTH_KEYS = tuple(f"model.scheduler.scheduler.{k}" for k in ("T_max", "total_steps", "total_iters"))
 
 
 class RunFolderError(RuntimeError):
@@ -63,13 +58,14 @@ class RunFolderError(RuntimeError):
 
 def read_record(folder: str | Path) -> dict[str, Any] | None:
     """A folder's ``run.json``, None without one; an unreadable one is named with the fix."""
-    path = Path(folder) / RUN_FILE
+    path = Path(folder) / "run.json"
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        raise RunFolderError(f"{path} is unreadable ({error}); move it aside to let this run start afresh") from None
+        raise RunFolderError(f"{path} is unreadable ({error}); move it aside (its run is then continued from "
+                             "its newest checkpoint, or started afresh without one)") from None  # fmt: skip
     if not isinstance(record, dict):
         raise RunFolderError(f"{path} holds a {type(record).__name__}, not a run record; move it aside")
     return record
@@ -78,16 +74,22 @@ def read_record(folder: str | Path) -> dict[str, Any] | None:
 def config_differences(saved: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
     """Dotted keys whose values differ between two resolved configs, ``ignore`` and its children left out."""
 
-    def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    def flat(node: Any, prefix: str = "") -> dict[str, str]:
         if isinstance(node, dict) and node:
             return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix.rstrip("."): node}
+        return {prefix.rstrip("."): repr(node)}
 
     old, now = flat(saved), flat(new)
-    absent = "<absent>"
-    return [f"{key}: {old.get(key, absent)!r} -> {now.get(key, absent)!r}" for key in sorted(old.keys() | now.keys())
-            if not is_infrastructure(key, ignore)
-            and json.dumps(old.get(key, absent), default=str) != json.dumps(now.get(key, absent), default=str)]
+    keys = sorted(key for key in old.keys() | now.keys() if old.get(key) != now.get(key))
+    return [f"{key}: {old.get(key, '<absent>')} -> {now.get(key, '<absent>')}" for key in keys
+            if not is_infrastructure(key, ignore)]  # fmt: skip
+
+
+def _path_keys(node: Any, prefix: str = "") -> tuple[str, ...]:
+    """Dotted keys whose value interpolates ``paths.*`` or Hydra's runtime: where files go, not what runs."""
+    if isinstance(node, dict):
+        return tuple(k for key, value in node.items() for k in _path_keys(value, f"{prefix}{key}."))
+    return (prefix.rstrip("."),) if "${" in str(node) and ("paths." in str(node) or "hydra:" in str(node)) else ()
 
 
 def _git() -> dict[str, Any]:
@@ -99,14 +101,6 @@ def _git() -> dict[str, Any]:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None}  # an installed wheel, or no git
-
-
-def _versions() -> dict[str, str | None]:
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[name] = metadata.version(name)
-    return found
 
 
 def _now() -> str:
@@ -122,23 +116,20 @@ class RunFolder:
     """
 
     def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.path = Path(cfg.paths.output_dir)
+        self.cfg, self.path = cfg, Path(cfg.paths.output_dir)
         dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
         self.checkpoints = Path(dirpath) if dirpath else self.path / "checkpoints"
         self.enabled = rank_zero_only.rank == 0
         self.checkpoint: Path | None = None
         self.step: int | None = None
-        self.skip = False
-        self.refused = False  # an attempt turned away before it trained: the run's status stays as it was
+        self.skip = self.refused = False  # refused: turned away before training; the run's status stays
         self.signal: int | None = None
-        self._checkpoint_data: dict | None = None
-        self._before: dict[str, Any] = {}
+        self.overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         self.record: dict[str, Any] = {}
+        self._before: dict[str, Any] = {}  # the run's status and error, put back if this attempt is refused
+        self._data: dict | None = None  # the data fingerprint in the checkpoint continued from
         self.attempt: dict[str, Any] = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
-                                        "command": sys.argv, "git": _git()}  # fmt: skip
-
-    # --- the claim -------------------------------------------------------------------------------------
+                                        "command": sys.argv, "git": _git(), "overrides": self.overrides}  # fmt: skip
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[RunFolder]:
@@ -146,7 +137,7 @@ class RunFolder:
 
         Raises:
             RunFolderError: the folder is in use, holds another run, or the run it holds cannot
-                continue as asked; the run's files and status are left as they were.
+                continue as asked.
             SystemExit: a SIGTERM or SIGINT, once recorded as ``interrupted`` (exit status 128 + signal).
         """
         if not self.enabled:  # DDP ranks > 0 (srun starts one train.py per GPU) follow rank 0
@@ -166,10 +157,10 @@ class RunFolder:
         except OSError as error:
             raise OSError(f"cannot write to the run folder {self.path}: {error}. Point paths.log_dir (or hydra.run.dir "
                           "/ hydra.sweep.dir) at a writable folder") from None  # fmt: skip
-        previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+        handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._claim_locked()
-            for number in (signal.SIGTERM, signal.SIGINT):
+            for number in handlers:
                 signal.signal(number, self._interrupt)
             try:
                 yield self
@@ -179,39 +170,42 @@ class RunFolder:
                     raise SystemExit(128 + self.signal) from None
                 raise
         finally:
-            signal.signal(signal.SIGTERM, previous[0])
-            signal.signal(signal.SIGINT, previous[1])
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
             lock.release()
 
     def _claim_locked(self) -> None:
         previous = read_record(self.path)
+        holds_run = previous is not None or self._holds_results()
         try:
-            self._decide(previous, holds_run=previous is not None or self._holds_results())
-        except BaseException as error:
-            fresh = previous is None and not self._holds_results()
-            failed = {"status": "failed", "seed": self.cfg.get("seed"), "error": f"{type(error).__name__}: {error}"}
-            self.record = failed if fresh else previous or {}
-            self.refused = True  # a fresh folder keeps the reason; a run's status stays as it was
+            self._decide(previous, holds_run)
+        except BaseException as error:  # a fresh folder keeps the reason; a run's status stays as it was
+            self.record = previous or {"status": "failed", "seed": self.cfg.get("seed"),
+                                       "error": f"{type(error).__name__}: {error}"}  # fmt: skip
+            self.refused = True
             self._end(error)
             raise
         if self.skip:
             self.record = previous
             return
-        if self.checkpoint is None and (previous is not None or self._holds_results()):
+        if self.checkpoint is None and holds_run:
             self._archive((previous or {}).get("started"))
             previous = None
         remove_partial_files(self.checkpoints)
         self._write_hydra()
-        self.record = previous if previous is not None else {"started": self.attempt["started"]}
-        self._before = {key: self.record.get(key) for key in ("status", "error")}  # restored if refused later
-        self.attempt.update(overrides=self._overrides(), resumed_from=self.checkpoint and str(self.checkpoint))
-        self.update(status="running", seed=self.cfg.get("seed"), versions=_versions(), error=None)
+        self.record = previous or {"started": self.attempt["started"]}
+        self._before = {key: self.record.get(key) for key in ("status", "error")}
+        self.attempt["resumed_from"] = self.checkpoint and str(self.checkpoint)
+        versions = {"python": platform.python_version()}
+        for name in _PACKAGES:
+            with contextlib.suppress(metadata.PackageNotFoundError):
+                versions[name] = metadata.version(name)
+        self.update(status="running", seed=self.cfg.get("seed"), versions=versions, error=None)
 
     def _decide(self, previous: dict | None, holds_run: bool) -> RunFolder:
-        """Fresh, resume, skip or archive; then this attempt's config, precision, validation and resume check."""
+        """Fresh, continue, skip or archive; then this attempt's config, precision, validation and resume check."""
         requested, status = self.cfg.get("ckpt_path"), (previous or {}).get("status")
-        incomplete = self.cfg.get("skip_completed") and status in ("running", "interrupted", "failed")
-        if requested == "last" or incomplete:
+        if requested == "last" or (self.cfg.get("skip_completed") and status in ("running", "interrupted", "failed")):
             found = newest_checkpoint(self.checkpoints)
             if found is None and requested == "last":
                 raise FileNotFoundError(
@@ -219,44 +213,42 @@ class RunFolder:
                     "in its folder: hydra.run.dir=<run folder> ckpt_path=last; or pass ckpt_path=<file or run folder>"
                 )
             if found is not None:  # else a skip_completed job killed before its first checkpoint: archived, rerun
-                self.checkpoint, self.step = found
-                self.cfg = self._own_config()
+                (self.checkpoint, self.step), self.cfg = found, self._own_config()
         elif requested is not None:
             self.checkpoint, self.step = find_checkpoint(requested)
             if holds_run and self.path.resolve() not in self.checkpoint.resolve().parents and not self.cfg.overwrite:
-                why = f"ckpt_path={requested} is another run's checkpoint, and "
-                raise RunFolderError(self._occupied(previous, why))
+                raise RunFolderError(self._occupied(previous, f"ckpt_path={requested} is another run's checkpoint, "))
         elif self.cfg.get("skip_completed") and status == "completed":
             self.skip = True
-            self._check_same_run(previous)
+            theirs = identity(((previous.get("attempts") or [{}])[0]).get("overrides") or self.overrides)
+            if theirs != identity(self.overrides):
+                raise RunFolderError(f"skip_completed: {self.path} holds a completed run of other overrides ({theirs}):"
+                                     " two jobs share a folder name; give this sweep a folder of its own")  # fmt: skip
             return self
-        elif holds_run and not self.cfg.get("overwrite") and not self.cfg.get("skip_completed") and not (
-                status == "failed" and not self._holds_results()):  # fmt: skip
-            raise RunFolderError(self._occupied(previous))
+        elif holds_run and not (self.cfg.get("overwrite") or self.cfg.get("skip_completed")):
+            if not (status == "failed" and not self._holds_results()):  # a failure that left nothing: replaced
+                raise RunFolderError(self._occupied(previous))
         self.attempt["precision"] = resolve_trainer_precision(self.cfg)
         validate(self.cfg)
         if self.checkpoint is not None:
             self._check_resume()
-            saved = read_checkpoint(self.checkpoint, mmap=True)
-            epoch, self._checkpoint_data = saved.get("epoch"), saved.get("data")
-            log.info("continuing from %s: epoch %s, global step %d", self.checkpoint, epoch, self.step)
         return self
 
-    # --- the checks -----------------------------------------------------------------------------------
-
     def _own_config(self) -> DictConfig:
-        """The run's own config: its saved overrides, then those typed now (checked against the checkpoint later)."""
+        """The run's own config: its saved overrides, then those typed now (checked against the checkpoint)."""
         saved = self.path / ".hydra" / "overrides.yaml"
         if not HydraConfig.initialized() or not saved.is_file():
             return self.cfg
-        typed = list(HydraConfig.get().overrides.task)
-        given = set(parse_overrides(typed))
-        kept = [str(item) for item in OmegaConf.load(saved) if not given & set(parse_overrides([str(item)]))
-                and not is_infrastructure(next(iter(parse_overrides([str(item)]))), _ATTEMPT_KEYS)]  # fmt: skip
-        return compose(HydraConfig.get().job.config_name, overrides=[*kept, *typed])
+        typed = set(parse_overrides(self.overrides))
+        kept = [str(o) for o in OmegaConf.load(saved) if not (set(parse_overrides([str(o)])) & typed)
+                and not is_infrastructure(next(iter(parse_overrides([str(o)]))), _ATTEMPT_KEYS)]  # fmt: skip
+        self.overrides = [*kept, *self.overrides]
+        return compose(HydraConfig.get().job.config_name, overrides=self.overrides)
 
     def _check_resume(self) -> None:
-        saved = read_checkpoint(self.checkpoint, "ckpt_path", mmap=True).get("config")
+        checkpoint = read_checkpoint(self.checkpoint, "ckpt_path", mmap=True)
+        self._data, saved = checkpoint.get("data"), checkpoint.get("config")
+        log.info("continuing from %s: epoch %s, global step %d", self.checkpoint, checkpoint.get("epoch"), self.step)
         if saved is None:
             log.warning("%s holds no config (written before configs were saved): resuming unchecked", self.checkpoint)
             return
@@ -264,66 +256,51 @@ class RunFolder:
         differences = config_differences(saved, now, (*RESUMABLE, *_path_keys(OmegaConf.to_container(self.cfg))))
         if not differences:
             return
-        shown = "\n  ".join(differences[:12]) + (f"\n  ... and {len(differences) - 12} more" if len(differences) > 12
-                                                 else "")  # fmt: skip
         longer = saved.get("trainer", {}).get("max_epochs") != now["trainer"].get("max_epochs")
-        length = longer and any(line.startswith(_LENGTH_KEYS) for line in differences)
         raise RunFolderError(
-            f"cannot resume from {self.checkpoint} under a different config; it differs in:\n  {shown}\n"
+            f"cannot resume from {self.checkpoint} under a different config; it differs in:\n  "
+            + "\n  ".join(differences[:12]) + (f"\n  ... and {len(differences) - 12} more" if len(differences) > 12
+                                               else "") + "\n"  # fmt: skip
             + ("The schedule follows trainer.max_epochs (cosine, warmup_poly, warmup_cosine), so this run cannot train "
-               "longer; constant, warmup_constant and plateau do not. " if length else "")
+               "longer; constant, warmup_constant and plateau do not. "
+               if longer and any(line.startswith(_LENGTH_KEYS) for line in differences) else "")
             + "A resume continues the same run: drop these overrides (only where files are, how training is shown "
             "and how long it goes on may change). To train on from these weights with other settings, start a new "
             "run with model.init_from=<checkpoint>"
         )
 
-    def _check_same_run(self, previous: dict) -> None:
-        """A skip: the completed run must be this job (same overrides) on the same data (fingerprint)."""
-        attempts = previous.get("attempts") or []
-        if HydraConfig.initialized() and attempts and "overrides" in attempts[0]:
-            theirs, ours = identity(attempts[0]["overrides"]), identity(HydraConfig.get().overrides.task)
-            if theirs != ours:
-                raise RunFolderError(
-                    f"skip_completed: {self.path} holds a completed run of other overrides ({theirs}, not {ours}): "
-                    "two jobs share a folder name. Give this sweep its own folder (hydra.sweep.dir=<new folder>)"
-                )
-
     def check_data(self, fingerprint: dict[str, Any]) -> None:
         """Refuse to continue or skip a run on other data than it trained on; record the data otherwise."""
-        recorded = self._checkpoint_data if self.checkpoint is not None else self.record.get("data")
-        if recorded and (self.skip or self.checkpoint is not None) and recorded != fingerprint:
-            what = "skip it as completed" if self.skip else "continue it"
+        recorded = self._data if self.checkpoint is not None else self.record.get("data") if self.skip else None
+        if recorded and recorded != fingerprint:
             self.refused = True
             raise RunFolderError(
-                f"{self.path} trained on other data than data.root now holds ({recorded} vs {fingerprint}); "
-                f"refusing to {what}. Point data.root at the data it trained on, or start a new run (another "
-                "folder, or overwrite=true)"
+                f"{self.path} trained on other data than data.root now holds ({recorded} vs {fingerprint}); refusing "
+                f"to {'skip it as completed' if self.skip else 'continue it'}. Point data.root at the data it "
+                "trained on, or start a new run (another folder, or overwrite=true)"
             )
         if not self.skip:
             self.update(data=fingerprint)
 
-    # --- the record -----------------------------------------------------------------------------------
-
     def update(self, **fields: Any) -> None:
         """Merge ``fields`` into ``run.json`` (rewritten atomically) with this attempt as its latest."""
         self.record.update(fields)
-        if not self.enabled:
-            return
-        attempts = self.record.setdefault("attempts", [])
-        if not attempts or attempts[-1] is not self.attempt:
-            attempts.append(self.attempt)
-        write_atomic(self.path / RUN_FILE, json.dumps(self.record, indent=2, default=str) + "\n")
+        if self.enabled:
+            attempts = self.record.setdefault("attempts", [])
+            if not attempts or attempts[-1] is not self.attempt:
+                attempts.append(self.attempt)
+            write_atomic(self.path / "run.json", json.dumps(self.record, indent=2, default=str) + "\n")
 
     def finish(self, metrics: dict[str, float], trainer: Any) -> None:
-        """Record a completed run and its final metrics; print where its results are and commands to paste."""
+        """Record a completed run and its final metrics; print where its results are, and commands to paste."""
         self.attempt.update(ended=_now(), outcome="completed")
         self.update(status="completed", ended=self.attempt["ended"], metrics=metrics)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        scores = [f"  {name:14s} {metrics[name]:.4f}" for name in ("val/loss", "val/miou", "val/pixel_acc", "test/loss",
-                                                                  "test/miou", "test/pixel_acc") if name in metrics]
+        names = ("val/loss", "val/miou", "val/pixel_acc", "test/loss", "test/miou", "test/pixel_acc")
         log.info("\n".join([
             f"Run folder: {self.path} ({trainer.current_epoch} epochs; encoder weights: "
-            f"{trainer.lightning_module.weights_record})", *scores,
+            f"{trainer.lightning_module.weights_record})",
+            *(f"  {name:14s} {metrics[name]:.4f}" for name in names if name in metrics),
             f"  best checkpoint: {best or 'none kept'}",
             f"  dashboards:      tensorboard --logdir {self.path}",
             f"  evaluate:        python evaluate.py ckpt_path={best or self.path}",
@@ -334,12 +311,9 @@ class RunFolder:
         """Record how an attempt ended early; a refused one leaves the run's status as it was."""
         name = signal.Signals(self.signal).name if self.signal is not None else None
         message = f"interrupted by {name}" if name else f"{type(error).__name__}: {error}".strip()
-        self.attempt.update(ended=_now(), outcome="interrupted" if name else "refused" if self.refused else "failed",
-                            error=message, signal=name)  # fmt: skip
-        if not self.refused:
-            self.record.update(status="interrupted" if name else "failed", error=message)
-        elif self._before.get("status"):
-            self.record.update(self._before)
+        outcome = "interrupted" if name else "refused" if self.refused else "failed"
+        self.attempt.update(ended=_now(), outcome=outcome, error=message, signal=name)
+        self.record.update({"status": outcome, "error": message} if outcome != "refused" else self._before)
         with contextlib.suppress(OSError):
             self.update()
         if name and HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
@@ -355,21 +329,16 @@ class RunFolder:
             log.warning("%s received: stopping; last.ckpt holds the last validation", signal.Signals(number).name)
             raise KeyboardInterrupt
 
-    # --- the folder -----------------------------------------------------------------------------------
-
     def _holds_results(self) -> bool:
         return any((self.path / name).is_dir() and any((self.path / name).iterdir())
                    for name in ("checkpoints", "csv", "tensorboard", "masks"))  # fmt: skip
 
-    def _overrides(self) -> list[str]:
-        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
     def _write_hydra(self) -> None:
-        """``.hydra/`` as Hydra writes it, with the resolved config: written only once this attempt owns the folder."""
+        """``.hydra/`` as Hydra writes it (the config resolved), once this attempt owns the folder."""
         folder = self.path / ".hydra"
         folder.mkdir(exist_ok=True)
         write_atomic(folder / "config.yaml", OmegaConf.to_yaml(OmegaConf.to_container(self.cfg, resolve=True)))
-        write_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(self._overrides()))
+        write_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(self.overrides))
         if HydraConfig.initialized() and self.checkpoint is None:
             write_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
 
@@ -383,8 +352,7 @@ class RunFolder:
         for name in _RUN_ENTRIES:
             if (self.path / name).exists():
                 shutil.move(str(self.path / name), str(target / name))
-        log_file = self.path / "train.log"
-        if log_file.is_file():  # Hydra's handler is appending to it: copy, then truncate in place
+        if (log_file := self.path / "train.log").is_file():  # Hydra's handler appends to it: copy, then truncate
             shutil.copy2(log_file, target / "train.log")
             with log_file.open("r+") as handle:
                 handle.truncate(0)
@@ -397,15 +365,8 @@ class RunFolder:
         held = (f"a {previous.get('status', '?')} run started {previous.get('started', '?')} "
                 f"(seed {previous.get('seed')}{loss})" if previous else "results of an earlier run (no run.json)")
         return (
-            f"{why}run folder {self.path} already holds {held}; it is never silently reused. To continue that run: "
-            "ckpt_path=last; to keep it and start another: choose a new folder (hydra.run.dir=<folder>); to replace "
-            f"it: overwrite=true (its files move to {self.path / 'archive'}/<start time>/)"
+            f"{why}{'and ' if why else ''}run folder {self.path} already holds {held}; it is never silently reused. "
+            "To continue that run: ckpt_path=last; to keep it and start another: choose a new folder "
+            f"(hydra.run.dir=<folder>); to replace it: overwrite=true (its files move to {self.path / 'archive'}/"
+            "<start time>/)"
         )
-
-
-def _path_keys(node: Any, prefix: str = "") -> tuple[str, ...]:
-    """Dotted keys whose value interpolates ``paths.*`` or Hydra's runtime: where files go, not what runs."""
-    if isinstance(node, dict):
-        return tuple(k for key, value in node.items() for k in _path_keys(value, f"{prefix}{key}."))
-    text = str(node)
-    return (prefix.rstrip("."),) if "${" in text and ("paths." in text or "hydra:" in text) else ()

@@ -11,8 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from segment.callbacks.hparams import hyperparameters
 from segment.checkpoints import ConfigInCheckpoint
-from segment.config import hyperparameters, print_config_tree
+from segment.config import print_config_tree
 from segment.models.losses import with_class_weights
 from segment.runfolder import RunFolder
 

@@ -16,7 +16,18 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 import segment  # noqa: F401  (registers config resolvers)
+from segment.files import cache_root
 from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SMP, TINY_SYNTHETIC
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests (and the scripts they start) measure and cache the CPU precision in a folder of their own, never in
+    the user's ~/.cache/segment; the fetched encoder weights are linked in, read-only by intent."""
+    real, cache = cache_root(), tmp_path_factory.mktemp("cache")
+    if (real / "weights").is_dir():
+        (cache / "weights").symlink_to(real / "weights")
+    os.environ["SEGMENT_CACHE_DIR"] = str(cache)
 
 
 @pytest.fixture(scope="session")

@@ -84,7 +84,7 @@ def test_lightning_default_writer_loses_the_checkpoint_across_filesystems(other_
 def test_trainer_config_writes_checkpoints_atomically(make_cfg) -> None:
     from hydra.utils import instantiate
 
-    from segment.precision import resolve_trainer_precision
+    from segment.device.precision import resolve_trainer_precision
 
     cfg = make_cfg()
     resolve_trainer_precision(cfg)

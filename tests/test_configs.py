@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from segment.data import SegmentationDataModule
 from segment.data.dataset import DatasetStatistics
 from segment.data.synthetic import SYNTHETIC_INFO
+from segment.device.precision import resolve_trainer_precision
 from segment.models import SegmentationModule
 from segment.models.losses import resolve_class_weights
-from segment.precision import resolve_trainer_precision
 from segment.training import instantiate_each
 from tests.helpers import CONF_DIR, TINY_SMP, run_script
 from tests.layouts import WRITERS

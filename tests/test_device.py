@@ -65,11 +65,26 @@ def test_pack_and_the_device_command_dry_run(tmp_path: Path) -> None:
     assert f"from the pack: {tempfile_site(log)}" in log  # smp imported from the installed wheels
     throughput = json.loads((out / "throughput.json").read_text())
     assert any("MFU" in row["note"] for row in throughput["rows"])
-    assert "## Headline" in (out / "study_report.md").read_text()
+    report = (out / "study_report.md").read_text()
+    assert "## Headline" in report and "4 usable runs of 4" in report  # two parts, two jobs at once each
     quality = json.loads((out / "quality_metrics.json").read_text())
     assert quality["encoder_weights_used"]["source"] == "hed-bsds500" and "float16" in (
         quality["encoder_weights_used"]["detail"])  # fmt: skip
     assert len(list(out.iterdir())) <= 8
+
+
+def test_a_pack_for_another_python_is_named_with_the_fix(tmp_path: Path) -> None:
+    pack = tmp_path / "pack"
+    (pack / "wheels").mkdir(parents=True)
+    (pack / "camvid").mkdir()
+    (pack / "manifest.json").write_text(json.dumps({"python_version": "3.9"}))
+    run = subprocess.run(["bash", "benchmarks/device_study.sh", "--dry-run"], cwd=REPO, timeout=120,
+                         env={**os.environ, "PACK": str(pack), "OUT": str(tmp_path / "out"), "PYTHON": sys.executable},
+                         capture_output=True, text=True)  # fmt: skip
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert run.returncode == 1
+    assert (f"the pack holds wheels for Python 3.9, this machine runs Python {here}: pack again with python -m "
+            f"segment.device pack --python-version {here}") in run.stdout  # fmt: skip
 
 
 def tempfile_site(log: str) -> str:

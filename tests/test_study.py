@@ -9,12 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from omegaconf import OmegaConf
 from scipy import stats
 
-from segment.analysis import kaplan_meier, load_runs, mean_std, paired_ratio
-from segment.analysis.report import Level, Study, protocol_section
+from segment.analysis import Study, kaplan_meier, load_runs, mean_std, paired_ratio, tuned_ratio
 from segment.analysis.report import main as report_main
+from segment.analysis.tables import protocol_section
+from segment.callbacks.thresholds import Threshold
 from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 SPEC = {
@@ -67,10 +70,10 @@ def test_mean_std_of_few_values() -> None:
 
 
 def _write_run(sweep: Path, model: str, seed: int, lr: str, losses: list[float], status: str = "completed",
-               net: dict | None = None) -> Path:
+               net: dict | None = None, steps_per_validation: int = 10) -> Path:
     """A run folder as train.py writes it, with a scripted validation history (4 validations per epoch)."""
     overrides = [f"model={model}", f"seed={seed}", f"model.optimizer.lr={lr}", "data.root=/somewhere"]
-    folder = sweep / ",".join(overrides[:3])
+    folder = sweep / "__".join(o.replace("=", "-") for o in overrides[:3])
     (folder / ".hydra").mkdir(parents=True)
     config = {"seed": seed, "study": SPEC, "model": {"optimizer": {"_target_": "torch.optim.AdamW", "lr": float(lr)}},
               "data": {"batch_size": 8, "image_size": [64, 96]}, "trainer": {"val_check_interval": 0.25},
@@ -80,7 +83,8 @@ def _write_run(sweep: Path, model: str, seed: int, lr: str, losses: list[float],
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (folder / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"runtime": {"choices": {"model": model}}}}))
-    history = [{"epoch": (i + 1) / 4, "step": (i + 1) * 10, "images_seen": (i + 1) * 80, "seconds": (i + 1) * 5.0,
+    history = [{"epoch": (i + 1) / 4, "step": (i + 1) * steps_per_validation, "images_seen": (i + 1) * 80,
+                "seconds": (i + 1) * 5.0,
                 "cpu_share": 0.97, "val/loss": loss, "val/miou": max(0.0, 1.3 - loss)}
                for i, loss in enumerate(losses)]  # fmt: skip
     (folder / "thresholds.json").write_text(json.dumps({"patience": 2, "finished": True, "history": history}))
@@ -107,37 +111,35 @@ def scripted(tmp_path: Path) -> Path:
 def test_arms_pair_by_seed_within_each_learning_rate(scripted: Path) -> None:
     study = Study(load_runs(scripted))
     assert [arm.label for arm in study.arms] == [
-        "model=unet_scratch, model.optimizer.lr=0.0001", "model=unet_scratch, model.optimizer.lr=0.001",
-        "model=unet_vgg, model.optimizer.lr=0.0001", "model=unet_vgg, model.optimizer.lr=0.001",
+        "model=unet_scratch, lr=1e-3", "model=unet_scratch, lr=1e-4",
+        "model=unet_vgg, lr=1e-3", "model=unet_vgg, lr=1e-4",
     ]  # fmt: skip
-    assert [(c.name, c.seeds) for c in study.comparisons] == [
-        ("pretraining (model.optimizer.lr=0.0001)", [0, 1]), ("pretraining (model.optimizer.lr=0.001)", [0]),
-    ]  # fmt: skip
-    low_lr = study.comparisons[0]
+    assert [(c.name, c.seeds) for c in study.comparisons] == [("pretraining (lr=1e-3)", [0]),
+                                                              ("pretraining (lr=1e-4)", [0, 1])]  # fmt: skip
+    low_lr = study.comparisons[1]
     # loss <= 1.0 held twice in a row: scratch seed 0 from its 5th validation (0.99, 1.01 breaks the first
     # streak), epoch 1.25; vgg seed 0 from its 2nd, epoch 0.5; scratch seed 1 from its 4th (1.0); vgg seed 1 its 1st
-    estimate = low_lr.estimate(Level("val/loss", "min", 1.0))
+    estimate = low_lr.estimate(Threshold("val/loss", "min", 1.0))
     assert estimate.ratios == pytest.approx((1.25 / 0.5, 1.0 / 0.25))
     assert estimate.point == pytest.approx(math.sqrt(2.5 * 4.0)) and estimate.bound == ""
     # <= 0.7: scratch seed 1 never (last seen at epoch 2.0) -> a lower bound
-    bound = low_lr.estimate(Level("val/loss", "min", 0.7))
+    bound = low_lr.estimate(Threshold("val/loss", "min", 0.7))
     assert bound.bound == ">=" and bound.ratios == pytest.approx((2.0 / 1.25, 2.0 / 1.0))
     # interpolation: scratch seed 0 crosses 1.0 between 1.01 (epoch 1.0) and 0.98 (1.25): at 1.0 + 1/3 * 0.25
-    interpolated = low_lr.estimate(Level("val/loss", "min", 1.0), interpolate=True)
+    interpolated = low_lr.estimate(Threshold("val/loss", "min", 1.0), interpolate=True)
     assert interpolated.ratios[0] == pytest.approx((1.0 + 0.25 / 3) / (0.25 + 0.25 * (1.1 - 1.0) / (1.1 - 0.98)))
     # images and seconds follow the same validations
-    assert low_lr.estimate(Level("val/loss", "min", 1.0), unit="images_seen").ratios == estimate.ratios
+    assert low_lr.estimate(Threshold("val/loss", "min", 1.0), unit="images_seen").ratios == estimate.ratios
 
 
 def test_report_of_scripted_runs(scripted: Path, capsys) -> None:
     assert report_main([str(scripted)]) == 0
     report = (scripted / "report.md").read_text()
     assert "6 usable runs of 7 in 4 arms" in report
-    assert ("| pretraining (model.optimizer.lr=0.0001) | model=unet_scratch, model.optimizer.lr=0.0001 / "
-            "model=unet_vgg, model.optimizer.lr=0.0001 | 2 | 3.16x") in report  # sqrt(2.5 * 4)
+    assert ("| pretraining (lr=1e-4) | model=unet_scratch, lr=1e-4 / model=unet_vgg, lr=1e-4 | 2 | 3.16x") in report
     assert "| >=1.79x |" in report  # sqrt(1.6 * 2.0), the bound at 0.7
     assert "1: 2.00 / 1.00 = 2.00 (>=)" in report  # the per-seed table marks the censored seed
-    assert "| model.optimizer.lr=0.001, seed=1" not in report and "failed" in report
+    assert "| model-unet_vgg__seed-1__model.optimizer.lr-0.001 | 1 | failed |" in report
     for figure in ("speedup_vs_threshold.png", "reached_vs_epochs.png", "loss_curves.png", "calibration.png"):
         assert (scripted / figure).stat().st_size > 1000, figure
         assert f"]({figure})" in report
@@ -196,12 +198,13 @@ def test_sweep_writes_the_report_and_prints_the_headline(sweep: tuple[Path, str]
     ]
     assert all([row["epoch"] for row in run.validations] == [0.5, 1.0] for run in runs)
     # the Hydra callback printed the headline: every arm, the loose level at the first validation
-    assert "epochs to val/loss<=1000" in stdout
+    assert "epochs to val_loss<=1000" in stdout
     for model in ("unet_lab", "unet_scratch", "unet_vgg"):
         assert f"| model={model} | 2 | 0.50 +- 0.00 (2/2) | not reached (2 runs, up to 1) |" in stdout
     report = (folder / "report.md").read_text()
-    assert "| pretraining | model=unet_scratch / model=unet_vgg | 2 | 1.00x [1.00, 1.00] | n/a |" in report
-    assert "| architecture | model=unet_lab / model=unet_scratch | 2 | 1.00x [1.00, 1.00] | n/a |" in report
+    evidence = "1.00x [1.00, 1.00] | p=1.000, 1.00-1.00 | n/a |"
+    assert f"| pretraining | model=unet_scratch / model=unet_vgg | 2 | {evidence}" in report
+    assert f"| architecture | model=unet_lab / model=unet_scratch | 2 | {evidence}" in report
     assert "None: every run completed." in report
     for figure in ("speedup_vs_threshold.png", "loss_curves.png", "reached_vs_epochs.png", "masks_at_thresholds.png"):
         assert (folder / figure).stat().st_size > 1000, figure
@@ -226,24 +229,118 @@ def test_report_command_lists_a_failed_and_a_killed_run(sweep: tuple[Path, str],
     assert "Report:" in capsys.readouterr().out
 
 
-def _val_losses(make_cfg, tmp_path: Path, name: str, *overrides: str) -> list[float]:
-    from segment.training import train
+def _rates(make_cfg, scheduler: str, max_epochs: int, steps: int = 40) -> list[float]:
+    """The learning rate at each of ``steps`` optimiser steps under a composed schedule (2 steps per epoch)."""
+    from hydra.utils import instantiate
 
-    cfg = make_cfg("experiment=compare_pretraining", "model=unet_lab", "seed=0", "trainer.deterministic=true",
-                   "trainer.val_check_interval=0.5", "callbacks.thresholds.stop_when_reached=null",
-                   *overrides)  # fmt: skip
-    cfg.paths.output_dir = str(tmp_path / name)
-    train(cfg)
-    return [row["val/loss"] for row in json.loads((tmp_path / name / "thresholds.json").read_text())["history"]]
+    cfg = make_cfg("experiment=compare_pretraining", f"scheduler={scheduler}", f"trainer.max_epochs={max_epochs}")
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    schedule = dict(OmegaConf.to_container(cfg.model.scheduler, resolve=True))
+    scheduler_config = {**schedule["scheduler"]}
+    if scheduler_config.get("total_steps", 0) is None:
+        scheduler_config["total_steps"] = 2 * max_epochs
+    stepper = instantiate(scheduler_config)(optimizer)
+    rates = []
+    for step in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if schedule["interval"] == "step" or (step + 1) % 2 == 0:
+            stepper.step()
+    return rates
 
 
-@pytest.mark.slow
-def test_the_study_schedule_does_not_depend_on_the_run_length(make_cfg, tmp_path: Path) -> None:
-    short = _val_losses(make_cfg, tmp_path, "short", "trainer.max_epochs=3")
-    long = _val_losses(make_cfg, tmp_path, "long", "trainer.max_epochs=5")
-    assert len(short) == 6 and len(long) == 10
-    assert long[:6] == short  # bitwise: the first 3 epochs are the same run
-    # under the cosine schedule tied to max_epochs they are not: what the study protocol avoids
-    cosine = _val_losses(make_cfg, tmp_path, "cosine", "trainer.max_epochs=3", "scheduler=cosine")
-    cosine_long = _val_losses(make_cfg, tmp_path, "cosine_long", "trainer.max_epochs=5", "scheduler=cosine")
-    assert cosine_long[:6] != cosine
+def test_the_study_schedule_does_not_depend_on_the_run_length(make_cfg) -> None:
+    """The rate at every step of warmup_constant is the same whatever trainer.max_epochs; cosine's is not."""
+    assert _rates(make_cfg, "warmup_constant", 3) == _rates(make_cfg, "warmup_constant", 30)
+    assert _rates(make_cfg, "cosine", 3, steps=6) != _rates(make_cfg, "cosine", 30, steps=6)
+
+
+def _bracket(tmp_path: Path) -> Path:
+    """Two arms over three rates, five seeds; the faster arm's best rate wins by luck in some seeds."""
+    sweep = tmp_path / "bracket"
+    rng = np.random.default_rng(0)
+    for model, base in (("unet_scratch", {"1e-4": 12.0, "3e-4": 8.0, "1e-3": 8.5}),
+                        ("unet_vgg", {"1e-4": 6.0, "3e-4": 5.0, "1e-3": 5.2})):  # fmt: skip
+        for lr, epochs in base.items():
+            for seed in range(5):
+                crossing = epochs * float(np.exp(rng.normal(0, 0.25)))
+                validations = int(crossing * 4) + 2
+                losses = [1.2 - 0.3 * (i + 1) / (crossing * 4) for i in range(validations)]
+                _write_run(sweep, model, seed, str(float(lr)), losses)
+    for folder in sweep.iterdir():  # declare the tuned comparison as the experiment YAML does
+        config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+        config["study"] = {**SPEC, "headline": [0.9], "tuned": {"pretraining": {
+            "slower": {"model": "unet_scratch"}, "faster": {"model": "unet_vgg"}, "rate": "model.optimizer.lr"}}}
+        record = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps({**record, "config": config}))
+    return sweep
+
+
+def test_choosing_the_rate_inside_each_resample_widens_the_interval(tmp_path: Path) -> None:
+    study = Study(load_runs(_bracket(tmp_path)))
+    [tuned] = study.tuned
+    level = Threshold("val/loss", "min", 0.9)
+    chosen_again, chosen_once = tuned.estimate(level), tuned.estimate(level, reselect=False)
+    assert (chosen_again.slower_rate, chosen_again.faster_rate) == (chosen_once.slower_rate, chosen_once.faster_rate)
+    assert chosen_again.estimate == chosen_once.estimate  # the same point estimate, at the same rates
+    assert chosen_again.high - chosen_again.low > chosen_once.high - chosen_once.low
+    assert len(chosen_again.chosen) > 1 and len(chosen_once.chosen) == 1  # the choice itself varies
+    # the estimate: each arm at the rate with the lowest median over its seeds, paired by seed
+    slow = {r: a.times(level) for r, a in tuned.slower.items()}
+    fast = {r: a.times(level) for r, a in tuned.faster.items()}
+    best = {side: min(cells, key=lambda r: np.median([t for t, _ in cells[r].values()]))
+            for side, cells in (("slower", slow), ("faster", fast))}  # fmt: skip
+    assert (chosen_again.slower_rate, chosen_again.faster_rate) == (best["slower"], best["faster"])
+    ratios = [slow[best["slower"]][s][0] / fast[best["faster"]][s][0] for s in range(5)]
+    assert chosen_again.estimate.point == pytest.approx(float(np.exp(np.mean(np.log(ratios)))))
+    direct = tuned_ratio(slow, fast)
+    assert (direct.low, direct.high) == (chosen_again.low, chosen_again.high)  # a fixed bootstrap seed: repeatable
+
+
+def test_the_report_gives_the_tuned_speedup_its_rate_table_and_figure(tmp_path: Path) -> None:
+    sweep = _bracket(tmp_path)
+    assert report_main([str(sweep)]) == 0
+    report = (sweep / "report.md").read_text()
+    assert "| pretraining at each arm's best rate |" in report
+    assert "chooses both rates again inside every resample" in report
+    assert "How often each pair of rates was chosen" in report
+    assert "| model=unet_scratch | 3e-4 | 5 |" in report  # the rate table: one row per arm and rate
+    assert (sweep / "epochs_vs_rate.png").stat().st_size > 1000
+
+
+def test_the_sign_test_stands_beside_every_interval_and_its_limits_are_said() -> None:
+    five = paired_ratio([(t, True) for t in (2.0, 3.0, 2.5, 2.2, 2.8)], [(1.0, True)] * 5)
+    assert five.sign_p == pytest.approx(1 / 32) and not five.only_parametric
+    three = paired_ratio([(t, True) for t in (2.0, 2.2, 2.1)], [(1.0, True)] * 3)
+    assert three.low > 1 and three.sign_p == pytest.approx(1 / 8) and three.only_parametric
+    mixed = paired_ratio([(t, True) for t in (0.9, 1.2, 1.3, 1.4)], [(1.0, True)] * 4)
+    assert mixed.sign_p == pytest.approx(5 / 16)  # 3 of 4 above 1: P(X >= 3 | n=4)
+
+
+def test_runs_in_different_precisions_are_flagged(tmp_path: Path) -> None:
+    for model, precision in (("unet_scratch", "bf16-mixed"), ("unet_vgg", "32-true")):
+        folder = _write_run(tmp_path, model, 0, "0.001", [1.0, 0.9])
+        record = json.loads((folder / "run.json").read_text())
+        record["attempts"] = [{"precision": {"precision": precision}}]
+        (folder / "run.json").write_text(json.dumps(record))
+    table = protocol_section(Study(load_runs(tmp_path)))
+    assert "Warning: the arms of pretraining trained in different precisions" in table
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda f: (f / "run.json").write_text("[]"), r"run.json holds a list, not a dict"),
+    (lambda f: (f / "run.json").write_text('{"status": "compl'), r"run.json is unreadable"),
+    (lambda f: (f / "thresholds.json").write_text(json.dumps({"history": [{"epoch": 1, "step": 1, "val/loss": "x"}]})),
+     r"thresholds.json: history\[0\]\['val/loss'\]='x' is not a number"),
+])  # fmt: skip
+def test_a_damaged_run_file_is_listed_by_name_not_a_crash(tmp_path: Path, damage, message) -> None:
+    good = _write_run(tmp_path, "unet_scratch", 0, "0.001", [1.0, 0.9])
+    bad = _write_run(tmp_path, "unet_vgg", 0, "0.001", [1.0, 0.9])
+    damage(bad)
+    assert report_main([str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert f"| {bad.name} | None | failed | unreadable run folder:" in report and good.name not in report.split(
+        "## Failed")[1]  # fmt: skip
+    import re
+
+    assert re.search(message, report)

