@@ -1,11 +1,9 @@
 """Checkpoint files: written atomically in their own folder, read as data (errors name the file), found for a
 resume, carrying the run's resolved config and data fingerprint.
 
-Lightning's own writer (``TorchCheckpointIO``) goes through an fsspec transaction that
-writes a temporary file in ``$TMPDIR`` and moves it into place: when the run folder is on
-another filesystem (a cluster's scratch vs. a node-local /tmp) that move is a truncating
-copy, and a kill during it leaves a 0-byte ``last.ckpt`` and no previous copy.
-:class:`AtomicCheckpointIO` writes beside the target and renames instead.
+Lightning's writer (``TorchCheckpointIO``) writes a temporary file in ``$TMPDIR`` and moves it into place: on
+another filesystem (a cluster's scratch vs. a node-local /tmp) that is a truncating copy, and a kill during it
+leaves a 0-byte ``last.ckpt``. :class:`AtomicCheckpointIO` writes beside the target and renames instead.
 """
 
 from __future__ import annotations
@@ -29,10 +27,8 @@ from torch import nn
 
 from segment.files import atomic_open
 
-__all__ = [
-    "AtomicCheckpointIO", "CheckpointError", "ConfigInCheckpoint", "check_trusted_targets", "find_checkpoint",
-    "newest_checkpoint", "read_checkpoint", "remove_partial_files",
-]  # fmt: skip
+__all__ = ["AtomicCheckpointIO", "CheckpointError", "ConfigInCheckpoint", "check_trusted_targets", "find_checkpoint",
+           "newest_checkpoint", "read_checkpoint", "remove_partial_files"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +38,9 @@ class CheckpointError(ValueError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a temporary file in the checkpoint's own folder, fsync, rename.
-
-    A kill at any moment leaves the previous checkpoint intact (and at worst a hidden
-    ``.<name>.*.partial`` file, removed when the run folder is next claimed); a full disk is
-    named as such. Remote (``s3://`` ...) paths keep Lightning's writer.
-    """
+    """``torch.save`` into a temporary file in the checkpoint's own folder, fsync, rename: a kill leaves the previous
+    checkpoint intact (and at worst a ``.<name>.*.partial`` file, removed when the folder is next claimed); a full
+    disk is named as such. Remote (``s3://`` ...) paths keep Lightning's writer."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if "://" in str(path) and not str(path).startswith("file://"):
@@ -78,19 +71,12 @@ def _nodes(node: Any, where: str) -> Iterator[tuple[str, Any]]:
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str, ...] = (),
                     mmap: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Load a checkpoint's dict as data (``weights_only``), or raise an error naming the file.
+    """Load a checkpoint's dict as data (``weights_only``; ``mmap``: a cheap look at a large file).
 
-    Args:
-        path: The file.
-        key: The config key it came from, named in errors (``ckpt_path``, ``model.init_from``).
-        require: Keys the dict must hold (``global_step`` for a resume, ``state_dict`` ...).
-        mmap: Map tensors instead of reading them (a cheap look at a large file).
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: not a torch archive (a text file, a truncated copy), corrupt, holding
-            code objects or a string OmegaConf would resolve (``${...}``, at any depth), or
-            lacking ``require``.
+    ``key`` is the config key it came from, named in errors; ``require``, keys it must hold.
+    Raises ``FileNotFoundError``, or :class:`CheckpointError` for anything that is not a
+    train.py checkpoint: not a torch archive, damaged, holding code objects or a string that
+    OmegaConf would resolve (``${...}``, at any depth), or lacking a ``require`` key.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,11 +105,8 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str
 
 
 def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
-    """The loadable checkpoint with the most training steps in ``folder`` (``last.ckpt`` on ties), or None.
-
-    A run killed between two checkpoint writes may have a best checkpoint newer than its
-    ``last.ckpt`` (or none at all); unreadable files are skipped with a warning.
-    """
+    """The loadable checkpoint with the most training steps in ``folder`` (``last.ckpt`` on ties), or None: a run
+    killed between two writes may have a best checkpoint newer than ``last.ckpt``. Unreadable files are skipped."""
     found: list[tuple[int, bool, float, Path]] = []
     for path in Path(folder).glob("*.ckpt") if Path(folder).is_dir() else ():
         try:
@@ -156,10 +139,8 @@ def remove_partial_files(folder: str | Path) -> None:
 
 
 class ConfigInCheckpoint(Callback):
-    """Store the run's resolved config and its data fingerprint in every checkpoint (``config``, ``data``).
-
-    A resume compares both with its own; ``evaluate.py`` takes the data config from it.
-    """
+    """Store the run's resolved config and data fingerprint in every checkpoint (``config``, ``data``): a resume
+    compares both with its own; ``evaluate.py`` takes the data config from it."""
 
     def __init__(self, config: dict[str, Any], data: dict[str, Any] | None = None) -> None:
         self.config, self.data = config, data

@@ -1,9 +1,8 @@
 """The config tree's interface: resolvers, the top-level schema, command-line overrides and job folder names.
 
-Overrides are parsed in one place (:func:`parse_overrides`, Hydra's own grammar), and one
-list says which keys describe where things are or how a run is shown or continued rather
-than what it trains (:data:`INFRASTRUCTURE`): job names, run identities, resume checks,
-the study report and the hyperparameter views all leave those out.
+Overrides are parsed here only (:func:`parse_overrides`, Hydra's grammar). :data:`INFRASTRUCTURE` lists the keys
+that say where things are or how a run is shown or continued, not what it trains: job names, run identities,
+resume checks, the study report and the hyperparameter views all leave them out.
 """
 
 from __future__ import annotations
@@ -27,12 +26,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = [
-    "INFRASTRUCTURE", "RESUMABLE", "TrainSchema", "config_dir", "identity", "is_infrastructure",
-    "job_name", "loader_workers", "ordered", "parse_overrides", "print_config_tree", "register", "short_names",
-    "sweep_jobs",
-    "value_text",
-]  # fmt: skip
+__all__ = ["INFRASTRUCTURE", "RESUMABLE", "TrainSchema", "config_dir", "identity", "is_infrastructure", "job_name",
+           "loader_workers", "ordered", "parse_overrides", "print_config_tree", "register", "short_names",
+           "sweep_jobs", "value_text"]  # fmt: skip
 
 # Where things are, how a run is shown, logged, continued or reported on: never what it trains.
 INFRASTRUCTURE = (
@@ -77,11 +73,8 @@ def is_infrastructure(key: str, keys: Sequence[str] = INFRASTRUCTURE) -> bool:
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["model=unet_vgg", "data.image_size=[128,160]"]`` -> ``{"model": "unet_vgg", "data.image_size": [128, 160]}``.
 
-    Hydra's own grammar: values are typed (``1e-4`` -> ``0.0001``), quotes removed, ``+``/``++``
-    dropped from keys; a deletion (``~key``) maps to None; a sweep (``seed=0,1``) to its list of strings.
-
-    Raises:
-        ValueError: an item Hydra cannot parse, named.
+    Hydra's own grammar: typed values (``1e-4`` -> ``0.0001``), no ``+``/``++``; a deletion (``~key``) maps to
+    None, a sweep (``seed=0,1``) to its list of strings. An item Hydra cannot parse: ``ValueError`` naming it.
     """
     parser = OverridesParser.create()
     parsed: dict[str, Any] = {}
@@ -104,8 +97,7 @@ def identity(overrides: Iterable[str]) -> dict[str, Any]:
 
 
 def value_text(value: Any) -> str:
-    """A value as folder-name text: ``[128, 160]`` -> ``128x160``, ``0.0003`` -> ``3e-4``, ``/a/b`` -> ``a_b-<hash>``.
-    """
+    """A value as a name: ``[128, 160]`` -> ``128x160``, ``0.0003`` -> ``3e-4``, ``/a/b`` -> ``a_b-<hash4>``."""
     if isinstance(value, list | tuple):
         return "x".join(value_text(item) for item in value) or "empty"
     if isinstance(value, bool) or value is None:
@@ -143,11 +135,9 @@ def ordered(values: dict[str, Any], groups: Iterable[str]) -> list[str]:
 def job_name(overrides: Sequence[str], groups: Iterable[str] = (), swept: Iterable[str] = ()) -> str:
     """A job's overrides as a folder name of ``[A-Za-z0-9._-]`` only: ``model-unet_vgg__seed-0__lr-1e-4``.
 
-    Deterministic, so a sweep continued or extended into its folder finds its jobs again:
-    config-group choices first, then top-level keys, dotted keys by their last part, the
-    data set and experiment last; :data:`INFRASTRUCTURE` left out, except that a ``data.root``
-    the sweep varies (``swept``) adds its folder's name. Past :data:`MAX_NAME` characters,
-    whole items are dropped from the end and a hash of the full name is appended.
+    Deterministic, so a continued or extended sweep finds its jobs again; keys in :func:`ordered` order, dotted
+    ones by their last part; :data:`INFRASTRUCTURE` left out, except a ``data.root`` the sweep varies (``swept``).
+    Past :data:`MAX_NAME` bytes, whole items are dropped from the end and a hash of the full name is appended.
     """
     parsed = parse_overrides(overrides)
     values = {key: value for key, value in parsed.items() if not is_infrastructure(key)}
@@ -168,70 +158,65 @@ def job_name(overrides: Sequence[str], groups: Iterable[str] = (), swept: Iterab
     return name
 
 
-def _swept_in_this_sweep() -> set[str]:
-    """Keys the running multirun sweeps, from the ``multirun.yaml`` Hydra writes into the sweep folder."""
-    path = Path(HydraConfig.get().sweep.dir) / "multirun.yaml"
+def _sweep_lists() -> dict[str, list[str]] | None:
+    """Each key of the running multirun with its jobs' overrides (sweeper params, then the command line, which
+    replaces a param of the same key), from the ``multirun.yaml`` Hydra writes; None outside a multirun."""
+    hydra = HydraConfig.get()
+    if hydra.mode is None or hydra.mode.name != "MULTIRUN":
+        return None
     try:
-        task = OmegaConf.load(path).hydra.overrides.task
-    except Exception:  # noqa: BLE001 -- a single run, or a launcher that wrote none: nothing swept
-        return set()
-    return {key for key, value in parse_overrides(task).items() if isinstance(value, list) and len(value) > 1}
+        task = list(OmegaConf.load(Path(hydra.sweep.dir) / "multirun.yaml").hydra.overrides.task)
+    except Exception:  # noqa: BLE001 -- a single run, or a launcher that wrote no multirun.yaml
+        return None
+    params = [f"{key}={value}" for key, value in (OmegaConf.select(hydra, "sweeper.params") or {}).items()]
+    lists: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides([*params, *task]):
+        values = override.sweep_string_iterator() if override.is_sweep_override() else None
+        lists[override.key_or_group] = ([f"{override.get_key_element()}={v}" for v in values] if values is not None
+                                        else [override.input_line])  # fmt: skip
+    return lists
 
 
 def _job_name_resolver() -> str:
     if not HydraConfig.initialized():
         return "run"
-    hydra = HydraConfig.get()
-    return job_name(list(hydra.overrides.task), hydra.runtime.choices.keys(), _swept_in_this_sweep())
+    hydra, lists = HydraConfig.get(), _sweep_lists() or {}
+    swept = {key for key, values in lists.items() if len(values) > 1}
+    return job_name(list(hydra.overrides.task), hydra.runtime.choices.keys(), swept)
 
 
 def sweep_jobs() -> list[str]:
-    """The job folder names of the running multirun, in launch order (its sweeper params, then its command line)."""
-    hydra = HydraConfig.get()
-    try:
-        task = list(OmegaConf.load(Path(hydra.sweep.dir) / "multirun.yaml").hydra.overrides.task)
-    except Exception:  # noqa: BLE001 -- no multirun.yaml: this job alone
+    """The job folder names of the running multirun (this job alone outside one), in launch order."""
+    hydra, lists = HydraConfig.get(), _sweep_lists()
+    if lists is None:
         return [job_name(list(hydra.overrides.task), hydra.runtime.choices.keys())]
-    params = [f"{key}={value}" for key, value in (OmegaConf.select(hydra, "sweeper.params") or {}).items()]
-    lists: dict[str, list[str]] = {}  # the command line replaces a sweeper param of the same key
-    for override in OverridesParser.create().parse_overrides([*params, *task]):
-        values = override.sweep_string_iterator() if override.is_sweep_override() else None
-        lists[override.key_or_group] = ([f"{override.get_key_element()}={v}" for v in values] if values is not None
-                                        else [override.input_line])  # fmt: skip
     swept = {key for key, values in lists.items() if len(values) > 1}
     return [job_name(list(job), hydra.runtime.choices.keys(), swept) for job in itertools.product(*lists.values())]
 
 
 def print_config_tree(cfg: DictConfig) -> None:
-    """The resolved config as a tree, one branch per top-level group (``extras.print_config``), as in LHT."""
+    """The resolved config as a tree, one branch per top-level key (``extras.print_config``), as in LHT."""
     tree = rich.tree.Tree("config", guide_style="dim")
     first = [key for key in ("data", "model", "callbacks", "logger", "trainer", "paths") if key in cfg]
     for key in [*first, *(key for key in cfg if key not in first)]:
-        value = OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig | ListConfig) \
-            else cfg[key]  # fmt: skip
-        tree.add(str(key)).add(rich.syntax.Syntax(OmegaConf.to_yaml({key: value}).split("\n", 1)[-1]
-                                                  if isinstance(value, dict) else str(value), "yaml"))  # fmt: skip
+        text = OmegaConf.to_yaml(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig | ListConfig) else cfg[key]
+        tree.add(str(key)).add(rich.syntax.Syntax(str(text), "yaml"))
     rich.print(tree)
 
 
 def loader_workers() -> int:
     """DataLoader workers for this machine: one per core the process may use, less one for the training
     process itself, at most 8 (1 on a 2-core machine, 8 on a 16-core GPU host)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
     return max(1, min(8, cores - 1))
 
 
 def config_dir() -> Path:
     """The Hydra config tree: ``conf/`` beside the package in a checkout, ``segment/conf`` in an installed wheel."""
-    source = Path(__file__).resolve().parents[1] / "conf"
-    if (source / "train.yaml").is_file():
-        return source
-    installed = Path(str(resources.files("segment") / "conf"))
-    if (installed / "train.yaml").is_file():
-        return installed
+    source, installed = Path(__file__).resolve().parents[1] / "conf", Path(str(resources.files("segment") / "conf"))
+    for folder in (source, installed):
+        if (folder / "train.yaml").is_file():
+            return folder
     raise FileNotFoundError(f"no config tree at {source} or {installed}; reinstall road-segment-unet")
 
 

@@ -23,14 +23,8 @@ __all__ = ["atomic_open", "cache_root", "sha256", "write_atomic", "write_png"]
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a unique temporary file in ``path``'s folder; on success, flush, fsync and rename it onto ``path``.
-
-    The temporary file is on the same filesystem as ``path``, so the rename is atomic
-    (no cross-device copy); on an error it is removed and ``path`` is left as it was.
-
-    Args:
-        path: The file to (re)write.
-        mode: ``"w"`` (text) or ``"wb"`` (bytes).
+    """Open a unique temporary file in ``path``'s folder (``mode`` ``"w"`` or ``"wb"``); on success flush, fsync
+    and rename it onto ``path``: the same filesystem, so the rename is atomic. On an error ``path`` stays as it was.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode={mode!r}; expected 'w' or 'wb'")

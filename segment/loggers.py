@@ -1,9 +1,6 @@
-"""Lightning's CSV and TensorBoard loggers, continuing a resumed run's logs in place.
-
-Both take ``resume_step``: the global step of the checkpoint a run continues from. What an
-earlier attempt logged up to that step is kept, what it logged after (an epoch the
-checkpoint does not hold) is dropped, so every step appears once. ``train()`` passes it to
-each logger config that declares the key.
+"""Lightning's CSV and TensorBoard loggers, continuing a resumed run's logs in place: given ``resume_step`` (the
+continued checkpoint's global step, passed by ``train()`` to each logger config declaring it), what an earlier
+attempt logged up to that step is kept and what it logged after is dropped, so every step appears once.
 """
 
 from __future__ import annotations
@@ -25,16 +22,10 @@ __all__ = ["CSVLogger", "TensorBoardLogger"]
 
 
 class CSVLogger(_CSVLogger):
-    """:class:`lightning.pytorch.loggers.CSVLogger` that keeps the rows of the run it continues.
+    """Lightning's CSVLogger, keeping the rows with ``step <= resume_step`` (None: a fresh log).
 
-    Lightning's writer deletes an existing ``metrics.csv`` when it starts. With
-    ``resume_step``, the rows logged at or before that step are kept: the file is trimmed
-    to them now and moved out of the writer's way (renames only, never a copy in memory
-    alone) while it starts, then put back as the beginning of the new log.
-
-    Args:
-        resume_step: Keep rows with ``step <= resume_step``; None: a fresh log.
-        *args, **kwargs: :class:`lightning.pytorch.loggers.CSVLogger` arguments.
+    Lightning's writer deletes an existing ``metrics.csv`` when it starts: the kept rows wait
+    in a holding file beside the log folder (renames only) and become the new log's beginning.
     """
 
     def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
@@ -58,9 +49,11 @@ class CSVLogger(_CSVLogger):
                 except ValueError:
                     raise ValueError(f"{source}, line {number}: step={row['step']!r} is not a number; correct or "
                                      "delete that line (every validation is also in thresholds.json)") from None
-        self._header = sorted(header)
-        self._holding = holding
-        write_atomic(holding, _csv_text(self._header, rows))
+        self._header, self._holding, text = sorted(header), holding, io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self._header)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(holding, text.getvalue())
         metrics.unlink(missing_ok=True)
 
     @property
@@ -77,22 +70,9 @@ class CSVLogger(_CSVLogger):
         return writer
 
 
-def _csv_text(header: list[str], rows: list[dict[str, str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=header)
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 class TensorBoardLogger(_TensorBoardLogger):
-    """:class:`lightning.pytorch.loggers.TensorBoardLogger` that hides a killed attempt's later events.
-
-    Args:
-        resume_step: TensorBoard discards events an earlier process wrote after this step
-            (the writer's ``purge_step``), so a resumed run shows one curve; None: nothing purged.
-        *args, **kwargs: :class:`lightning.pytorch.loggers.TensorBoardLogger` arguments.
-    """
+    """Lightning's TensorBoardLogger, hiding the events a killed attempt wrote after ``resume_step`` (the
+    writer's ``purge_step``), so a resumed run shows one curve; None: nothing purged."""
 
     def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
         if resume_step is not None:

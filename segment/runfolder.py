@@ -1,12 +1,10 @@
 """A run folder belongs to one run: claimed once per attempt, locked while it trains, never silently reused.
 
-:meth:`RunFolder.claim` is the one call the training driver makes about its folder: it locks
-the folder, decides what this attempt does (train afresh, continue the run from its newest
-checkpoint, skip a completed run, archive the earlier run first), checks that a continued or
-skipped run is the same run (config, data), and keeps ``run.json``: the run's status and,
-for every attempt, when, how and with what outcome. An attempt it refuses leaves the run's
-files and status as they were. Hydra does not write ``.hydra/`` (``hydra.output_subdir:
-null``): the claim does, once the attempt owns the folder, with the resolved config.
+:meth:`RunFolder.claim`, the driver's one call about its folder, locks it, decides what this attempt does
+(train afresh, continue from the newest checkpoint, skip a completed run, archive the earlier one), checks
+that a continued or skipped run is the same run (config, data) and keeps ``run.json`` (status, every attempt).
+A refused attempt leaves the run as it was. Hydra does not write ``.hydra/`` (``output_subdir: null``): the
+claim does, once the attempt owns the folder.
 """
 
 from __future__ import annotations
@@ -103,27 +101,28 @@ def _git() -> dict[str, Any]:
         return {"commit": None}  # an installed wheel, or no git
 
 
+def _version(package: str) -> str | None:
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        return metadata.version(package)
+    return None
+
+
 def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 class RunFolder:
-    """One attempt at the run in ``cfg.paths.output_dir`` (only global rank 0 locks or writes).
-
-    After :meth:`claim`: ``cfg`` (the config this attempt trains with), ``checkpoint`` and
-    ``step`` (what it continues from; None: from scratch), ``skip`` (a completed run: nothing
-    to do), ``record`` (``run.json``).
-    """
+    """One attempt at the run in ``cfg.paths.output_dir`` (only global rank 0 locks or writes). After :meth:`claim`:
+    ``cfg`` (what it trains with), ``checkpoint``/``step`` (continued from; None: scratch), ``skip``, ``record``."""
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg, self.path = cfg, Path(cfg.paths.output_dir)
         dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
         self.checkpoints = Path(dirpath) if dirpath else self.path / "checkpoints"
         self.enabled = rank_zero_only.rank == 0
-        self.checkpoint: Path | None = None
-        self.step: int | None = None
+        self.checkpoint, self.step = None, None  # what this attempt continues from
         self.skip = self.refused = False  # refused: turned away before training; the run's status stays
-        self.signal: int | None = None
+        self.signal: int | None = None  # the SIGTERM or SIGINT that stopped this attempt
         self.overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         self.record: dict[str, Any] = {}
         self._before: dict[str, Any] = {}  # the run's status and error, put back if this attempt is refused
@@ -133,13 +132,8 @@ class RunFolder:
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[RunFolder]:
-        """Lock the folder, decide and check this attempt, and record how it ends.
-
-        Raises:
-            RunFolderError: the folder is in use, holds another run, or the run it holds cannot
-                continue as asked.
-            SystemExit: a SIGTERM or SIGINT, once recorded as ``interrupted`` (exit status 128 + signal).
-        """
+        """Lock the folder, decide and check this attempt, and record how it ends. Raises :class:`RunFolderError`
+        (in use, another run, cannot continue as asked), or ``SystemExit(128 + signal)`` on SIGTERM/SIGINT."""
         if not self.enabled:  # DDP ranks > 0 (srun starts one train.py per GPU) follow rank 0
             yield self._decide(read_record(self.path), holds_run=False)
             return
@@ -196,10 +190,7 @@ class RunFolder:
         self.record = previous or {"started": self.attempt["started"]}
         self._before = {key: self.record.get(key) for key in ("status", "error")}
         self.attempt["resumed_from"] = self.checkpoint and str(self.checkpoint)
-        versions = {"python": platform.python_version()}
-        for name in _PACKAGES:
-            with contextlib.suppress(metadata.PackageNotFoundError):
-                versions[name] = metadata.version(name)
+        versions = {"python": platform.python_version(), **{name: _version(name) for name in _PACKAGES}}
         self.update(status="running", seed=self.cfg.get("seed"), versions=versions, error=None)
 
     def _decide(self, previous: dict | None, holds_run: bool) -> RunFolder:
@@ -354,8 +345,7 @@ class RunFolder:
                 shutil.move(str(self.path / name), str(target / name))
         if (log_file := self.path / "train.log").is_file():  # Hydra's handler appends to it: copy, then truncate
             shutil.copy2(log_file, target / "train.log")
-            with log_file.open("r+") as handle:
-                handle.truncate(0)
+            os.truncate(log_file, 0)
         why = "overwrite=true" if self.cfg.get("overwrite") else "the earlier run left no checkpoint to continue"
         log.warning("%s: archived the earlier run of %s in %s", why, self.path, target)
 

@@ -1,17 +1,16 @@
-"""Config validation before anything is built: a structured schema for the top level, and
-the signature of each ``_target_`` for the keys and value types of its node.
+"""Config validation before anything is built: each ``_target_`` node against its target's signature.
 
-The top level (:class:`segment.config.TrainSchema`, in Hydra's ConfigStore as
-``train_schema`` and the first entry of ``conf/train.yaml``'s defaults) is checked by Hydra
-while composing. Every
-node with a ``_target_`` (data, model and its net/loss/optimizer/scheduler, callbacks,
-loggers, trainer, transforms) is checked by :func:`validate` against the parameters of the
-class it names, which are the real schema of those nodes: a misspelt key is reported with
-the closest allowed names, a wrong type with the expected one.
+The top level is :class:`segment.config.TrainSchema` (checked by Hydra while composing). The
+nodes with a ``_target_`` are checked here against the parameters of the class they name,
+which are their real schema. Kept rather than left to the libraries because the messages
+are better: a misspelt key is named with its config path and the closest allowed names (a
+class raises ``TypeError: unexpected keyword`` without the path, smp encoders drop unknown
+keys silently), a wrong type with the expected one, before any weights load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import types
@@ -34,6 +33,7 @@ class ConfigError(ValueError):
 
 
 _SKIP = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
+_SCALARS = {bool: bool, int: int, float: int | float, str: str, Path: str | Path}  # hint -> accepted values
 
 
 def validate(cfg: DictConfig) -> None:
@@ -69,9 +69,8 @@ def _target_nodes(node: Any, path: str = "") -> typing.Iterator[tuple[str, DictC
 
 
 def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]] | None:
-    """Named parameters and type hints of a callable; for a class, of the ``__init__`` chain
-    along which this package's classes forward ``**kwargs`` to their base (a data module and
-    the base it extends). None where it takes arbitrary keywords in the end."""
+    """Named parameters and type hints of a callable; for a class, of the ``__init__`` chain along which this
+    package's classes forward ``**kwargs`` to their base. None where it takes arbitrary keywords in the end."""
     functions = []
     if inspect.isclass(obj):
         for klass in obj.__mro__:
@@ -95,10 +94,8 @@ def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]
             return None
         parameters.update({k: p for k, p in signature.parameters.items() if k != "self" and p.kind not in (
             inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)})  # fmt: skip
-        try:
+        with contextlib.suppress(Exception):  # unresolvable annotations: check names only
             hints.update({k: v for k, v in typing.get_type_hints(function).items() if k not in hints})
-        except Exception:  # noqa: BLE001 -- unresolvable annotations: check names only
-            pass
     if _takes_kwargs(functions[-1]):
         return None
     return parameters, hints
@@ -136,14 +133,12 @@ def _check_node(path: str, node: DictConfig) -> None:
             # None is fine wherever None is the default, whatever the annotation says
             if not (value is None and parameters[key].default is None) and not _conforms(value, hints[key]):
                 raise ConfigError(
-                    f"{path}.{key}={_show(value)}: expected {_type_name(hints[key])} (argument of {target})"
+                    f"{path}.{key}={_plain(value)!r}: expected {_type_name(hints[key])} (argument of {target})"
                 )
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, DictConfig | ListConfig):
-        return str(OmegaConf.to_container(value))
-    return repr(value)
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def _type_name(hint: Any) -> str:
@@ -165,27 +160,18 @@ def _conforms(value: Any, hint: Any) -> bool:
         return value is None
     if value is None:
         return False
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if hint is Path:
-        return isinstance(value, str | Path)
+    if hint in _SCALARS:
+        return isinstance(value, _SCALARS[hint]) and not (hint is not bool and isinstance(value, bool))
     base = origin or hint
-    if base in (list, tuple, Sequence, typing.Sequence) or (inspect.isclass(base) and issubclass(base, Sequence)
-                                                             and base is not str):  # fmt: skip
+    if inspect.isclass(base) and issubclass(base, Sequence) and base is not str:  # list, tuple, Sequence[...]
         if not isinstance(value, ListConfig | list | tuple):
             return False
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         return len(args) != 1 or all(_conforms(item, args[0]) for item in value)
-    if base in (dict, Mapping, typing.Mapping) or (inspect.isclass(base) and issubclass(base, Mapping)):
+    if inspect.isclass(base) and issubclass(base, Mapping):
         return isinstance(value, DictConfig | dict)
     if origin is typing.Literal:
         return value in typing.get_args(hint)
     if hint is torch.Tensor:  # e.g. a learning rate typed float | Tensor
-        return isinstance(value, int | float) and not isinstance(value, bool)
+        return _conforms(value, float)
     return True  # other classes, callables...: the target checks them itself

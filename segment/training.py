@@ -23,10 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def instantiate_each(configs: Mapping | None, **kwargs: Any) -> list:
-    """Instantiate every ``_target_`` entry of a named collection (callbacks, loggers).
-
-    ``kwargs`` go to the entries whose config declares that key (``resume_step`` for loggers).
-    """
+    """Instantiate every entry of a named collection (callbacks, loggers); ``kwargs`` go to the entries whose
+    config declares that key (``resume_step`` for loggers)."""
     objects = []
     for name, config in (configs or {}).items():
         if not isinstance(config, Mapping) or "_target_" not in config:
@@ -43,10 +41,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     with RunFolder(cfg).claim() as run:  # fresh / continue / skip / archive, checked; run.json
         cfg = run.cfg  # a continued run trains under its own saved config
-        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         # cheap constructors first: their argument checks fail before data or weights are fetched
-        callbacks = instantiate_each(cfg.callbacks, params=hyperparameters(cfg, overrides, choices))
+        callbacks = instantiate_each(cfg.callbacks, params=hyperparameters(cfg, run.overrides, choices))
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         run.check_data(datamodule.fingerprint())  # a continued or skipped run must see the same data

@@ -81,7 +81,7 @@ def test_option_composes_and_instantiates(make_cfg, tmp_path, group: str, option
         batch = next(iter(datamodule.train_dataloader()))
         assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3, 64, 96)
         assert batch["mask"].dtype == torch.int64 and batch["mask"].shape[1:] == (64, 96)
-    elif group in ("model", "loss", "optimizer", "scheduler"):
+    elif group in ("model", "loss", "optimizer", "scheduler", "protocol"):  # one training step of what it builds
         model = _build_model(cfg)
         images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
         target = torch.randint(0, SYNTHETIC_INFO.num_classes, (2, 64, 96))
@@ -96,6 +96,10 @@ def test_option_composes_and_instantiates(make_cfg, tmp_path, group: str, option
         if "lr_scheduler" in config:
             scheduler = config["lr_scheduler"]["scheduler"]
             scheduler.step(loss.item()) if config["lr_scheduler"].get("monitor") else scheduler.step()
+    elif group == "measurement":  # the study's measuring builds: validations 4x per epoch, counted after 2
+        callbacks = instantiate_each(cfg.callbacks)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, precision="32-true")  # "auto": resolved at fit
+        assert trainer.val_check_interval == 0.25 and any(getattr(cb, "patience", 0) == 2 for cb in callbacks)
     elif group == "callbacks":
         assert all(isinstance(cb, Callback) for cb in instantiate_each(cfg.get("callbacks")))
     elif group == "logger":
@@ -108,8 +112,8 @@ def test_option_composes_and_instantiates(make_cfg, tmp_path, group: str, option
             pytest.skip("trainer=gpu composes; building it needs a CUDA device")
         resolve_trainer_precision(cfg)
         assert isinstance(instantiate(cfg.trainer), Trainer)
-    else:  # paths, hydra: configuration only
-        assert cfg.paths.output_dir and cfg.paths.log_dir
+    else:  # paths, hydra: where a run writes, under the folder given
+        assert str(cfg.paths.output_dir).startswith(str(tmp_path)) and cfg.paths.log_dir
 
 
 def test_scratch_and_pretrained_differ_only_in_initialisation(make_cfg) -> None:
@@ -134,24 +138,31 @@ def test_compare_pretraining_sweeps_all_three_models_over_seeds(make_cfg) -> Non
     assert set(cfg.study.comparisons) == {"pretraining", "architecture", "lab's comparison"}
 
 
-def test_lab_protocols_train_each_network_as_the_lab_did() -> None:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        small = compose("train", overrides=["protocol=lab_small"])
-        vgg = compose("train", overrides=["protocol=lab_vgg"])
-    assert small.model.net._target_.endswith("LabUNet") and vgg.model.net._target_.endswith("LabVGGUNet")
-    assert (small.model.optimizer._target_, small.model.optimizer.lr, small.model.optimizer.weight_decay) == (
-        "torch.optim.AdamW", 1e-4, 1e-4)
-    assert small.model.scheduler.scheduler._target_.endswith("ReduceLROnPlateau")
-    assert (small.model.scheduler.scheduler.factor, small.model.scheduler.scheduler.patience) == (0.5, 5)
-    assert small.trainer.gradient_clip_val == 1.0 and small.data.batch_size == 6
-    assert list(small.model.mean) == [0, 0, 0] and list(small.model.std) == [1, 1, 1]  # images in [0, 1]
-    assert (vgg.model.optimizer._target_, vgg.model.optimizer.lr) == ("torch.optim.Adam", 1e-4)
-    assert vgg.model.scheduler.scheduler._target_.endswith("ConstantLR") and vgg.trainer.gradient_clip_val is None
-    assert vgg.data.batch_size == 4 and vgg.model.net.frozen_blocks == 2 and vgg.model.net.final_relu
-    for cfg in (small, vgg):  # no augmentation: train transforms only resize
-        assert [t._target_ for t in cfg.data.transforms.train.transforms] == ["albumentations.Resize"]
+def test_lab_protocols_train_each_network_as_the_lab_did(make_cfg) -> None:
+    """What the lab's two recipes build: optimiser, rate, schedule, clipping, batch, input scaling, no augmentation."""
+    small_cfg, vgg_cfg = make_cfg("protocol=lab_small"), make_cfg("protocol=lab_vgg")
+    small, vgg = _build_model(small_cfg), _build_model(vgg_cfg)
+    assert type(small.net).__name__ == "LabUNet" and type(vgg.net).__name__ == "LabVGGUNet"
+    small_opt = small.configure_optimizers()
+    assert isinstance(small_opt["optimizer"], torch.optim.AdamW)
+    assert small_opt["optimizer"].defaults["lr"] == 1e-4 and small_opt["optimizer"].defaults["weight_decay"] == 1e-4
+    plateau = small_opt["lr_scheduler"]["scheduler"]
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau) and (plateau.factor, plateau.patience) == (
+        0.5, 5)  # fmt: skip
+    vgg_opt = vgg.configure_optimizers()
+    assert type(vgg_opt["optimizer"]) is torch.optim.Adam and vgg_opt["optimizer"].defaults["lr"] == 1e-4
+    clips = [instantiate(cfg.trainer, precision="32-true").gradient_clip_val for cfg in (small_cfg, vgg_cfg)]
+    assert clips == [1.0, None]
+    frozen = [p.requires_grad for p in vgg.net.parameters()]
+    assert not all(frozen) and any(frozen)  # the first VGG blocks are frozen
+    assert small.scale.flatten().tolist() == pytest.approx([1 / 255] * 3) and not small.shift.any()  # [0, 1]
+    assert [make_cfg(f"protocol={p}", tiny=False).data.batch_size for p in ("lab_small", "lab_vgg")] == [6, 4]
+    for cfg in (small_cfg, vgg_cfg):  # no augmentation: a training sample is the same every time it is drawn
+        data = instantiate(cfg.data)
+        data.prepare_data()
+        data.setup("fit")
+        first, again = data.train_dataset[0], data.train_dataset[0]
+        assert torch.equal(torch.as_tensor(first["image"]), torch.as_tensor(again["image"]))
 
 
 def test_help_lists_config_groups() -> None:

@@ -144,3 +144,39 @@ def test_validation_logs_plain_cross_entropy_whatever_the_loss() -> None:
     assert ce.val_ce.compute() == pytest.approx(ce.val_loss.compute().item(), rel=1e-6)  # CE: the same number
     assert dice.val_ce.compute() == pytest.approx(ce.val_ce.compute().item(), rel=1e-6)  # same weights, same CE
     assert dice.val_loss.compute() > dice.val_ce.compute() + 0.01  # the training loss adds the Dice term
+
+
+def test_init_from_takes_a_checkpoints_weights_and_starts_afresh(tmp_path) -> None:
+    torch.manual_seed(0)
+    source = _module()
+    path = tmp_path / "source.ckpt"
+    torch.save({"state_dict": source.state_dict(), "global_step": 120}, path)
+    torch.manual_seed(1)
+    fresh = _module()
+    started = _module(init_from=str(path))
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(started.state_dict()[name], value)
+    assert any(not torch.equal(fresh.state_dict()[n], v) for n, v in source.state_dict().items())
+    assert started.hparams.init_from == str(path)  # recorded; the run itself starts at step 0 (not a resume)
+
+
+def test_a_schedule_over_null_total_steps_spans_this_runs_optimiser_steps(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from lightning import LightningModule
+
+    scheduler = {"scheduler": {"_target_": "segment.models.schedules.WarmupDecayLR", "_partial_": True,
+                               "total_steps": None, "warmup_steps": 2, "decay": "poly", "power": 1.0},
+                 "interval": "step"}  # fmt: skip
+    module = _module(scheduler=scheduler)
+    monkeypatch.setattr(LightningModule, "trainer", property(lambda self: SimpleNamespace(estimated_stepping_batches=10)))
+    config = module.configure_optimizers()
+    optimizer, lr = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        lr.step()
+    # warmup over 2 steps, then a linear decay that reaches 0 exactly at the 10th step: the run's end
+    assert rates[2] == pytest.approx(0.1) and rates[9] == pytest.approx(0.1 / 8)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)

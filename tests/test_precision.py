@@ -94,11 +94,16 @@ def test_a_sweep_measures_once_before_its_jobs_and_every_job_trains_alike(tmp_pa
                 f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"],  # fmt: skip
                env={"SEGMENT_CACHE_DIR": str(tmp_path / "cache")})
     shared = json.loads((sweep / "precision.json").read_text())
-    records = [json.loads(p.read_text())["precision"] for p in sorted(sweep.glob("*/run.json"))]
+    records = [_recorded(p.parent) for p in sorted(sweep.glob("*/run.json"))]
     assert len(records) == 2
     for record in records:
         assert record["precision"] == shared["precision"] and record["fp32_ms"] == shared["fp32_ms"]
         assert record["chosen_by"] == f"measured once for the sweep ({sweep / 'precision.json'})"
+
+
+def _recorded(run: str | Path) -> dict:
+    """The precision record of a run's latest attempt (each attempt records what it trained in)."""
+    return json.loads((Path(run) / "run.json").read_text())["attempts"][-1]["precision"]
 
 
 def test_run_json_records_the_precision_and_who_chose_it(make_cfg, cache, monkeypatch) -> None:
@@ -107,13 +112,13 @@ def test_run_json_records_the_precision_and_who_chose_it(make_cfg, cache, monkey
     _timed(monkeypatch, 10.0, 20.0)
     cfg = make_cfg("model=unet_lab", "debug=fdr")
     train(cfg)
-    record = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())["precision"]
+    record = _recorded(cfg.paths.output_dir)
     assert record["precision"] == "32-true" and record["chosen_by"] == "measured on this CPU"
     assert record["bf16_speedup"] == pytest.approx(0.5)
     cfg = make_cfg("model=unet_lab", "debug=fdr", "trainer.precision=bf16-mixed")
     cfg.paths.output_dir = str(Path(cfg.paths.output_dir).parent / "override")
     train(cfg)
-    record = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())["precision"]
+    record = _recorded(cfg.paths.output_dir)
     assert record == {"precision": "bf16-mixed", "chosen_by": "trainer.precision"}
 
 
@@ -122,6 +127,7 @@ def test_precision_choice_round_trips() -> None:
     assert PrecisionChoice(**{k: v for k, v in choice.as_dict().items() if k != "bf16_speedup"}) == choice
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_measures_each_precision_and_their_ratio(tmp_path: Path, data_dir: Path) -> None:
     """The benchmark that settles a host's precision: both precisions in one run, and the ratio of the two."""
     out = tmp_path / "throughput.json"

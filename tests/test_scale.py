@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning import Trainer
 
@@ -72,15 +74,36 @@ def test_joblib_launcher_runs_two_jobs_at_once(tmp_path: Path, data_dir: Path) -
     assert len(pids) == 2
 
 
-def test_slurm_launcher_config_composes() -> None:
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ([], ["--nodes=1", "--gpus-per-node=1", "--ntasks-per-node=1"]),  # the README row, as written
+    (["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], ["--nodes=2", "--gpus-per-node=4",
+                                                                    "--ntasks-per-node=4"]),
+])  # fmt: skip
+def test_the_slurm_launcher_submits_what_the_config_asks(tmp_path: Path, monkeypatch, overrides, expected) -> None:
+    """The launcher as Hydra runs it, up to ``sbatch`` (a stand-in that keeps the script it was given)."""
+    import submitit
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/job.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit checks that it exists
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(submitit.Job, "results", lambda self: [None])  # no cluster to wait for
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        overrides = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=4",
-                     "trainer.num_nodes=2"]  # fmt: skip
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.partition, launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 2, 4, 4)
-    assert launcher.timeout_min == 240
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", *overrides,
+                                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], return_hydra_config=True)  # fmt: skip
+    HydraConfig.instance().set_config(cfg)
+    try:
+        launcher = instantiate(cfg.hydra.launcher)
+        launcher.config, launcher.task_function, launcher.hydra_context = cfg, None, None
+        launcher.launch([["seed=0"]], initial_job_idx=0)
+    finally:
+        HydraConfig.instance().cfg = None  # in-process runs of later tests must not see this config
+    script = (tmp_path / "job.sh").read_text()
+    for line in [*expected, "--partition=gpu", "--time=240", "--cpus-per-task=8", "--mem=64GB"]:
+        assert f"#SBATCH {line}\n" in script, (line, script)
 
 
 @pytest.mark.slow

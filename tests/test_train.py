@@ -157,3 +157,17 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
     record = json.loads((job / "run.json").read_text())
     assert [a["outcome"] for a in record["attempts"]] == ["completed", "completed"]
     assert record["attempts"][1]["overrides"] == ["ckpt_path=last"]  # typed; the rest came from the folder
+
+
+def test_test_after_fit_scores_the_test_split_and_the_summary_prints_it(make_cfg, tmp_path: Path, caplog) -> None:
+    from tests.layouts import write_camvid
+
+    cfg = make_cfg("model=unet_lab", "test_after_fit=true", *write_camvid(tmp_path / "camvid"))
+    with caplog.at_level("INFO", logger="segment.runfolder"):
+        metrics = train(cfg)
+    assert {"test/loss", "test/miou", "test/pixel_acc"} <= metrics.keys()
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Run folder:"))
+    assert re.search(rf"test/loss\s+{metrics['test/loss']:.4f}", summary)
+    assert re.search(rf"test/miou\s+{metrics['test/miou']:.4f}", summary)
+    record = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())
+    assert record["metrics"]["test/loss"] == pytest.approx(metrics["test/loss"])

@@ -190,26 +190,29 @@ def test_offline_imagenet_without_fallback_says_how_to_fix_it(hed_cache) -> None
         resolve_encoder_weights("imagenet", fallback=False)
 
 
-def test_recorded_source_reaches_hparams_and_checkpoint(hed_cache, tmp_path: Path, monkeypatch) -> None:
+def test_recorded_source_reaches_the_checkpoint_and_survives_a_reload(hed_cache, tmp_path: Path, monkeypatch) -> None:
     module = SegmentationModule(
         net={**VGG_NET, "encoder_weights": "imagenet"},
         loss={"_target_": "torch.nn.CrossEntropyLoss"},
         optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
         class_names=list(SYNTHETIC_INFO.class_names),
     )
-    assert module.hparams.encoder_weights_used["source"] == "hed-bsds500"
+    assert module.weights_record.source == "hed-bsds500"
     assert str(module.weights_record).startswith("hed-bsds500") and "requested imagenet" in str(module.weights_record)
     torch.testing.assert_close(module.net.encoder.state_dict()["features.5.weight"], hed_cache["features.5.weight"])
 
     path = tmp_path / "run.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    module.on_save_checkpoint(checkpoint)  # what Lightning calls when it writes one
+    assert checkpoint["encoder_weights_used"] == module.weights_record.as_dict()
+    torch.save(checkpoint, path)
 
     def no_weights(*args, **kwargs):
         raise AssertionError("reloading a checkpoint must not resolve encoder weights")
 
     monkeypatch.setattr("segment.models.nets.resolve_encoder_weights", no_weights)
     restored = SegmentationModule.from_checkpoint(path)
-    assert restored.hparams.encoder_weights_used == module.hparams.encoder_weights_used
+    assert restored.weights_record == module.weights_record  # read back, not resolved again
     torch.testing.assert_close(
         restored.net.encoder.state_dict()["features.5.weight"], hed_cache["features.5.weight"]
     )

@@ -164,7 +164,7 @@ class Study:
                 for faster in (a for a in self.arms if _matches(a, sides["faster"])):
                     context = self._context(slower, ignore)
                     if slower is not faster and context == self._context(faster, ignore):
-                        found.append(Comparison(effect, self._label(context), slower, faster))
+                        found.append(Comparison(effect, self._label(context) if context else "", slower, faster))
         return found
 
     def _tuned(self) -> list[TunedComparison]:
@@ -179,7 +179,7 @@ class Study:
                     cells[str(arm.value(rate))] = arm
             for context, cells in groups.items():
                 if len(cells["slower"]) > 1 or len(cells["faster"]) > 1:  # a bracket on at least one side
-                    found.append(TunedComparison(effect, self._label(context), rate, cells["slower"],
+                    found.append(TunedComparison(effect, self._label(context) if context else "", rate, cells["slower"],
                                                  cells["faster"]))  # fmt: skip
         return found
 

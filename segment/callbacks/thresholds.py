@@ -79,7 +79,7 @@ def first_crossing(history: Sequence[dict[str, Any]], threshold: Threshold, pati
                 before, after = rows[i - 1], rows[i]
                 span = before[threshold.metric] - after[threshold.metric]
                 fraction = (before[threshold.metric] - threshold.level) / span if span else 1.0
-                time = float(before[unit]) + fraction * (float(after[unit]) - time)
+                time = float(before[unit]) + fraction * (float(after[unit]) - float(before[unit]))
             return Crossing(time, True, int(rows[i]["step"]))
     return Crossing(float(rows[-1][unit]), False)
 

@@ -137,10 +137,6 @@ class SegmentationModule(LightningModule):
         self.register_buffer("shift", (-mean_t / std_t).view(1, 3, 1, 1))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        if init_from is not None:
-            self._load_weights(init_from)
-        if compile:
-            self.net.compile()
 
         self.train_loss = MeanMetric()
         self.train_loss.persistent(True)  # its running epoch mean travels with checkpoints (mid-epoch resumes)
@@ -150,6 +146,10 @@ class SegmentationModule(LightningModule):
         # The non-finite guard's device-side record: the first bad step (-1: none) and the last finite loss.
         self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
         self.register_buffer("_last_finite_loss", torch.tensor(float("nan")), persistent=False)
+        if init_from is not None:  # once every state tensor exists: the running ones are left as they start
+            self._load_weights(init_from)
+        if compile:
+            self.net.compile()
 
     def _load_weights(self, path: str | Path) -> None:
         """Copy net and normalisation weights from a checkpoint of this module (``init_from``)."""
