@@ -169,7 +169,8 @@ def test_a_schedule_over_null_total_steps_spans_this_runs_optimiser_steps(monkey
                                "total_steps": None, "warmup_steps": 2, "decay": "poly", "power": 1.0},
                  "interval": "step"}  # fmt: skip
     module = _module(scheduler=scheduler)
-    monkeypatch.setattr(LightningModule, "trainer", property(lambda self: SimpleNamespace(estimated_stepping_batches=10)))
+    trainer = SimpleNamespace(estimated_stepping_batches=10)  # what Lightning counts for the run
+    monkeypatch.setattr(LightningModule, "trainer", property(lambda self: trainer))
     config = module.configure_optimizers()
     optimizer, lr = config["optimizer"], config["lr_scheduler"]["scheduler"]
     rates = []

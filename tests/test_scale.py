@@ -92,8 +92,8 @@ def test_the_slurm_launcher_submits_what_the_config_asks(tmp_path: Path, monkeyp
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setattr(submitit.Job, "results", lambda self: [None])  # no cluster to wait for
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu", *overrides,
-                                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], return_hydra_config=True)  # fmt: skip
+        slurm = ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+        cfg = compose("train", overrides=[*slurm, *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     try:
         launcher = instantiate(cfg.hydra.launcher)
