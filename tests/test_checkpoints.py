@@ -205,3 +205,28 @@ def test_an_interpolation_in_a_checkpoint_is_refused_naming_the_key(tmp_path: Pa
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode != 0 and "may not hold interpolations or resolvers" in result.stderr
     assert not target.exists() and not (tmp_path / "data").exists()
+
+
+def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from segment.checkpoints import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1}, path)
+
+    def full(obj, file):  # what torch's zip writer raises when the disk fills mid-write
+        file.write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")  # fmt: skip
+
+    monkeypatch.setattr(torch, "save", full)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(2**30, 2**30 - 2**19, 2**19))
+    with pytest.raises(OSError, match=r"No space left on device: writing checkpoint .*last.ckpt failed with 0.5 MiB "
+                                      r"free; the previous checkpoint is intact") as caught:  # fmt: skip
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2}, path)
+    assert caught.value.errno == errno.ENOSPC
+    assert read_checkpoint(path)["global_step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

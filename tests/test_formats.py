@@ -274,3 +274,23 @@ def test_real_camvid_has_367_train_and_101_val_samples(make_cfg) -> None:
 def test_fast_dev_run_on_real_camvid(make_cfg) -> None:
     metrics = train(make_cfg("data=camvid", f"data.root={CAMVID_ROOT}", "debug=fdr"))
     assert np.isfinite(metrics["val/loss"])
+
+
+def test_an_exif_rotated_jpeg_is_read_as_stored_like_its_mask_and_the_check_flags_it(tmp_path: Path, capsys) -> None:
+    import cv2
+    from PIL import Image
+
+    from segment.data.dataset import read_image
+
+    write_camvid(tmp_path / "camvid")
+    png = tmp_path / "camvid" / "train" / "0001TP_000000.png"
+    jpg = png.with_suffix(".jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 3  # orientation: rotated 180 degrees
+    Image.open(png).convert("RGB").save(jpg, quality=95, exif=exif)
+    png.unlink()
+    stored = np.asarray(Image.open(jpg).convert("RGB"))  # the pixels as stored (PIL applies no tag)
+    np.testing.assert_array_equal(read_image(jpg), stored)
+    assert not np.array_equal(cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB), stored)  # OpenCV's default turns it
+    assert check_main(["check", "data=camvid", f"data.root={tmp_path / 'camvid'}"]) == 1
+    assert f"{jpg} has EXIF orientation 3: viewers rotate it" in capsys.readouterr().out

@@ -164,3 +164,27 @@ def test_killed_between_two_checkpoint_writes_resumes_from_the_newest(tmp_path: 
     assert "resumed from epoch 1 (global step 2)" in resumed.stdout + resumed.stderr
     assert _record(run)["status"] == "completed"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["epoch"] == 1
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("[]", r"run.json holds a list, not a run record; move it aside"),
+    ('{"status": "runn', r"run.json is unreadable \(.*\); move it aside \(its run is then continued from its newest"),
+])  # fmt: skip
+def test_a_damaged_run_record_is_named_with_the_fix_and_left_as_it_is(finished: Path, make_cfg, content: str,
+                                                                      message: str) -> None:  # fmt: skip
+    (finished / "run.json").write_text(content)
+    before = _snapshot(finished)
+    with pytest.raises(RunFolderError, match=message):
+        train(make_cfg(*FAST, "seed=1", "skip_completed=true"))
+    assert (finished / "run.json").read_text() == content and _snapshot(finished) == before
+
+
+def test_a_non_numeric_step_in_metrics_csv_is_named_with_its_line(tmp_path: Path) -> None:
+    from segment.loggers import CSVLogger
+
+    folder = tmp_path / "csv" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("epoch,step,val/loss\n0,3,1.5\n0,six,1.2\n")
+    with pytest.raises(ValueError, match=r"metrics.csv, line 3: step='six' is not a number; correct or delete"):
+        CSVLogger(save_dir=str(tmp_path), name="csv", version="version_0", resume_step=5)
+    assert (folder / "metrics.csv").read_text().endswith("0,six,1.2\n")  # untouched
