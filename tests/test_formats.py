@@ -291,6 +291,6 @@ def test_an_exif_rotated_jpeg_is_read_as_stored_like_its_mask_and_the_check_flag
     png.unlink()
     stored = np.asarray(Image.open(jpg).convert("RGB"))  # the pixels as stored (PIL applies no tag)
     np.testing.assert_array_equal(read_image(jpg), stored)
-    assert not np.array_equal(cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB), stored)  # OpenCV's default turns it
+    assert not np.array_equal(cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB), stored)  # cv2 default: turned
     assert check_main(["check", "data=camvid", f"data.root={tmp_path / 'camvid'}"]) == 1
     assert f"{jpg} has EXIF orientation 3: viewers rotate it" in capsys.readouterr().out
