@@ -28,7 +28,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 __all__ = ["INFRASTRUCTURE", "RESUMABLE", "TrainSchema", "config_dir", "identity", "is_infrastructure", "job_name",
            "loader_workers", "ordered", "parse_overrides", "print_config_tree", "register", "short_names",
-           "sweep_jobs", "value_text"]  # fmt: skip
+           "sweep_jobs", "swept_keys", "value_text"]  # fmt: skip
 
 # Where things are, how a run is shown, logged, continued or reported on: never what it trains.
 INFRASTRUCTURE = (
@@ -177,20 +177,22 @@ def _sweep_lists() -> dict[str, list[str]] | None:
     return lists
 
 
+def swept_keys() -> set[str]:
+    """The keys the running multirun gives more than one value (none outside a multirun, or without Hydra)."""
+    lists = (_sweep_lists() if HydraConfig.initialized() else None) or {}
+    return {key for key, values in lists.items() if len(values) > 1}
+
+
 def _job_name_resolver() -> str:
-    if not HydraConfig.initialized():
-        return "run"
-    hydra, lists = HydraConfig.get(), _sweep_lists() or {}
-    swept = {key for key, values in lists.items() if len(values) > 1}
-    return job_name(list(hydra.overrides.task), hydra.runtime.choices.keys(), swept)
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    return job_name(list(hydra.overrides.task), hydra.runtime.choices.keys(), swept_keys()) if hydra else "run"
 
 
 def sweep_jobs() -> list[str]:
     """The job folder names of the running multirun (this job alone outside one), in launch order."""
-    hydra, lists = HydraConfig.get(), _sweep_lists()
+    hydra, lists, swept = HydraConfig.get(), _sweep_lists(), swept_keys()
     if lists is None:
         return [job_name(list(hydra.overrides.task), hydra.runtime.choices.keys())]
-    swept = {key for key, values in lists.items() if len(values) > 1}
     return [job_name(list(job), hydra.runtime.choices.keys(), swept) for job in itertools.product(*lists.values())]
 
 
@@ -205,8 +207,7 @@ def print_config_tree(cfg: DictConfig) -> None:
 
 
 def loader_workers() -> int:
-    """DataLoader workers for this machine: one per core the process may use, less one for the training
-    process itself, at most 8 (1 on a 2-core machine, 8 on a 16-core GPU host)."""
+    """DataLoader workers: the cores this process may use less one (for training itself), 1 to 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
     return max(1, min(8, cores - 1))
 
@@ -221,8 +222,7 @@ def config_dir() -> Path:
 
 
 def register() -> None:
-    """Register the resolvers ``job_name``, ``loader_workers`` and ``not``, and :class:`TrainSchema` as
-    ``train_schema`` in Hydra's ConfigStore (the first entry of ``conf/train.yaml``'s defaults)."""
+    """Register the resolvers ``job_name``, ``loader_workers``, ``not``, and :class:`TrainSchema` (``train_schema``)."""
     for name, function in (("job_name", _job_name_resolver), ("loader_workers", loader_workers),
                            ("not", lambda value: not value)):  # fmt: skip
         if not OmegaConf.has_resolver(name):

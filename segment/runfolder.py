@@ -125,8 +125,8 @@ class RunFolder:
         self.signal: int | None = None  # the SIGTERM or SIGINT that stopped this attempt
         self.overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
         self.record: dict[str, Any] = {}
-        self._before: dict[str, Any] = {}  # the run's status and error, put back if this attempt is refused
-        self._data: dict | None = None  # the data fingerprint in the checkpoint continued from
+        # the run's status and error (put back if this attempt is refused); the checkpoint's data fingerprint
+        self._before, self._data = {}, None
         self.attempt: dict[str, Any] = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
                                         "command": sys.argv, "git": _git(), "overrides": self.overrides}  # fmt: skip
 
@@ -321,8 +321,7 @@ class RunFolder:
             raise KeyboardInterrupt
 
     def _holds_results(self) -> bool:
-        return any((self.path / name).is_dir() and any((self.path / name).iterdir())
-                   for name in ("checkpoints", "csv", "tensorboard", "masks"))  # fmt: skip
+        return any(any((self.path / name).glob("*")) for name in ("checkpoints", "csv", "tensorboard", "masks"))
 
     def _write_hydra(self) -> None:
         """``.hydra/`` as Hydra writes it (the config resolved), once this attempt owns the folder."""

@@ -43,7 +43,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg = run.cfg  # a continued run trains under its own saved config
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         # cheap constructors first: their argument checks fail before data or weights are fetched
-        callbacks = instantiate_each(cfg.callbacks, params=hyperparameters(cfg, run.overrides, choices))
+        params, swept = hyperparameters(cfg, run.overrides, choices)  # TensorBoard's HPARAMS table
+        callbacks = instantiate_each(cfg.callbacks, params=params, swept=swept)
         datamodule = instantiate(cfg.data)
         datamodule.prepare_data()
         run.check_data(datamodule.fingerprint())  # a continued or skipped run must see the same data

@@ -9,21 +9,26 @@ from typing import Any
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from tensorboard.plugins.hparams import plugin_data_pb2
+from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from segment.callbacks.thresholds import ThresholdTracker
-from segment.config import identity, ordered, short_names, value_text
+from segment.config import identity, ordered, short_names, swept_keys, value_text
 
 __all__ = ["HyperparameterTable", "hyperparameters"]
 
 
-def hyperparameters(cfg: DictConfig, overrides: Sequence[str], choices: Mapping[str, Any]) -> dict[str, Any]:
+def hyperparameters(cfg: DictConfig, overrides: Sequence[str],
+                    choices: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
     """The keys a researcher compares runs by (TensorBoard's HPARAMS, csv/hparams.yaml), each once, named as in
     job folders: the run's own overrides first (what a sweep varies), then model, seed, rate, batch, image size,
-    epochs, optimiser, schedule and loss."""
+    epochs, optimiser, schedule and loss. Also the names of the keys the sweep varies (a single run: its overrides)."""
     values = identity(overrides)
     keys = ordered(values, choices.keys())
     names = short_names(keys)
     params = {names[key]: values[key] for key in keys}
+    varied = swept_keys()
+    swept = [names[key] for key in keys if key in varied] or list(params)
     select = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
     short = lambda key: (select(key) or "").rsplit(".", 1)[-1] or None  # noqa: E731
     described = {
@@ -35,7 +40,7 @@ def hyperparameters(cfg: DictConfig, overrides: Sequence[str], choices: Mapping[
     }  # fmt: skip
     params |= {name: value for name, value in described.items() if name not in params and value is not None}
     plain = lambda v: v if isinstance(v, bool | int | float | str) else value_text(v)  # noqa: E731
-    return {name: plain(value) for name, value in params.items()}
+    return {name: plain(value) for name, value in params.items()}, swept
 
 
 class HyperparameterTable(Callback):
@@ -53,9 +58,9 @@ class HyperparameterTable(Callback):
         metrics: Validation metrics to report, losses first (``*loss*`` is minimised).
     """
 
-    def __init__(self, params: Mapping[str, Any] | None = None,
+    def __init__(self, params: Mapping[str, Any] | None = None, swept: Sequence[str] = (),
                  metrics: Sequence[str] = ("val/loss", "val/miou", "val/pixel_acc")) -> None:  # fmt: skip
-        self.params = dict(params or {})
+        self.params, self.swept = dict(params or {}), list(swept)
         self.metrics = list(metrics)
         self.best: dict[str, float] = {}
 
@@ -73,7 +78,9 @@ class HyperparameterTable(Callback):
         metrics = {f"{kind}/{name}": math.nan for name in self.metrics for kind in ("final", "best")}
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):  # the HPARAMS tab shows only metrics declared with the params
-                logger.log_hyperparams(params, metrics=metrics | dict.fromkeys(levels, math.nan))
+                metrics |= dict.fromkeys(levels, math.nan)
+                _write_experiment(logger, params, metrics, self.swept)
+                logger.log_hyperparams(params, metrics=metrics)
             else:
                 logger.log_hyperparams(params)
 
@@ -91,3 +98,18 @@ class HyperparameterTable(Callback):
         scores |= {f"best/{name}": value for name, value in self.best.items()}
         for logger in trainer.loggers:
             logger.log_metrics(scores, step=trainer.global_step)
+
+
+def _write_experiment(logger: TensorBoardLogger, params: dict[str, Any], metrics: dict[str, float],
+                      swept: Sequence[str]) -> None:  # fmt: skip
+    """The HPARAMS tab's column list, the swept keys marked as ``differs``: TensorBoard (2.21) orders the columns
+    by ``differs``, then by name, and shows the first ones; unmarked, ``batch_size`` and ``data`` came before
+    ``model`` and ``seed``. Written before Lightning's own (TensorBoard keeps a tag's first metadata); the file
+    writer is Lightning's private API, as Lightning itself uses it to write the same summary."""
+    experiment, _, _ = hparams_summary(params, metrics)
+    value = experiment.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in swept
+    value.metadata.plugin_data.content = data.SerializeToString()
+    logger.experiment._get_file_writer().add_summary(experiment)
