@@ -8,6 +8,7 @@ from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summary
@@ -100,6 +101,7 @@ class HyperparameterTable(Callback):
             logger.log_metrics(scores, step=trainer.global_step)
 
 
+@rank_zero_only  # other DDP ranks have no event writer (as for Lightning's log_hyperparams)
 def _write_experiment(logger: TensorBoardLogger, params: dict[str, Any], metrics: dict[str, float],
                       swept: Sequence[str]) -> None:  # fmt: skip
     """The HPARAMS tab's column list, the swept keys marked as ``differs``: TensorBoard (2.21) orders the columns
