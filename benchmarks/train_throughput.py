@@ -198,6 +198,7 @@ def main() -> None:
                              "which is measured per host) and give their ratio")  # fmt: skip
     parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matmul of the peak")
     parser.add_argument("--quick", action="store_true", help="Lightning path, loader, FLOPs and peaks only")
+    parser.add_argument("--loader-seconds", type=float, default=10.0, help="how long to time the loader alone")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args, overrides = parser.parse_known_args()
     cfg = _compose(overrides)
@@ -256,7 +257,7 @@ def main() -> None:
         lab = bare_rate(lab_cfg, total, args.warmup, args.steps, lab_style=True)
         row("train: lab-style loop (fp32, contiguous, no cache)", lab, "images/s",
             f"ours / lab = {lightning / lab:.2f}x")  # fmt: skip
-    data = loader_rate(cfg)
+    data = loader_rate(cfg, args.loader_seconds)
     row(f"data: training loader alone, {cfg.data.num_workers} workers", data, "images/s",
         f"{data / lightning:.1f}x the model's consumption")  # fmt: skip
     if not args.quick:

@@ -7,6 +7,10 @@ import os
 # Tests never touch the network. huggingface_hub reads this once, on import, so it is set
 # before anything imports it: a download attempt then fails at once instead of retrying.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# pytest-xdist (pyproject's addopts) runs one worker per core: each worker, and every script it starts, uses one
+# intra-op thread, or two workers of two threads would oversubscribe two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +22,19 @@ from omegaconf import DictConfig
 import segment  # noqa: F401  (registers config resolvers)
 from segment.files import cache_root
 from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SMP, TINY_SYNTHETIC
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The GPU command's dry run (the longest test, minutes) early: xdist hands out its groups first, then single
+    tests in this order, and the longest started last would finish alone, long after the others."""
+    items.sort(key=lambda item: item.path.name != "test_device.py")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -19,6 +19,9 @@ from segment.training import train
 from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 from tests.layouts import write_image
 
+# A module-scoped fixture trains once for this file: pytest-xdist keeps the file on one worker.
+pytestmark = pytest.mark.xdist_group("evaluate")
+
 NAMES = ["road", "car", "sky", "sign"]
 
 

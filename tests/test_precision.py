@@ -132,7 +132,8 @@ def test_throughput_benchmark_measures_each_precision_and_their_ratio(tmp_path: 
     """The benchmark that settles a host's precision: both precisions in one run, and the ratio of the two."""
     out = tmp_path / "throughput.json"
     run_script(["benchmarks/train_throughput.py", "--quick", "--precisions", "32-true", "bf16-mixed",
-                "--warmup", "1", "--steps", "1", "--windows", "1", "--peak-size", "256", "--json", str(out),
+                "--warmup", "1", "--steps", "1", "--windows", "1", "--peak-size", "256", "--loader-seconds", "1",
+                "--json", str(out),
                 "model=unet_lab", "data.image_size=[64,96]", "data.batch_size=2", *TINY_SYNTHETIC,
                 f"paths.data_dir={data_dir}"], timeout=600)  # fmt: skip
     rows = {row["measurement"]: row["value"] for row in json.loads(out.read_text())["rows"]}

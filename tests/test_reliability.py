@@ -229,7 +229,8 @@ def _signal_at(folder: Path, epoch: int, batch: int, name: str, group: bool) -> 
 def test_an_interrupted_run_is_recorded_as_such_and_continued(tmp_path: Path, data_dir: Path, name: str,
                                                               group: bool) -> None:  # fmt: skip
     """With loader workers (the default), a signal mid-epoch: exit 128 + signal, run.json says interrupted (with
-    the signal), last.ckpt holds the last validation, and skip_completed continues the run to completion."""
+    the signal), last.ckpt holds the last validation, and skip_completed continues the run to completion (once, for
+    the cluster's preemption: the continuation reads the record, which is the same whichever signal wrote it)."""
     run = tmp_path / "run"
     common = ["train.py", *(o for o in RESUMABLE if o != "data.num_workers=0"), "trainer.max_epochs=2",
               "trainer.val_check_interval=0.5", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}",
@@ -244,10 +245,11 @@ def test_an_interrupted_run_is_recorded_as_such_and_continued(tmp_path: Path, da
     assert record["attempts"][-1]["signal"] == name
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 9  # the validation after batch 3 of epoch 2 (6 batches per epoch)
-    run_script(common[:-6] + ["skip_completed=true"])
-    record = json.loads((run / "run.json").read_text())
-    assert record["status"] == "completed" and [a["outcome"] for a in record["attempts"]] == ["interrupted",
-                                                                                             "completed"]
+    if group:
+        run_script(common[:-6] + ["skip_completed=true"])
+        record = json.loads((run / "run.json").read_text())
+        assert record["status"] == "completed"
+        assert [a["outcome"] for a in record["attempts"]] == ["interrupted", "completed"]
 
 
 @pytest.mark.slow

@@ -20,6 +20,9 @@ from segment.analysis.tables import protocol_section
 from segment.callbacks.thresholds import Threshold
 from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
+# A module-scoped fixture trains once for this file: pytest-xdist keeps the file on one worker.
+pytestmark = pytest.mark.xdist_group("study")
+
 SPEC = {
     "comparisons": {"pretraining": {"slower": {"model": "unet_scratch"}, "faster": {"model": "unet_vgg"}}},
     "headline": [1.0, 0.7],
@@ -181,6 +184,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Pat
             "callbacks.thresholds.patience=1",
             # a loose level every run reaches at its first validation, and one none reaches
             "study.headline=[1000,0.01]",
+            # the report reads run files, not checkpoints: six VGG16 U-Net checkpoints would only cost time
+            "~callbacks.model_checkpoint", "~callbacks.last_checkpoint", "+trainer.enable_checkpointing=false",
             f"paths.data_dir={data_dir}",
             f"hydra.sweep.dir={folder}",
         ],
