@@ -34,7 +34,8 @@ say "wheels installed into $SITE; versions: $("$PY" -c 'import torch, lightning;
 DATA="data=camvid data.root=$PACK/camvid"
 if (( DRY )); then
   SIZE="[64,96]"; BATCHES="2 4"; TIME_A=240; TIME_B=600; TIME_C=240
-  TINY="trainer.max_epochs=1 +trainer.limit_train_batches=2 +trainer.limit_val_batches=2 trainer.val_check_interval=1.0 data.num_workers=1 data.batch_size=2"
+  TINY="trainer.max_epochs=1 +trainer.limit_train_batches=2 +trainer.limit_val_batches=2 trainer.val_check_interval=1.0
+    data.num_workers=1 data.batch_size=2"
   # the GPU run's concurrent path in small: several parts at once, two joblib jobs each
   SEEDS_A="0"; SEEDS_B="0,1"; JOBS=2; PARTS="pretraining architecture"; QUALITY_EPOCHS=1
   QUALITY_EXTRA="model.scheduler.scheduler.warmup_steps=0"  # one step cannot hold a 100-step warmup
@@ -49,7 +50,8 @@ fi
 say "(a) throughput, budget ${TIME_A}s"
 timeout "$TIME_A" "$PY" benchmarks/train_throughput.py $DATA model=unet_vgg model.net.encoder_weights=hed \
   "data.image_size=$SIZE" --batch-sizes $BATCHES --compile $( (( DRY )) && echo off || echo both ) \
-  --peak-size $( (( DRY )) && echo 256 || echo 8192 ) --loader-seconds $( (( DRY )) && echo 1 || echo 10 ) --quick --warmup 2 --steps 3 --windows 2 \
+  --peak-size $( (( DRY )) && echo 256 || echo 8192 ) --loader-seconds $( (( DRY )) && echo 1 || echo 10 ) \
+  --quick --warmup 2 --steps 3 --windows 2 \
   --json "$OUT/throughput.json" >>"$LOG" 2>&1 || say "(a) ended early (exit $?); throughput.json holds what it measured"
 
 # (b) the study at native resolution: every arm and seed, several jobs at once on the one GPU

@@ -141,18 +141,19 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
     # named after its overrides, [A-Za-z0-9._-] only: top-level keys first, then dotted keys by their last part;
     # past 120 characters whole items are dropped and a hash of the whole name keeps it unique
     job = jobs["seed=0"]
-    assert job.name.startswith("model-unet_lab__seed-0__batch_size-4__image_size-64x96__num_train-8__num_val-4__")
+    assert job.name.startswith("model-unet_lab__seed-0__batch_size-4__image_size-64x96__num_train-8__num_val-4__"
+                               "accelerator-cpu__")
     assert re.fullmatch(r"[A-Za-z0-9._-]+__[0-9a-f]{8}", job.name) and len(job.name) <= 120
     assert glob.glob(str(job)) == [str(job)]  # no character class, no wildcard
 
-    # pasted unquoted through a shell into the next commands: evaluate the run (the folder: its newest checkpoint),
-    # continue it
-    out = tmp_path / "evaluation"
-    done = subprocess.run(["bash", "-c", f"{sys.executable} evaluate.py ckpt_path={job} hydra.run.dir={out} "
-                           f"paths.data_dir={data_dir} num_sheets=0"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
+    # pasted unquoted through a shell into the next commands: evaluate a checkpoint, a folder, continue the run
+    for ckpt in (job / "checkpoints" / "last.ckpt", job):
+        out = tmp_path / f"eval-{ckpt.name}"
+        done = subprocess.run(["bash", "-c", f"{sys.executable} evaluate.py ckpt_path={ckpt} hydra.run.dir={out} "
+                               f"paths.data_dir={data_dir} num_sheets=0"], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
     done = subprocess.run(["bash", "-c", f"{sys.executable} train.py hydra.run.dir={job} ckpt_path=last"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
