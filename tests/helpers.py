@@ -1,13 +1,19 @@
-"""Paths, tiny overrides and a subprocess runner shared by the tests."""
+"""Paths, tiny overrides and the script runner shared by the tests."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
+import multiprocessing
 import os
+import runpy
 import signal
 import signal as signal_module
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,16 +59,83 @@ def sweep_jobs(sweep: Path) -> dict[str, Path]:
     return {",".join(sorted(part - common)): folder for part, folder in zip(parts, folders, strict=True)}
 
 
-def run_script(args: Sequence[str], cwd: Path = REPO, timeout: float = 300,
-               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:  # fmt: skip
-    """Run ``python <args>`` like a user would (``env`` added to this process's); fail the test if it fails."""
+def run_script(args: Sequence[str], cwd: Path = REPO, timeout: float = 300, env: dict[str, str] | None = None,
+               check: bool = True, fresh: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run ``python <args>`` like a user would (``env`` added to this process's), in a session of its own (a signal
+    to its process group reaches no test); with ``check``, fail the test if it exits non-zero.
+
+    A script (``train.py``, ``evaluate.py``, ``benchmarks/*.py``) runs in a warm process: forked from a server that
+    imported torch, Lightning and this package once per test worker, which saves each run the ~10 s of imports a
+    fresh interpreter spends. It is a real process (its own pid, exit status, signals, ``atexit``) that runs the
+    script as ``__main__`` with ``sys.argv``, cwd and environment set. What only a fresh interpreter shows (a broken
+    import, a variable read at import time) needs ``fresh=True``, as the user-path tests use.
+    """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
-    result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
+    command = [sys.executable, *args]
+    if fresh or _WARM is None or not args[0].endswith(".py"):
+        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                                start_new_session=True)  # fmt: skip
+    else:
+        result = _run_warm(command, cwd, env, timeout)
+    if check and result.returncode != 0:
         pytest.fail(
             f"python {' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         )
     return result
+
+
+# The warm server's imports: what train.py, evaluate.py and the benchmarks need (and these helpers, which callbacks
+# in test configs name). Set before the server starts, at the first warm run of a test worker. Where there is no
+# forkserver (Windows), every run is fresh.
+_WARM = multiprocessing.get_context("forkserver") if "forkserver" in multiprocessing.get_all_start_methods() else None
+if _WARM is not None:
+    _WARM.set_forkserver_preload(["tests.helpers", "segment.training", "segment.evaluation",
+                                  "segmentation_models_pytorch", "albumentations"])  # fmt: skip
+
+
+def _run_warm(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        process = _WARM.Process(target=_warm_main, args=(command[1:], str(cwd), env, str(out), str(err)))
+        process.start()
+        process.join(timeout)
+        if process.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # its loader workers too
+            process.kill()
+            process.join()
+            raise subprocess.TimeoutExpired(command, timeout, out.read_text(errors="replace"),
+                                            err.read_text(errors="replace"))  # fmt: skip
+        return subprocess.CompletedProcess(command, process.exitcode, out.read_text(errors="replace"),
+                                           err.read_text(errors="replace"))  # fmt: skip
+
+
+def _warm_main(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
+    """The warm process: what ``python <args>`` would set up, then the script as ``__main__``; an exception or
+    ``SystemExit`` becomes the exit status as in ``python`` (multiprocessing's bootstrap does that)."""
+    os.setsid()
+    for fd, path in ((1, out), (2, err)):
+        opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(opened, fd)
+        os.close(opened)
+    sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    script = args[0]
+    sys.argv = list(args)
+    sys.path.insert(0, str(Path(script).resolve().parent))
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        # What the interpreter does at exit and multiprocessing's bootstrap skips before its os._exit: join the
+        # threads (and run their exit hooks: joblib's loky stops its workers there), then the atexit handlers.
+        # Private API, here only: if a Python release drops it, every warm run fails at this line.
+        threading._shutdown()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 class TinyNet(nn.Module):

@@ -22,7 +22,7 @@ from segment.checkpoints import (
     read_checkpoint,
 )
 from segment.models import SegmentationModule
-from tests.helpers import REPO
+from tests.helpers import REPO, run_script
 
 # Save once, then save again and die at the most exposed moment of the second save: during a
 # cross-device move's copy into the target (Lightning's fsspec transaction writes in $TMPDIR and
@@ -201,8 +201,7 @@ def test_an_interpolation_in_a_checkpoint_is_refused_naming_the_key(tmp_path: Pa
     with pytest.raises(CheckpointError, match=refusal):
         read_checkpoint(path)
     out = tmp_path / "eval"
-    result = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={path}", f"hydra.run.dir={out}"], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = run_script(["evaluate.py", f"ckpt_path={path}", f"hydra.run.dir={out}"], check=False)
     assert result.returncode != 0 and "may not hold interpolations or resolvers" in result.stderr
     assert not target.exists() and not (tmp_path / "data").exists()
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import torch
 
 from segment.analysis.report import main as report_main
 from segment.training import train
-from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
+from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 # The lab U-Net (dropout draws random numbers), augmentation on, 6 steps per epoch.
 RESUMABLE = [
@@ -84,9 +81,7 @@ def test_killed_run_resumes_mid_epoch_with_loader_workers_and_matches_an_uninter
     run_script(["train.py", *common, f"hydra.run.dir={whole}"])
 
     kill = _kill_at(tmp_path, epoch=2, batch=4)  # 6 batches per epoch: validations after batches 3 and 6
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    attempt = subprocess.run([sys.executable, "train.py", *common, *kill, f"hydra.run.dir={killed}"], cwd=REPO,
-                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    attempt = run_script(["train.py", *common, *kill, f"hydra.run.dir={killed}"], check=False)
     assert attempt.returncode == -9, attempt.stderr[-3000:]
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     assert sorted(_validation_rows(killed)) == [2, 5, 8, 11, 14]  # global step of each validation (0-based)
@@ -177,10 +172,9 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_c
 def test_a_failing_job_spoils_no_other_and_a_rerun_skips_completed_jobs(tmp_path: Path, data_dir: Path, capsys) -> None:
     sweep = tmp_path / "sweep"
     # job 1's learning rate is rejected by the optimiser when training starts
-    command = [sys.executable, "train.py", "--multirun", "model=unet_lab", "model.optimizer.lr=0.001,nan",
-               *TINY_OVERRIDES, *TINY_SYNTHETIC, f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    command = ["train.py", "--multirun", "model=unet_lab", "model.optimizer.lr=0.001,nan", *TINY_OVERRIDES,
+               *TINY_SYNTHETIC, f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    first = run_script(command, check=False)
     assert first.returncode != 0  # Hydra reports the failed job after running all of them
     jobs = sweep_jobs(sweep)
     assert sorted(jobs) == ["model.optimizer.lr=0.001", "model.optimizer.lr=nan"]
@@ -194,8 +188,7 @@ def test_a_failing_job_spoils_no_other_and_a_rerun_skips_completed_jobs(tmp_path
     assert f"| {bad.name} | 42 | failed | ValueError: Invalid learning rate: nan |" in report
 
     metrics = (good / "csv" / "metrics.csv").read_bytes()
-    second = subprocess.run([*command, "skip_completed=true"], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
+    second = run_script([*command, "skip_completed=true"], check=False)
     assert "already completed; not training again" in second.stdout + second.stderr
     assert (good / "csv" / "metrics.csv").read_bytes() == metrics
     assert json.loads((good / "run.json").read_text())["status"] == "completed"
@@ -208,8 +201,7 @@ def test_skip_completed_continues_a_killed_run(tmp_path: Path, data_dir: Path) -
     common = ["train.py", "model=unet_lab", *TINY_OVERRIDES, *TINY_SYNTHETIC, "trainer.max_epochs=2",
               f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"]  # fmt: skip
     kill = _kill_at(tmp_path, epoch=1, batch=1)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    attempt = subprocess.run([sys.executable, *common, *kill], cwd=REPO, env=env, capture_output=True, timeout=300)
+    attempt = run_script([*common, *kill], check=False)
     assert attempt.returncode == -9
     rerun = run_script([*common, *kill, "skip_completed=true"])
     assert f"continuing from {run / 'checkpoints' / 'last.ckpt'}: epoch " in rerun.stdout + rerun.stderr
@@ -235,9 +227,7 @@ def test_an_interrupted_run_is_recorded_as_such_and_continued(tmp_path: Path, da
     common = ["train.py", *(o for o in RESUMABLE if o != "data.num_workers=0"), "trainer.max_epochs=2",
               "trainer.val_check_interval=0.5", f"paths.data_dir={data_dir}", f"hydra.run.dir={run}",
               *_signal_at(tmp_path, epoch=1, batch=4, name=name, group=group)]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    attempt = subprocess.run([sys.executable, *common], cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=300, start_new_session=True)  # fmt: skip
+    attempt = run_script(common, check=False)  # in a session of its own: the group signal reaches no test
     number = int(getattr(signal, name))
     assert attempt.returncode == 128 + number, attempt.stderr[-3000:]
     record = json.loads((run / "run.json").read_text())
@@ -255,16 +245,15 @@ def test_an_interrupted_run_is_recorded_as_such_and_continued(tmp_path: Path, da
 @pytest.mark.slow
 def test_an_interrupted_sweep_stops_and_names_the_jobs_it_did_not_complete(tmp_path: Path, data_dir: Path) -> None:
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "train.py", "-m", "seed=0,1", "model=unet_lab", *TINY_OVERRIDES, *TINY_SYNTHETIC,
+    command = ["train.py", "-m", "seed=0,1", "model=unet_lab", *TINY_OVERRIDES, *TINY_SYNTHETIC,
                "trainer.max_epochs=2", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}",
                *_signal_at(tmp_path, epoch=1, batch=0, name="SIGTERM", group=False)]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    attempt = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    attempt = run_script(command, check=False)
     assert attempt.returncode == 128 + int(signal.SIGTERM)
     output = attempt.stdout + attempt.stderr
     [started] = [p.name for p in sweep.iterdir() if p.is_dir()]  # the second job never started
     assert f"interrupted by SIGTERM: the sweep stops; 2 job(s) not completed: {started}, model-unet_lab__seed-1__" \
         in output  # fmt: skip
-    run_script(command[1:] + ["skip_completed=true"])
+    run_script([*command, "skip_completed=true"])
     jobs = [p for p in sweep.iterdir() if p.is_dir()]
     assert len(jobs) == 2 and all(json.loads((job / "run.json").read_text())["status"] == "completed" for job in jobs)

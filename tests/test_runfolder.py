@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from filelock import FileLock
 
 from segment.runfolder import RunFolderError
 from segment.training import train
-from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
+from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 from tests.layouts import stripes, write_camvid, write_image, write_mask
 
 FAST = ["model=unet_lab", "trainer.max_epochs=1"]
@@ -155,8 +152,7 @@ def test_killed_between_two_checkpoint_writes_resumes_from_the_newest(tmp_path: 
               f"paths.data_dir={data_dir}", f"hydra.run.dir={run}"]  # fmt: skip
     # SIGKILL when Lightning asks for last.ckpt, after the best checkpoint of epoch 1 was written (once)
     kill = [f"trainer.plugins=[{{_target_:tests.helpers.KillBeforeLast,marker:{tmp_path / 'killed-once'}}}]"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    attempt = subprocess.run([sys.executable, *common, *kill], cwd=REPO, env=env, capture_output=True, timeout=300)
+    attempt = run_script([*common, *kill], check=False)
     assert attempt.returncode == -9, attempt.stderr[-2000:]
     [best] = [p.name for p in (run / "checkpoints").glob("*.ckpt")]
     assert best.startswith("epoch000-")  # no last.ckpt

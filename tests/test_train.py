@@ -7,7 +7,6 @@ import glob
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -67,8 +66,8 @@ def _epoch_rows(csv_path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_overfit_one_batch_lowers_val_loss_and_fills_the_dashboards(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("debug=overfit", "trainer.max_epochs=2", "data.train_repeats=8",
-                   "callbacks.mask_images.every_n_epochs=1")
+    cfg = make_cfg("debug=overfit", "model=unet_lab", "trainer.max_epochs=2", "data.train_repeats=8",
+                   "callbacks.mask_images.every_n_epochs=1")  # fmt: skip
     train(cfg)
     run = Path(cfg.paths.output_dir)
 
@@ -97,12 +96,14 @@ def test_train_script_writes_a_complete_run_folder(tmp_path: Path, data_dir: Pat
         [
             "train.py",
             "debug=limit",
+            "model=unet_lab",  # the run folder is the point: the smallest net
             "trainer.max_epochs=1",
             *TINY_OVERRIDES,
             *TINY_SYNTHETIC,
             f"paths.log_dir={tmp_path / 'logs'}",
             f"paths.data_dir={data_dir}",
-        ]
+        ],
+        fresh=True,  # the path users take: a new interpreter, its imports included
     )
     runs = list((tmp_path / "logs" / "debug" / "runs").iterdir())
     assert len(runs) == 1
@@ -149,17 +150,19 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
     # pasted unquoted through a shell into the next commands: evaluate a checkpoint, a folder, continue the run
     for ckpt in (job / "checkpoints" / "last.ckpt", job):
         out = tmp_path / f"eval-{ckpt.name}"
-        done = subprocess.run(["bash", "-c", f"{sys.executable} evaluate.py ckpt_path={ckpt} hydra.run.dir={out} "
-                               f"paths.data_dir={data_dir} num_sheets=0"], cwd=REPO, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
+        run_script(_as_bash_reads(f"evaluate.py ckpt_path={ckpt} hydra.run.dir={out} paths.data_dir={data_dir} "
+                                  "num_sheets=0"))  # fmt: skip
         assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
-    done = subprocess.run(["bash", "-c", f"{sys.executable} train.py hydra.run.dir={job} ckpt_path=last"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
+    run_script(_as_bash_reads(f"train.py hydra.run.dir={job} ckpt_path=last"))
     record = json.loads((job / "run.json").read_text())
     assert [a["outcome"] for a in record["attempts"]] == ["completed", "completed"]
     assert record["attempts"][1]["overrides"] == ["ckpt_path=last"]  # typed; the rest came from the folder
+
+
+def _as_bash_reads(line: str) -> list[str]:
+    """The words bash makes of ``line`` typed unquoted (after splitting, globbing and every other expansion)."""
+    words = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], cwd=REPO, capture_output=True, check=True)
+    return words.stdout.decode().split("\0")[:-1]
 
 
 def test_test_after_fit_scores_the_test_split_and_the_summary_prints_it(make_cfg, tmp_path: Path, caplog) -> None:
