@@ -69,7 +69,9 @@ def test_option_composes_and_instantiates(make_cfg, tmp_path, group: str, option
         cfg = make_cfg(f"{group}={option}", *TINY_SMP, tiny=False)
     elif group == "scheduler" and option.startswith("warmup_") and option != "warmup_constant":
         # a schedule over the run's steps needs a trainer to count them; give the count here
-        cfg = make_cfg(f"scheduler={option}", "model.scheduler.scheduler.total_steps=200")
+        cfg = make_cfg(f"scheduler={option}", "model.scheduler.scheduler.total_steps=200", "model=unet_lab")
+    elif group in ("loss", "optimizer", "scheduler"):  # what they build does not depend on the net: the smallest
+        cfg = make_cfg(f"{group}={option}", "model=unet_lab")
     else:
         cfg = make_cfg(f"{OVERRIDE_NAME.get(group, group)}={option}")
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves

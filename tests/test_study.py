@@ -181,6 +181,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Pat
             *TINY_SYNTHETIC,
             "trainer.max_epochs=1",
             "trainer.val_check_interval=0.5",
+            "data.image_size=[32,64]",  # the smallest the VGG16 U-Nets take: the report is the point
             "callbacks.thresholds.patience=1",
             # a loose level every run reaches at its first validation, and one none reaches
             "study.headline=[1000,0.01]",
