@@ -26,21 +26,23 @@ SITE="$WORK/site"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$PACK"/wheels/*.whl \
   >>"$LOG" 2>&1 || { say "installing the packed wheels failed"; exit 1; }
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 SEGMENT_CACHE_DIR="$PACK" PYTHONUNBUFFERED=1
-"$PY" -c "import segmentation_models_pytorch as smp, albumentations, hydra; print('from the pack:', smp.__file__)" \
-  >>"$LOG" 2>&1 || { say "the packed wheels do not import"; exit 1; }
-"$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" >>"$LOG" 2>&1
-say "wheels installed into $SITE; versions: $("$PY" -c 'import torch, lightning; print(torch.__version__, lightning.__version__)')"
+# one interpreter checks the install and names the versions (each import of torch and Lightning costs seconds)
+VERSIONS=$("$PY" -c "import segmentation_models_pytorch as smp, albumentations, hydra, torch, lightning
+print('from the pack:', smp.__file__, file=__import__('sys').stderr)
+print(torch.__version__, lightning.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" \
+  2>>"$LOG") || { say "the packed wheels do not import"; exit 1; }
+say "wheels installed into $SITE; versions (torch, Lightning, GPU): $VERSIONS"
 
 DATA="data=camvid data.root=$PACK/camvid"
 if (( DRY )); then
-  SIZE="[64,96]"; BATCHES="2 4"; TIME_A=240; TIME_B=600; TIME_C=240
+  SIZE="[64,96]"; BATCHES="1 2"; STEPS="--warmup 1 --steps 1 --windows 2"; TIME_A=240; TIME_B=600; TIME_C=240
   TINY="trainer.max_epochs=1 +trainer.limit_train_batches=2 +trainer.limit_val_batches=2 trainer.val_check_interval=1.0
     data.num_workers=1 data.batch_size=2"
   # the GPU run's concurrent path in small: several parts at once, two joblib jobs each
   SEEDS_A="0"; SEEDS_B="0,1"; JOBS=2; PARTS="pretraining architecture"; QUALITY_EPOCHS=1
   QUALITY_EXTRA="model.scheduler.scheduler.warmup_steps=0"  # one step cannot hold a 100-step warmup
 else
-  SIZE="[384,480]"; BATCHES="16 32"; TIME_A=100; TIME_B=330; TIME_C=140
+  SIZE="[384,480]"; BATCHES="16 32"; STEPS="--warmup 2 --steps 3 --windows 2"; TIME_A=100; TIME_B=330; TIME_C=140
   TINY="data.num_workers=2"
   SEEDS_A="0,1,2,3,4"; SEEDS_B="0,1,2"; JOBS=4; PARTS="pretraining lr1e-3 architecture lab"; QUALITY_EPOCHS=200
   QUALITY_EXTRA=""
@@ -51,7 +53,7 @@ say "(a) throughput, budget ${TIME_A}s"
 timeout "$TIME_A" "$PY" benchmarks/train_throughput.py $DATA model=unet_vgg model.net.encoder_weights=hed \
   "data.image_size=$SIZE" --batch-sizes $BATCHES --compile $( (( DRY )) && echo off || echo both ) \
   --peak-size $( (( DRY )) && echo 256 || echo 8192 ) --loader-seconds $( (( DRY )) && echo 1 || echo 10 ) \
-  --quick --warmup 2 --steps 3 --windows 2 \
+  --quick $STEPS \
   --json "$OUT/throughput.json" >>"$LOG" 2>&1 || say "(a) ended early (exit $?); throughput.json holds what it measured"
 
 # (b) the study at native resolution: every arm and seed, several jobs at once on the one GPU

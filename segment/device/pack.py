@@ -77,23 +77,27 @@ def _working_tree_size(repo: Path, pack_dir: Path) -> int:
 
 
 def fetch_wheels(target: Path, python_version: str, names: tuple[str, ...] = MISSING_THERE) -> list[Path]:
-    """Download (or, sdist-only, build) one wheel per distribution, at the version installed here."""
+    """Download (or, sdist-only, build) one wheel per distribution, at the version installed here: one pip call
+    for all the binary wheels and one for the builds (pip's start and index lookups, not the files, cost the time)."""
     target.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        version = metadata.version(name)
-        stem = name.replace("-", "_").lower()
-        if any(p.name.lower().startswith(f"{stem}-{version}-") for p in target.glob("*.whl")):
-            continue
-        if name in SDIST_ONLY:
-            command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(target), f"{name}=={version}"]
-        else:
-            command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--only-binary=:all:",
-                       "--python-version", python_version, "--implementation", "cp", "-d", str(target),
-                       *[f"--platform={p}" for p in PLATFORMS], f"{name}=={version}"]  # fmt: skip
+    have = [p.name.lower() for p in target.glob("*.whl")]
+    versions = {name: metadata.version(name) for name in names}
+    missing = [name for name, version in versions.items()
+               if not any(wheel.startswith(f"{name.replace('-', '_').lower()}-{version}-") for wheel in have)]
+    built = [f"{name}=={versions[name]}" for name in missing if name in SDIST_ONLY]
+    downloaded = [f"{name}=={versions[name]}" for name in missing if name not in SDIST_ONLY]
+    commands = []
+    if built:
+        commands.append([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(target), *built])
+    if downloaded:
+        commands.append([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--only-binary=:all:",
+                         "--python-version", python_version, "--implementation", "cp", "-d", str(target),
+                         *[f"--platform={p}" for p in PLATFORMS], *downloaded])  # fmt: skip
+    for command in commands:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"could not fetch {name}=={version} for Python {python_version}: "
-                               f"{result.stderr.strip()[-400:]}")  # fmt: skip
+            pins = " ".join(c for c in command if "==" in c)
+            raise RuntimeError(f"could not fetch {pins} for Python {python_version}: {result.stderr.strip()[-400:]}")
     return sorted(target.glob("*.whl"))
 
 
