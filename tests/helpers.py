@@ -65,10 +65,11 @@ def run_script(args: Sequence[str], cwd: Path = REPO, timeout: float = 300, env:
     to its process group reaches no test); with ``check``, fail the test if it exits non-zero.
 
     A script (``train.py``, ``evaluate.py``, ``benchmarks/*.py``) runs in a warm process: forked from a server that
-    imported torch, Lightning and this package once per test worker, which saves each run the ~10 s of imports a
-    fresh interpreter spends. It is a real process (its own pid, exit status, signals, ``atexit``) that runs the
-    script as ``__main__`` with ``sys.argv``, cwd and environment set. What only a fresh interpreter shows (a broken
-    import, a variable read at import time) needs ``fresh=True``, as the user-path tests use.
+    imported torch, Lightning and this package once per test worker, which saves each run the imports a fresh
+    interpreter spends (about 13 s on 2 cores). It is a real process (its own pid, exit status, signals, ``atexit``)
+    that runs the script as ``__main__`` with ``sys.argv``, cwd and environment set (tests/test_script_runner.py
+    holds it to ``python``). What only a fresh interpreter shows (a broken import, a variable read at import time)
+    needs ``fresh=True``, as the user-path tests use.
     """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     command = [sys.executable, *args]
