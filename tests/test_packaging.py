@@ -27,9 +27,11 @@ def _name(requirement: str) -> str:
 
 
 def test_every_subpackage_is_listed() -> None:
-    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "segment").rglob("__init__.py")}
-    listed = set(PYPROJECT["tool"]["setuptools"]["packages"]) - {"segment.conf"}
-    assert found == listed
+    """The code's packages and the config groups (data-only packages under ``segment.conf``)."""
+    code = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "segment").rglob("__init__.py")}
+    groups = {".".join(("segment", *p.relative_to(REPO).parts)) for p in [REPO / "conf", *(REPO / "conf").rglob("*")]
+              if p.is_dir() and p.name != "__pycache__"}  # fmt: skip
+    assert set(PYPROJECT["tool"]["setuptools"]["packages"]) == code | groups
 
 
 def test_what_the_code_imports_is_declared() -> None:
