@@ -27,8 +27,8 @@ SITE="$WORK/site"
   >>"$LOG" 2>&1 || { say "installing the packed wheels failed"; exit 1; }
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 SEGMENT_CACHE_DIR="$PACK" PYTHONUNBUFFERED=1
 # one interpreter checks the install and names the versions (each import of torch and Lightning costs seconds)
-VERSIONS=$("$PY" -c "import segmentation_models_pytorch as smp, albumentations, hydra, torch, lightning
-print('from the pack:', smp.__file__, file=__import__('sys').stderr)
+VERSIONS=$("$PY" -c "import sys, segmentation_models_pytorch as smp, albumentations, hydra, torch, lightning
+print('from the pack:', smp.__file__, file=sys.stderr)
 print(torch.__version__, lightning.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" \
   2>>"$LOG") || { say "the packed wheels do not import"; exit 1; }
 say "wheels installed into $SITE; versions (torch, Lightning, GPU): $VERSIONS"
