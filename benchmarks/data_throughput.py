@@ -15,22 +15,14 @@ import statistics
 import sys
 import time
 
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-
 import segment  # noqa: F401  (registers config resolvers)
-from segment.config import config_dir
-
-CONF_DIR = config_dir()
+from segment.build import build_data
+from segment.config import compose_train
 
 
 def measure(overrides: list[str], epochs: int) -> tuple[float, float, int]:
     """Return (setup seconds, median images/s over ``epochs`` passes, images per pass)."""
-    cwd = os.getcwd()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={cwd}", f"paths.output_dir={cwd}", *overrides])
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    datamodule = build_data(compose_train(overrides))
     start = time.perf_counter()
     datamodule.setup("fit")
     setup_seconds = time.perf_counter() - start
@@ -47,16 +39,22 @@ def measure(overrides: list[str], epochs: int) -> tuple[float, float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=2, help="timed passes per configuration")
     args, overrides = parser.parse_known_args()
-    print(f"# loader throughput: {' '.join(overrides) or 'defaults'} ({os.cpu_count()} CPU cores)\n")
+    print(
+        f"# loader throughput: {' '.join(overrides) or 'defaults'} ({os.cpu_count()} CPU cores)\n"
+    )
     print("| cache | workers | setup s | images/s |")
     print("|---|---|---|---|")
     for cache in (False, True):
         for workers in args.workers:
-            setup, rate, _ = measure([*overrides, f"data.cache={cache}", f"data.num_workers={workers}"], args.epochs)
+            setup, rate, _ = measure(
+                [*overrides, f"data.cache={cache}", f"data.num_workers={workers}"], args.epochs
+            )
             print(f"| {'on' if cache else 'off'} | {workers} | {setup:.1f} | {rate:.1f} |")
             sys.stdout.flush()
 

@@ -1,6 +1,7 @@
 """Seconds until ``val/loss`` <= a threshold: train.py's path vs. a lab-style fp32 loop, same data.
 
-    python benchmarks/time_to_threshold.py data=camvid data.root=../shared/data/camvid model=unet_vgg
+    python benchmarks/time_to_threshold.py data=camvid data.root=../shared/data/camvid
+    model=unet_vgg
 
 Both start from the same seed, weights, data, optimiser and schedule and validate after
 every epoch; the clock covers training and validation (not start-up). The lab-style loop
@@ -15,7 +16,7 @@ import time
 import lightning as L
 import torch
 from lightning import Callback
-from train_throughput import _build, _compose, quiet_trainer  # the sibling script
+from train_throughput import _build, _compose  # the sibling script
 
 
 class _StopAtThreshold(Callback):
@@ -37,16 +38,16 @@ class _StopAtThreshold(Callback):
 
 def ours(cfg, threshold: float, max_epochs: int):
     L.seed_everything(cfg.seed, workers=True)
-    datamodule, module = _build(cfg)
     stopper = _StopAtThreshold(threshold)
-    trainer = quiet_trainer(cfg, [stopper], max_epochs=max_epochs)
-    trainer.fit(module, datamodule=datamodule)
+    built = _build(cfg, (stopper,), max_epochs=max_epochs)
+    built.trainer.fit(built.module, datamodule=built.datamodule)
     return stopper.result
 
 
 def lab_style(cfg, threshold: float, max_epochs: int):
     L.seed_everything(cfg.seed, workers=True)
-    datamodule, module = _build(cfg)
+    built = _build(cfg)
+    datamodule, module = built.datamodule, built.module
     optimizer = module.configure_optimizers()["optimizer"]
     start = time.perf_counter()
     for epoch in range(max_epochs):
@@ -60,7 +61,10 @@ def lab_style(cfg, threshold: float, max_epochs: int):
         total, count = 0.0, 0
         with torch.no_grad():
             for batch in datamodule.val_dataloader():
-                total += module.criterion(module(batch["image"]), batch["mask"]).item() * batch["image"].shape[0]
+                total += (
+                    module.criterion(module(batch["image"]), batch["mask"]).item()
+                    * batch["image"].shape[0]
+                )
                 count += batch["image"].shape[0]
         if total / count <= threshold:
             return time.perf_counter() - start, epoch + 1, total / count
@@ -68,14 +72,18 @@ def lab_style(cfg, threshold: float, max_epochs: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threshold", type=float, default=1.0)
     parser.add_argument("--max-epochs", type=int, default=6)
     args, overrides = parser.parse_known_args()
     # No schedule: both runs must see the same learning rate whatever epoch they stop at.
     overrides = [*overrides, "scheduler=constant"]
     cfg = _compose(overrides)
-    lab_cfg = _compose([*overrides, "model.channels_last=false", "data.cache=false", "data.num_workers=0"])
+    lab_cfg = _compose(
+        [*overrides, "model.channels_last=false", "data.cache=false", "data.num_workers=0"]
+    )
     print(f"# time to val/loss <= {args.threshold}: {' '.join(overrides)}\n")
     print("| path | seconds | epochs | val/loss then |\n|---|---|---|---|")
     results = {}

@@ -17,7 +17,8 @@ config). Prints one markdown table:
 - peak memory and inference images/s.
 
 ``--batch-sizes 16 32 --compile both --peak-size 8192 --quick --json out.json`` is the GPU
-check (benchmarks/device_study.sh). Throughput is the median of ``--windows`` timed windows of ``--steps`` steps after
+check (benchmarks/device_study.sh). Throughput is the median of ``--windows`` timed windows of
+``--steps`` steps after
 ``--warmup`` steps. Run nothing else meanwhile: on a 2-core CPU a second job halves both.
 """
 
@@ -34,16 +35,13 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from lightning import Callback
 from torch.utils.flop_counter import FlopCounterMode
 
 import segment  # noqa: F401  (registers config resolvers)
-from segment.config import config_dir
-from segment.device.precision import resolve_trainer_precision
-
-CONF_DIR = config_dir()
+from segment.build import build
+from segment.config import compose_train
+from segment.device.precision import resolve_precision
 
 
 class _StepTimer(Callback):
@@ -57,27 +55,34 @@ class _StepTimer(Callback):
 def _windows(stamps: list[float], warmup: int, steps: int, batch: int) -> float:
     """Median images/s over consecutive windows of ``steps`` steps after ``warmup``."""
     stamps = stamps[warmup:]
-    rates = [steps * batch / (stamps[i + steps] - stamps[i]) for i in range(0, len(stamps) - steps, steps)]
+    rates = [
+        steps * batch / (stamps[i + steps] - stamps[i])
+        for i in range(0, len(stamps) - steps, steps)
+    ]
     return statistics.median(rates)
 
 
 def _compose(overrides: list[str]):
-    cwd = os.getcwd()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={cwd}", f"paths.output_dir={cwd}/.bench", *overrides])
-    resolve_trainer_precision(cfg)  # trainer.precision=auto -> what train.py would measure here
+    """train.py's config, precision resolved as train.py resolves it; no loggers or callbacks."""
+    cfg = compose_train(["~callbacks", *overrides], output_dir=f"{os.getcwd()}/.bench")
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)[0]
     return cfg
 
 
-def _build(cfg, **model_overrides):
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    info = datamodule.info
-    module = instantiate(
-        cfg.model, class_names=list(info.class_names), ignore_index=info.ignore_index, **model_overrides
-    )
-    return datamodule, module
+def _build(cfg, callbacks: tuple = (), **trainer_args):
+    """train.py's build (``build(cfg)``: class weights, module, trainer) without logging,
+    checkpoints or progress output."""
+    options = {
+        "logger": False,
+        "num_sanity_val_steps": 0,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    built = build(cfg, **{**options, **trainer_args})
+    built.trainer.callbacks.extend(callbacks)
+    built.datamodule.setup("fit")
+    return built
 
 
 def _batches(loader, count: int):
@@ -89,39 +94,32 @@ def _batches(loader, count: int):
                 return
 
 
-def quiet_trainer(cfg, callbacks: list, **overrides):
-    """train.py's Trainer (precision, accelerator) without logging, checkpoints or progress output."""
-    return instantiate(
-        cfg.trainer,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-        **overrides,
-    )
-
-
 def lightning_rate(cfg, total: int, warmup: int, steps: int) -> float:
-    datamodule, module = _build(cfg)
     timer = _StepTimer()
-    trainer = quiet_trainer(cfg, [timer], max_steps=total, max_epochs=-1, limit_val_batches=0)
-    trainer.fit(module, datamodule=datamodule)
+    built = _build(cfg, (timer,), max_steps=total, max_epochs=-1, limit_val_batches=0)
+    built.trainer.fit(built.module, datamodule=built.datamodule)
     return _windows(timer.stamps, warmup, steps, cfg.data.batch_size)
 
 
 def bare_rate(cfg, total: int, warmup: int, steps: int, lab_style: bool) -> float:
     """Plain loop with ``cfg``'s settings; ``lab_style``: fp32 whatever ``cfg`` says."""
-    datamodule, module = _build(cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    built = _build(cfg)
+    datamodule, module = built.datamodule, built.module
+    device = torch.device(
+        "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    )
     module = module.to(device).train()
     optimizer = module.configure_optimizers()["optimizer"]
     bf16 = not lab_style and str(cfg.trainer.precision).startswith("bf16")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    )
     stamps = []
     for batch in _batches(datamodule.train_dataloader(), total):
-        images, masks = batch["image"].to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True)
+        images, masks = (
+            batch["image"].to(device, non_blocking=True),
+            batch["mask"].to(device, non_blocking=True),
+        )
         with autocast:
             logits = module(images)
         loss = module.criterion(logits.float(), masks)
@@ -135,7 +133,7 @@ def bare_rate(cfg, total: int, warmup: int, steps: int, lab_style: bool) -> floa
 
 
 def loader_rate(cfg, seconds: float = 10.0) -> float:
-    datamodule, _ = _build(cfg)
+    datamodule = _build(cfg).datamodule
     iterator, images, start = iter(_batches(datamodule.train_dataloader(), -1)), 0, None
     next(iterator)  # workers up
     start = time.perf_counter()
@@ -146,7 +144,7 @@ def loader_rate(cfg, seconds: float = 10.0) -> float:
 
 def step_flops(cfg) -> float:
     """FLOPs of one training step (forward + backward) per image."""
-    _, module = _build(cfg)
+    module = _build(cfg).module
     height, width = cfg.data.image_size
     batch = cfg.data.batch_size
     images = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8)
@@ -156,9 +154,14 @@ def step_flops(cfg) -> float:
     return counter.get_total_flops() / batch
 
 
-def peak_flops(dtype: torch.dtype, device: torch.device, size: int = 4096, repeats: int = 5) -> float:
+def peak_flops(
+    dtype: torch.dtype, device: torch.device, size: int = 4096, repeats: int = 5
+) -> float:
     """The device's practical peak: a large square matmul."""
-    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
+    a, b = (
+        torch.randn(size, size, dtype=dtype, device=device),
+        torch.randn(size, size, dtype=dtype, device=device),
+    )
     a @ b
     times = []
     for _ in range(repeats):
@@ -173,7 +176,7 @@ def peak_flops(dtype: torch.dtype, device: torch.device, size: int = 4096, repea
 def inference_rate(cfg, batches: int = 6) -> float:
     from segment.evaluation import Predictor
 
-    _, module = _build(cfg)
+    module = _build(cfg).module
     predictor = Predictor(module, precision=str(cfg.trainer.precision))
     height, width = cfg.data.image_size
     images = torch.randint(0, 256, (cfg.data.batch_size, 3, height, width), dtype=torch.uint8)
@@ -185,32 +188,59 @@ def inference_rate(cfg, batches: int = 6) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--windows", type=int, default=3)
-    parser.add_argument("--batch-sizes", type=int, nargs="*", default=None,
-                        help="measure the Lightning path at these batch sizes (default: the config's)")
-    parser.add_argument("--compile", choices=["off", "on", "both"], default="off",
-                        help="torch.compile the net (model.compile); both: a row for each")
-    parser.add_argument("--precisions", nargs="*", default=None,
-                        help="measure the Lightning path in each (e.g. 32-true bf16-mixed; default: the config's, "
-                             "which is measured per host) and give their ratio")  # fmt: skip
-    parser.add_argument("--peak-size", type=int, default=4096, help="side of the square matmul of the peak")
-    parser.add_argument("--quick", action="store_true", help="Lightning path, loader, FLOPs and peaks only")
-    parser.add_argument("--loader-seconds", type=float, default=10.0, help="how long to time the loader alone")
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="measure the Lightning path at these batch sizes (default: the config's)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["off", "on", "both"],
+        default="off",
+        help="torch.compile the net (model.compile); both: a row for each",
+    )
+    parser.add_argument(
+        "--precisions",
+        nargs="*",
+        default=None,
+        help="measure the Lightning path in each (e.g. 32-true bf16-mixed; default: the config's, "
+        "which is measured per host) and give their ratio",
+    )
+    parser.add_argument(
+        "--peak-size", type=int, default=4096, help="side of the square matmul of the peak"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="Lightning path, loader, FLOPs and peaks only"
+    )
+    parser.add_argument(
+        "--loader-seconds", type=float, default=10.0, help="how long to time the loader alone"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args, overrides = parser.parse_known_args()
     cfg = _compose(overrides)
     # What one writes by hand: fp32, contiguous memory, in-process loading, no cache.
-    lab_cfg = _compose([*overrides, "model.channels_last=false", "data.cache=false", "data.num_workers=0"])
+    lab_cfg = _compose(
+        [*overrides, "model.channels_last=false", "data.cache=false", "data.num_workers=0"]
+    )
     total = args.warmup + args.steps * args.windows + 1
     height, width = cfg.data.image_size
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    device = torch.device(
+        "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu"
+    )
     print(
-        f"# {' '.join(overrides) or 'train.py defaults'}: {height}x{width}, batch {cfg.data.batch_size}, "
+        f"# {' '.join(overrides) or 'train.py defaults'}: {height}x{width}, batch "
+        f"{cfg.data.batch_size}, "
         f"{cfg.trainer.precision}, channels_last={cfg.model.channels_last}, {device} "
-        f"({os.cpu_count()} cores{', ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''})\n"
+        f"({os.cpu_count()} "
+        f"cores{', ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''})\n"
     )
     rows = []
 
@@ -219,15 +249,26 @@ def main() -> None:
         print(f"| {name} | {value:.3g} | {unit} | {note} |")
         sys.stdout.flush()
         if args.json:
-            args.json.write_text(json.dumps({"setup": " ".join(overrides), "device": str(device), "rows": rows},
-                                            indent=2))  # fmt: skip
+            args.json.write_text(
+                json.dumps(
+                    {"setup": " ".join(overrides), "device": str(device), "rows": rows}, indent=2
+                )
+            )
 
     print("| measurement | value | unit | note |\n|---|---|---|---|")
-    # The fastest precision's peak: a run in fp32 on a bf16-capable device is measured against bf16's
-    peaks = {dtype: peak_flops(dtype, device, args.peak_size) for dtype in (torch.float32, torch.bfloat16)}
+    # The fastest precision's peak: a run in fp32 on a bf16-capable device is measured against
+    # bf16's
+    peaks = {
+        dtype: peak_flops(dtype, device, args.peak_size)
+        for dtype in (torch.float32, torch.bfloat16)
+    }
     fastest = max(peaks, key=peaks.get)
     for dtype, value in peaks.items():
-        row(f"peak: {args.peak_size}^3 matmul, {str(dtype).removeprefix('torch.')}", value / 1e12, "TFLOP/s")
+        row(
+            f"peak: {args.peak_size}^3 matmul, {str(dtype).removeprefix('torch.')}",
+            value / 1e12,
+            "TFLOP/s",
+        )
     flops = step_flops(cfg)
     row("FLOPs per training image (fwd + bwd)", flops / 1e9, "GFLOP")
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
@@ -238,28 +279,57 @@ def main() -> None:
     for precision in precisions:
         for batch in batch_sizes:
             for compiled in compiles:
-                variant = _compose([*overrides, f"data.batch_size={batch}", f"model.compile={str(compiled).lower()}",
-                                    f"trainer.precision={precision}"])  # fmt: skip
+                variant = _compose(
+                    [
+                        *overrides,
+                        f"data.batch_size={batch}",
+                        f"model.compile={str(compiled).lower()}",
+                        f"trainer.precision={precision}",
+                    ]
+                )
                 rate = lightning_rate(variant, total, args.warmup, args.steps)
                 lightning = lightning if lightning is not None else rate
                 by_precision.setdefault(precision, rate)
                 achieved = flops * rate
-                row(f"train: Lightning (train.py path), {precision}, batch {batch}{', compiled' if compiled else ''}",
-                    rate, "images/s", f"{achieved / 1e12:.3g} TFLOP/s = {100 * achieved / peaks[fastest]:.0f}% of "
-                    f"the {str(fastest).removeprefix('torch.')} matmul peak (MFU)")  # fmt: skip
+                row(
+                    f"train: Lightning (train.py path), {precision}, batch "
+                    f"{batch}{', compiled' if compiled else ''}",
+                    rate,
+                    "images/s",
+                    f"{achieved / 1e12:.3g} TFLOP/s = {100 * achieved / peaks[fastest]:.0f}% of "
+                    f"the {str(fastest).removeprefix('torch.')} matmul peak (MFU)",
+                )
     if len(by_precision) > 1:
         (first, base), *others = by_precision.items()
         for precision, rate in others:
-            row(f"train: {precision} / {first}", rate / base, "x", f"the default here: {cfg.trainer.precision}")
+            row(
+                f"train: {precision} / {first}",
+                rate / base,
+                "x",
+                f"the default here: {cfg.trainer.precision}",
+            )
     if not args.quick:
         bare = bare_rate(cfg, total, args.warmup, args.steps, lab_style=False)
-        row("train: bare PyTorch loop, same settings", bare, "images/s", f"Lightning / bare = {lightning / bare:.2f}")
+        row(
+            "train: bare PyTorch loop, same settings",
+            bare,
+            "images/s",
+            f"Lightning / bare = {lightning / bare:.2f}",
+        )
         lab = bare_rate(lab_cfg, total, args.warmup, args.steps, lab_style=True)
-        row("train: lab-style loop (fp32, contiguous, no cache)", lab, "images/s",
-            f"ours / lab = {lightning / lab:.2f}x")  # fmt: skip
+        row(
+            "train: lab-style loop (fp32, contiguous, no cache)",
+            lab,
+            "images/s",
+            f"ours / lab = {lightning / lab:.2f}x",
+        )
     data = loader_rate(cfg, args.loader_seconds)
-    row(f"data: training loader alone, {cfg.data.num_workers} workers", data, "images/s",
-        f"{data / lightning:.1f}x the model's consumption")  # fmt: skip
+    row(
+        f"data: training loader alone, {cfg.data.num_workers} workers",
+        data,
+        "images/s",
+        f"{data / lightning:.1f}x the model's consumption",
+    )
     if not args.quick:
         row("inference (model input size)", inference_rate(cfg), "images/s")
     memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -1,9 +1,13 @@
-"""Checkpoint files: written atomically in their own folder, read as data (errors name the file), found for a
+"""Checkpoint files: written atomically in their own folder, read as data (errors name the file),
+found for a
 resume, carrying the run's resolved config and data fingerprint.
 
-Lightning's writer (``TorchCheckpointIO``) writes a temporary file in ``$TMPDIR`` and moves it into place: on
-another filesystem (a cluster's scratch vs. a node-local /tmp) that is a truncating copy, and a kill during it
-leaves a 0-byte ``last.ckpt``. :class:`AtomicCheckpointIO` writes beside the target and renames instead.
+Lightning's writer (``TorchCheckpointIO``) writes a temporary file in ``$TMPDIR`` and moves it into
+place: on
+another filesystem (a cluster's scratch vs. a node-local /tmp) that is a truncating copy, and a
+kill during it
+leaves a 0-byte ``last.ckpt``. :class:`AtomicCheckpointIO` writes beside the target and renames
+instead.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 import pickle
+import re
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -25,10 +30,23 @@ from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from segment.config import parse_overrides
 from segment.files import atomic_open
+from segment.layout import RunLayout
+from segment.loggers import log_position
+from segment.record import RunRecord, read_record
 
-__all__ = ["AtomicCheckpointIO", "CheckpointError", "ConfigInCheckpoint", "check_trusted_targets", "find_checkpoint",
-           "newest_checkpoint", "read_checkpoint", "remove_partial_files"]  # fmt: skip
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "RunInCheckpoint",
+    "check_saved_overrides",
+    "check_trusted_targets",
+    "find_checkpoint",
+    "newest_checkpoint",
+    "read_checkpoint",
+    "remove_partial_files",
+]
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +56,58 @@ class CheckpointError(ValueError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` into a temporary file in the checkpoint's own folder, fsync, rename: a kill leaves the previous
-    checkpoint intact (and at worst a ``.<name>.*.partial`` file, removed when the folder is next claimed); a full
+    """``torch.save`` into a temporary file in the checkpoint's own folder, fsync, rename: a kill
+    leaves the previous
+    checkpoint intact (and at worst a ``.<name>.*.partial`` file, removed when the folder is next
+    claimed); a full
     disk is named as such. Remote (``s3://`` ...) paths keep Lightning's writer."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
+    ) -> None:
         if "://" in str(path) and not str(path).startswith("file://"):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options (got {storage_options!r})")
+            raise TypeError(
+                f"{type(self).__name__} takes no storage_options (got {storage_options!r})"
+            )
         path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_open(path, "wb") as file:
                 torch.save(checkpoint, file)
-        except RuntimeError as error:  # torch's writer reports a full disk as "[enforce fail at ...]"
+        except (
+            RuntimeError
+        ) as error:  # torch's writer reports a full disk as "[enforce fail at ...]"
             free = shutil.disk_usage(path.parent).free
             if "write failed" not in str(error) or free > 4 * 2**20:
                 raise
-            raise OSError(errno.ENOSPC, f"No space left on device: writing checkpoint {path} failed with "
-                          f"{free / 2**20:.1f} MiB free; the previous checkpoint is intact. Free space (or point "
-                          "paths.log_dir elsewhere), then continue: ckpt_path=last") from None  # fmt: skip
+            raise OSError(
+                errno.ENOSPC,
+                f"No space left on device: writing checkpoint {path} failed with "
+                f"{free / 2**20:.1f} MiB free; the previous checkpoint is intact. Free space (or "
+                "point "
+                "paths.log_dir elsewhere), then continue: ckpt_path=last",
+            ) from None
 
 
 def _nodes(node: Any, where: str) -> Iterator[tuple[str, Any]]:
     """Every node of nested plain containers, with its dotted place."""
     yield where, node
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list | tuple) else ()
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list | tuple)
+        else ()
+    )
     for key, value in items:
         yield from _nodes(value, f"{where}.{key}" if isinstance(node, dict) else f"{where}[{key}]")
 
 
-def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str, ...] = (),
-                    mmap: bool = False) -> dict[str, Any]:  # fmt: skip
+def read_checkpoint(
+    path: str | Path, key: str = "ckpt_path", require: tuple[str, ...] = (), mmap: bool = False
+) -> dict[str, Any]:
     """Load a checkpoint's dict as data (``weights_only``; ``mmap``: a cheap look at a large file).
 
     ``key`` is the config key it came from, named in errors; ``require``, keys it must hold.
@@ -80,33 +117,59 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path", require: tuple[str
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{key}={path}: no such checkpoint file (checkpoints are in <run folder>/checkpoints/)")
+        raise FileNotFoundError(
+            f"{key}={path}: no such checkpoint file (checkpoints are in <run folder>/checkpoints/)"
+        )
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{key}={path} is not a checkpoint: not a torch archive ({path.stat().st_size} bytes; "
-                              "truncated, or another kind of file). Pass a .ckpt written by train.py")  # fmt: skip
+        raise CheckpointError(
+            f"{key}={path} is not a checkpoint: not a torch archive ({path.stat().st_size} bytes; "
+            "truncated, or another kind of file). Pass a .ckpt written by train.py"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:  # torch's message advises loading without the check: a checkpoint is never code
-        raise CheckpointError(f"{key}={path} holds objects other than tensors and plain values, so it was not "
-                              "written by train.py (or was altered); refusing to load it") from None  # fmt: skip
+    except (
+        pickle.UnpicklingError
+    ):  # torch's message advises loading without the check: a checkpoint is never code
+        raise CheckpointError(
+            f"{key}={path} holds objects other than tensors and plain values, so it was not "
+            "written by train.py (or was altered); refusing to load it"
+        ) from None
     except Exception as error:  # noqa: BLE001 -- zip, storage and mmap errors come in many types
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{key}={path} is a damaged checkpoint ({first_line}); use another one") from None
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise CheckpointError(
+            f"{key}={path} is a damaged checkpoint ({first_line}); use another one"
+        ) from None
     if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{key}={path} holds a {type(checkpoint).__name__}, not a train.py checkpoint")
+        raise CheckpointError(
+            f"{key}={path} holds a {type(checkpoint).__name__}, not a train.py checkpoint"
+        )
     if missing := [name for name in require if name not in checkpoint]:
-        raise CheckpointError(f"{key}={path} is not a train.py checkpoint: it has no {', '.join(missing)}")
-    data = {name: value for name, value in checkpoint.items() if name not in ("state_dict", "optimizer_states")}
+        raise CheckpointError(
+            f"{key}={path} is not a train.py checkpoint: it has no {', '.join(missing)}"
+        )
+    data = {
+        name: value
+        for name, value in checkpoint.items()
+        if name not in ("state_dict", "optimizer_states")
+    }
     for where, node in _nodes(data, f"{key}={path}:"):
-        if isinstance(node, str) and "${" in node:  # OmegaConf would resolve it when the config is built
-            raise CheckpointError(f"{where.replace(':.', ': ')}={node!r}: a checkpoint's strings may not hold "
-                                  "interpolations or resolvers ('${...}'); refusing the checkpoint")  # fmt: skip
+        if (
+            isinstance(node, str) and "${" in node
+        ):  # OmegaConf would resolve it when the config is built
+            raise CheckpointError(
+                f"{where.replace(':.', ': ')}={node!r}: a checkpoint's strings may not hold "
+                "interpolations or resolvers ('${...}'); refusing the checkpoint"
+            )
     return checkpoint
 
 
 def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
-    """The loadable checkpoint with the most training steps in ``folder`` (``last.ckpt`` on ties), or None: a run
-    killed between two writes may have a best checkpoint newer than ``last.ckpt``. Unreadable files are skipped."""
+    """The loadable checkpoint with the most training steps in ``folder`` (``last.ckpt`` on ties),
+    or None: a run
+    killed between two writes may have a best checkpoint newer than ``last.ckpt``. Unreadable files
+    are skipped."""
     found: list[tuple[int, bool, float, Path]] = []
     for path in Path(folder).glob("*.ckpt") if Path(folder).is_dir() else ():
         try:
@@ -122,12 +185,16 @@ def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
 
 
 def find_checkpoint(path: str | Path, key: str = "ckpt_path") -> tuple[Path, int]:
-    """A checkpoint file, or a run folder's newest checkpoint (``<folder>/checkpoints/``), and its global step."""
+    """A checkpoint file, or a run folder's newest checkpoint (``<folder>/checkpoints/``), and its
+    global step."""
     path = Path(path)
     if path.is_dir():
-        if (found := newest_checkpoint(path / "checkpoints") or newest_checkpoint(path)) is None:
-            raise FileNotFoundError(f"{key}={path}: a folder without a loadable checkpoint (none in it or its "
-                                    "checkpoints/); pass a run folder or a .ckpt file")  # fmt: skip
+        folder = path / RunLayout.of((read_record(path) or RunRecord()).layout).checkpoints
+        if (found := newest_checkpoint(folder) or newest_checkpoint(path)) is None:
+            raise FileNotFoundError(
+                f"{key}={path}: a folder without a loadable checkpoint (none in it or its "
+                "checkpoints/); pass a run folder or a .ckpt file"
+            )
         return found
     return path, int(read_checkpoint(path, key, require=("global_step",), mmap=True)["global_step"])
 
@@ -138,30 +205,55 @@ def remove_partial_files(folder: str | Path) -> None:
         path.unlink(missing_ok=True)
 
 
-class ConfigInCheckpoint(Callback):
-    """Store the run's resolved config and data fingerprint in every checkpoint (``config``, ``data``): a resume
-    compares both with its own; ``evaluate.py`` takes the data config from it."""
+class RunInCheckpoint(Callback):
+    """Store the run's resolved config, data fingerprint and log position in every checkpoint
+    (``config``, ``data``, ``log_position``): a resume compares the first two with its own and
+    continues the logs from the third; ``evaluate.py`` takes the data config from it."""
 
     def __init__(self, config: dict[str, Any], data: dict[str, Any] | None = None) -> None:
         self.config, self.data = config, data
 
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         checkpoint["config"], checkpoint["data"] = self.config, self.data
+        checkpoint["log_position"] = log_position(trainer.loggers)
 
 
-# What a checkpoint may ask to be built. Model parts: classes from these modules (checked by name first, so
-# nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and smp's model factory.
-# The data config (evaluate.py reads it from the checkpoint): this package's data modules and albumentations
-# transforms. Anything else in a ``_target_`` (``builtins.open``, ``shutil.copyfile``) is refused at any depth.
+# What a checkpoint may ask to be built. Model parts: classes from these modules (checked by name
+# first, so
+# nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and smp's
+# model factory.
+# The data config (evaluate.py reads it from the checkpoint): this package's data modules and
+# albumentations
+# transforms. Anything else in a ``_target_`` (``builtins.open``, ``shutil.copyfile``) is refused
+# at any depth.
 _ALLOWED = {
-    "model": (("segment.models.", "segmentation_models_pytorch.", "torch.nn.", "torch.optim.", "torchvision.models."),
-              (nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
-               torch.optim.lr_scheduler.ReduceLROnPlateau),
-              "nets, losses, optimisers and LR schedulers of segment.models, segmentation_models_pytorch, torch.nn, "
-              "torch.optim and torchvision.models"),
-    "data": (("segment.data.", "albumentations."), (LightningDataModule, BasicTransform, BaseCompose),
-             "data modules of segment.data and albumentations transforms"),
-}  # fmt: skip
+    "model": (
+        (
+            "segment.models.",
+            "segmentation_models_pytorch.",
+            "torch.nn.",
+            "torch.optim.",
+            "torchvision.models.",
+        ),
+        (
+            nn.Module,
+            torch.optim.Optimizer,
+            torch.optim.lr_scheduler.LRScheduler,
+            torch.optim.lr_scheduler.ReduceLROnPlateau,
+        ),
+        "nets, losses, optimisers and LR schedulers of segment.models, "
+        "segmentation_models_pytorch, "
+        "torch.nn, "
+        "torch.optim and torchvision.models",
+    ),
+    "data": (
+        ("segment.data.", "albumentations."),
+        (LightningDataModule, BasicTransform, BaseCompose),
+        "data modules of segment.data and albumentations transforms",
+    ),
+}
 
 
 def _trusted(target: Any, kind: str) -> bool:
@@ -175,13 +267,54 @@ def _trusted(target: Any, kind: str) -> bool:
     except Exception:  # noqa: BLE001 -- not importable: not buildable either
         return False
     home = str(getattr(obj, "__module__", ""))
-    return isinstance(obj, type) and home.startswith(tuple(m.rstrip(".") for m in modules)) and issubclass(obj, bases)
+    return (
+        isinstance(obj, type)
+        and home.startswith(tuple(m.rstrip(".") for m in modules))
+        and issubclass(obj, bases)
+    )
 
 
 def check_trusted_targets(config: Any, where: str, kind: str = "model") -> None:
-    """Refuse any ``_target_`` in ``config`` (plain containers from a checkpoint, at any depth) that is not an
+    """Refuse any ``_target_`` in ``config`` (plain containers from a checkpoint, at any depth)
+    that is not an
     allow-listed class of ``kind`` (``model`` or ``data``), naming it and where it was found."""
     for place, node in _nodes(config, where):
-        if isinstance(node, dict) and node.get("_target_") is not None and not _trusted(node["_target_"], kind):
-            raise CheckpointError(f"{place}: refusing to build _target_={node['_target_']!r} from a checkpoint; a "
-                                  f"checkpoint may only name {_ALLOWED[kind][2]}")  # fmt: skip
+        if (
+            isinstance(node, dict)
+            and node.get("_target_") is not None
+            and not _trusted(node["_target_"], kind)
+        ):
+            raise CheckpointError(
+                f"{place}: refusing to build _target_={node['_target_']!r} from a checkpoint; a "
+                f"checkpoint may only name {_ALLOWED[kind][2]}"
+            )
+
+
+def check_saved_overrides(items: list[Any], where: str) -> None:
+    """Refuse a run folder's saved overrides unless they are plain data: no interpolation, no
+    ``_args_``/``_partial_``-style key, and only allow-listed ``_target_``s under ``model`` or
+    ``data`` (anyone can append a line to ``.hydra/overrides.yaml``)."""
+    for item in items:
+        refuse = f"{where}: {str(item)!r}: a saved override may not hold "
+        if "${" in str(item):
+            raise CheckpointError(refuse + "interpolations or resolvers ('${...}'); refusing it")
+        for key, value in parse_overrides([str(item)]).items():
+            tree: Any = value
+            for part in reversed(key.split(".")):
+                tree = {part: tree}
+            kind = key.split(".")[0]
+            specials = {
+                str(k)
+                for _, node in _nodes(tree, "")
+                if isinstance(node, dict)
+                for k in node
+                if re.fullmatch(r"_\w+_", str(k))
+            }
+            if specials - {"_target_"} or (specials and kind not in _ALLOWED):
+                raise CheckpointError(
+                    refuse + f"{', '.join(sorted(specials))} (only model and "
+                    "data may name a _target_, from the allow-list). If it is "
+                    "yours, type it again: typed overrides replace saved ones"
+                )
+            if specials:
+                check_trusted_targets(tree[kind], f"{where}: {item}", kind)

@@ -1,12 +1,16 @@
-"""The config tree's interface: resolvers, the top-level schema, command-line overrides and job folder names.
+"""The config tree's interface: resolvers, the top-level schema, command-line overrides and job
+folder names.
 
-Overrides are parsed here only (:func:`parse_overrides`, Hydra's grammar). :data:`INFRASTRUCTURE` lists the keys
-that say where things are or how a run is shown or continued, not what it trains: job names, run identities,
+Overrides are parsed here only (:func:`parse_overrides`, Hydra's grammar). :data:`INFRASTRUCTURE`
+lists the keys
+that say where things are or how a run is shown or continued, not what it trains: job names, run
+identities,
 resume checks, the study report and the hyperparameter views all leave them out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import math
@@ -21,30 +25,68 @@ from typing import Any
 import rich
 import rich.syntax
 import rich.tree
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-__all__ = ["INFRASTRUCTURE", "RESUMABLE", "TrainSchema", "config_dir", "identity", "is_infrastructure", "job_name",
-           "loader_workers", "ordered", "parse_overrides", "print_config_tree", "register", "short_names",
-           "sweep_jobs", "swept_keys", "value_text"]  # fmt: skip
+__all__ = [
+    "INFRASTRUCTURE",
+    "RESUMABLE",
+    "TrainSchema",
+    "compose_train",
+    "config_dir",
+    "identity",
+    "is_infrastructure",
+    "job_name",
+    "loader_workers",
+    "ordered",
+    "parse_overrides",
+    "print_config_tree",
+    "register",
+    "short_names",
+    "sweep_dir",
+    "sweep_jobs",
+    "swept_keys",
+    "value_text",
+]
 
 # Where things are, how a run is shown, logged, continued or reported on: never what it trains.
 INFRASTRUCTURE = (
-    "hydra", "paths", "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
-    "skip_completed", "ckpt_path", "overwrite", "task_name", "tags", "extras", "logger", "study",
-    "trainer.enable_progress_bar", "trainer.enable_model_summary",
-)  # fmt: skip
+    "hydra",
+    "paths",
+    "data.root",
+    "data.download",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "skip_completed",
+    "ckpt_path",
+    "overwrite",
+    "task_name",
+    "tags",
+    "extras",
+    "logger",
+    "study",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
 # What a resume may change besides: how long training goes on.
-RESUMABLE = (*INFRASTRUCTURE, "trainer.max_epochs", "trainer.max_steps", "callbacks.thresholds.stop_when_reached")
+RESUMABLE = (
+    *INFRASTRUCTURE,
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "callbacks.thresholds.stop_when_reached",
+)
 MAX_NAME = 120  # bytes of a job folder name (filesystems allow 255)
 _CONTEXT_GROUPS = ("data", "experiment")  # the same for a whole sweep, as a rule: last in names
 
 
 @dataclass
 class TrainSchema:
-    """The top-level keys of ``conf/train.yaml`` and their types; groups are checked by :mod:`segment.schema`."""
+    """The top-level keys of ``conf/train.yaml`` and their types; groups are checked by
+    :mod:`segment.schema`."""
 
     task_name: str = "train"
     tags: list[str] | None = None
@@ -65,16 +107,20 @@ class TrainSchema:
 
 
 def is_infrastructure(key: str, keys: Sequence[str] = INFRASTRUCTURE) -> bool:
-    """Whether a dotted key (or config group, ``data/transforms``) is one of ``keys`` or below one."""
+    """Whether a dotted key (or config group, ``data/transforms``) is one of ``keys`` or below
+    one."""
     key = key.replace("/", ".")
     return any(key == name or key.startswith(name + ".") for name in keys)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["model=unet_vgg", "data.image_size=[128,160]"]`` -> ``{"model": "unet_vgg", "data.image_size": [128, 160]}``.
+    """``["model=unet_vgg", "data.image_size=[128,160]"]`` -> ``{"model": "unet_vgg",
+    "data.image_size": [128, 160]}``.
 
-    Hydra's own grammar: typed values (``1e-4`` -> ``0.0001``), no ``+``/``++``; a deletion (``~key``) maps to
-    None, a sweep (``seed=0,1``) to its list of strings. An item Hydra cannot parse: ``ValueError`` naming it.
+    Hydra's own grammar: typed values (``1e-4`` -> ``0.0001``), no ``+``/``++``; a deletion
+    (``~key``) maps to
+    None, a sweep (``seed=0,1``) to its list of strings. An item Hydra cannot parse: ``ValueError``
+    naming it.
     """
     parser = OverridesParser.create()
     parsed: dict[str, Any] = {}
@@ -92,12 +138,18 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 
 
 def identity(overrides: Iterable[str]) -> dict[str, Any]:
-    """The overrides that say what a run trains: :func:`parse_overrides` without :data:`INFRASTRUCTURE`."""
-    return {key: value for key, value in parse_overrides(overrides).items() if not is_infrastructure(key)}
+    """The overrides that say what a run trains: :func:`parse_overrides` without
+    :data:`INFRASTRUCTURE`."""
+    return {
+        key: value
+        for key, value in parse_overrides(overrides).items()
+        if not is_infrastructure(key)
+    }
 
 
 def value_text(value: Any) -> str:
-    """A value as a name: ``[128, 160]`` -> ``128x160``, ``0.0003`` -> ``3e-4``, ``/a/b`` -> ``a_b-<hash4>``."""
+    """A value as a name: ``[128, 160]`` -> ``128x160``, ``0.0003`` -> ``3e-4``, ``/a/b`` ->
+    ``a_b-<hash4>``."""
     if isinstance(value, list | tuple):
         return "x".join(value_text(item) for item in value) or "empty"
     if isinstance(value, bool) or value is None:
@@ -112,15 +164,21 @@ def value_text(value: Any) -> str:
 
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:
-    """Each dotted key's last part (``model.optimizer.lr`` -> ``lr``) where no other key of ``keys`` shares it and
+    """Each dotted key's last part (``model.optimizer.lr`` -> ``lr``) where no other key of
+    ``keys`` shares it and
     it says something on its own (not ``_target_``)."""
     tails = [key.replace("/", ".").rsplit(".", 1)[-1] for key in keys]
-    return {key: tail if tails.count(tail) == 1 and tail not in keys and not tail.startswith("_")
-            else key.replace("/", ".") for key, tail in zip(keys, tails, strict=True)}  # fmt: skip
+    return {
+        key: tail
+        if tails.count(tail) == 1 and tail not in keys and not tail.startswith("_")
+        else key.replace("/", ".")
+        for key, tail in zip(keys, tails, strict=True)
+    }
 
 
 def ordered(values: dict[str, Any], groups: Iterable[str]) -> list[str]:
-    """Keys in name order: config-group choices (``model``, ``protocol``), top-level keys (``seed``), dotted
+    """Keys in name order: config-group choices (``model``, ``protocol``), top-level keys
+    (``seed``), dotted
     keys, then the sweep's context (``data``, ``experiment``); sorted within each."""
     groups = set(groups)
 
@@ -132,12 +190,18 @@ def ordered(values: dict[str, Any], groups: Iterable[str]) -> list[str]:
     return sorted(values, key=rank)
 
 
-def job_name(overrides: Sequence[str], groups: Iterable[str] = (), swept: Iterable[str] = ()) -> str:
-    """A job's overrides as a folder name of ``[A-Za-z0-9._-]`` only: ``model-unet_vgg__seed-0__lr-1e-4``.
+def job_name(
+    overrides: Sequence[str], groups: Iterable[str] = (), swept: Iterable[str] = ()
+) -> str:
+    """A job's overrides as a folder name of ``[A-Za-z0-9._-]`` only:
+    ``model-unet_vgg__seed-0__lr-1e-4``.
 
-    Deterministic, so a continued or extended sweep finds its jobs again; keys in :func:`ordered` order, dotted
-    ones by their last part; :data:`INFRASTRUCTURE` left out, except a ``data.root`` the sweep varies (``swept``).
-    Past :data:`MAX_NAME` bytes, whole items are dropped from the end and a hash of the full name is appended.
+    Deterministic, so a continued or extended sweep finds its jobs again; keys in :func:`ordered`
+    order, dotted
+    ones by their last part; :data:`INFRASTRUCTURE` left out, except a ``data.root`` the sweep
+    varies (``swept``).
+    Past :data:`MAX_NAME` bytes, whole items are dropped from the end and a hash of the full name
+    is appended.
     """
     parsed = parse_overrides(overrides)
     values = {key: value for key, value in parsed.items() if not is_infrastructure(key)}
@@ -145,7 +209,9 @@ def job_name(overrides: Sequence[str], groups: Iterable[str] = (), swept: Iterab
         values["data.root"] = Path(str(parsed["data.root"])).name
     keys = ordered(values, groups)
     names = short_names(keys)
-    items = [f"{re.sub(r'[^A-Za-z0-9._-]+', '_', names[key])}-{value_text(values[key])}" for key in keys]
+    items = [
+        f"{re.sub(r'[^A-Za-z0-9._-]+', '_', names[key])}-{value_text(values[key])}" for key in keys
+    ]
     name = "__".join(items) or "defaults"
     if len(name) > MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -159,8 +225,10 @@ def job_name(overrides: Sequence[str], groups: Iterable[str] = (), swept: Iterab
 
 
 def _sweep_lists() -> dict[str, list[str]] | None:
-    """Each key of the running multirun with its jobs' overrides (sweeper params, then the command line, which
-    replaces a param of the same key), from the ``multirun.yaml`` Hydra writes; None outside a multirun."""
+    """Each key of the running multirun with its jobs' overrides (sweeper params, then the command
+    line, which
+    replaces a param of the same key), from the ``multirun.yaml`` Hydra writes; None outside a
+    multirun."""
     hydra = HydraConfig.get()
     if hydra.mode is None or hydra.mode.name != "MULTIRUN":
         return None
@@ -168,63 +236,129 @@ def _sweep_lists() -> dict[str, list[str]] | None:
         task = list(OmegaConf.load(Path(hydra.sweep.dir) / "multirun.yaml").hydra.overrides.task)
     except Exception:  # noqa: BLE001 -- a single run, or a launcher that wrote no multirun.yaml
         return None
-    params = [f"{key}={value}" for key, value in (OmegaConf.select(hydra, "sweeper.params") or {}).items()]
+    params = [
+        f"{key}={value}" for key, value in (OmegaConf.select(hydra, "sweeper.params") or {}).items()
+    ]
     lists: dict[str, list[str]] = {}
     for override in OverridesParser.create().parse_overrides([*params, *task]):
         values = override.sweep_string_iterator() if override.is_sweep_override() else None
-        lists[override.key_or_group] = ([f"{override.get_key_element()}={v}" for v in values] if values is not None
-                                        else [override.input_line])  # fmt: skip
+        lists[override.key_or_group] = (
+            [f"{override.get_key_element()}={v}" for v in values]
+            if values is not None
+            else [override.input_line]
+        )
     return lists
 
 
 def swept_keys() -> set[str]:
-    """The keys the running multirun gives more than one value (none outside a multirun, or without Hydra)."""
+    """The keys the running multirun gives more than one value (none outside a multirun, or without
+    Hydra)."""
     lists = (_sweep_lists() if HydraConfig.initialized() else None) or {}
     return {key for key, values in lists.items() if len(values) > 1}
 
 
 def _job_name_resolver() -> str:
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
-    return job_name(list(hydra.overrides.task), hydra.runtime.choices.keys(), swept_keys()) if hydra else "run"
+    return (
+        job_name(list(hydra.overrides.task), hydra.runtime.choices.keys(), swept_keys())
+        if hydra
+        else "run"
+    )
 
 
 def sweep_jobs() -> list[str]:
-    """The job folder names of the running multirun (this job alone outside one), in launch order."""
+    """The job folder names of the running multirun (this job alone outside one), in launch
+    order."""
     hydra, lists, swept = HydraConfig.get(), _sweep_lists(), swept_keys()
     if lists is None:
         return [job_name(list(hydra.overrides.task), hydra.runtime.choices.keys())]
-    return [job_name(list(job), hydra.runtime.choices.keys(), swept) for job in itertools.product(*lists.values())]
+    return [
+        job_name(list(job), hydra.runtime.choices.keys(), swept)
+        for job in itertools.product(*lists.values())
+    ]
+
+
+def compose_train(overrides: Sequence[str], output_dir: str | None = None) -> DictConfig:
+    """``conf/train.yaml`` composed outside ``train.py`` (benchmarks, the data check), with the
+    outputs under ``output_dir`` (default: the working folder)."""
+    paths = [f"paths.root_dir={os.getcwd()}", f"paths.output_dir={output_dir or os.getcwd()}"]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=[*paths, *overrides])
+
+
+def sweep_dir() -> str | None:
+    """The running multirun's folder; None in a single run or outside Hydra."""
+    mode = HydraConfig.get().mode if HydraConfig.initialized() else None
+    if mode is None or mode.name != "MULTIRUN":
+        return None
+    return str(HydraConfig.get().sweep.dir)
 
 
 def print_config_tree(cfg: DictConfig) -> None:
-    """The resolved config as a tree, one branch per top-level key (``extras.print_config``), as in LHT."""
+    """The resolved config as a tree, one branch per top-level key (``extras.print_config``), as in
+    LHT."""
     tree = rich.tree.Tree("config", guide_style="dim")
-    first = [key for key in ("data", "model", "callbacks", "logger", "trainer", "paths") if key in cfg]
+    first = [
+        key for key in ("data", "model", "callbacks", "logger", "trainer", "paths") if key in cfg
+    ]
     for key in [*first, *(key for key in cfg if key not in first)]:
-        text = OmegaConf.to_yaml(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig | ListConfig) else cfg[key]
+        text = (
+            OmegaConf.to_yaml(cfg[key], resolve=True)
+            if isinstance(cfg[key], DictConfig | ListConfig)
+            else cfg[key]
+        )
         tree.add(str(key)).add(rich.syntax.Syntax(str(text), "yaml"))
     rich.print(tree)
 
 
 def loader_workers() -> int:
     """DataLoader workers: the cores this process may use less one (for training itself), 1 to 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )  # macOS
     return max(1, min(8, cores - 1))
 
 
 def config_dir() -> Path:
-    """The Hydra config tree: ``conf/`` beside the package in a checkout, ``segment/conf`` in an installed wheel."""
-    source, installed = Path(__file__).resolve().parents[1] / "conf", Path(str(resources.files("segment") / "conf"))
+    """The Hydra config tree: ``conf/`` beside the package in a checkout, ``segment/conf`` in an
+    installed wheel."""
+    source, installed = (
+        Path(__file__).resolve().parents[1] / "conf",
+        Path(str(resources.files("segment") / "conf")),
+    )
     for folder in (source, installed):
         if (folder / "train.yaml").is_file():
             return folder
-    raise FileNotFoundError(f"no config tree at {source} or {installed}; reinstall road-segment-unet")
+    raise FileNotFoundError(
+        f"no config tree at {source} or {installed}; reinstall road-segment-unet"
+    )
+
+
+_CLAIMED: dict[str, str] = {}
+
+
+def _own_dir(path: str) -> str:
+    """A timestamped run's folder, made here (``mkdir`` is atomic): ``path``, or ``path-2``, ...
+    when another run started in the same second, so two launches never share one folder."""
+    if path not in _CLAIMED:
+        for number in itertools.count(1):
+            candidate = path if number == 1 else f"{path}-{number}"
+            with contextlib.suppress(FileExistsError):
+                os.makedirs(candidate)
+                _CLAIMED[path] = candidate
+                break
+    return _CLAIMED[path]
 
 
 def register() -> None:
-    """Register the resolvers ``job_name``, ``loader_workers``, ``not``, and :class:`TrainSchema` (``train_schema``)."""
-    for name, function in (("job_name", _job_name_resolver), ("loader_workers", loader_workers),
-                           ("not", lambda value: not value)):  # fmt: skip
+    """Register the resolvers ``job_name``, ``loader_workers``, ``not``, and :class:`TrainSchema`
+    (``train_schema``)."""
+    for name, function in (
+        ("job_name", _job_name_resolver),
+        ("loader_workers", loader_workers),
+        ("own_dir", _own_dir),
+        ("not", lambda value: not value),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
     ConfigStore.instance().store(name="train_schema", node=TrainSchema)

@@ -20,17 +20,25 @@ import numpy as np
 
 __all__ = ["atomic_open", "cache_root", "sha256", "write_atomic", "write_png"]
 
+# The process's umask (read once: os.umask can only be read by setting it). mkstemp creates
+# files as 0600; a result file is given the mode open() would give it, as others can read.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a unique temporary file in ``path``'s folder (``mode`` ``"w"`` or ``"wb"``); on success flush, fsync
-    and rename it onto ``path``: the same filesystem, so the rename is atomic. On an error ``path`` stays as it was.
+    """Open a unique temporary file in ``path``'s folder (``mode`` ``"w"`` or ``"wb"``); on success
+    flush, fsync
+    and rename it onto ``path``: the same filesystem, so the rename is atomic. On an error ``path``
+    stays as it was.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode={mode!r}; expected 'w' or 'wb'")
     path = Path(path)
     fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as file:
             yield file
             file.flush()
@@ -59,9 +67,14 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
 
 
 def cache_root() -> Path:
-    """This package's cache: ``$SEGMENT_CACHE_DIR``, else ``$XDG_CACHE_HOME/segment`` (``~/.cache/segment``)."""
+    """This package's cache: ``$SEGMENT_CACHE_DIR``, else ``$XDG_CACHE_HOME/segment``
+    (``~/.cache/segment``)."""
     root = os.environ.get("SEGMENT_CACHE_DIR")
-    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segment"
+    return (
+        Path(root)
+        if root
+        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segment"
+    )
 
 
 def sha256(path: str | Path) -> str:

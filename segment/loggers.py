@@ -1,6 +1,10 @@
-"""Lightning's CSV and TensorBoard loggers, continuing a resumed run's logs in place: given ``resume_step`` (the
-continued checkpoint's global step, passed by ``train()`` to each logger config declaring it), what an earlier
-attempt logged up to that step is kept and what it logged after is dropped, so every step appears once.
+"""Lightning's CSV and TensorBoard loggers, continuing a resumed run's logs where its checkpoint
+was written: what an earlier attempt logged after that checkpoint is dropped, so every row and
+every point appears once, whenever the kill came.
+
+Each logger counts what it has logged (:meth:`position`); the checkpoint callback stores the
+count in every checkpoint (``log_position``) and ``build(cfg)`` passes it back as
+``resume_at`` when the run continues.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,64 +22,113 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
 from segment.files import write_atomic
+from segment.layout import METRICS
 
-__all__ = ["CSVLogger", "TensorBoardLogger"]
+__all__ = ["CSVLogger", "TensorBoardLogger", "log_position"]
+
+
+def log_position(loggers: Any) -> dict[str, int]:
+    """What the loggers have logged so far: ``rows`` (CSV rows) and ``step`` (the last step)."""
+    position = {"rows": 0, "step": -1}
+    for logger in loggers:
+        for key, value in getattr(logger, "position", dict)().items():
+            position[key] = max(position[key], value)
+    return position
 
 
 class CSVLogger(_CSVLogger):
-    """Lightning's CSVLogger, keeping the rows with ``step <= resume_step`` (None: a fresh log).
+    """Lightning's CSVLogger, continuing an earlier attempt's ``metrics.csv`` from a checkpoint's
+    log position (``resume_at``; None: a fresh log): the rows logged before the checkpoint, and
+    those logged after it for steps before its global step (the epoch's training metrics, which
+    Lightning logs after the checkpoint of the epoch's last validation and does not log again).
 
-    Lightning's writer deletes an existing ``metrics.csv`` when it starts: the kept rows wait
-    in a holding file beside the log folder (renames only) and become the new log's beginning.
+    Building it reads the log and writes nothing. Lightning's writer deletes an existing
+    ``metrics.csv`` when it starts: when logging begins, the kept rows wait in a holding file
+    beside the log folder (renames only) and become the new log's beginning.
     """
 
-    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, resume_at: Mapping[str, int] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self._header: list[str] = []
-        self._holding: Path | None = None
-        metrics = Path(self.log_dir) / "metrics.csv"
-        holding = metrics.parent.parent / f".{metrics.parent.name}-metrics-kept.csv"
-        # an attempt killed between these renames left its rows in the holding file
-        source = metrics if metrics.is_file() else holding
-        if resume_step is None or rank_zero_only.rank != 0 or not source.is_file():
+        self._kept: tuple[list[dict], list[str]] | None = None
+        self._rows = self._step = 0
+        metrics = Path(self.log_dir) / METRICS
+        self._holding = metrics.parent.parent / f".{metrics.parent.name}-metrics-kept.csv"
+        source = metrics if metrics.is_file() else self._holding  # a kill between the renames
+        if resume_at is None or rank_zero_only.rank != 0 or not source.is_file():
             return
-        with source.open(newline="") as file:
-            reader = csv.DictReader(file)
-            header = list(reader.fieldnames or [])
-            rows = []
-            for number, row in enumerate(reader, start=2):
-                try:
-                    if row.get("step") and int(float(row["step"])) <= resume_step:
-                        rows.append(row)
-                except ValueError:
-                    raise ValueError(f"{source}, line {number}: step={row['step']!r} is not a number; correct or "
-                                     "delete that line (every validation is also in thresholds.json)") from None
-        self._header, self._holding, text = sorted(header), holding, io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=self._header)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomic(holding, text.getvalue())
-        metrics.unlink(missing_ok=True)
+        self._kept = rows, _ = _read_rows(source, resume_at)
+        self._rows = len(rows)
+        self._step = max((int(float(r["step"])) for r in rows), default=0)
+
+    def position(self) -> dict[str, int]:
+        return {"rows": self._rows, "step": self._step}
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        self._rows, self._step = self._rows + 1, max(self._step, step or 0)
 
     @property
     @rank_zero_experiment
     def experiment(self):
-        if self._holding is None:
+        if self._kept is None:
             return super().experiment
-        # An empty folder: the writer neither deletes nor warns. hparams.yaml is rewritten when hparams are logged.
+        rows, header = self._kept
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self._holding, text.getvalue())
+        (Path(self.log_dir) / METRICS).unlink(missing_ok=True)
+        # An empty folder: the writer neither deletes nor warns; hparams.yaml is rewritten.
         (Path(self.log_dir) / "hparams.yaml").unlink(missing_ok=True)
-        writer = super().experiment
-        os.replace(self._holding, Path(self.log_dir) / "metrics.csv")
-        writer.metrics_keys = list(self._header)  # new rows extend the kept file's header
-        self._holding = None
-        return writer
+        experiment = super().experiment
+        os.replace(self._holding, Path(self.log_dir) / METRICS)
+        experiment.metrics_keys = list(header)  # new rows extend the kept file's header
+        self._kept = None
+        return experiment
+
+
+def _read_rows(path: Path, resume_at: Mapping[str, int]) -> tuple[list[dict], list[str]]:
+    """The rows to keep (see :class:`CSVLogger`); a checkpoint that predates the count keeps the
+    rows with ``step <= resume_at["step"]``."""
+    rows_before = resume_at.get("rows", 0)
+    before_step = resume_at.get("global_step", resume_at["step"] + 1)
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        header, rows = sorted(reader.fieldnames or []), []
+        for number, row in enumerate(reader, start=2):
+            try:
+                step = int(float(row["step"]))
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"{path}, line {number}: step={row.get('step')!r} is not a "
+                    "number; correct or delete that line (every validation is also "
+                    "in thresholds.json)"
+                ) from None
+            if number - 2 < rows_before or step < before_step:
+                rows.append(row)
+    return rows, header
 
 
 class TensorBoardLogger(_TensorBoardLogger):
-    """Lightning's TensorBoardLogger, hiding the events a killed attempt wrote after ``resume_step`` (the
-    writer's ``purge_step``), so a resumed run shows one curve; None: nothing purged."""
+    """Lightning's TensorBoardLogger, hiding the events an earlier attempt wrote after the
+    checkpoint it continues from (the writer's ``purge_step``); None: nothing purged."""
 
-    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
-        if resume_step is not None:
-            kwargs["purge_step"] = resume_step + 1
+    def __init__(
+        self, *args: Any, resume_at: Mapping[str, int] | None = None, **kwargs: Any
+    ) -> None:
+        if resume_at is not None:
+            kwargs["purge_step"] = resume_at["step"] + 1
         super().__init__(*args, **kwargs)
+        self._step = resume_at["step"] if resume_at is not None else -1
+
+    def position(self) -> dict[str, int]:
+        return {"step": self._step}
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        self._step = max(self._step, step or 0)

@@ -1,99 +1,221 @@
-"""A run folder belongs to one run: claimed once per attempt, locked while it trains, never silently reused.
+"""A run folder belongs to one run: claimed per attempt, locked while it trains, never silently
+reused.
 
-:meth:`RunFolder.claim`, the driver's one call about its folder, locks it, decides what this attempt does
-(train afresh, continue from the newest checkpoint, skip a completed run, archive the earlier one), checks
-that a continued or skipped run is the same run (config, data) and keeps ``run.json`` (status, every attempt).
-A refused attempt leaves the run as it was. Hydra does not write ``.hydra/`` (``output_subdir: null``): the
-claim does, once the attempt owns the folder.
+What an attempt does with its folder is :func:`decide`, a pure function of the folder's
+record, what was asked and the checkpoint found (docs/reliability.md has its table).
+:class:`RunFolder` carries it out: it locks the folder, records every attempt in the run
+record, and changes the run (its status, ``.hydra/``, an archive of the earlier run) only
+when :meth:`RunFolder.start` is called, right before training. An attempt refused, failing
+or stopped before that is recorded and changes nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import platform
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import yaml
 from filelock import FileLock, Timeout
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from segment.checkpoints import find_checkpoint, newest_checkpoint, read_checkpoint, remove_partial_files
-from segment.config import RESUMABLE, identity, is_infrastructure, parse_overrides, sweep_jobs
-from segment.device.precision import resolve_trainer_precision
+from segment.checkpoints import (
+    CheckpointError,
+    check_saved_overrides,
+    find_checkpoint,
+    newest_checkpoint,
+    read_checkpoint,
+)
+from segment.config import (
+    RESUMABLE,
+    identity,
+    is_infrastructure,
+    parse_overrides,
+    sweep_dir,
+    sweep_jobs,
+)
 from segment.files import write_atomic
-from segment.schema import validate
+from segment.layout import RunLayout
+from segment.record import Attempt, RecordError, RunRecord, read_record, write_record
+from segment.schema import ConfigError
 
-__all__ = ["RunFolder", "RunFolderError", "config_differences", "read_record"]
+__all__ = [
+    "Asked",
+    "Decision",
+    "RunFolder",
+    "RunFolderError",
+    "decide",
+    "follows_length",
+    "resume_differences",
+]
 
 log = logging.getLogger(__name__)
 
-# What a run leaves in its folder besides train.log (moved to archive/ by overwrite=true).
-_RUN_ENTRIES = ("run.json", ".hydra", "thresholds.json", "checkpoints", "csv", "tensorboard", "masks")
-_PACKAGES = ("torch", "lightning", "segmentation-models-pytorch", "albumentations", "hydra-core", "torchmetrics",
-             "numpy", "road-segment-unet")  # fmt: skip
-_ATTEMPT_KEYS = ("ckpt_path", "skip_completed", "overwrite")  # how one attempt treats the folder, not the run
-# The schedules' keys that follow trainer.max_epochs (cosine, warmup_poly, warmup_cosine).
-_LENGTH_KEYS = tuple(f"model.scheduler.scheduler.{k}" for k in ("T_max", "total_steps", "total_iters"))
+# Signals that end a run: a preemption or kill (TERM), Ctrl-C (INT), a closed terminal (HUP).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_ATTEMPT_KEYS = ("ckpt_path", "skip_completed", "overwrite")  # how one attempt treats the folder
+# Keys that give a schedule's length; null: the run's own length (it follows trainer.max_epochs).
+_LENGTH_KEYS = ("T_max", "total_steps", "total_iters")
 
 
 class RunFolderError(RuntimeError):
     """A run folder that cannot be used as asked; the message says why and what to do."""
 
 
-def read_record(folder: str | Path) -> dict[str, Any] | None:
-    """A folder's ``run.json``, None without one; an unreadable one is named with the fix."""
-    path = Path(folder) / "run.json"
-    try:
-        record = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        raise RunFolderError(f"{path} is unreadable ({error}); move it aside (its run is then continued from "
-                             "its newest checkpoint, or started afresh without one)") from None  # fmt: skip
-    if not isinstance(record, dict):
-        raise RunFolderError(f"{path} holds a {type(record).__name__}, not a run record; move it aside")
-    return record
+# Errors that refuse an attempt before it trains: the folder, the config, a file handed in.
+REFUSALS = (RunFolderError, ConfigError, CheckpointError)
 
 
-def config_differences(saved: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, ``ignore`` and its children left out."""
+@dataclass(frozen=True)
+class Asked:
+    """What the command line asks of the folder."""
+
+    ckpt_path: str | None = None
+    skip_completed: bool = False
+    overwrite: bool = False
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``fresh``, ``continue``, ``skip`` or ``refuse``; ``archive``: move the earlier run's
+    files aside first; ``own_config``: continue under the run's saved overrides."""
+
+    action: str
+    reason: str = ""
+    checkpoint: Path | None = None
+    archive: bool = False
+    own_config: bool = False
+
+
+def decide(
+    record: RunRecord | None, holds: bool, asked: Asked, found: Path | None, inside: bool = True
+) -> Decision:
+    """The attempt's action on a folder: ``record`` (None: none), ``holds``: results on disk,
+    ``found``: the checkpoint asked for (``ckpt_path=last`` or ``skip_completed``: the folder's
+    newest; a path: that file), ``inside``: it lies in this folder."""
+    status = record.status if record else None
+    has_run = holds or status not in (None, "new", "failed")
+    if asked.ckpt_path == "last":
+        if found is not None:
+            return Decision("continue", checkpoint=found, own_config=True)
+        if status == "completed":
+            return Decision("refuse", "a completed run that left no checkpoint to continue")
+        if record is None and not holds:
+            return Decision(
+                "refuse",
+                "ckpt_path=last: nothing to continue (no run record, no checkpoint). To continue "
+                "a killed run, start in its folder: hydra.run.dir=<run folder> ckpt_path=last",
+            )
+        return Decision(
+            "fresh",
+            "no checkpoint yet (stopped before its first validation): starting it afresh",
+            archive=holds,
+            own_config=True,
+        )
+    if asked.ckpt_path is not None:
+        if not inside and has_run and not asked.overwrite:
+            return Decision("refuse", f"occupied: ckpt_path={asked.ckpt_path} is another run's")
+        return Decision("continue", checkpoint=found, archive=has_run and not inside)
+    if asked.skip_completed and status == "completed":
+        theirs = identity(record.attempts[0].overrides) if record.attempts else {}
+        if theirs and theirs != identity(asked.overrides):
+            return Decision(
+                "refuse",
+                f"skip_completed: it holds a completed run of other overrides "
+                f"({theirs}): two jobs share a folder name",
+            )
+        return Decision("skip")
+    if asked.skip_completed and found is not None:
+        return Decision("continue", checkpoint=found, own_config=True)
+    if has_run and not (asked.overwrite or asked.skip_completed):
+        return Decision("refuse", "occupied")
+    return Decision("fresh", archive=holds or has_run)
+
+
+def resume_differences(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """Why a checkpoint written under ``saved`` (a resolved config) cannot continue under
+    ``cfg``: the keys that differ (where files are, how a run is shown or continued left out),
+    and a longer run under a schedule that follows the run's length."""
+    now = OmegaConf.to_container(cfg, resolve=True)
+    where = _path_keys(OmegaConf.to_container(cfg))
 
     def flat(node: Any, prefix: str = "") -> dict[str, str]:
         if isinstance(node, dict) and node:
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+            return {
+                k: v
+                for key, value in node.items()
+                for k, v in flat(value, f"{prefix}{key}.").items()
+            }
         return {prefix.rstrip("."): repr(node)}
 
-    old, now = flat(saved), flat(new)
-    keys = sorted(key for key in old.keys() | now.keys() if old.get(key) != now.get(key))
-    return [f"{key}: {old.get(key, '<absent>')} -> {now.get(key, '<absent>')}" for key in keys
-            if not is_infrastructure(key, ignore)]  # fmt: skip
+    old, new = flat(saved), flat(now)
+    keys = sorted(
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) != new.get(k) and not is_infrastructure(k, (*RESUMABLE, *where))
+    )
+    found = [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in keys]
+    length = [k for k in ("trainer.max_epochs", "trainer.max_steps") if old.get(k) != new.get(k)]
+    if length and (follows_length(saved) or any(k.endswith(_LENGTH_KEYS) for k in keys)):
+        found += [
+            f"{k}: {old[k]} -> {new[k]} (the schedule follows the run's length: cosine, "
+            "warmup_poly and warmup_cosine cannot train longer; constant, "
+            "warmup_constant and plateau can)"
+            for k in length
+        ]
+    return found
+
+
+def follows_length(config: Any) -> bool:
+    """Whether a config's schedule has a length of ``null``: the run's own, which changes with
+    ``trainer.max_epochs`` (``warmup_poly``, ``warmup_cosine``; cosine's ``T_max`` interpolates
+    it)."""
+    scheduler = OmegaConf.select(OmegaConf.create(config), "model.scheduler", default=None)
+    text = OmegaConf.to_yaml(scheduler) if scheduler is not None else ""
+    return any(f"{key}: null" in text or f"{key}: ${{trainer." in text for key in _LENGTH_KEYS)
 
 
 def _path_keys(node: Any, prefix: str = "") -> tuple[str, ...]:
-    """Dotted keys whose value interpolates ``paths.*`` or Hydra's runtime: where files go, not what runs."""
+    """Dotted keys whose value interpolates ``paths.*`` or Hydra's runtime: where files go."""
     if isinstance(node, dict):
         return tuple(k for key, value in node.items() for k in _path_keys(value, f"{prefix}{key}."))
-    return (prefix.rstrip("."),) if "${" in str(node) and ("paths." in str(node) or "hydra:" in str(node)) else ()
+    text = str(node)
+    return (prefix.rstrip("."),) if "${" in text and ("paths." in text or "hydra:" in text) else ()
+
+
+def _status(folder: Path) -> str | None:
+    try:
+        return (read_record(folder) or RunRecord(status="")).status
+    except RecordError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def _git() -> dict[str, Any]:
+    folder = Path(__file__).resolve().parent
+
     def git(*args: str) -> str:
-        folder = Path(__file__).resolve().parent
-        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
+        done = subprocess.run(
+            ["git", *args], cwd=folder, capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip()
 
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
@@ -101,261 +223,294 @@ def _git() -> dict[str, Any]:
         return {"commit": None}  # an installed wheel, or no git
 
 
-def _version(package: str) -> str | None:
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        return metadata.version(package)
-    return None
-
-
-def _now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
-
-
 class RunFolder:
-    """One attempt at the run in ``cfg.paths.output_dir`` (only global rank 0 locks or writes). After :meth:`claim`:
-    ``cfg`` (what it trains with), ``checkpoint``/``step`` (continued from; None: scratch), ``skip``, ``record``."""
+    """One attempt at the run in ``cfg.paths.output_dir`` (only global rank 0 locks or writes).
+
+    After :meth:`claim`: ``decision``, ``record`` (the folder's, as found), ``attempt``.
+    """
 
     def __init__(self, cfg: DictConfig) -> None:
-        self.cfg, self.path = cfg, Path(cfg.paths.output_dir)
-        dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath")
-        self.checkpoints = Path(dirpath) if dirpath else self.path / "checkpoints"
+        self.path, self.layout = Path(cfg.paths.output_dir), RunLayout.from_config(cfg)
         self.enabled = rank_zero_only.rank == 0
-        self.checkpoint, self.step = None, None  # what this attempt continues from
-        self.skip = self.refused = False  # refused: turned away before training; the run's status stays
-        self.signal: int | None = None  # the SIGTERM or SIGINT that stopped this attempt
         self.overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-        self.record: dict[str, Any] = {}
-        # the run's status and error (put back if this attempt is refused); the checkpoint's data fingerprint
-        self._before, self._data = {}, None
-        self.attempt: dict[str, Any] = {"started": _now(), "host": socket.gethostname(), "pid": os.getpid(),
-                                        "command": sys.argv, "git": _git(), "overrides": self.overrides}  # fmt: skip
+        self.asked = Asked(
+            cfg.get("ckpt_path"),
+            bool(cfg.get("skip_completed")),
+            bool(cfg.get("overwrite")),
+            tuple(self.overrides),
+        )
+        self.attempt = Attempt(
+            _now(), socket.gethostname(), os.getpid(), list(sys.argv), _git(), self.overrides
+        )
+        self.record = RunRecord()
+        self.decision = Decision("refuse")
+        self.started = False
+        self.signal: int | None = None
+        self._data: dict[str, Any] | None = None  # the continued checkpoint's data fingerprint
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.layout.path(self.path, "checkpoints")
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[RunFolder]:
-        """Lock the folder, decide and check this attempt, and record how it ends. Raises :class:`RunFolderError`
-        (in use, another run, cannot continue as asked), or ``SystemExit(128 + signal)`` on SIGTERM/SIGINT."""
-        if not self.enabled:  # DDP ranks > 0 (srun starts one train.py per GPU) follow rank 0
-            yield self._decide(read_record(self.path), holds_run=False)
+        """Lock the folder, decide, and record how the attempt ends. Raises
+        :class:`RunFolderError`, or ``SystemExit(128 + signal)`` on a stop signal."""
+        if not self.enabled:  # DDP ranks > 0 follow rank 0
+            self._decide()
+            yield self
             return
         lock = FileLock(self.path / ".lock", timeout=0)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             lock.acquire()
         except Timeout:  # a TimeoutError, so an OSError: first
-            holder = ((read_record(self.path) or {}).get("attempts") or [{}])[-1]
-            raise RunFolderError(
-                f"run folder {self.path} is in use by pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
-                f"{holder.get('started', '?')}: two runs in one folder would mix their logs. Wait for it to finish, "
-                "or choose another folder (hydra.run.dir=<new folder>)"
-            ) from None
+            raise RunFolderError(self._busy()) from None
         except OSError as error:
-            raise OSError(f"cannot write to the run folder {self.path}: {error}. Point paths.log_dir (or hydra.run.dir "
-                          "/ hydra.sweep.dir) at a writable folder") from None  # fmt: skip
-        handlers = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+            raise OSError(
+                f"cannot write to the run folder {self.path}: {error}. Point "
+                "paths.log_dir (or hydra.run.dir / hydra.sweep.dir) at a writable folder"
+            ) from None
+        handlers = {number: signal.signal(number, self._stop) for number in STOP_SIGNALS}
         try:
-            self._claim_locked()
-            for number in handlers:
-                signal.signal(number, self._interrupt)
-            try:
-                yield self
-            except BaseException as error:
-                self._end(error)
-                if self.signal is not None:
-                    raise SystemExit(128 + self.signal) from None
-                raise
+            self._decide()
+            yield self
+        except BaseException as error:
+            self._end(error)
+            if self.signal is not None:
+                raise SystemExit(128 + self.signal) from None
+            raise
         finally:
             for number, handler in handlers.items():
                 signal.signal(number, handler)
             lock.release()
 
-    def _claim_locked(self) -> None:
-        previous = read_record(self.path)
-        holds_run = previous is not None or self._holds_results()
+    def _decide(self) -> None:
         try:
-            self._decide(previous, holds_run)
-        except BaseException as error:  # a fresh folder keeps the reason; a run's status stays as it was
-            self.record = previous or {"status": "failed", "seed": self.cfg.get("seed"),
-                                       "error": f"{type(error).__name__}: {error}"}  # fmt: skip
-            self.refused = True
-            self._end(error)
-            raise
-        if self.skip:
-            self.record = previous
-            return
-        if self.checkpoint is None and holds_run:
-            self._archive((previous or {}).get("started"))
-            previous = None
-        remove_partial_files(self.checkpoints)
-        self._write_hydra()
-        self.record = previous or {"started": self.attempt["started"]}
-        self._before = {key: self.record.get(key) for key in ("status", "error")}
-        self.attempt["resumed_from"] = self.checkpoint and str(self.checkpoint)
-        versions = {"python": platform.python_version(), **{name: _version(name) for name in _PACKAGES}}
-        self.update(status="running", seed=self.cfg.get("seed"), versions=versions, error=None)
+            known = read_record(self.path)
+        except RecordError as error:
+            self.enabled = False  # a damaged record is left as it is, this attempt unrecorded
+            raise RunFolderError(str(error)) from None
+        self.record = known or RunRecord()
+        found, inside = None, True
+        if self.asked.ckpt_path not in (None, "last"):
+            found = find_checkpoint(self.asked.ckpt_path)[0]
+            inside = self.path.resolve() in found.resolve().parents
+        elif self.asked.ckpt_path == "last" or self.asked.skip_completed:
+            found = (newest_checkpoint(self.checkpoints) or (None,))[0]
+        self.decision = decide(known, self._holds(), self.asked, found, inside)
+        self.attempt.action = self.decision.action
+        if self.decision.reason and self.decision.action != "refuse":
+            log.warning("%s: %s", self.path, self.decision.reason)
+        if self.decision.action == "refuse":
+            raise RunFolderError(self._refusal(self.decision.reason))
 
-    def _decide(self, previous: dict | None, holds_run: bool) -> RunFolder:
-        """Fresh, continue, skip or archive; then this attempt's config, precision, validation and resume check."""
-        requested, status = self.cfg.get("ckpt_path"), (previous or {}).get("status")
-        if requested == "last" or (self.cfg.get("skip_completed") and status in ("running", "interrupted", "failed")):
-            found = newest_checkpoint(self.checkpoints)
-            if found is None and requested == "last":
-                raise FileNotFoundError(
-                    f"ckpt_path=last: no loadable checkpoint in {self.checkpoints}. To continue a killed run, start "
-                    "in its folder: hydra.run.dir=<run folder> ckpt_path=last; or pass ckpt_path=<file or run folder>"
-                )
-            if found is not None:  # else a skip_completed job killed before its first checkpoint: archived, rerun
-                (self.checkpoint, self.step), self.cfg = found, self._own_config()
-        elif requested is not None:
-            self.checkpoint, self.step = find_checkpoint(requested)
-            if holds_run and self.path.resolve() not in self.checkpoint.resolve().parents and not self.cfg.overwrite:
-                raise RunFolderError(self._occupied(previous, f"ckpt_path={requested} is another run's checkpoint, "))
-        elif self.cfg.get("skip_completed") and status == "completed":
-            self.skip = True
-            theirs = identity(((previous.get("attempts") or [{}])[0]).get("overrides") or self.overrides)
-            if theirs != identity(self.overrides):
-                raise RunFolderError(f"skip_completed: {self.path} holds a completed run of other overrides ({theirs}):"
-                                     " two jobs share a folder name; give this sweep a folder of its own")  # fmt: skip
-            return self
-        elif holds_run and not (self.cfg.get("overwrite") or self.cfg.get("skip_completed")):
-            if not (status == "failed" and not self._holds_results()):  # a failure that left nothing: replaced
-                raise RunFolderError(self._occupied(previous))
-        self.attempt["precision"] = resolve_trainer_precision(self.cfg)
-        validate(self.cfg)
-        if self.checkpoint is not None:
-            self._check_resume()
-        return self
-
-    def _own_config(self) -> DictConfig:
-        """The run's own config: its saved overrides, then those typed now (checked against the checkpoint)."""
-        saved = self.path / ".hydra" / "overrides.yaml"
-        if not HydraConfig.initialized() or not saved.is_file():
-            return self.cfg
+    def own_config(self, cfg: DictConfig) -> DictConfig:
+        """A continued run's own config: its saved overrides (checked as data), then those typed
+        now; ``cfg`` itself for any other attempt."""
+        saved = self.layout.path(self.path, "hydra") / "overrides.yaml"
+        if not (self.decision.own_config and HydraConfig.initialized() and saved.is_file()):
+            return cfg
         typed = set(parse_overrides(self.overrides))
-        kept = [str(o) for o in OmegaConf.load(saved) if not (set(parse_overrides([str(o)])) & typed)
-                and not is_infrastructure(next(iter(parse_overrides([str(o)]))), _ATTEMPT_KEYS)]  # fmt: skip
-        self.overrides = [*kept, *self.overrides]
+        items = yaml.safe_load(saved.read_text())  # plain strings: OmegaConf would resolve them
+        if not isinstance(items, list):
+            raise CheckpointError(f"{saved}: not a list of overrides; move it aside")
+        kept = [
+            str(item)
+            for item in items
+            if not set(parse_overrides([str(item)])) & typed
+            and not is_infrastructure(next(iter(parse_overrides([str(item)]))), _ATTEMPT_KEYS)
+        ]
+        check_saved_overrides(kept, str(saved))  # typed ones are the user's; saved ones are data
+        self.overrides = [*kept, *self.overrides]  # the run's; its attempt records what was typed
         return compose(HydraConfig.get().job.config_name, overrides=self.overrides)
 
-    def _check_resume(self) -> None:
-        checkpoint = read_checkpoint(self.checkpoint, "ckpt_path", mmap=True)
+    def check_resume(self, cfg: DictConfig) -> dict[str, int] | None:
+        """Refuse to continue from a checkpoint under another config; returns its log position
+        (None when starting afresh)."""
+        if self.decision.checkpoint is None:
+            return None
+        checkpoint = read_checkpoint(self.decision.checkpoint, "ckpt_path", mmap=True)
         self._data, saved = checkpoint.get("data"), checkpoint.get("config")
-        log.info("continuing from %s: epoch %s, global step %d", self.checkpoint, checkpoint.get("epoch"), self.step)
-        if saved is None:
-            log.warning("%s holds no config (written before configs were saved): resuming unchecked", self.checkpoint)
-            return
-        now = OmegaConf.to_container(self.cfg, resolve=True)
-        differences = config_differences(saved, now, (*RESUMABLE, *_path_keys(OmegaConf.to_container(self.cfg))))
-        if not differences:
-            return
-        longer = saved.get("trainer", {}).get("max_epochs") != now["trainer"].get("max_epochs")
-        raise RunFolderError(
-            f"cannot resume from {self.checkpoint} under a different config; it differs in:\n  "
-            + "\n  ".join(differences[:12]) + (f"\n  ... and {len(differences) - 12} more" if len(differences) > 12
-                                               else "") + "\n"  # fmt: skip
-            + ("The schedule follows trainer.max_epochs (cosine, warmup_poly, warmup_cosine), so this run cannot train "
-               "longer; constant, warmup_constant and plateau do not. "
-               if longer and any(line.startswith(_LENGTH_KEYS) for line in differences) else "")
-            + "A resume continues the same run: drop these overrides (only where files are, how training is shown "
-            "and how long it goes on may change). To train on from these weights with other settings, start a new "
-            "run with model.init_from=<checkpoint>"
+        log.info(
+            "continuing from %s: epoch %s, global step %s",
+            self.decision.checkpoint,
+            checkpoint.get("epoch"),
+            checkpoint.get("global_step"),
         )
+        if saved is None:
+            log.warning("%s holds no config: resuming unchecked", self.decision.checkpoint)
+        elif differences := resume_differences(saved, cfg):
+            shown = "\n  ".join(differences[:12]) + ("\n  ..." if len(differences) > 12 else "")
+            raise RunFolderError(
+                f"cannot resume from {self.decision.checkpoint} under a different config; it "
+                f"differs in:\n  {shown}\nA resume continues the same run: drop these overrides "
+                "(only where files are, how training is shown and, under a schedule that does not "
+                "follow it, how long it goes on may change). To train on from these weights "
+                "with other settings, start a new run with model.init_from=<checkpoint>"
+            )
+        step = int(checkpoint["global_step"])
+        if "log_position" not in checkpoint:  # written before positions were: by step alone
+            return {"step": step, "global_step": step + 1}
+        return {**checkpoint["log_position"], "global_step": step}
 
     def check_data(self, fingerprint: dict[str, Any]) -> None:
-        """Refuse to continue or skip a run on other data than it trained on; record the data otherwise."""
-        recorded = self._data if self.checkpoint is not None else self.record.get("data") if self.skip else None
-        if recorded and recorded != fingerprint:
-            self.refused = True
+        """Refuse to continue or skip a run on other data than it trained on."""
+        skip = self.decision.action == "skip"
+        recorded = self.record.data if skip else self._data
+        common = set(recorded or {}) & set(fingerprint)
+        if any(recorded[key] != fingerprint[key] for key in common):
             raise RunFolderError(
-                f"{self.path} trained on other data than data.root now holds ({recorded} vs {fingerprint}); refusing "
-                f"to {'skip it as completed' if self.skip else 'continue it'}. Point data.root at the data it "
-                "trained on, or start a new run (another folder, or overwrite=true)"
+                f"{self.path} trained on other data than data.root now holds ({recorded} vs "
+                f"{fingerprint}); refusing to {'skip it as completed' if skip else 'continue it'}."
+                " Point data.root at the data it trained on, or start a new run (another "
+                "folder, or overwrite=true)"
             )
-        if not self.skip:
-            self.update(data=fingerprint)
+
+    def start(self, config: DictConfig, **fields: Any) -> None:
+        """The attempt is accepted and trains: archive the earlier run if decided, write
+        ``.hydra/``, mark the run ``running`` with ``fields`` (data, seed, versions ...)."""
+        self.attempt.resumed_from = self.decision.checkpoint and str(self.decision.checkpoint)
+        if self.enabled:
+            if self.decision.archive:
+                self._archive()
+            self._remove_partial_files()
+            self._write_hydra(config)
+        self.started = True
+        self.record = replace(
+            self.record,
+            status="running",
+            error=None,
+            ended=None,
+            started=self.record.started or self.attempt.started,
+            layout=self.layout.as_dict(),
+            **fields,
+        )
+        self._save()
+
+    def _save(self) -> None:
+        if not self.enabled:
+            return
+        if not self.record.attempts or self.record.attempts[-1] is not self.attempt:
+            self.record.attempts.append(self.attempt)
+        write_record(self.path, self.record)
 
     def update(self, **fields: Any) -> None:
-        """Merge ``fields`` into ``run.json`` (rewritten atomically) with this attempt as its latest."""
-        self.record.update(fields)
-        if self.enabled:
-            attempts = self.record.setdefault("attempts", [])
-            if not attempts or attempts[-1] is not self.attempt:
-                attempts.append(self.attempt)
-            write_atomic(self.path / "run.json", json.dumps(self.record, indent=2, default=str) + "\n")
+        """Merge ``fields`` into the run record (rewritten atomically)."""
+        self.record = replace(self.record, **fields)
+        self._save()
 
-    def finish(self, metrics: dict[str, float], trainer: Any) -> None:
-        """Record a completed run and its final metrics; print where its results are, and commands to paste."""
-        self.attempt.update(ended=_now(), outcome="completed")
-        self.update(status="completed", ended=self.attempt["ended"], metrics=metrics)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        names = ("val/loss", "val/miou", "val/pixel_acc", "test/loss", "test/miou", "test/pixel_acc")
-        log.info("\n".join([
-            f"Run folder: {self.path} ({trainer.current_epoch} epochs; encoder weights: "
-            f"{trainer.lightning_module.weights_record})",
-            *(f"  {name:14s} {metrics[name]:.4f}" for name in names if name in metrics),
-            f"  best checkpoint: {best or 'none kept'}",
-            f"  dashboards:      tensorboard --logdir {self.path}",
-            f"  evaluate:        python evaluate.py ckpt_path={best or self.path}",
-            f"  train longer:    python train.py hydra.run.dir={self.path} ckpt_path=last trainer.max_epochs=<more>",
-        ]))  # fmt: skip
+    def finish(self, metrics: dict[str, float], outcome: str = "completed") -> None:
+        """Record how the run ended (``completed``; ``skipped``: left as it was)."""
+        self.attempt.ended, self.attempt.outcome = _now(), outcome
+        if outcome == "completed":
+            self.record = replace(
+                self.record, status="completed", ended=self.attempt.ended, metrics=metrics
+            )
+        self._save()
 
     def _end(self, error: BaseException) -> None:
-        """Record how an attempt ended early; a refused one leaves the run's status as it was."""
+        """Record an attempt that ended early; the run's status changes only if it trained."""
         name = signal.Signals(self.signal).name if self.signal is not None else None
         message = f"interrupted by {name}" if name else f"{type(error).__name__}: {error}".strip()
-        outcome = "interrupted" if name else "refused" if self.refused else "failed"
-        self.attempt.update(ended=_now(), outcome=outcome, error=message, signal=name)
-        self.record.update({"status": outcome, "error": message} if outcome != "refused" else self._before)
+        refused = isinstance(error, REFUSALS) and not self.started
+        outcome = "interrupted" if name else "refused" if refused else "failed"
+        self.attempt.ended, self.attempt.outcome = _now(), outcome
+        self.attempt.error, self.attempt.signal = message, name
+        if self.started or self.record.status in ("new", "failed") and not self._holds():
+            self.record = replace(
+                self.record, status=outcome if self.started else "failed", error=message
+            )
         with contextlib.suppress(OSError):
-            self.update()
-        if name and HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
-            sweep = Path(HydraConfig.get().sweep.dir)
-            pending = [job for job in sweep_jobs() if (read_record(sweep / job) or {}).get("status") != "completed"]
-            log.error("%s: the sweep stops; %d job(s) not completed: %s. Continue it: the same command with "
-                      "skip_completed=true", message, len(pending), ", ".join(pending))  # fmt: skip
+            self._save()
+        if name and sweep_dir() is not None:
+            pending = [
+                job for job in sweep_jobs() if _status(Path(sweep_dir()) / job) != "completed"
+            ]
+            log.error(
+                "%s: the sweep stops; %d job(s) not completed: %s. Continue it: the same "
+                "command with skip_completed=true",
+                message,
+                len(pending),
+                ", ".join(pending),
+            )
 
-    def _interrupt(self, number: int, frame: Any) -> None:
-        """SIGTERM or SIGINT: stop where training is (Lightning shuts down cleanly on KeyboardInterrupt)."""
+    def _stop(self, number: int, frame: Any) -> None:
+        """A stop signal: end training where it is (Lightning shuts down on KeyboardInterrupt)."""
         if self.signal is None:
             self.signal = number
-            log.warning("%s received: stopping; last.ckpt holds the last validation", signal.Signals(number).name)
+            log.warning(
+                "%s received: stopping; the last checkpoint holds the last validation",
+                signal.Signals(number).name,
+            )
             raise KeyboardInterrupt
 
-    def _holds_results(self) -> bool:
-        return any(any((self.path / name).glob("*")) for name in ("checkpoints", "csv", "tensorboard", "masks"))
+    def _holds(self) -> bool:
+        parts = (
+            self.layout.checkpoints,
+            self.layout.csv,
+            self.layout.tensorboard,
+            self.layout.masks,
+        )
+        return any(any((self.path / part).glob("*")) for part in parts)
 
-    def _write_hydra(self) -> None:
-        """``.hydra/`` as Hydra writes it (the config resolved), once this attempt owns the folder."""
-        folder = self.path / ".hydra"
+    def _write_hydra(self, config: DictConfig) -> None:
+        """``.hydra/`` as Hydra writes it (the config resolved), once this attempt trains."""
+        folder = self.layout.path(self.path, "hydra")
         folder.mkdir(exist_ok=True)
-        write_atomic(folder / "config.yaml", OmegaConf.to_yaml(OmegaConf.to_container(self.cfg, resolve=True)))
+        resolved = OmegaConf.to_container(config, resolve=True)
+        write_atomic(folder / "config.yaml", OmegaConf.to_yaml(resolved))
         write_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(self.overrides))
-        if HydraConfig.initialized() and self.checkpoint is None:
+        if HydraConfig.initialized() and not (folder / "hydra.yaml").is_file():
             write_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
 
-    def _archive(self, started: str | None) -> None:
-        """Move the earlier run's files to ``archive/<its start time>/`` (``overwrite=true``, a failed run)."""
-        stamp = (started or _now()).replace(":", "-")
+    def _remove_partial_files(self) -> None:
+        """What killed atomic writes left behind (``.<name>.*.partial``), archive/ aside."""
+        for path in self.path.rglob(".*.partial"):
+            if "archive" not in path.relative_to(self.path).parts:
+                path.unlink(missing_ok=True)
+
+    def _archive(self) -> None:
+        """Move the earlier run's files to ``archive/<its start time>/``."""
+        stamp = (self.record.started or _now()).replace(":", "-")
         target, suffix = self.path / "archive" / stamp, 1
         while target.exists():
             target, suffix = self.path / "archive" / f"{stamp}-{suffix}", suffix + 1
         target.mkdir(parents=True)
-        for name in _RUN_ENTRIES:
+        for name in self.layout.results:
             if (self.path / name).exists():
                 shutil.move(str(self.path / name), str(target / name))
-        if (log_file := self.path / "train.log").is_file():  # Hydra's handler appends to it: copy, then truncate
-            shutil.copy2(log_file, target / "train.log")
+        if (log_file := self.path / self.layout.log).is_file():  # Hydra appends to it
+            shutil.copy2(log_file, target / self.layout.log)
             os.truncate(log_file, 0)
-        why = "overwrite=true" if self.cfg.get("overwrite") else "the earlier run left no checkpoint to continue"
-        log.warning("%s: archived the earlier run of %s in %s", why, self.path, target)
+        log.warning("archived the earlier run of %s in %s", self.path, target)
+        self.record = RunRecord(attempts=[a for a in self.record.attempts if a.outcome is None])
 
-    def _occupied(self, previous: dict | None, why: str = "") -> str:
-        metrics = (previous or {}).get("metrics") or {}
-        loss = f", val/loss {metrics['val/loss']:.4f}" if isinstance(metrics.get("val/loss"), int | float) else ""
-        held = (f"a {previous.get('status', '?')} run started {previous.get('started', '?')} "
-                f"(seed {previous.get('seed')}{loss})" if previous else "results of an earlier run (no run.json)")
+    def _busy(self) -> str:
+        try:
+            holder = (read_record(self.path) or RunRecord()).last or Attempt("?")
+        except RecordError:
+            holder = Attempt("?")
         return (
-            f"{why}{'and ' if why else ''}run folder {self.path} already holds {held}; it is never silently reused. "
-            "To continue that run: ckpt_path=last; to keep it and start another: choose a new folder "
-            f"(hydra.run.dir=<folder>); to replace it: overwrite=true (its files move to {self.path / 'archive'}/"
-            "<start time>/)"
+            f"run folder {self.path} is in use by pid {holder.pid} on {holder.host} since "
+            f"{holder.started}: two runs in one folder would mix their logs. Wait for it to "
+            "finish, or choose another folder (hydra.run.dir=<new folder>)"
+        )
+
+    def _refusal(self, reason: str) -> str:
+        if not reason.startswith("occupied"):
+            return f"{self.path}: {reason}"
+        record, why = self.record, reason.removeprefix("occupied").lstrip(": ")
+        loss = record.metrics.get("val/loss")
+        held = (
+            f"a {record.status} run started {record.started} (seed {record.seed}"
+            f"{f', val/loss {loss:.4f}' if isinstance(loss, int | float) else ''})"
+            if record.status != "new"
+            else "results of an earlier run (no run.json)"
+        )
+        return (
+            f"{why + ', and ' if why else ''}run folder {self.path} already holds {held}; it is "
+            "never silently reused. To continue that run: ckpt_path=last; to keep it and start "
+            "another: choose a new folder (hydra.run.dir=<folder>); to replace it: "
+            f"overwrite=true (its files move to {self.path / 'archive'}/<start time>/)"
         )

@@ -1,4 +1,5 @@
-"""Config validation before anything is built: each ``_target_`` node against its target's signature.
+"""Config validation before anything is built: each ``_target_`` node against its target's
+signature.
 
 The top level is :class:`segment.config.TrainSchema` (checked by Hydra while composing). The
 nodes with a ``_target_`` are checked here against the parameters of the class they name,
@@ -23,8 +24,6 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from segment.models.nets import check_net_config
-
 __all__ = ["ConfigError", "validate"]
 
 
@@ -32,8 +31,15 @@ class ConfigError(ValueError):
     """A config value or key that cannot work; the message names the key."""
 
 
+_SMP = "segmentation_models_pytorch"
 _SKIP = {"_target_", "_recursive_", "_convert_", "_partial_", "_args_"}
-_SCALARS = {bool: bool, int: int, float: int | float, str: str, Path: str | Path}  # hint -> accepted values
+_SCALARS = {
+    bool: bool,
+    int: int,
+    float: int | float,
+    str: str,
+    Path: str | Path,
+}  # hint -> accepted values
 
 
 def validate(cfg: DictConfig) -> None:
@@ -47,13 +53,16 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}: missing; choose one with {key}=<name> (see conf/{key}/)")
     for path, node in _target_nodes(cfg):
         _check_node(path, node)
+    if "classes" in (cfg.model.get("net") or {}):
+        raise ConfigError(
+            "model.net.classes: the number of classes comes from the dataset (its "
+            "class names); remove the key, or choose another data config"
+        )
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None and not clip > 0:  # Lightning takes any number and clips to it
-        raise ConfigError(f"trainer.gradient_clip_val={clip}: must be > 0 (the largest gradient norm), or null")
-    try:  # smp passes unknown keys on to its encoders, which drop them: check them against smp itself
-        check_net_config(OmegaConf.to_container(cfg.model.net, resolve=True))
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
+        raise ConfigError(
+            f"trainer.gradient_clip_val={clip}: must be > 0 (the largest gradient norm), or null"
+        )
 
 
 def _target_nodes(node: Any, path: str = "") -> typing.Iterator[tuple[str, DictConfig]]:
@@ -69,8 +78,10 @@ def _target_nodes(node: Any, path: str = "") -> typing.Iterator[tuple[str, DictC
 
 
 def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]] | None:
-    """Named parameters and type hints of a callable; for a class, of the ``__init__`` chain along which this
-    package's classes forward ``**kwargs`` to their base. None where it takes arbitrary keywords in the end."""
+    """Named parameters and type hints of a callable; for a class, of the ``__init__`` chain along
+    which this
+    package's classes forward ``**kwargs`` to their base. None where it takes arbitrary keywords in
+    the end."""
     functions = []
     if inspect.isclass(obj):
         for klass in obj.__mro__:
@@ -79,8 +90,8 @@ def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]
             if "__init__" not in klass.__dict__:
                 continue
             functions.append(klass.__init__)
-            if not _takes_kwargs(klass.__init__):
-                break
+            if not _takes_kwargs(klass.__init__) or klass.__module__.startswith(_SMP):
+                break  # smp hands **kwargs to encoders that drop unknown keys: named ones only
             if not klass.__module__.startswith("segment."):
                 return None  # where its **kwargs go (a base, a wrapped object) is not ours to know
     else:
@@ -92,11 +103,19 @@ def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]
             signature = inspect.signature(function)
         except (TypeError, ValueError):
             return None
-        parameters.update({k: p for k, p in signature.parameters.items() if k != "self" and p.kind not in (
-            inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)})  # fmt: skip
+        parameters.update(
+            {
+                k: p
+                for k, p in signature.parameters.items()
+                if k != "self"
+                and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+            }
+        )
         with contextlib.suppress(Exception):  # unresolvable annotations: check names only
-            hints.update({k: v for k, v in typing.get_type_hints(function).items() if k not in hints})
-    if _takes_kwargs(functions[-1]):
+            hints.update(
+                {k: v for k, v in typing.get_type_hints(function).items() if k not in hints}
+            )
+    if _takes_kwargs(functions[-1]) and not functions[-1].__module__.startswith(_SMP):
         return None
     return parameters, hints
 
@@ -113,6 +132,18 @@ def _check_node(path: str, node: DictConfig) -> None:
     target = node._target_
     try:
         obj = get_object(target)
+        if target == f"{_SMP}.create_model":  # the architecture named by `arch` takes the keys
+            names = get_object(f"{_SMP}.MODEL_ARCHITECTURES_MAPPING")
+            arch = str(node.get("arch")).lower()
+            if arch not in names:
+                close = difflib.get_close_matches(arch, list(names), n=3)
+                raise ConfigError(
+                    f"{path}.arch={node.get('arch')!r} is not an smp architecture; "
+                    f"did you mean {' or '.join(close) or '?'}? ({', '.join(names)})"
+                )
+            obj = names[arch]
+    except ConfigError:
+        raise
     except Exception as error:
         raise ConfigError(f"{path}._target_={target!r} cannot be imported: {error}") from error
     found = _parameters(obj)
@@ -120,20 +151,28 @@ def _check_node(path: str, node: DictConfig) -> None:
         return  # takes anything; its own checks apply
     parameters, hints = found
     for key in node:
-        if key in _SKIP:
+        if key in _SKIP or (key == "arch" and target.endswith(".create_model")):
             continue
         if key not in parameters:
             close = difflib.get_close_matches(str(key), list(parameters), n=3)
             hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise ConfigError(
-                f"{path}.{key}: {target} has no argument {key!r}; {hint}allowed: {', '.join(sorted(parameters))}"
+                f"{path}.{key}: {target} has no argument {key!r}; {hint}allowed: "
+                f"{', '.join(sorted(parameters))}"
             )
-        if key in hints and not OmegaConf.is_missing(node, key) and not OmegaConf.is_interpolation(node, key):
+        if (
+            key in hints
+            and not OmegaConf.is_missing(node, key)
+            and not OmegaConf.is_interpolation(node, key)
+        ):
             value = node[key]
             # None is fine wherever None is the default, whatever the annotation says
-            if not (value is None and parameters[key].default is None) and not _conforms(value, hints[key]):
+            if not (value is None and parameters[key].default is None) and not _conforms(
+                value, hints[key]
+            ):
                 raise ConfigError(
-                    f"{path}.{key}={_plain(value)!r}: expected {_type_name(hints[key])} (argument of {target})"
+                    f"{path}.{key}={_plain(value)!r}: expected {_type_name(hints[key])} (argument "
+                    f"of {target})"
                 )
 
 
@@ -161,9 +200,13 @@ def _conforms(value: Any, hint: Any) -> bool:
     if value is None:
         return False
     if hint in _SCALARS:
-        return isinstance(value, _SCALARS[hint]) and not (hint is not bool and isinstance(value, bool))
+        return isinstance(value, _SCALARS[hint]) and not (
+            hint is not bool and isinstance(value, bool)
+        )
     base = origin or hint
-    if inspect.isclass(base) and issubclass(base, Sequence) and base is not str:  # list, tuple, Sequence[...]
+    if (
+        inspect.isclass(base) and issubclass(base, Sequence) and base is not str
+    ):  # list, tuple, Sequence[...]
         if not isinstance(value, ListConfig | list | tuple):
             return False
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]

@@ -3,83 +3,113 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+import shlex
 
-import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
-from segment.callbacks.hparams import hyperparameters
-from segment.checkpoints import ConfigInCheckpoint
-from segment.config import print_config_tree
-from segment.models.losses import with_class_weights
-from segment.runfolder import RunFolder
+from segment.build import Built, build, build_callbacks, build_data
+from segment.config import print_config_tree, sweep_dir
+from segment.data.sampling import data_order
+from segment.device.precision import machine, resolve_precision
+from segment.record import versions
+from segment.runfolder import RunFolder, follows_length
+from segment.schema import validate
 
-__all__ = ["instantiate_each", "train"]
+__all__ = ["train"]
 
 log = logging.getLogger(__name__)
 
 
-def instantiate_each(configs: Mapping | None, **kwargs: Any) -> list:
-    """Instantiate every entry of a named collection (callbacks, loggers); ``kwargs`` go to the entries whose
-    config declares that key (``resume_step`` for loggers)."""
-    objects = []
-    for name, config in (configs or {}).items():
-        if not isinstance(config, Mapping) or "_target_" not in config:
-            raise ValueError(f"entry {name!r} has no _target_; got {config!r}")
-        objects.append(instantiate(config, **{k: v for k, v in kwargs.items() if k in config}))
-    return objects
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Claim the run folder; data, model, callbacks, loggers, trainer; fit (and test); record the outcome.
+    """Claim the run folder, build the run, train it (and test it), record how it ended.
 
     Returns:
-        The metrics logged last (``val/loss``, ``val/miou``, ...; ``test/*`` with ``test_after_fit``).
+        The metrics logged last (``val/loss``, ``val/miou``, ...; ``test/*`` with
+        ``test_after_fit``).
     """
-    with RunFolder(cfg).claim() as run:  # fresh / continue / skip / archive, checked; run.json
-        cfg = run.cfg  # a continued run trains under its own saved config
+    with RunFolder(cfg).claim() as run:
+        cfg = run.own_config(cfg)  # a continued run trains under its own saved config
+        precision, chosen = resolve_precision(
+            cfg.trainer.precision, cfg.trainer.accelerator, sweep_dir()
+        )
+        cfg.trainer.precision = precision  # the saved config says what ran
+        validate(cfg)
+        resume_at = run.check_resume(cfg)
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
-        # cheap constructors first: their argument checks fail before data or weights are fetched
-        params, swept = hyperparameters(cfg, run.overrides, choices)  # TensorBoard's HPARAMS table
-        callbacks = instantiate_each(cfg.callbacks, params=params, swept=swept)
-        datamodule = instantiate(cfg.data)
-        datamodule.prepare_data()
-        run.check_data(datamodule.fingerprint())  # a continued or skipped run must see the same data
-        if run.skip:
+        callbacks = build_callbacks(cfg, run.overrides, choices)  # their checks before the data
+        datamodule = build_data(cfg)
+        fingerprint = datamodule.fingerprint()
+        run.check_data(fingerprint)
+        if run.decision.action == "skip":
             log.info("skip_completed: %s already completed; not training again", run.path)
-            return dict(run.record.get("metrics", {}))
+            return dict(run.record.metrics)
         if OmegaConf.select(cfg, "extras.print_config"):
             print_config_tree(cfg)
         if cfg.get("seed") is not None:
-            L.seed_everything(cfg.seed, workers=True)
-
-        info = datamodule.info
-        loss = with_class_weights(cfg.model.loss, datamodule)  # class weights from the training split's labels
-        model = instantiate(cfg.model, class_names=list(info.class_names), ignore_index=info.ignore_index, loss=loss)
-        callbacks.append(ConfigInCheckpoint(OmegaConf.to_container(cfg, resolve=True), run.record["data"]))
-        loggers = instantiate_each(cfg.logger, resume_step=run.step)
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
-        run.update(loss=loss, encoder_weights_used=model.weights_record.as_dict(), tags=list(cfg.get("tags") or []))
-        log.info("model %s (encoder weights: %s); data %s, %d classes; precision %s",
-                 cfg.model.net.get("encoder_name", cfg.model.net._target_), model.weights_record, info.name,
-                 info.num_classes, trainer.precision)  # fmt: skip
-
-        trainer.fit(model, datamodule=datamodule, ckpt_path=run.checkpoint)
+            seed_everything(cfg.seed, workers=True)
+        built = build(cfg, datamodule, callbacks=callbacks, resume_at=resume_at, data=fingerprint)
+        run.attempt.precision, run.attempt.machine = chosen, machine(cfg.trainer.accelerator)
+        run.start(
+            cfg,
+            seed=cfg.get("seed"),
+            data=fingerprint,
+            versions=versions(),
+            data_order=data_order(cfg.get("seed")),
+            tags=list(cfg.get("tags") or []),
+            encoder_weights_used=built.module.weights_record.as_dict(),
+            loss=OmegaConf.to_container(cfg.model.loss, resolve=True),
+        )
+        trainer = built.trainer
+        trainer.fit(built.module, datamodule=datamodule, ckpt_path=run.decision.checkpoint)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         if cfg.get("test_after_fit"):
-            metrics |= _test(trainer, model, datamodule)
-        run.finish(metrics, trainer)
+            metrics |= _test(built)
+        run.finish(metrics)
+        log.info("%s", summary(cfg, run, built, metrics))
         return metrics
 
 
-def _test(trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
-    """Score the test split with the best checkpoint by the monitored loss (else the weights as they are)."""
+def _test(built: Built) -> dict[str, float]:
+    """Score the test split with the best checkpoint by the monitored loss (else the weights)."""
+    datamodule, trainer = built.datamodule, built.trainer
     if not datamodule.has_split("test"):
-        log.warning("test_after_fit: %s has no test split here; nothing to test", datamodule.info.name)
+        log.warning("test_after_fit: %s has no test split here", datamodule.info.name)
         return {}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    [scores] = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    [scores] = trainer.test(
+        built.module, datamodule=datamodule, ckpt_path=best or None, verbose=False
+    )
     return {name: float(value) for name, value in scores.items()}
+
+
+def summary(cfg: DictConfig, run: RunFolder, built: Built, metrics: dict[str, float]) -> str:
+    """Where a finished run's results are, and commands that paste and run as printed."""
+    trainer, path = built.trainer, shlex.quote(str(run.path))
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback and callback.best_model_path else None
+    names = ("val/loss", "val/miou", "val/pixel_acc", "test/loss", "test/miou", "test/pixel_acc")
+    lines = [
+        f"Run folder: {run.path} ({trainer.current_epoch} epochs; encoder weights: "
+        f"{built.module.weights_record})",
+        *(f"  {name:14s} {metrics[name]:.4f}" for name in names if name in metrics),
+        f"  best checkpoint: {best or 'none kept'}",
+    ]
+    for logger in (cfg.get("logger") or {}).values():
+        kind = str(logger.get("_target_")).rsplit(".", 1)[-1]
+        if kind == "TensorBoardLogger":
+            lines.append(f"  dashboards:      tensorboard --logdir {path}")
+        elif kind == "MLFlowLogger":
+            uri = shlex.quote(str(logger.get("tracking_uri")))
+            lines.append(f"  dashboards:      mlflow ui --backend-store-uri {uri}")
+        elif kind == "WandbLogger":
+            lines.append(f"  dashboards:      wandb sync {shlex.quote(str(logger.save_dir))}/wandb")
+    if best:
+        lines.append(f"  evaluate:        python evaluate.py ckpt_path={shlex.quote(best)}")
+    if best and (trainer.max_epochs or 0) > 0 and not follows_length(cfg):
+        lines.append(
+            f"  train longer:    python train.py hydra.run.dir={path} ckpt_path=last "
+            f"trainer.max_epochs={2 * trainer.max_epochs}"
+        )
+    return "\n".join(lines)

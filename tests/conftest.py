@@ -7,7 +7,8 @@ import os
 # Tests never touch the network. huggingface_hub reads this once, on import, so it is set
 # before anything imports it: a download attempt then fails at once instead of retrying.
 os.environ["HF_HUB_OFFLINE"] = "1"
-# pytest-xdist (pyproject's addopts) runs one worker per core: each worker, and every script it starts, uses one
+# pytest-xdist (pyproject's addopts) runs one worker per core: each worker, and every script it
+# starts, uses one
 # intra-op thread, or two workers of two threads would oversubscribe two cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -32,14 +33,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The GPU command's dry run (the longest test, minutes) early: xdist hands out its groups first, then single
+    """The GPU command's dry run (the longest test, minutes) early: xdist hands out its groups
+    first, then single
     tests in this order, and the longest started last would finish alone, long after the others."""
     items.sort(key=lambda item: item.path.name != "test_device.py")
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Tests (and the scripts they start) measure and cache the CPU precision in a folder of their own, never in
+    """Tests (and the scripts they start) measure and cache the CPU precision in a folder of their
+    own, never in
     the user's ~/.cache/segment; the fetched encoder weights are linked in, read-only by intent."""
     real, cache = cache_root(), tmp_path_factory.mktemp("cache")
     if (real / "weights").is_dir():
@@ -58,11 +61,68 @@ def make_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
     """Compose ``conf/train.yaml`` with tiny settings and outputs under ``tmp_path``."""
 
     def _make(*overrides: str, tiny: bool = True) -> DictConfig:
-        paths = [f"paths.root_dir={tmp_path}", f"paths.data_dir={data_dir}", f"paths.output_dir={tmp_path / 'run'}"]
+        paths = [
+            f"paths.root_dir={tmp_path}",
+            f"paths.data_dir={data_dir}",
+            f"paths.output_dir={tmp_path / 'run'}",
+        ]
         synthetic = not any(o.startswith("data=") and o != "data=synthetic" for o in overrides)
         smp = not {"model=unet_lab", "protocol=lab_small"} & set(overrides)
-        shrink = [*TINY_OVERRIDES, *(TINY_SYNTHETIC if synthetic else []), *(TINY_SMP if smp else [])] if tiny else []
+        shrink = (
+            [*TINY_OVERRIDES, *(TINY_SYNTHETIC if synthetic else []), *(TINY_SMP if smp else [])]
+            if tiny
+            else []
+        )
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("train", overrides=[*shrink, *overrides, *paths])
 
     return _make
+
+
+@pytest.fixture
+def hydra_train(tmp_path: Path, data_dir: Path) -> Callable[..., dict]:
+    """``train.py <overrides>`` in this process: composed by Hydra with ``HydraConfig`` set as a
+    run has it
+    (its overrides, choices and folder), so the run folder's Hydra paths (saved overrides,
+    ``.hydra/``) run here
+    too. Tiny settings; the run folder is ``tmp_path/run`` unless ``hydra.run.dir`` is given."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from segment.training import train
+
+    def _train(*overrides: str) -> dict:
+        synthetic = not any(o.startswith("data=") and o != "data=synthetic" for o in overrides)
+        # a folder-only resume (ckpt_path=last) takes the run's saved overrides: nothing added
+        resume = "ckpt_path=last" in overrides
+        tiny = (
+            []
+            if resume
+            else [
+                *TINY_OVERRIDES,
+                *(TINY_SYNTHETIC if synthetic else []),
+                f"paths.data_dir={data_dir}",
+                f"paths.root_dir={tmp_path}",
+            ]
+        )
+        given = [o for o in overrides if o.startswith("hydra.run.dir=")]
+        folder = given[-1].split("=", 1)[1] if given else str(tmp_path / "run")
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=[*tiny, *(o for o in overrides if o not in given)],
+                return_hydra_config=True,
+            )
+            with open_dict(cfg):
+                cfg.hydra.run.dir = cfg.hydra.runtime.output_dir = folder
+                cfg.hydra.job.config_name = "train"
+            HydraConfig.instance().set_config(cfg)
+            task = cfg.copy()
+            with open_dict(task):
+                del task["hydra"]
+            try:
+                return train(task)
+            finally:
+                HydraConfig.instance().cfg = None
+
+    return _train

@@ -1,4 +1,5 @@
-"""HED's edge network rebuilt in PyTorch from the converted weights: the proof that the conversion is right."""
+"""HED's edge network rebuilt in PyTorch from the converted weights: the proof that the conversion
+is right."""
 
 from __future__ import annotations
 

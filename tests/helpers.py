@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,57 +49,126 @@ CAMVID_ROOT = REPO.parent / "shared" / "data" / "camvid"
 
 
 def sweep_jobs(sweep: Path) -> dict[str, Path]:
-    """The job folders of a multirun, by the overrides that tell them apart (``seed=0``, ``model=unet_vgg``).
+    """The job folders of a multirun, by the overrides that tell them apart (``seed=0``,
+    ``model=unet_vgg``).
 
     Read from each job's ``.hydra/overrides.yaml``: the overrides not shared by every job.
     """
     import yaml
 
     folders = sorted(p for p in sweep.iterdir() if (p / ".hydra" / "overrides.yaml").is_file())
-    parts = [set(yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text())) for folder in folders]
+    parts = [
+        set(yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()))
+        for folder in folders
+    ]
     common = set.intersection(*parts) if parts else set()
-    return {",".join(sorted(part - common)): folder for part, folder in zip(parts, folders, strict=True)}
+    return {
+        ",".join(sorted(part - common)): folder for part, folder in zip(parts, folders, strict=True)
+    }
 
 
-def run_script(args: Sequence[str], cwd: Path = REPO, timeout: float = 300, env: dict[str, str] | None = None,
-               check: bool = True, fresh: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
-    """Run ``python <args>`` like a user would (``env`` added to this process's), in a session of its own (a signal
+def run_script(
+    args: Sequence[str],
+    cwd: Path = REPO,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    fresh: bool = False,
+) -> subprocess.CompletedProcess:
+    """Run ``python <args>`` like a user would (``env`` added to this process's), in a session of
+    its own (a signal
     to its process group reaches no test); with ``check``, fail the test if it exits non-zero.
 
-    A script (``train.py``, ``evaluate.py``, ``benchmarks/*.py``) runs in a warm process: forked from a server that
-    imported torch, Lightning and this package once per test worker, which saves each run the imports a fresh
-    interpreter spends (about 13 s on 2 cores). It is a real process (its own pid, exit status, signals, ``atexit``)
-    that runs the script as ``__main__`` with ``sys.argv``, cwd and environment set (tests/test_script_runner.py
-    holds it to ``python``). What only a fresh interpreter shows (a broken import, a variable read at import time)
-    needs ``fresh=True``, as the user-path tests use.
+    A script (``train.py``, ``evaluate.py``, ``benchmarks/*.py``) runs in a warm process: forked
+    from a server that
+    imported torch, Lightning and this package once per test worker, which saves each run the
+    imports a fresh
+    interpreter spends (about 13 s on 2 cores). It is a real process (its own pid, exit status,
+    signals, ``atexit``)
+    that runs the script as ``__main__`` with ``sys.argv``, cwd and environment set
+    (tests/test_script_runner.py
+    holds it to ``python``). A run whose environment differs from the server's in what libraries
+    read when they
+    are imported (:data:`_IMPORT_TIME`) starts a fresh interpreter; so does ``fresh=True`` (entry
+    points, kills,
+    signals: what only a process of its own shows).
     """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     command = [sys.executable, *args]
-    if fresh or _WARM is None or not args[0].endswith(".py"):
-        result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                                start_new_session=True)  # fmt: skip
+    global _SERVER_ENV
+    _SERVER_ENV = _SERVER_ENV or _import_time(env)  # the server starts with the first warm run
+    if fresh or _WARM is None or not args[0].endswith(".py") or _import_time(env) != _SERVER_ENV:
+        result = subprocess.run(
+            command,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+        )
     else:
         result = _run_warm(command, cwd, env, timeout)
     if check and result.returncode != 0:
         pytest.fail(
-            f"python {' '.join(args)} exited {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+            f"python {' '.join(args)} exited "
+            f"{result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         )
     return result
 
 
-# The warm server's imports: what train.py, evaluate.py and the benchmarks need (and these helpers, which callbacks
-# in test configs name). Set before the server starts, at the first warm run of a test worker. Where there is no
+# The warm server's imports: what train.py, evaluate.py and the benchmarks need (and these helpers,
+# which callbacks
+# in test configs name). Set before the server starts, at the first warm run of a test worker.
+# Where there is no
 # forkserver (Windows), every run is fresh.
-_WARM = multiprocessing.get_context("forkserver") if "forkserver" in multiprocessing.get_all_start_methods() else None
+_WARM = (
+    multiprocessing.get_context("forkserver")
+    if "forkserver" in multiprocessing.get_all_start_methods()
+    else None
+)
 if _WARM is not None:
-    _WARM.set_forkserver_preload(["tests.helpers", "segment.training", "segment.evaluation",
-                                  "segmentation_models_pytorch", "albumentations"])  # fmt: skip
+    _WARM.set_forkserver_preload(
+        [
+            "tests.helpers",
+            "segment.training",
+            "segment.evaluation",
+            "segmentation_models_pytorch",
+            "albumentations",
+        ]
+    )
 
 
-def _run_warm(command: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+# Variables read when a library is imported (huggingface_hub's HF_HUB_OFFLINE, torch's thread and
+# device
+# settings): a warm process imported them under the server's values.
+_IMPORT_TIME = (
+    "HF_",
+    "HUGGINGFACE_",
+    "TORCH",
+    "PYTORCH_",
+    "CUDA_",
+    "OMP_",
+    "MKL_",
+    "KMP_",
+    "OPENBLAS_",
+    "NCCL_",
+)
+_SERVER_ENV: dict[str, str] | None = None
+
+
+def _import_time(env: dict[str, str]) -> dict[str, str]:
+    return {key: value for key, value in env.items() if key.startswith(_IMPORT_TIME)}
+
+
+def _run_warm(
+    command: list[str], cwd: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
-        process = _WARM.Process(target=_warm_main, args=(command[1:], str(cwd), env, str(out), str(err)))
+        process = _WARM.Process(
+            target=_warm_main, args=(command[1:], str(cwd), env, str(out), str(err))
+        )
         process.start()
         process.join(timeout)
         if process.exitcode is None:
@@ -105,15 +176,22 @@ def _run_warm(command: list[str], cwd: Path, env: dict[str, str], timeout: float
                 os.killpg(process.pid, signal.SIGKILL)  # its loader workers too
             process.kill()
             process.join()
-            raise subprocess.TimeoutExpired(command, timeout, out.read_text(errors="replace"),
-                                            err.read_text(errors="replace"))  # fmt: skip
-        return subprocess.CompletedProcess(command, process.exitcode, out.read_text(errors="replace"),
-                                           err.read_text(errors="replace"))  # fmt: skip
+            raise subprocess.TimeoutExpired(
+                command, timeout, out.read_text(errors="replace"), err.read_text(errors="replace")
+            )
+        return subprocess.CompletedProcess(
+            command,
+            process.exitcode,
+            out.read_text(errors="replace"),
+            err.read_text(errors="replace"),
+        )
 
 
 def _warm_main(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
-    """The warm process: what ``python <args>`` would set up, then the script as ``__main__``; an exception or
-    ``SystemExit`` becomes the exit status as in ``python`` (multiprocessing's bootstrap does that)."""
+    """The warm process: what ``python <args>`` would set up, then the script as ``__main__``; an
+    exception or
+    ``SystemExit`` becomes the exit status as in ``python`` (multiprocessing's bootstrap does
+    that)."""
     os.setsid()
     for fd, path in ((1, out), (2, err)):
         opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -127,20 +205,30 @@ def _warm_main(args: list[str], cwd: str, env: dict[str, str], out: str, err: st
     script = args[0]
     sys.argv = list(args)
     sys.path.insert(0, str(Path(script).resolve().parent))
+    interrupted = False
     try:
         runpy.run_path(script, run_name="__main__")
+    except KeyboardInterrupt:  # python prints it, then dies by SIGINT (below, after the exit steps)
+        traceback.print_exc()
+        interrupted = True
     finally:
-        # What the interpreter does at exit and multiprocessing's bootstrap skips before its os._exit: join the
-        # threads (and run their exit hooks: joblib's loky stops its workers there), then the atexit handlers.
+        # What the interpreter does at exit and multiprocessing's bootstrap skips before its
+        # os._exit: join the
+        # threads (and run their exit hooks: joblib's loky stops its workers there), then the
+        # atexit handlers.
         # Private API, here only: if a Python release drops it, every warm run fails at this line.
         threading._shutdown()
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 class TinyNet(nn.Module):
-    """A 1x1 convolution: the smallest net the module can drive (``classes`` as smp nets take it)."""
+    """A 1x1 convolution: the smallest net the module can drive (``classes`` as smp nets take
+    it)."""
 
     def __init__(self, classes: int, in_channels: int = 3) -> None:
         super().__init__()
@@ -171,7 +259,11 @@ class KillAt(Callback):
         self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch and not self.marker.exists():
+        if (
+            trainer.current_epoch == self.epoch
+            and batch_idx == self.batch
+            and not self.marker.exists()
+        ):
             self.marker.touch()
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -205,7 +297,8 @@ class KillBeforeLast(AtomicCheckpointIO):
 
 
 class LastCheckpointSpy(Callback):
-    """Records ``[global_step, epoch]`` inside ``last.ckpt`` whenever it changed, in ``<folder>/last_checkpoints.json``.
+    """Records ``[global_step, epoch]`` inside ``last.ckpt`` whenever it changed, in
+    ``<folder>/last_checkpoints.json``.
 
     Looked at before every training batch and at the end of fit: Lightning runs its checkpoint
     callbacks after all others within a hook, so this is the first moment after each save.
@@ -233,17 +326,75 @@ class LastCheckpointSpy(Callback):
 
 
 class SignalAt(Callback):
-    """Sends ``signal`` once, at a training batch: to its whole process group (a cluster preemption, a ``kill`` of
-    the job: DataLoader workers included) or to its own process only. Leaves ``marker``, so a rerun trains on."""
+    """Sends ``signal`` once, at a training batch: to its whole process group (a cluster
+    preemption, a ``kill`` of
+    the job: DataLoader workers included) or to its own process only. Leaves ``marker``, so a rerun
+    trains on."""
 
-    def __init__(self, epoch: int, batch: int, marker: str, signal: str = "SIGTERM", group: bool = True) -> None:
+    def __init__(
+        self, epoch: int, batch: int, marker: str, signal: str = "SIGTERM", group: bool = True
+    ) -> None:
         self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
         self.number, self.group = getattr(signal_module, signal), group
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch and not self.marker.exists():
+        if (
+            trainer.current_epoch == self.epoch
+            and batch_idx == self.batch
+            and not self.marker.exists()
+        ):
             self.marker.touch()
             if self.group:
                 os.killpg(os.getpgid(0), self.number)
             else:
                 os.kill(os.getpid(), self.number)
+
+
+class StopAt(Callback):
+    """Sends ``signal`` to its own process once, at a moment of a run with a 2-batch epoch:
+    ``after_first_checkpoint``
+    (the first batch after last.ckpt appeared), ``mid_epoch`` (epoch 1, batch 1) or
+    ``in_validation`` (epoch 1's
+    validation); writes ``time.time()`` to ``stamp`` first."""
+
+    def __init__(self, when: str, signal: str, stamp: str) -> None:
+        self.when, self.number, self.stamp = when, getattr(signal_module, signal), Path(stamp)
+
+    def _send(self) -> None:
+        if not self.stamp.exists():
+            self.stamp.write_text(repr(time.time()))
+            os.kill(os.getpid(), self.number)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        last = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        if self.when == "after_first_checkpoint" and last.is_file():
+            self._send()
+        if self.when == "mid_epoch" and (trainer.current_epoch, batch_idx) == (1, 1):
+            self._send()
+
+    def on_validation_batch_start(
+        self, trainer, pl_module, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if (
+            self.when == "in_validation"
+            and not trainer.sanity_checking
+            and trainer.current_epoch == 1
+        ):
+            self._send()
+
+
+class KillAfterValidation(Callback):
+    """SIGKILLs its process once, after the validation of ``epoch`` was logged and written to disk,
+    before the
+    checkpoint that follows it (Lightning runs checkpoint callbacks after the others)."""
+
+    def __init__(self, epoch: int, marker: str) -> None:
+        self.epoch, self.marker = epoch, Path(marker)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.current_epoch != self.epoch or self.marker.exists():
+            return
+        for logger in trainer.loggers:
+            logger.save()
+        self.marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -49,10 +49,18 @@ def write_cityscapes(root: Path) -> list[str]:
         for c, city in enumerate(cities):
             stem = f"{city}_000000_0000{c}9"
             write_image(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", seed=c)
-            write_mask(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", stripes(CITYSCAPES_IDS))
+            write_mask(
+                root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+                stripes(CITYSCAPES_IDS),
+            )
             # the other ground-truth files of the real layout must be ignored
-            write_mask(root / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png", stripes([0]))
-            write_mask(root / "gtFine" / split / city / f"{stem}_gtFine_color.png", np.zeros((H, W, 3), np.uint8))
+            write_mask(
+                root / "gtFine" / split / city / f"{stem}_gtFine_instanceIds.png", stripes([0])
+            )
+            write_mask(
+                root / "gtFine" / split / city / f"{stem}_gtFine_color.png",
+                np.zeros((H, W, 3), np.uint8),
+            )
     return ["data=cityscapes", f"data.root={root}"]
 
 
@@ -74,7 +82,9 @@ def write_kitti_road(root: Path, count: int = 5) -> list[str]:
         prefix = ("um", "umm", "uu")[i % 3]
         write_image(root / "training" / "image_2" / f"{prefix}_{i:06d}.png", seed=i)
         write_mask(root / "training" / "gt_image_2" / f"{prefix}_road_{i:06d}.png", mask)
-        write_mask(root / "training" / "gt_image_2" / f"{prefix}_lane_{i:06d}.png", mask)  # not used
+        write_mask(
+            root / "training" / "gt_image_2" / f"{prefix}_lane_{i:06d}.png", mask
+        )  # not used
     return ["data=kitti_road", f"data.root={root}"]
 
 
@@ -83,7 +93,8 @@ def write_bdd100k(root: Path) -> list[str]:
         for i in range(count):
             write_image(root / "images" / "10k" / split / f"7d2f7975-{i:08d}.jpg", seed=i)
             write_mask(
-                root / "labels" / "sem_seg" / "masks" / split / f"7d2f7975-{i:08d}.png", stripes([0, 13, 18, 255])
+                root / "labels" / "sem_seg" / "masks" / split / f"7d2f7975-{i:08d}.png",
+                stripes([0, 13, 18, 255]),
             )
     return ["data=bdd100k", f"data.root={root}"]
 

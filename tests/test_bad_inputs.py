@@ -61,89 +61,284 @@ def _color_folder(root: Path, palette: str) -> list[str]:
             rgb[:, : W // 2] = (255, 0, 0)
             rgb[:, W // 2 :] = (0, 255, 0)
             write_mask(root / "Masks" / split / f"f{i}.png", rgb)
-    return ["data=folder", f"data.images_dir={root / 'Images' / 'Train'}", f"data.masks_dir={root / 'Masks' / 'Train'}",
-            f"data.val_images_dir={root / 'Images' / 'Test'}", f"data.val_masks_dir={root / 'Masks' / 'Test'}",
-            "data.class_names=[road,car,sky]", "data.mask_format=color", f"data.palette={palette}"]  # fmt: skip
+    return [
+        "data=folder",
+        f"data.images_dir={root / 'Images' / 'Train'}",
+        f"data.masks_dir={root / 'Masks' / 'Train'}",
+        f"data.val_images_dir={root / 'Images' / 'Test'}",
+        f"data.val_masks_dir={root / 'Masks' / 'Test'}",
+        "data.class_names=[road,car,sky]",
+        "data.mask_format=color",
+        f"data.palette={palette}",
+    ]
 
 
 # (case, data setup -> overrides, more overrides, error type, message pattern)
 CASES = [
     # config: misspelt, mistyped, unknown, inconsistent
-    ("misspelt key", _nowhere, ["+trainer.max_epoch=3"], ValueError,
-     r"trainer.max_epoch: lightning.pytorch.Trainer has no argument 'max_epoch'; did you mean max_epochs"),
-    ("misspelt override", _nowhere, ["trainer.max_epoch=3"], Exception, r"Could not override 'trainer.max_epoch'"),
-    ("misspelt data key", _nowhere, ["+data.batch_sise=4"], ValueError,
-     r"data.batch_sise: segment.data.CamVidDataModule has no argument 'batch_sise'; did you mean batch_size"),
-    ("wrong type", _nowhere, ["trainer.max_epochs=ten"], ValueError,
-     r"trainer.max_epochs='ten': expected int or null"),
-    ("wrong type, nested", _nowhere, ["model.optimizer.lr=fast"], ValueError,
-     r"model.optimizer.lr='fast': expected float"),
-    ("wrong top-level type", _nowhere, ["seed=abc"], Exception,
-     r"Error merging override seed=abc"),  # the cause says: could not be converted to Integer
-    ("unknown model", _nowhere, ["model=unet_vgx"], Exception,
-     r"Could not find 'model/unet_vgx'[\s\S]*unet_lab[\s\S]*unet_scratch[\s\S]*unet_vgg"),
-    ("unknown dataset", _nowhere, ["data=camvd"], Exception, r"Could not find 'data/camvd'[\s\S]*camvid"),
-    ("image size not a multiple of the net's", _camvid(lambda root: None), ["data.image_size=[100,128]"], Exception,
-     r"data.image_size=\[100, 128\]: this net downsamples 32x, .* try data.image_size=\[128, 128\]"),
-    ("classes given to the net", _nowhere, ["+model.net.classes=5"], ValueError,
-     r"model.net.classes: the number of classes comes from the dataset"),
-    ("negative clipping", _nowhere, ["trainer.gradient_clip_val=-1"], ValueError,
-     r"trainer.gradient_clip_val=-1: must be > 0"),
-    ("fp16 on a CPU", _nowhere, ["trainer.precision=16-mixed"], ValueError,
-     r"trainer.precision=16-mixed cannot train on a CPU .* use trainer.precision=bf16-mixed or 32-true"),
-    ("half-precision weights on a CPU", _nowhere, ["trainer.precision=bf16-true"], ValueError,
-     r"trainer.precision=bf16-true cannot train on a CPU"),
-    ("encoder rate without an encoder", _camvid(lambda root: None), ["model=unet_lab", "model.encoder_lr_mult=0.1"],
-     Exception, r"model.encoder_lr_mult=0.1: LabUNet has no encoder"),
-    ("thresholds out of order", _nowhere, ["callbacks.thresholds.val_loss=[0.5,1.0]"], Exception,
-     r"thresholds.val_loss=\[0.5, 1.0\]: must be strictly decreasing"),
-    ("unknown stop threshold", _nowhere, ['callbacks.thresholds.stop_when_reached="val_loss<=0.3"'], Exception,
-     r"stop_when_reached='val_loss<=0.3'; expected one of"),
+    (
+        "misspelt key",
+        _nowhere,
+        ["+trainer.max_epoch=3"],
+        ValueError,
+        r"trainer.max_epoch: lightning.pytorch.Trainer has no argument 'max_epoch'; did you mean "
+        r"max_epochs",
+    ),
+    (
+        "misspelt override",
+        _nowhere,
+        ["trainer.max_epoch=3"],
+        Exception,
+        r"Could not override 'trainer.max_epoch'",
+    ),
+    (
+        "misspelt data key",
+        _nowhere,
+        ["+data.batch_sise=4"],
+        ValueError,
+        r"data.batch_sise: segment.data.CamVidDataModule has no argument 'batch_sise'; did you "
+        r"mean "
+        r"batch_size",
+    ),
+    (
+        "wrong type",
+        _nowhere,
+        ["trainer.max_epochs=ten"],
+        ValueError,
+        r"trainer.max_epochs='ten': expected int or null",
+    ),
+    (
+        "wrong type, nested",
+        _nowhere,
+        ["model.optimizer.lr=fast"],
+        ValueError,
+        r"model.optimizer.lr='fast': expected float",
+    ),
+    (
+        "wrong top-level type",
+        _nowhere,
+        ["seed=abc"],
+        Exception,
+        r"Error merging override seed=abc",
+    ),  # the cause says: could not be converted to Integer
+    (
+        "unknown model",
+        _nowhere,
+        ["model=unet_vgx"],
+        Exception,
+        r"Could not find 'model/unet_vgx'[\s\S]*unet_lab[\s\S]*unet_scratch[\s\S]*unet_vgg",
+    ),
+    (
+        "unknown dataset",
+        _nowhere,
+        ["data=camvd"],
+        Exception,
+        r"Could not find 'data/camvd'[\s\S]*camvid",
+    ),
+    (
+        "image size not a multiple of the net's",
+        _camvid(lambda root: None),
+        ["data.image_size=[100,128]"],
+        Exception,
+        r"data.image_size=\[100, 128\]: this net downsamples 32x, .* try data.image_size=\[128, "
+        r"128\]",
+    ),
+    (
+        "classes given to the net",
+        _nowhere,
+        ["+model.net.classes=5"],
+        ValueError,
+        r"model.net.classes: the number of classes comes from the dataset",
+    ),
+    (
+        "negative clipping",
+        _nowhere,
+        ["trainer.gradient_clip_val=-1"],
+        ValueError,
+        r"trainer.gradient_clip_val=-1: must be > 0",
+    ),
+    (
+        "fp16 on a CPU",
+        _nowhere,
+        ["trainer.precision=16-mixed"],
+        ValueError,
+        r"trainer.precision=16-mixed cannot train on a CPU .* use trainer.precision=bf16-mixed or "
+        r"32-true",
+    ),
+    (
+        "half-precision weights on a CPU",
+        _nowhere,
+        ["trainer.precision=bf16-true"],
+        ValueError,
+        r"trainer.precision=bf16-true cannot train on a CPU",
+    ),
+    (
+        "encoder rate without an encoder",
+        _camvid(lambda root: None),
+        ["model=unet_lab", "model.encoder_lr_mult=0.1"],
+        Exception,
+        r"model.encoder_lr_mult=0.1: LabUNet has no encoder",
+    ),
+    (
+        "thresholds out of order",
+        _nowhere,
+        ["callbacks.thresholds.val_loss=[0.5,1.0]"],
+        Exception,
+        r"thresholds.val_loss=\[0.5, 1.0\]: must be strictly decreasing",
+    ),
+    (
+        "unknown stop threshold",
+        _nowhere,
+        ['callbacks.thresholds.stop_when_reached="val_loss<=0.3"'],
+        Exception,
+        r"stop_when_reached='val_loss<=0.3'; expected one of",
+    ),
     # checkpoints
-    ("resume without a checkpoint", _camvid(lambda root: None), ["ckpt_path=last"], FileNotFoundError,
-     r"ckpt_path=last: no loadable checkpoint in .*checkpoints. To continue a killed run"),
-    ("missing checkpoint file", _camvid(lambda root: None), ["ckpt_path=/nowhere/x.ckpt"], FileNotFoundError,
-     r"ckpt_path=/nowhere/x.ckpt: no such checkpoint file"),
-    ("missing init_from", _camvid(lambda root: None), ["model.init_from=/nowhere/x.ckpt"], Exception,
-     r"model.init_from=/nowhere/x.ckpt: no such checkpoint file"),
+    (
+        "resume without a checkpoint",
+        _camvid(lambda root: None),
+        ["ckpt_path=last"],
+        RuntimeError,
+        r"ckpt_path=last: nothing to continue \(no run record, no checkpoint\). To continue a",
+    ),
+    (
+        "missing checkpoint file",
+        _camvid(lambda root: None),
+        ["ckpt_path=/nowhere/x.ckpt"],
+        FileNotFoundError,
+        r"ckpt_path=/nowhere/x.ckpt: no such checkpoint file",
+    ),
+    (
+        "missing init_from",
+        _camvid(lambda root: None),
+        ["model.init_from=/nowhere/x.ckpt"],
+        Exception,
+        r"model.init_from=/nowhere/x.ckpt: no such checkpoint file",
+    ),
     # data (the datasets issue)
-    ("missing dataset root", _nowhere, [], FileNotFoundError, r"CamVid not found at data.root=.*nowhere"),
-    ("missing split folder", _camvid(_remove_split), [], FileNotFoundError, r"folder not found: .*valannot"),
-    ("image without mask", _camvid(lambda root: write_image(root / "train" / "extra.png", seed=9)), [],
-     ValueError, r"1 image\(s\) .*train without a mask: \['extra'\]"),
-    ("mask without image", _camvid(lambda root: (root / "val" / "0001TP_000001.png").unlink()), [], ValueError,
-     r"1 mask\(s\) .*valannot without an image: \['0001TP_000001'\]"),
-    ("corrupt image", _camvid(lambda root: _truncate(root / "train" / "0001TP_000001.png")), [], ValueError,
-     r"cannot read image .*0001TP_000001.png"),
-    ("mask of another size", _camvid(lambda root: write_mask(root / "trainannot" / "0001TP_000002.png",
-                                                              np.zeros((H, W + 5), np.uint8))), [], ValueError,
-     r"mask .*0001TP_000002.png is 64x101 but its image .* is 64x96"),
-    ("undeclared label value", _camvid(lambda root: write_mask(root / "valannot" / "0001TP_000000.png",
-                                                                np.full((H, W), 17, np.uint8))), [], ValueError,
-     r"0001TP_000000.png: mask values \[17\] are not classes of 'camvid'"),
+    (
+        "missing dataset root",
+        _nowhere,
+        [],
+        FileNotFoundError,
+        r"CamVid not found at data.root=.*nowhere",
+    ),
+    (
+        "missing split folder",
+        _camvid(_remove_split),
+        [],
+        FileNotFoundError,
+        r"folder not found: .*valannot",
+    ),
+    (
+        "image without mask",
+        _camvid(lambda root: write_image(root / "train" / "extra.png", seed=9)),
+        [],
+        ValueError,
+        r"1 image\(s\) .*train without a mask: \['extra'\]",
+    ),
+    (
+        "mask without image",
+        _camvid(lambda root: (root / "val" / "0001TP_000001.png").unlink()),
+        [],
+        ValueError,
+        r"1 mask\(s\) .*valannot without an image: \['0001TP_000001'\]",
+    ),
+    (
+        "corrupt image",
+        _camvid(lambda root: _truncate(root / "train" / "0001TP_000001.png")),
+        [],
+        ValueError,
+        r"cannot read image .*0001TP_000001.png",
+    ),
+    (
+        "mask of another size",
+        _camvid(
+            lambda root: write_mask(
+                root / "trainannot" / "0001TP_000002.png", np.zeros((H, W + 5), np.uint8)
+            )
+        ),
+        [],
+        ValueError,
+        r"mask .*0001TP_000002.png is 64x101 but its image .* is 64x96",
+    ),
+    (
+        "undeclared label value",
+        _camvid(
+            lambda root: write_mask(
+                root / "valannot" / "0001TP_000000.png", np.full((H, W), 17, np.uint8)
+            )
+        ),
+        [],
+        ValueError,
+        r"0001TP_000000.png: mask values \[17\] are not classes of 'camvid'",
+    ),
     # silent wrong data, refused (the reliability issue)
-    ("two files of one sample", _camvid(lambda root: write_image(root / "train" / "0001TP_000001.jpg", seed=5)), [],
-     ValueError, r"0001TP_000001.jpg and .*0001TP_000001.png have the same name|"
-                 r"0001TP_000001.png and .*0001TP_000001.jpg have the same name"),
-    ("JPEG masks", _camvid(lambda root: (root / "trainannot" / "0001TP_000002.png").rename(
-        root / "trainannot" / "0001TP_000002.jpg")), [], ValueError,
-     r"1 mask\(s\) in .*trainannot are JPEG files, e.g. .*0001TP_000002.jpg: JPEG compression changes label values"),
-    ("one colour for two classes", lambda root: _color_folder(root, "[[255,0,0],[0,255,0],[255,0,0]]"), [],
-     Exception, r"data.palette: colour \[255, 0, 0\] is given to both 'road' and 'sky'"),
-    ("validation masks without a label", _camvid(lambda root: [write_mask(mask, np.full((H, W), 11, np.uint8))
-                                                              for mask in (root / "valannot").iterdir()]), [],
-     ValueError, r"camvid: no validation mask has a labelled pixel \(every pixel is void, ignored\)"),
+    (
+        "two files of one sample",
+        _camvid(lambda root: write_image(root / "train" / "0001TP_000001.jpg", seed=5)),
+        [],
+        ValueError,
+        r"0001TP_000001.jpg and .*0001TP_000001.png have the same name|"
+        r"0001TP_000001.png and .*0001TP_000001.jpg have the same name",
+    ),
+    (
+        "JPEG masks",
+        _camvid(
+            lambda root: (root / "trainannot" / "0001TP_000002.png").rename(
+                root / "trainannot" / "0001TP_000002.jpg"
+            )
+        ),
+        [],
+        ValueError,
+        r"1 mask\(s\) in .*trainannot are JPEG files, e.g. .*0001TP_000002.jpg: JPEG compression "
+        r"changes label values",
+    ),
+    (
+        "one colour for two classes",
+        lambda root: _color_folder(root, "[[255,0,0],[0,255,0],[255,0,0]]"),
+        [],
+        Exception,
+        r"data.palette: colour \[255, 0, 0\] is given to both 'road' and 'sky'",
+    ),
+    (
+        "validation masks without a label",
+        _camvid(
+            lambda root: [
+                write_mask(mask, np.full((H, W), 11, np.uint8))
+                for mask in (root / "valannot").iterdir()
+            ]
+        ),
+        [],
+        ValueError,
+        r"camvid: no validation mask has a labelled pixel \(every pixel is void, ignored\)",
+    ),
     # unusable checkpoints, named, never unpickled
-    ("text file as a checkpoint", lambda root: [*write_camvid(root), *_text_checkpoint(root)], [], ValueError,
-     r"ckpt_path=.*notes.ckpt is not a checkpoint: not a torch archive"),
-    ("random bytes as init_from", lambda root: [*write_camvid(root), *_random_checkpoint(root)], [], Exception,
-     r"model.init_from=.*noise.ckpt is not a checkpoint: not a torch archive"),
-]  # fmt: skip
+    (
+        "text file as a checkpoint",
+        lambda root: [*write_camvid(root), *_text_checkpoint(root)],
+        [],
+        ValueError,
+        r"ckpt_path=.*notes.ckpt is not a checkpoint: not a torch archive",
+    ),
+    (
+        "random bytes as init_from",
+        lambda root: [*write_camvid(root), *_random_checkpoint(root)],
+        [],
+        Exception,
+        r"model.init_from=.*noise.ckpt is not a checkpoint: not a torch archive",
+    ),
+]
 
 
-@pytest.mark.parametrize(("setup", "overrides", "error", "message"), [case[1:] for case in CASES],
-                         ids=[case[0] for case in CASES])  # fmt: skip
-def test_bad_input_fails_with_a_message_naming_it(make_cfg, tmp_path: Path, setup, overrides, error, message) -> None:
+@pytest.mark.parametrize(
+    ("setup", "overrides", "error", "message"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_bad_input_fails_with_a_message_naming_it(
+    make_cfg, tmp_path: Path, setup, overrides, error, message
+) -> None:
     try:
         cfg = make_cfg(*setup(tmp_path / "data"), *overrides)
     except Exception as rejected:  # Hydra refuses it while composing: nothing ran
@@ -161,6 +356,8 @@ def test_unwritable_run_folder_is_named(make_cfg, tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     cfg = make_cfg()
     cfg.paths.output_dir = str(blocker / "run")
-    with pytest.raises(OSError, match=r"cannot write to the run folder .*a_file/run: .* writable folder"):
+    with pytest.raises(
+        OSError, match=r"cannot write to the run folder .*a_file/run: .* writable folder"
+    ):
         train(cfg)
     assert blocker.read_text() == "not a folder"

@@ -60,8 +60,14 @@ def other_filesystem() -> Path:
 
 def _killed_save(dest: Path, which: str) -> None:
     env = {**os.environ, "TMPDIR": tempfile.gettempdir()}
-    result = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(dest), which], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", _KILLED_SAVE, str(dest), which],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == -9, result.stderr[-2000:]
 
 
@@ -70,11 +76,16 @@ def test_a_kill_during_a_save_keeps_the_previous_checkpoint(other_filesystem: Pa
     _killed_save(dest, "atomic")
     assert read_checkpoint(dest)["version"] == 1  # the previous checkpoint, whole
     leftovers = [p.name for p in dest.parent.iterdir() if p.name != "last.ckpt"]
-    assert all(name.startswith(".last.ckpt.") and name.endswith(".partial") for name in leftovers), leftovers
+    assert all(
+        name.startswith(".last.ckpt.") and name.endswith(".partial") for name in leftovers
+    ), leftovers
 
 
-def test_lightning_default_writer_loses_the_checkpoint_across_filesystems(other_filesystem: Path) -> None:
-    """Why AtomicCheckpointIO exists; when a Lightning upgrade makes this fail, the plugin can go."""
+def test_lightning_default_writer_loses_the_checkpoint_across_filesystems(
+    other_filesystem: Path,
+) -> None:
+    """Why AtomicCheckpointIO exists; when a Lightning upgrade makes this fail, the plugin can
+    go."""
     dest = other_filesystem / "last.ckpt"
     _killed_save(dest, "lightning")
     with pytest.raises(CheckpointError):
@@ -84,11 +95,7 @@ def test_lightning_default_writer_loses_the_checkpoint_across_filesystems(other_
 def test_trainer_config_writes_checkpoints_atomically(make_cfg) -> None:
     from hydra.utils import instantiate
 
-    from segment.device.precision import resolve_trainer_precision
-
-    cfg = make_cfg()
-    resolve_trainer_precision(cfg)
-    trainer = instantiate(cfg.trainer)
+    trainer = instantiate(make_cfg().trainer, precision="32-true")
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
@@ -109,10 +116,15 @@ def test_unreadable_checkpoints_are_named_and_never_unpickled(tmp_path: Path) ->
             return (print, ("unpickled",))
 
     torch.save({"global_step": 1, "extra": Payload()}, tmp_path / "code.ckpt")
-    with pytest.raises(CheckpointError, match=r"code.ckpt holds objects other than tensors") as info:
+    with pytest.raises(
+        CheckpointError, match=r"code.ckpt holds objects other than tensors"
+    ) as info:
         read_checkpoint(tmp_path / "code.ckpt")
     assert "weights_only" not in str(info.value) and info.value.__cause__ is None
-    with pytest.raises(CheckpointError, match=r"whole.ckpt is not a train.py checkpoint: it has no hyper_parameters"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"whole.ckpt is not a train.py checkpoint: it has no hyper_parameters",
+    ):
         read_checkpoint(tmp_path / "whole.ckpt", require=("hyper_parameters",))
 
 
@@ -136,8 +148,12 @@ def _payloads(target: Path) -> list[dict]:
     ]
 
 
-@pytest.mark.parametrize("index", [0, 1, 2], ids=["Path.write_text", "builtins.open", "shutil.copyfile"])
-def test_a_crafted_checkpoint_builds_nothing_outside_the_allow_list(tmp_path: Path, index: int) -> None:
+@pytest.mark.parametrize(
+    "index", [0, 1, 2], ids=["Path.write_text", "builtins.open", "shutil.copyfile"]
+)
+def test_a_crafted_checkpoint_builds_nothing_outside_the_allow_list(
+    tmp_path: Path, index: int
+) -> None:
     target = tmp_path / "written_by_checkpoint.txt"
     module = SegmentationModule(
         net={"_target_": "segment.models.LabUNet", "channels": [4, 8, 16]},
@@ -149,34 +165,61 @@ def test_a_crafted_checkpoint_builds_nothing_outside_the_allow_list(tmp_path: Pa
     hparams["net"] = {**hparams["net"], "dropout": _payloads(target)[index]}
     path = tmp_path / "crafted.ckpt"
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
-    with pytest.raises(CheckpointError, match=r"hyper_parameters.net.dropout: refusing to build _target_="):
+    with pytest.raises(
+        CheckpointError, match=r"hyper_parameters.net.dropout: refusing to build _target_="
+    ):
         SegmentationModule.from_checkpoint(path)
     assert not target.exists()
 
 
 def test_allow_list_takes_nets_losses_optimisers_and_schedulers() -> None:
-    for target in ("segmentation_models_pytorch.Unet", "segment.models.LabVGGUNet", "torch.nn.CrossEntropyLoss",
-                   "segmentation_models_pytorch.losses.LovaszLoss", "torch.optim.AdamW",
-                   "torch.optim.lr_scheduler.ReduceLROnPlateau", "segmentation_models_pytorch.create_model"):
+    for target in (
+        "segmentation_models_pytorch.Unet",
+        "segment.models.LabVGGUNet",
+        "torch.nn.CrossEntropyLoss",
+        "segmentation_models_pytorch.losses.LovaszLoss",
+        "torch.optim.AdamW",
+        "torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "segmentation_models_pytorch.create_model",
+    ):
         check_trusted_targets({"_target_": target}, "test")
-    for target in ("os.system", "segmentation_models_pytorch.os.system", "torch.load", "torch.nn.functional.relu",
-                   "segment.models.module.torch.save", "subprocess.run"):
+    for target in (
+        "os.system",
+        "segmentation_models_pytorch.os.system",
+        "torch.load",
+        "torch.nn.functional.relu",
+        "segment.models.module.torch.save",
+        "subprocess.run",
+    ):
         with pytest.raises(CheckpointError, match="refusing to build"):
             check_trusted_targets({"a": [{"_target_": target}]}, "test")
 
 
 def _crafted_checkpoint(tmp_path: Path, where: str, target: Path) -> Path:
-    """A real checkpoint whose string at ``where`` (dotted) would make OmegaConf build a file writer."""
+    """A real checkpoint whose string at ``where`` (dotted) would make OmegaConf build a file
+    writer."""
     module = SegmentationModule(
         net={"_target_": "segment.models.LabUNet", "channels": [4, 8, 16]},
         loss={"_target_": "torch.nn.CrossEntropyLoss"},
         optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
         class_names=["a", "b"],
     )
-    payload = "${oc.create:{_target_: segment.files.write_atomic, _args_: [" + str(target) + ", pwned]}}"
-    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams), "global_step": 1,
-                  "config": {"data": {"_target_": "segment.data.SyntheticDataModule", "root": "data",
-                                      "image_size": [32, 32], "transforms": {}}}}  # fmt: skip
+    payload = (
+        "${oc.create:{_target_: segment.files.write_atomic, _args_: [" + str(target) + ", pwned]}}"
+    )
+    checkpoint = {
+        "state_dict": module.state_dict(),
+        "hyper_parameters": dict(module.hparams),
+        "global_step": 1,
+        "config": {
+            "data": {
+                "_target_": "segment.data.SyntheticDataModule",
+                "root": "data",
+                "image_size": [32, 32],
+                "transforms": {},
+            }
+        },
+    }
     node = checkpoint
     *parents, leaf = where.split(".")
     for key in parents:
@@ -188,10 +231,14 @@ def _crafted_checkpoint(tmp_path: Path, where: str, target: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("where", ["hyper_parameters.net.dropout", "hyper_parameters.net.channels",
-                                   "config.data.root"])  # fmt: skip
-def test_an_interpolation_in_a_checkpoint_is_refused_naming_the_key(tmp_path: Path, where: str) -> None:
-    """The allow-list looks at _target_ dicts; a string that OmegaConf resolves later is refused when the file is
+@pytest.mark.parametrize(
+    "where", ["hyper_parameters.net.dropout", "hyper_parameters.net.channels", "config.data.root"]
+)
+def test_an_interpolation_in_a_checkpoint_is_refused_naming_the_key(
+    tmp_path: Path, where: str
+) -> None:
+    """The allow-list looks at _target_ dicts; a string that OmegaConf resolves later is refused
+    when the file is
     read, before anything is built or composed, by the module and by evaluate.py alike."""
     target = tmp_path / "written_by_checkpoint.txt"
     path = _crafted_checkpoint(tmp_path, where, target)
@@ -218,14 +265,21 @@ def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(tmp_path: Path, m
 
     def full(obj, file):  # what torch's zip writer raises when the disk fills mid-write
         file.write(b"PK")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
-                           "data/0: file write failed")  # fmt: skip
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+            "data/0: file write failed"
+        )
 
     monkeypatch.setattr(torch, "save", full)
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(2**30, 2**30 - 2**19, 2**19))
-    with pytest.raises(OSError, match=r"No space left on device: writing checkpoint .*last.ckpt failed with 0.5 MiB "
-                                      r"free; the previous checkpoint is intact") as caught:  # fmt: skip
+    with pytest.raises(
+        OSError,
+        match=r"No space left on device: writing checkpoint .*last.ckpt failed with 0.5 MiB "
+        r"free; the previous checkpoint is intact",
+    ) as caught:
         AtomicCheckpointIO().save_checkpoint({"global_step": 2}, path)
     assert caught.value.errno == errno.ENOSPC
-    assert read_checkpoint(path)["global_step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert read_checkpoint(path)["global_step"] == 1 and [p.name for p in tmp_path.iterdir()] == [
+        "last.ckpt"
+    ]

@@ -1,4 +1,5 @@
-"""What a researcher sees: the HPARAMS table, the config tree, mask panels with titles and legends, and every
+"""What a researcher sees: the HPARAMS table, the config tree, mask panels with titles and legends,
+and every
 logger the extras install (TensorBoard, CSV, MLflow, Weights & Biases)."""
 
 from __future__ import annotations
@@ -17,33 +18,68 @@ from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 
 
 def _hparams(run: Path) -> tuple[list[str], list[str], dict]:
-    """The HPARAMS tab's columns of a run, as TensorBoard's server reads and orders them: hyperparameter names,
+    """The HPARAMS tab's columns of a run, as TensorBoard's server reads and orders them:
+    hyperparameter names,
     metric tags, and the values."""
     from tensorboard.backend.event_processing import plugin_event_accumulator
     from tensorboard.plugins.hparams import backend_context
 
-    events = plugin_event_accumulator.EventAccumulator(str(run / "tensorboard"))  # what the server reads with
+    events = plugin_event_accumulator.EventAccumulator(
+        str(run / "tensorboard")
+    )  # what the server reads with
     events.Reload()
     content = events.PluginTagToContent("hparams")
-    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]
+    ).experiment
     backend_context._sort_and_reduce_to_hparams_limit(experiment)  # the order the HPARAMS tab shows
-    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    values = {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
-              for name, value in start.hparams.items()}  # fmt: skip
-    return [h.name for h in experiment.hparam_infos], [m.name.tag for m in experiment.metric_infos], values
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    values = {
+        name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
+        for name, value in start.hparams.items()
+    }
+    return (
+        [h.name for h in experiment.hparam_infos],
+        [m.name.tag for m in experiment.metric_infos],
+        values,
+    )
 
 
 @pytest.mark.slow
-def test_the_hparams_table_puts_the_overrides_first_each_key_once_with_scores(tmp_path: Path, data_dir: Path) -> None:
+def test_the_hparams_table_puts_the_overrides_first_each_key_once_with_scores(
+    tmp_path: Path, data_dir: Path
+) -> None:
     sweep = tmp_path / "sweep"
-    run_script(["train.py", "-m", "model=unet_lab", "seed=3,4", "model.optimizer.lr=0.002", "tags=[baseline,tiny]",
-                *TINY_OVERRIDES, *TINY_SYNTHETIC, "trainer.max_epochs=2", f"paths.data_dir={data_dir}",
-                f"hydra.sweep.dir={sweep}"])  # fmt: skip
+    run_script(
+        [
+            "train.py",
+            "-m",
+            "model=unet_lab",
+            "seed=3,4",
+            "model.optimizer.lr=0.002",
+            "tags=[baseline,tiny]",
+            *TINY_OVERRIDES,
+            *TINY_SYNTHETIC,
+            "trainer.max_epochs=2",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     [run] = [p for p in sweep.iterdir() if p.is_dir() and "seed-3" in p.name]
     names, metrics, values = _hparams(run)
-    assert names[0] == "seed" and len(names) == len(set(names))  # what the sweep varies first, each key once
-    assert "lr" in names and not any(name.startswith(("model.optimizer", "data.", "trainer.")) for name in names)
-    assert values["lr"] == pytest.approx(0.002) and values["model"] == "unet_lab" and values["tags"] == "baseline,tiny"
+    assert names[0] == "seed" and len(names) == len(
+        set(names)
+    )  # what the sweep varies first, each key once
+    assert "lr" in names and not any(
+        name.startswith(("model.optimizer", "data.", "trainer.")) for name in names
+    )
+    assert (
+        values["lr"] == pytest.approx(0.002)
+        and values["model"] == "unet_lab"
+        and values["tags"] == "baseline,tiny"
+    )
     assert values["encoder_weights"] == "none" and values["precision"] in ("bf16-mixed", "32-true")
     for kind in ("final", "best"):
         assert {f"{kind}/val/loss", f"{kind}/val/miou", f"{kind}/val/pixel_acc"} <= set(metrics)
@@ -52,7 +88,9 @@ def test_the_hparams_table_puts_the_overrides_first_each_key_once_with_scores(tm
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     final, best = events.Scalars("final/val/loss"), events.Scalars("best/val/loss")
-    assert final[-1].value == pytest.approx(json.loads((run / "run.json").read_text())["metrics"]["val/loss"])
+    assert final[-1].value == pytest.approx(
+        json.loads((run / "run.json").read_text())["metrics"]["val/loss"]
+    )
     assert best[-1].value == pytest.approx(min(event.value for event in final if event.step > 0))
     assert json.loads((run / "run.json").read_text())["tags"] == ["baseline", "tiny"]
 
@@ -68,7 +106,9 @@ def test_a_mask_sheet_has_column_titles_and_a_class_legend() -> None:
         assert (legend == color).all(axis=-1).sum() >= 100
 
 
-def test_weights_and_biases_gets_masks_as_overlays_with_class_labels(monkeypatch, tmp_path: Path) -> None:
+def test_weights_and_biases_gets_masks_as_overlays_with_class_labels(
+    monkeypatch, tmp_path: Path
+) -> None:
     import wandb  # the dev extra installs it: a missing logger fails here rather than skipping
     from lightning.pytorch.loggers import WandbLogger
 
@@ -83,8 +123,13 @@ def test_weights_and_biases_gets_masks_as_overlays_with_class_labels(monkeypatch
     monkeypatch.setattr(WandbLogger, "experiment", property(lambda self: Run()))
     images = np.zeros((2, 8, 8, 3), np.uint8)
     truths = np.zeros((2, 8, 8), np.int64)
-    log_image(object.__new__(WandbLogger), "val/masks", np.zeros((8, 24, 3), np.uint8), 5,
-              (images, truths, truths + 1, ["road", "car"]))  # fmt: skip
+    log_image(
+        object.__new__(WandbLogger),
+        "val/masks",
+        np.zeros((8, 24, 3), np.uint8),
+        5,
+        (images, truths, truths + 1, ["road", "car"]),
+    )
     [entry] = logged
     assert entry["trainer/global_step"] == 5 and len(entry["val/masks"]) == 2
     overlay = entry["val/masks"][0]
@@ -95,6 +140,7 @@ def test_weights_and_biases_gets_masks_as_overlays_with_class_labels(monkeypatch
 @pytest.mark.slow
 def test_mlflow_logs_a_run_into_its_sqlite_store(make_cfg, tmp_path: Path) -> None:
     import mlflow
+
     logs = tmp_path / "logs"
     cfg = make_cfg("model=unet_lab", "logger=[csv,mlflow]", f"paths.log_dir={logs}")
     train(cfg)
@@ -108,4 +154,6 @@ def test_mlflow_logs_a_run_into_its_sqlite_store(make_cfg, tmp_path: Path) -> No
 def test_the_config_tree_is_printed_when_training_starts(make_cfg, capsys) -> None:
     train(make_cfg("model=unet_lab", "debug=fdr"))
     out = capsys.readouterr().out
-    assert "config" in out and "├── data" in out and "└── " in out and "_target_: segment.data" in out
+    assert (
+        "config" in out and "├── data" in out and "└── " in out and "_target_: segment.data" in out
+    )

@@ -14,10 +14,14 @@ from hydra.utils import instantiate
 from segment.data import DatasetInfo, SegmentationDataset, colorize, pair_files
 from segment.data.synthetic import SYNTHETIC_INFO
 
-INFO = DatasetInfo(name="toy", class_names=("a", "b", "c"), palette=((255, 0, 0), (0, 255, 0), (0, 0, 255)))
+INFO = DatasetInfo(
+    name="toy", class_names=("a", "b", "c"), palette=((255, 0, 0), (0, 255, 0), (0, 0, 255))
+)
 
 
-def _write_pair(root: Path, stem: str, mask: np.ndarray, image_shape: tuple[int, int] | None = None) -> None:
+def _write_pair(
+    root: Path, stem: str, mask: np.ndarray, image_shape: tuple[int, int] | None = None
+) -> None:
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     height, width = image_shape or mask.shape
@@ -45,7 +49,9 @@ def test_items_are_uint8_images_and_int64_masks(tmp_path: Path) -> None:
 def test_augmentations_follow_torch_seed(tmp_path: Path) -> None:
     _write_pair(tmp_path, "a", np.random.default_rng(0).integers(0, 3, (32, 32), dtype=np.uint8))
     transform = A.Compose([A.RandomCrop(16, 16)])
-    dataset = SegmentationDataset(pair_files(tmp_path / "images", tmp_path / "masks"), INFO, transform)
+    dataset = SegmentationDataset(
+        pair_files(tmp_path / "images", tmp_path / "masks"), INFO, transform
+    )
 
     def crops(seed: int) -> list[list]:
         torch.manual_seed(seed)
@@ -68,11 +74,14 @@ def test_dataset_info_rejects_inconsistent_metadata() -> None:
 
 
 def test_the_size_rule_is_the_nets_not_the_datamodules(make_cfg) -> None:
-    """The datamodule takes any positive size (the lab's net divides by 4, smp's by 32: the module checks it
+    """The datamodule takes any positive size (the lab's net divides by 4, smp's by 32: the module
+    checks it
     at fit start, tests/test_bad_inputs.py); a size that is not two numbers is refused here."""
     assert instantiate(make_cfg("data.image_size=[100,96]").data).image_size == (100, 96)
     cfg = make_cfg("data.image_size=[100,96,3]")
-    with pytest.raises(Exception, match=r"data.image_size=\[100, 96, 3\]: expected \[height, width\]"):
+    with pytest.raises(
+        Exception, match=r"data.image_size=\[100, 96, 3\]: expected \[height, width\]"
+    ):
         instantiate(cfg.data, transforms={"train": None, "val": None})
 
 

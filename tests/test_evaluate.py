@@ -1,4 +1,5 @@
-"""evaluate.py: metrics against independent implementations, checkpoints, prediction, ONNX export."""
+"""evaluate.py: metrics against independent implementations, checkpoints, prediction, ONNX
+export."""
 
 from __future__ import annotations
 
@@ -33,7 +34,11 @@ def _numpy_scores(truth: np.ndarray, prediction: np.ndarray, num_classes: int, i
         confusion[t, p] += 1
     ious = []
     for c in range(num_classes):
-        tp, fp, fn = confusion[c, c], confusion[:, c].sum() - confusion[c, c], confusion[c, :].sum() - confusion[c, c]
+        tp, fp, fn = (
+            confusion[c, c],
+            confusion[:, c].sum() - confusion[c, c],
+            confusion[c, :].sum() - confusion[c, c],
+        )
         ious.append(tp / (tp + fp + fn) if tp + fp + fn else np.nan)
     return {"iou": np.array(ious), "pixel_acc": np.trace(confusion) / confusion.sum()}
 
@@ -63,14 +68,18 @@ def test_metrics_match_hand_counts_numpy_and_torchmetrics() -> None:
     assert scores["per_class"]["road"]["pixels"] == 6
 
     reference = _numpy_scores(truth, prediction, 4, 255)
-    np.testing.assert_allclose([scores["per_class"][n]["iou"] for n in NAMES[:3]], reference["iou"][:3])
+    np.testing.assert_allclose(
+        [scores["per_class"][n]["iou"] for n in NAMES[:3]], reference["iou"][:3]
+    )
     assert np.isnan(reference["iou"][3])
     assert scores["pixel_acc"] == pytest.approx(reference["pixel_acc"])
 
     jaccard = MulticlassJaccardIndex(4, average="none", ignore_index=255)(
         torch.from_numpy(prediction), torch.from_numpy(truth)
     )
-    torch.testing.assert_close(jaccard[:3].double(), torch.tensor(expected_iou, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        jaccard[:3].double(), torch.tensor(expected_iou, dtype=torch.float64), atol=1e-6, rtol=0
+    )
     accuracy = MulticlassAccuracy(4, average="micro", ignore_index=255)(
         torch.from_numpy(prediction), torch.from_numpy(truth)
     )
@@ -81,8 +90,17 @@ def test_metrics_match_hand_counts_numpy_and_torchmetrics() -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-epoch tiny synthetic run; returns its folder."""
     root = tmp_path_factory.mktemp("trained")
-    overrides = [*TINY_OVERRIDES, *TINY_SYNTHETIC, "+trainer.limit_train_batches=2", "trainer.max_epochs=1"]
-    paths = [f"paths.root_dir={root}", f"paths.data_dir={root / 'data'}", f"paths.output_dir={root / 'run'}"]
+    overrides = [
+        *TINY_OVERRIDES,
+        *TINY_SYNTHETIC,
+        "+trainer.limit_train_batches=2",
+        "trainer.max_epochs=1",
+    ]
+    paths = [
+        f"paths.root_dir={root}",
+        f"paths.data_dir={root / 'data'}",
+        f"paths.output_dir={root / 'run'}",
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         train(compose("train", overrides=[*overrides, *paths]))
     return root
@@ -114,19 +132,27 @@ def test_evaluation_equals_validation_during_training(trained: Path, tmp_path: P
     for name in ("evaluation.md", "confusion_matrix.png", "sheets/00000.png", "sheets/00003.png"):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert "| mIoU | pixel acc | mean class acc | fw IoU | mean Dice |" in (tmp_path / "evaluation.md").read_text()
+    assert (
+        "| mIoU | pixel acc | mean class acc | fw IoU | mean Dice |"
+        in (tmp_path / "evaluation.md").read_text()
+    )
 
 
 def test_evaluation_writes_only_into_a_folder_of_its_own(trained: Path, tmp_path: Path) -> None:
-    """Never into a training run's folder, never over a file it did not just create, never inside its input."""
+    """Never into a training run's folder, never over a file it did not just create, never inside
+    its input."""
     from segment.evaluation.run import evaluate, predict
 
     run = trained / "run"
-    with pytest.raises(ValueError, match=r"run is a training run's folder; evaluate.py writes only into a folder"):
+    with pytest.raises(
+        ValueError, match=r"run is a training run's folder; evaluate.py writes only into a folder"
+    ):
         evaluate(_compose(trained, f"paths.output_dir={run}"))
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text("{}")
-    with pytest.raises(FileExistsError, match=r"eval/metrics.json exists: evaluate.py never writes over a file"):
+    with pytest.raises(
+        FileExistsError, match=r"eval/metrics.json exists: evaluate.py never writes over a file"
+    ):
         evaluate(_compose(trained, f"paths.output_dir={tmp_path / 'eval'}"))
     assert (tmp_path / "eval" / "metrics.json").read_text() == "{}"
     images = tmp_path / "in"
@@ -138,20 +164,33 @@ def test_evaluation_writes_only_into_a_folder_of_its_own(trained: Path, tmp_path
     before = (tmp_path / "out" / "x_mask.png").read_bytes()
     with pytest.raises(FileExistsError, match=r"out/x_labels.png exists|out/x_mask.png exists"):
         predict(_compose(trained, "mode=predict", f"input={images}", f"output={tmp_path / 'out'}"))
-    assert (tmp_path / "out" / "x_mask.png").read_bytes() == before and sorted(images.iterdir()) == [images / "x.png"]
+    assert (tmp_path / "out" / "x_mask.png").read_bytes() == before and sorted(
+        images.iterdir()
+    ) == [images / "x.png"]
 
 
 def _compose(trained: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("evaluate", overrides=[f"ckpt_path={trained / 'run'}", f"paths.data_dir={trained / 'data'}",
-                                              f"paths.root_dir={trained}", *overrides])  # fmt: skip
+        return compose(
+            "evaluate",
+            overrides=[
+                f"ckpt_path={trained / 'run'}",
+                f"paths.data_dir={trained / 'data'}",
+                f"paths.root_dir={trained}",
+                *overrides,
+            ],
+        )
 
 
 def test_bad_checkpoints_are_named(trained: Path, tmp_path: Path, make_cfg) -> None:
-    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*missing.ckpt: no such checkpoint file"):
+    with pytest.raises(
+        FileNotFoundError, match=r"ckpt_path=.*missing.ckpt: no such checkpoint file"
+    ):
         load_checkpoint(tmp_path / "missing.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"\x00" * 100)
-    with pytest.raises(ValueError, match=r"ckpt_path=.*junk.ckpt is not a checkpoint: not a torch archive"):
+    with pytest.raises(
+        ValueError, match=r"ckpt_path=.*junk.ckpt is not a checkpoint: not a torch archive"
+    ):
         load_checkpoint(tmp_path / "junk.ckpt")
 
     from segment.evaluation.run import evaluate
@@ -173,13 +212,18 @@ def test_bad_checkpoints_are_named(trained: Path, tmp_path: Path, make_cfg) -> N
 
 
 @pytest.mark.slow
-def test_predict_writes_masks_for_any_size_and_names_what_it_skips(trained: Path, tmp_path: Path) -> None:
+def test_predict_writes_masks_for_any_size_and_names_what_it_skips(
+    trained: Path, tmp_path: Path
+) -> None:
     write_image(tmp_path / "in" / "small.png", seed=0, shape=(50, 70))
     write_image(tmp_path / "in" / "wide.jpg", seed=1, shape=(64, 160))
     (tmp_path / "in" / "clip.gif").write_bytes(b"GIF89a")
     (tmp_path / "in" / "photo.webp").write_bytes(b"RIFF")
-    done = run_script(_evaluate_args(trained, "mode=predict", f"input={tmp_path / 'in'}",
-                                     f"output={tmp_path / 'out'}"))  # fmt: skip
+    done = run_script(
+        _evaluate_args(
+            trained, "mode=predict", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}"
+        )
+    )
     said = done.stdout + done.stderr  # the log goes to stdout, the progress bar to stderr
     assert "skipping 2 file(s) that are not" in said and "clip.gif, photo.webp" in said
     import cv2
@@ -197,8 +241,12 @@ def test_export_without_onnx_names_the_extra(trained: Path, monkeypatch) -> None
     from segment.evaluation.run import export
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
-    with pytest.raises(ModuleNotFoundError, match=r"mode=export needs the onnx extra: pip install -e '.\[onnx\]'"):
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a)
+    )
+    with pytest.raises(
+        ModuleNotFoundError, match=r"mode=export needs the onnx extra: pip install -e '.\[onnx\]'"
+    ):
         export(_compose(trained, "mode=export"))
 
 
@@ -206,7 +254,9 @@ def test_export_without_onnx_names_the_extra(trained: Path, monkeypatch) -> None
 def test_onnx_export_matches_pytorch(trained: Path, tmp_path: Path) -> None:
     onnxruntime = pytest.importorskip("onnxruntime")
     run_script(_evaluate_args(trained, "mode=export", f"hydra.run.dir={tmp_path}"))
-    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     module = load_checkpoint(trained / "run" / "checkpoints" / "last.ckpt")
     for shape in ((1, 3, 64, 96), (2, 3, 96, 128)):  # dynamic batch, height and width
         images = torch.randint(0, 256, shape).float()
@@ -235,18 +285,28 @@ def test_predictor_modes_agree(trained: Path) -> None:
 
 def test_inference_options_are_checked_with_a_fix(trained: Path, monkeypatch) -> None:
     module = load_checkpoint(trained / "run" / "checkpoints" / "last.ckpt")
-    with pytest.raises(ValueError, match=r"sliding_window.stride=\[0, 0\]: two steps between 1 and the window size "
-                                         r"\[64, 64\], e.g. stride: \[32, 32\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"sliding_window.stride=\[0, 0\]: two steps between 1 and the window size "
+        r"\[64, 64\], e.g. stride: \[32, 32\]",
+    ):
         Predictor(module, window=(64, 64), window_stride=(0, 0))
-    with pytest.raises(ValueError, match=r"input_size=\[100, 150\]: height and width must be positive multiples of "
-                                         r"32 \(the net downsamples 32x\); try input_size=\[128, 160\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"input_size=\[100, 150\]: height and width must be positive multiples of "
+        r"32 \(the net downsamples 32x\); try input_size=\[128, 160\]",
+    ):
         Predictor(module, input_size=(100, 150))
 
     def out_of_memory(*args, **kwargs):
-        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 68719476736 bytes.")
+        raise RuntimeError(
+            "DefaultCPUAllocator: not enough memory: you tried to allocate 68719476736 bytes."
+        )
 
     monkeypatch.setattr(module.net, "forward", out_of_memory)
-    with pytest.raises(MemoryError, match=r"out of memory predicting 1 image\(s\) of 64x96 .*'sliding_window="):
+    with pytest.raises(
+        MemoryError, match=r"out of memory predicting 1 image\(s\) of 64x96 .*'sliding_window="
+    ):
         Predictor(module).logits(torch.zeros(1, 3, 64, 96, dtype=torch.uint8))
 
 
@@ -255,7 +315,9 @@ def test_predict_refuses_two_inputs_with_one_name(trained: Path, tmp_path: Path)
 
     write_image(tmp_path / "in" / "s0.png", seed=0)
     write_image(tmp_path / "in" / "s0.jpg", seed=1)
-    with pytest.raises(ValueError, match=r"s0.jpg and .*s0.png have the same name; their predictions"):
+    with pytest.raises(
+        ValueError, match=r"s0.jpg and .*s0.png have the same name; their predictions"
+    ):
         _input_images(tmp_path / "in")
 
 
@@ -277,11 +339,16 @@ def test_the_mask_panel_goes_to_every_logger_that_takes_images(monkeypatch) -> N
     monkeypatch.setattr(TensorBoardLogger, "experiment", property(lambda self: Experiment()))
     monkeypatch.setattr(MLFlowLogger, "experiment", property(lambda self: Experiment()))
     monkeypatch.setattr(MLFlowLogger, "run_id", property(lambda self: "run-1"))
-    monkeypatch.setattr(WandbLogger, "log_image", lambda self, key, images, step: calls.append(("wandb", key, step)))
+    monkeypatch.setattr(
+        WandbLogger, "log_image", lambda self, key, images, step: calls.append(("wandb", key, step))
+    )
     for kind in (TensorBoardLogger, WandbLogger, MLFlowLogger):
         log_image(object.__new__(kind), "val/masks", image, 7)
-    assert calls == [("tensorboard", "val/masks", (4, 6, 3), 7, "HWC"), ("wandb", "val/masks", 7),
-                     ("mlflow", "run-1", "val_masks", 7)]  # fmt: skip
+    assert calls == [
+        ("tensorboard", "val/masks", (4, 6, 3), 7, "HWC"),
+        ("wandb", "val/masks", 7),
+        ("mlflow", "run-1", "val_masks", 7),
+    ]
 
 
 class _CountingModule(torch.nn.Module):
@@ -302,8 +369,12 @@ class _CountingModule(torch.nn.Module):
 def test_sliding_windows_average_their_overlaps() -> None:
     module = _CountingModule()
     # 64x96 with 64x64 windows every 32 columns: tile 1 covers columns 0-63, tile 2 columns 32-95
-    logits = Predictor(module, window=(64, 64), window_stride=(32, 32)).logits(torch.zeros(1, 3, 64, 96))
+    logits = Predictor(module, window=(64, 64), window_stride=(32, 32)).logits(
+        torch.zeros(1, 3, 64, 96)
+    )
     row = logits[0, 0, 0]
     assert module.calls == 2
     assert row[:32].unique().tolist() == [1.0] and row[64:].unique().tolist() == [2.0]
-    assert row[32:64].unique().tolist() == [1.5]  # the overlap: the mean of both tiles, not their sum
+    assert row[32:64].unique().tolist() == [
+        1.5
+    ]  # the overlap: the mean of both tiles, not their sum

@@ -25,7 +25,9 @@ def test_parallel_writers_leave_one_whole_file(tmp_path: Path) -> None:
     while any(process.is_alive() for process in writers):
         if path.exists():
             lines = set(path.read_text().splitlines())
-            assert len(lines) == 1, "a reader saw a mix of two writes"  # never half of one, half of another
+            assert len(lines) == 1, (
+                "a reader saw a mix of two writes"
+            )  # never half of one, half of another
             seen |= lines
     for process in writers:
         process.join()

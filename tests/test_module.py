@@ -45,7 +45,10 @@ def test_iou_from_a_hand_computed_confusion_matrix() -> None:
 def test_forward_normalises_uint8_with_stored_buffers() -> None:
     module = _module(net={"_target_": "tests.helpers.Passthrough"}, channels_last=False)
     images = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2)
-    mean, std = torch.tensor(module.hparams.mean).view(1, 3, 1, 1), torch.tensor(module.hparams.std).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor(module.hparams.mean).view(1, 3, 1, 1),
+        torch.tensor(module.hparams.std).view(1, 3, 1, 1),
+    )
     expected = (images.float() / 255 - mean) / std
     torch.testing.assert_close(module(images), expected)
     assert {"scale", "shift"} <= set(module.state_dict())
@@ -71,7 +74,11 @@ def test_hparams_are_plain_containers() -> None:
 
 def test_from_checkpoint_never_downloads_encoder_weights(tmp_path, monkeypatch) -> None:
     """A checkpoint of a pretrained run rebuilds offline, with the trained weights."""
-    smp_net = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "vgg16", "encoder_weights": None}
+    smp_net = {
+        "_target_": "segmentation_models_pytorch.Unet",
+        "encoder_name": "vgg16",
+        "encoder_weights": None,
+    }
     trained = _module(net=smp_net)
     with torch.no_grad():
         for parameter in trained.parameters():
@@ -92,34 +99,55 @@ def test_from_checkpoint_never_downloads_encoder_weights(tmp_path, monkeypatch) 
 
 
 def test_from_checkpoint_errors_name_the_file(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"ckpt_path=.*missing.ckpt: no such checkpoint file"):
+    with pytest.raises(
+        FileNotFoundError, match=r"ckpt_path=.*missing.ckpt: no such checkpoint file"
+    ):
         SegmentationModule.from_checkpoint(tmp_path / "missing.ckpt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"other.pt is not a train.py checkpoint: it has no hyper_parameters"):
+    with pytest.raises(
+        ValueError, match=r"other.pt is not a train.py checkpoint: it has no hyper_parameters"
+    ):
         SegmentationModule.from_checkpoint(tmp_path / "other.pt")
 
 
 def test_offline_imagenet_request_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    net = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "vgg16", "encoder_weights": "imagenet"}
-    with pytest.raises(RuntimeError, match=r"ImageNet VGG16 weights unavailable.*model.weights_fallback=true"):
+    net = {
+        "_target_": "segmentation_models_pytorch.Unet",
+        "encoder_name": "vgg16",
+        "encoder_weights": "imagenet",
+    }
+    with pytest.raises(
+        RuntimeError, match=r"ImageNet VGG16 weights unavailable.*model.weights_fallback=true"
+    ):
         _module(net=net, weights_fallback=False)
 
 
 def test_other_smp_encoders_keep_smp_loading_with_a_clear_offline_error() -> None:
-    net = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "resnet18", "encoder_weights": "imagenet"}
-    with pytest.raises(RuntimeError, match=r"could not obtain encoder weights 'imagenet' for 'resnet18'"):
+    net = {
+        "_target_": "segmentation_models_pytorch.Unet",
+        "encoder_name": "resnet18",
+        "encoder_weights": "imagenet",
+    }
+    with pytest.raises(
+        RuntimeError, match=r"could not obtain encoder weights 'imagenet' for 'resnet18'"
+    ):
         _module(net=net)
 
 
 def test_non_finite_loss_is_caught_at_the_next_check_with_its_step() -> None:
     module = _module(finite_check_every_n_steps=3)
-    batch = {"image": torch.zeros(1, 3, 4, 4, dtype=torch.uint8), "mask": torch.zeros(1, 4, 4, dtype=torch.long)}
+    batch = {
+        "image": torch.zeros(1, 3, 4, 4, dtype=torch.uint8),
+        "mask": torch.zeros(1, 4, 4, dtype=torch.long),
+    }
     module.training_step(batch, 0)  # a finite loss, step 0
     good = float(module._last_finite_loss)
     nn.init.constant_(module.net.conv.weight, float("nan"))
-    module.training_step(batch, 1)  # step 0 again (no trainer: global_step stays 0) -> noted, not yet checked
+    module.training_step(
+        batch, 1
+    )  # step 0 again (no trainer: global_step stays 0) -> noted, not yet checked
     message = rf"non-finite training loss at epoch 1, step 0 \(last finite loss: {good:.6g}\)"
     with pytest.raises(FloatingPointError, match=message):
         module.on_validation_start()  # always checked before a validation (and its checkpoint)
@@ -131,19 +159,39 @@ def test_non_finite_loss_is_caught_at_the_next_check_with_its_step() -> None:
 
 def test_validation_logs_plain_cross_entropy_whatever_the_loss() -> None:
     torch.manual_seed(0)
-    batch = {"image": torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8), "mask": torch.randint(0, 4, (2, 8, 8))}
+    batch = {
+        "image": torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8),
+        "mask": torch.randint(0, 4, (2, 8, 8)),
+    }
     batch["mask"][:, :2] = 255
     ce = _module()
-    dice = _module(loss={"_target_": "segment.models.SumOfLosses", "terms": [
-        {"weight": 1.0, "loss": {"_target_": "segment.models.CrossEntropyLoss"}},
-        {"weight": 1.0, "loss": {"_target_": "segmentation_models_pytorch.losses.DiceLoss", "mode": "multiclass"}},
-    ]})  # fmt: skip
+    dice = _module(
+        loss={
+            "_target_": "segment.models.SumOfLosses",
+            "terms": [
+                {"weight": 1.0, "loss": {"_target_": "segment.models.CrossEntropyLoss"}},
+                {
+                    "weight": 1.0,
+                    "loss": {
+                        "_target_": "segmentation_models_pytorch.losses.DiceLoss",
+                        "mode": "multiclass",
+                    },
+                },
+            ],
+        }
+    )
     dice.load_state_dict(ce.state_dict())
     for module in (ce, dice):
         module.validation_step(batch, 0)
-    assert ce.val_ce.compute() == pytest.approx(ce.val_loss.compute().item(), rel=1e-6)  # CE: the same number
-    assert dice.val_ce.compute() == pytest.approx(ce.val_ce.compute().item(), rel=1e-6)  # same weights, same CE
-    assert dice.val_loss.compute() > dice.val_ce.compute() + 0.01  # the training loss adds the Dice term
+    assert ce.val_ce.compute() == pytest.approx(
+        ce.val_loss.compute().item(), rel=1e-6
+    )  # CE: the same number
+    assert dice.val_ce.compute() == pytest.approx(
+        ce.val_ce.compute().item(), rel=1e-6
+    )  # same weights, same CE
+    assert (
+        dice.val_loss.compute() > dice.val_ce.compute() + 0.01
+    )  # the training loss adds the Dice term
 
 
 def test_init_from_takes_a_checkpoints_weights_and_starts_afresh(tmp_path) -> None:
@@ -157,7 +205,9 @@ def test_init_from_takes_a_checkpoints_weights_and_starts_afresh(tmp_path) -> No
     for name, value in source.state_dict().items():
         torch.testing.assert_close(started.state_dict()[name], value)
     assert any(not torch.equal(fresh.state_dict()[n], v) for n, v in source.state_dict().items())
-    assert started.hparams.init_from == str(path)  # recorded; the run itself starts at step 0 (not a resume)
+    assert started.hparams.init_from == str(
+        path
+    )  # recorded; the run itself starts at step 0 (not a resume)
 
 
 def test_a_schedule_over_null_total_steps_spans_this_runs_optimiser_steps(monkeypatch) -> None:
@@ -165,9 +215,17 @@ def test_a_schedule_over_null_total_steps_spans_this_runs_optimiser_steps(monkey
 
     from lightning import LightningModule
 
-    scheduler = {"scheduler": {"_target_": "segment.models.schedules.WarmupDecayLR", "_partial_": True,
-                               "total_steps": None, "warmup_steps": 2, "decay": "poly", "power": 1.0},
-                 "interval": "step"}  # fmt: skip
+    scheduler = {
+        "scheduler": {
+            "_target_": "segment.models.schedules.WarmupDecayLR",
+            "_partial_": True,
+            "total_steps": None,
+            "warmup_steps": 2,
+            "decay": "poly",
+            "power": 1.0,
+        },
+        "interval": "step",
+    }
     module = _module(scheduler=scheduler)
     trainer = SimpleNamespace(estimated_stepping_batches=10)  # what Lightning counts for the run
     monkeypatch.setattr(LightningModule, "trainer", property(lambda self: trainer))
@@ -178,6 +236,7 @@ def test_a_schedule_over_null_total_steps_spans_this_runs_optimiser_steps(monkey
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         lr.step()
-    # warmup over 2 steps, then a linear decay that reaches 0 exactly at the 10th step: the run's end
+    # warmup over 2 steps, then a linear decay that reaches 0 exactly at the 10th step: the run's
+    # end
     assert rates[2] == pytest.approx(0.1) and rates[9] == pytest.approx(0.1 / 8)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)

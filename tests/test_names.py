@@ -1,4 +1,5 @@
-"""Job folder names: [A-Za-z0-9._-] only, readable, deterministic, short enough, distinct where runs differ."""
+"""Job folder names: [A-Za-z0-9._-] only, readable, deterministic, short enough, distinct where
+runs differ."""
 
 from __future__ import annotations
 
@@ -7,9 +8,17 @@ import re
 
 from segment.config import job_name, parse_overrides
 
-STUDY = ["data=camvid", "experiment=compare_pretraining", "model=unet_vgg", "seed=0", "data.image_size=[128,160]",
-         "model.optimizer.lr=0.0001", "data.root=/data/camvid", "skip_completed=true",
-         "trainer.enable_progress_bar=false"]  # fmt: skip
+STUDY = [
+    "data=camvid",
+    "experiment=compare_pretraining",
+    "model=unet_vgg",
+    "seed=0",
+    "data.image_size=[128,160]",
+    "model.optimizer.lr=0.0001",
+    "data.root=/data/camvid",
+    "skip_completed=true",
+    "trainer.enable_progress_bar=false",
+]
 GROUPS = ("data", "experiment", "model", "protocol", "loss")
 
 
@@ -21,18 +30,32 @@ def test_a_study_job_is_named_with_the_swept_keys_first_and_values_made_paste_sa
 
 def test_the_name_does_not_depend_on_the_order_of_overrides_or_where_the_data_lives() -> None:
     moved = [o if not o.startswith("data.root=") else "data.root=/scratch/me/camvid" for o in STUDY]
-    assert job_name(list(reversed(STUDY)), GROUPS) == job_name(STUDY, GROUPS) == job_name(moved, GROUPS)
+    assert (
+        job_name(list(reversed(STUDY)), GROUPS)
+        == job_name(STUDY, GROUPS)
+        == job_name(moved, GROUPS)
+    )
     assert job_name(STUDY, GROUPS) != job_name([*STUDY[:3], "seed=1", *STUDY[4:]], GROUPS)
 
 
 def test_a_name_survives_glob_and_shells_whatever_the_values(tmp_path) -> None:
-    odd = ["model=smp", "+model.net.encoder_name=timm-efficientnet-b0", "tags=[a b,c]", "model.mean=[0.5,0.5,0.5]",
-           "loss.weight='x=y,z'", "+note='Straße/été*?[1]'"]  # fmt: skip
+    odd = [
+        "model=smp",
+        "+model.net.encoder_name=timm-efficientnet-b0",
+        "tags=[a b,c]",
+        "model.mean=[0.5,0.5,0.5]",
+        "loss.weight='x=y,z'",
+        "+note='Straße/été*?[1]'",
+    ]
     name = job_name(odd, GROUPS)
     assert re.fullmatch(r"[A-Za-z0-9._-]+", name), name
-    assert job_name(["+note='été'"]) != job_name(["+note='ètè'"])  # a lossy replacement keeps a hash
+    assert job_name(["+note='été'"]) != job_name(
+        ["+note='ètè'"]
+    )  # a lossy replacement keeps a hash
     (tmp_path / name).mkdir()
-    assert glob.glob(str(tmp_path / name)) == [str(tmp_path / name)]  # no character class, no wildcard
+    assert glob.glob(str(tmp_path / name)) == [
+        str(tmp_path / name)
+    ]  # no character class, no wildcard
 
 
 def test_a_long_name_drops_whole_items_and_keeps_a_hash_of_the_whole() -> None:
@@ -40,7 +63,9 @@ def test_a_long_name_drops_whole_items_and_keeps_a_hash_of_the_whole() -> None:
     name = job_name(overrides, GROUPS)
     assert len(name.encode()) <= 120 and re.fullmatch(r"[A-Za-z0-9._-]+__[0-9a-f]{8}", name)
     items = name.split("__")[:-1]
-    assert items and all(re.fullmatch(r"option_\d\d-x-[0-9a-f]{4}", item) for item in items)  # whole items only
+    assert items and all(
+        re.fullmatch(r"option_\d\d-x-[0-9a-f]{4}", item) for item in items
+    )  # whole items only
     assert name != job_name([*overrides[:-1], "+model.net.option_11='è'"], GROUPS)
 
 
@@ -51,8 +76,18 @@ def test_a_swept_data_root_names_its_folder() -> None:
 
 
 def test_overrides_are_parsed_with_hydras_grammar() -> None:
-    assert parse_overrides(["model.optimizer.lr=3e-4", "data.image_size=[128,160]", "~callbacks.freezing",
-                            "+x='a=b'", "seed=0,1"]) == {  # fmt: skip
-        "model.optimizer.lr": 0.0003, "data.image_size": [128, 160], "callbacks.freezing": None, "x": "a=b",
+    assert parse_overrides(
+        [
+            "model.optimizer.lr=3e-4",
+            "data.image_size=[128,160]",
+            "~callbacks.freezing",
+            "+x='a=b'",
+            "seed=0,1",
+        ]
+    ) == {
+        "model.optimizer.lr": 0.0003,
+        "data.image_size": [128, 160],
+        "callbacks.freezing": None,
+        "x": "a=b",
         "seed": ["0", "1"],
-    }  # fmt: skip
+    }

@@ -17,8 +17,11 @@ def test_lab_unet_shapes_and_size() -> None:
     assert 0.3e6 < parameters < 1.5e6, parameters  # small next to the 23.7 M of the VGG16 U-Net
     # the lab's net: Dropout2d(0.3) after each of its 10 block convolutions, all with a bias
     assert sum(isinstance(m, torch.nn.Dropout2d) and m.p == 0.3 for m in net.modules()) == 10
-    block_convs = [m for name, m in net.named_modules()
-                   if isinstance(m, torch.nn.Conv2d) and not name.startswith("head")]  # fmt: skip
+    block_convs = [
+        m
+        for name, m in net.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and not name.startswith("head")
+    ]
     assert len(block_convs) == 10 and all(conv.bias is not None for conv in block_convs)
 
 
@@ -40,7 +43,8 @@ def test_lab_vgg_unet_is_the_lab_network() -> None:
     frozen = {name for name, p in net.encoder.named_parameters() if not p.requires_grad}
     assert frozen == {f"features.{i}.{kind}" for i in (0, 2, 5, 7) for kind in ("weight", "bias")}
     assert len(net.encoder.features) == 24
-    # training cost per image as counted for the study (269 GFLOP at 192x256); FLOPs scale with pixels
+    # training cost per image as counted for the study (269 GFLOP at 192x256); FLOPs scale with
+    # pixels
     assert _training_gflop(net, (64, 96)) * (192 * 256) / (64 * 96) == pytest.approx(269, rel=0.01)
     assert _training_gflop(LabUNet(classes=11), (64, 96)) * 8 == pytest.approx(31.4, rel=0.01)
     corrected = LabVGGUNet(classes=11, final_relu=False)
@@ -50,9 +54,24 @@ def test_lab_vgg_unet_is_the_lab_network() -> None:
 def test_each_net_says_what_its_input_must_be_a_multiple_of() -> None:
     assert size_multiple(LabUNet(classes=3)) == 4 and size_multiple(LabVGGUNet(classes=3)) == 16
     assert size_multiple(Unet("vgg16", encoder_weights=None, classes=3)) == 32
-    assert size_multiple(Unet("resnet18", encoder_weights=None, encoder_depth=3, classes=3,
-                              decoder_channels=(64, 32, 16))) == 8  # fmt: skip
+    assert (
+        size_multiple(
+            Unet(
+                "resnet18",
+                encoder_weights=None,
+                encoder_depth=3,
+                classes=3,
+                decoder_channels=(64, 32, 16),
+            )
+        )
+        == 8
+    )
     net = LabUNet(classes=3)
-    assert net(torch.zeros(1, 3, 36, 44)).shape == (1, 3, 36, 44)  # multiples of 4 are enough for it
+    assert net(torch.zeros(1, 3, 36, 44)).shape == (
+        1,
+        3,
+        36,
+        44,
+    )  # multiples of 4 are enough for it
     with pytest.raises(RuntimeError):
         net(torch.zeros(1, 3, 34, 44))

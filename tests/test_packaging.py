@@ -28,15 +28,23 @@ def _name(requirement: str) -> str:
 
 def test_every_subpackage_is_listed() -> None:
     """The code's packages and the config groups (data-only packages under ``segment.conf``)."""
-    code = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "segment").rglob("__init__.py")}
-    groups = {".".join(("segment", *p.relative_to(REPO).parts)) for p in [REPO / "conf", *(REPO / "conf").rglob("*")]
-              if p.is_dir() and p.name != "__pycache__"}  # fmt: skip
+    code = {
+        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "segment").rglob("__init__.py")
+    }
+    groups = {
+        ".".join(("segment", *p.relative_to(REPO).parts))
+        for p in [REPO / "conf", *(REPO / "conf").rglob("*")]
+        if p.is_dir() and p.name != "__pycache__"
+    }
     assert set(PYPROJECT["tool"]["setuptools"]["packages"]) == code | groups
 
 
 def test_what_the_code_imports_is_declared() -> None:
     declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
-    extras = {extra: {_name(r) for r in reqs} for extra, reqs in PYPROJECT["project"]["optional-dependencies"].items()}
+    extras = {
+        extra: {_name(r) for r in reqs}
+        for extra, reqs in PYPROJECT["project"]["optional-dependencies"].items()
+    }
     distributions = metadata.packages_distributions()
     imported = set()
     for path in (REPO / "segment").rglob("*.py"):
@@ -45,13 +53,19 @@ def test_what_the_code_imports_is_declared() -> None:
                 imported |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 imported.add(node.module.split(".")[0])
-    third_party = {name for name in imported if name in distributions and name not in sys.stdlib_module_names}
+    third_party = {
+        name for name in imported if name in distributions and name not in sys.stdlib_module_names
+    }
     for module in sorted(third_party - {"segment"}):
         names = {d.lower().replace("_", "-") for d in distributions[module]}
         if module in OPTIONAL:
-            assert names & extras[OPTIONAL[module]], f"{module} should be in the {OPTIONAL[module]} extra"
+            assert names & extras[OPTIONAL[module]], (
+                f"{module} should be in the {OPTIONAL[module]} extra"
+            )
         else:
-            assert names & declared, f"segment imports {module} ({names}) but pyproject does not declare it"
+            assert names & declared, (
+                f"segment imports {module} ({names}) but pyproject does not declare it"
+            )
 
 
 @pytest.mark.slow
@@ -60,36 +74,136 @@ def test_the_wheel_ships_the_config_tree(tmp_path: Path) -> None:
     source.mkdir()
     for name in ("pyproject.toml", "README.md", "segment", "conf"):
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
-        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                             if (REPO / name).is_dir() else {}))  # fmt: skip
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(source)], check=True, capture_output=True)  # fmt: skip
+        copy(
+            REPO / name,
+            source / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if (REPO / name).is_dir() else {}),
+        )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     [wheel] = tmp_path.glob("road_segment_unet-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in REPO.joinpath("conf").rglob("*.yaml"):
         assert f"segment/conf/{config.relative_to(REPO / 'conf').as_posix()}" in names, config
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
-                   check=True, capture_output=True)  # fmt: skip
-    found = subprocess.run([sys.executable, "-c", "from segment.config import config_dir; print(config_dir())"],
-                           cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, check=True,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", "from segment.config import config_dir; print(config_dir())"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert Path(found) == site / "segment" / "conf"
 
 
 def test_importing_the_package_stays_light() -> None:
     """``import segment`` (what train.py does first) loads neither smp nor the Hugging Face hub."""
-    code = "import sys, segment; print(sorted(m for m in ('segmentation_models_pytorch', 'huggingface_hub') " \
-           "if m in sys.modules))"  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, segment; print(sorted(m for m in ('segmentation_models_pytorch', "
+        "'huggingface_hub') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 def test_printing_the_config_writes_nothing_and_measures_nothing(tmp_path: Path) -> None:
-    """``train.py --cfg job`` composes, prints and stops: no run folder, no benchmark, no cache file."""
+    """``train.py --cfg job`` composes, prints and stops: no run folder, no benchmark, no cache
+    file."""
     cache, logs = tmp_path / "cache", tmp_path / "logs"
     env = {**os.environ, "SEGMENT_CACHE_DIR": str(cache)}
-    result = subprocess.run([sys.executable, "train.py", "--cfg", "job", f"paths.log_dir={logs}"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "train.py", "--cfg", "job", f"paths.log_dir={logs}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and "precision: auto" in result.stdout, result.stderr[-2000:]
     assert not cache.exists() and not logs.exists()
+
+
+def test_the_report_needs_no_lightning_and_the_schema_no_nets() -> None:
+    """Two layering rules: writing a report imports no Lightning (the threshold rule lives in
+    segment.analysis, the layout in segment.layout), and the config checks import nothing of
+    segment.models (one signature checker, in segment.schema)."""
+    code = (
+        "import sys, segment.analysis.report, segment.analysis.export; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    code = (
+        "import sys, segment.schema; print(sorted(m for m in sys.modules if 'segment.models' in m))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_the_run_folder_names_are_defined_once() -> None:
+    """One reader of run.json and one definition of the run folder's file names: no other module of
+    segment/ spells them (docstrings aside)."""
+    import ast
+
+    homes = {
+        "run.json": "record.py",
+        ".hydra": "layout.py",
+        "thresholds.json": "layout.py",
+        "metrics.csv": "layout.py",
+        "train.log": "layout.py",
+    }
+    found: dict[str, set[str]] = {name: set() for name in homes}
+    for path in (REPO / "segment").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.FunctionDef | ast.ClassDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and node.value in homes
+                and id(node) not in docstrings
+            ):
+                found[node.value].add(path.name)
+    assert found == {name: {home} for name, home in homes.items()}

@@ -1,4 +1,5 @@
-"""The default precision is measured on the host when training starts (once per sweep), cached, recorded,
+"""The default precision is measured on the host when training starts (once per sweep), cached,
+recorded,
 refused where it cannot train, and overridable."""
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ def _timed(monkeypatch: pytest.MonkeyPatch, fp32_ms: float, bf16_ms: float) -> l
     return calls
 
 
-@pytest.mark.parametrize(("fp32_ms", "bf16_ms", "expected"), [
-    (10.0, 4.0, "bf16-mixed"),   # an AMX host: bf16 2.5x faster
-    (10.0, 20.0, "32-true"),     # AVX512-BF16 without AMX, as measured on one host: bf16 2x slower
-    (10.0, 9.5, "32-true"),      # barely faster: not worth bf16's lost mantissa bits
-])  # fmt: skip
-def test_cpu_precision_follows_the_measurement_not_the_flags(cache, monkeypatch, fp32_ms, bf16_ms, expected) -> None:
+@pytest.mark.parametrize(
+    ("fp32_ms", "bf16_ms", "expected"),
+    [
+        (10.0, 4.0, "bf16-mixed"),  # an AMX host: bf16 2.5x faster
+        (10.0, 20.0, "32-true"),  # AVX512-BF16 without AMX, as measured on one host: bf16 2x slower
+        (10.0, 9.5, "32-true"),  # barely faster: not worth bf16's lost mantissa bits
+    ],
+)
+def test_cpu_precision_follows_the_measurement_not_the_flags(
+    cache, monkeypatch, fp32_ms, bf16_ms, expected
+) -> None:
     _timed(monkeypatch, fp32_ms, bf16_ms)
     choice = cpu_precision()
     assert choice.precision == expected and resolve_precision("auto", "cpu")[0] == expected
@@ -57,15 +63,24 @@ def test_the_measurement_is_cached_per_host_and_torch_version(cache, monkeypatch
 def test_gpu_precision_without_measuring(monkeypatch) -> None:
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: False)
-    monkeypatch.setattr(precision, "cpu_precision", lambda: pytest.fail("measured a CPU for a GPU run"))
-    assert resolve_precision("auto", "gpu") == ("16-mixed", {"precision": "16-mixed",
-                                                               "chosen_by": "the GPU's bf16 support"})
+    monkeypatch.setattr(
+        precision, "cpu_precision", lambda: pytest.fail("measured a CPU for a GPU run")
+    )
+    assert resolve_precision("auto", "gpu") == (
+        "16-mixed",
+        {"precision": "16-mixed", "chosen_by": "the GPU's bf16 support"},
+    )
 
 
 @pytest.mark.parametrize("asked", ["16-mixed", "bf16-true", "16-true"])
-def test_a_precision_that_cannot_train_on_a_cpu_is_refused_naming_the_one_to_use(asked: str) -> None:
-    with pytest.raises(ValueError, match=rf"trainer.precision={asked} cannot train on a CPU .* use "
-                                         r"trainer.precision=bf16-mixed or 32-true"):
+def test_a_precision_that_cannot_train_on_a_cpu_is_refused_naming_the_one_to_use(
+    asked: str,
+) -> None:
+    with pytest.raises(
+        ValueError,
+        match=rf"trainer.precision={asked} cannot train on a CPU .* use "
+        r"trainer.precision=bf16-mixed or 32-true",
+    ):
         resolve_precision(asked, "cpu")
 
 
@@ -80,19 +95,35 @@ def test_a_corrupt_cache_is_named_and_replaced(cache, monkeypatch, caplog) -> No
 def test_composing_a_config_measures_nothing(make_cfg, cache, monkeypatch) -> None:
     from omegaconf import OmegaConf
 
-    monkeypatch.setattr(precision, "measure_cpu_precision", lambda **kw: pytest.fail("measured while composing"))
+    monkeypatch.setattr(
+        precision, "measure_cpu_precision", lambda **kw: pytest.fail("measured while composing")
+    )
     cfg = make_cfg("model=unet_lab")
     OmegaConf.to_container(cfg, resolve=True)
     assert cfg.trainer.precision == "auto" and not cache.exists()
 
 
 @pytest.mark.slow
-def test_a_sweep_measures_once_before_its_jobs_and_every_job_trains_alike(tmp_path: Path, data_dir: Path) -> None:
+def test_a_sweep_measures_once_before_its_jobs_and_every_job_trains_alike(
+    tmp_path: Path, data_dir: Path
+) -> None:
     sweep = tmp_path / "sweep"
-    run_script(["train.py", "-m", "model=unet_lab", "seed=0,1", "trainer.max_epochs=1", *TINY_SYNTHETIC,
-                "data.image_size=[64,96]", "data.num_workers=0", "trainer.enable_progress_bar=false",
-                f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"],  # fmt: skip
-               env={"SEGMENT_CACHE_DIR": str(tmp_path / "cache")})
+    run_script(
+        [
+            "train.py",
+            "-m",
+            "model=unet_lab",
+            "seed=0,1",
+            "trainer.max_epochs=1",
+            *TINY_SYNTHETIC,
+            "data.image_size=[64,96]",
+            "data.num_workers=0",
+            "trainer.enable_progress_bar=false",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        env={"SEGMENT_CACHE_DIR": str(tmp_path / "cache")},
+    )
     shared = json.loads((sweep / "precision.json").read_text())
     records = [_recorded(p.parent) for p in sorted(sweep.glob("*/run.json"))]
     assert len(records) == 2
@@ -124,18 +155,46 @@ def test_run_json_records_the_precision_and_who_chose_it(make_cfg, cache, monkey
 
 def test_precision_choice_round_trips() -> None:
     choice = PrecisionChoice("bf16-mixed", 10.0, 4.0, "x")
-    assert PrecisionChoice(**{k: v for k, v in choice.as_dict().items() if k != "bf16_speedup"}) == choice
+    assert (
+        PrecisionChoice(**{k: v for k, v in choice.as_dict().items() if k != "bf16_speedup"})
+        == choice
+    )
 
 
 @pytest.mark.slow
-def test_throughput_benchmark_measures_each_precision_and_their_ratio(tmp_path: Path, data_dir: Path) -> None:
-    """The benchmark that settles a host's precision: both precisions in one run, and the ratio of the two."""
+def test_throughput_benchmark_measures_each_precision_and_their_ratio(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """The benchmark that settles a host's precision: both precisions in one run, and the ratio of
+    the two."""
     out = tmp_path / "throughput.json"
-    run_script(["benchmarks/train_throughput.py", "--quick", "--precisions", "32-true", "bf16-mixed",
-                "--warmup", "1", "--steps", "1", "--windows", "1", "--peak-size", "256", "--loader-seconds", "1",
-                "--json", str(out),
-                "model=unet_lab", "data.image_size=[64,96]", "data.batch_size=2", *TINY_SYNTHETIC,
-                f"paths.data_dir={data_dir}"], timeout=600)  # fmt: skip
+    run_script(
+        [
+            "benchmarks/train_throughput.py",
+            "--quick",
+            "--precisions",
+            "32-true",
+            "bf16-mixed",
+            "--warmup",
+            "1",
+            "--steps",
+            "1",
+            "--windows",
+            "1",
+            "--peak-size",
+            "256",
+            "--loader-seconds",
+            "1",
+            "--json",
+            str(out),
+            "model=unet_lab",
+            "data.image_size=[64,96]",
+            "data.batch_size=2",
+            *TINY_SYNTHETIC,
+            f"paths.data_dir={data_dir}",
+        ],
+        timeout=600,
+    )
     rows = {row["measurement"]: row["value"] for row in json.loads(out.read_text())["rows"]}
     fp32 = rows["train: Lightning (train.py path), 32-true, batch 2"]
     bf16 = rows["train: Lightning (train.py path), bf16-mixed, batch 2"]

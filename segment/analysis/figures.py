@@ -1,4 +1,5 @@
-"""The study's figures: curves per arm, speedup vs threshold level, fraction reached, calibration, masks."""
+"""The study's figures: curves per arm, speedup vs threshold level, fraction reached, calibration,
+masks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -32,7 +34,8 @@ def _color(index: int):
 
 
 def _band(runs: Sequence[Run], metric: str, unit: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and std over runs of one validation metric at each ``unit`` value (runs of an arm share them)."""
+    """Mean and std over runs of one validation metric at each ``unit`` value (runs of an arm share
+    them)."""
     table: dict[float, list[float]] = {}
     for run in runs:
         for time, value in zip(*run.series(metric, unit), strict=True):
@@ -44,17 +47,24 @@ def _band(runs: Sequence[Run], metric: str, unit: str) -> tuple[np.ndarray, np.n
     return times, mean, std
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: plt.Figure, path: Path, layout: bool = True) -> Path:
     """Save atomically: parallel sweep jobs may rewrite the same figure."""
-    figure.tight_layout()
+    if layout:
+        figure.tight_layout()
     with atomic_open(path, "wb") as file:
         figure.savefig(file, dpi=110, format=path.suffix.lstrip("."))
     plt.close(figure)
     return path
 
 
-def curves_figure(arms: Mapping[str, Sequence[Run]], metric: str, path: Path, title: str,
-                  hlines: Sequence[float] = (), unit: str = "epoch") -> Path:  # fmt: skip
+def curves_figure(
+    arms: Mapping[str, Sequence[Run]],
+    metric: str,
+    path: Path,
+    title: str,
+    hlines: Sequence[float] = (),
+    unit: str = "epoch",
+) -> Path:
     """Mean (line) and +-1 std over seeds (band) of a validation metric per arm, against ``unit``.
 
     Args:
@@ -72,90 +82,147 @@ def curves_figure(arms: Mapping[str, Sequence[Run]], metric: str, path: Path, ti
         axes.fill_between(times, mean - std, mean + std, color=_color(index), alpha=0.15, lw=0)
     for level in hlines:
         axes.axhline(level, color="grey", ls=":", lw=1)
-    axes.set(xlabel="epochs (fractional: validations within an epoch)" if unit == "epoch" else unit, ylabel=metric,
-             title=title)  # fmt: skip
+    axes.set(
+        xlabel="epochs (fractional: validations within an epoch)" if unit == "epoch" else unit,
+        ylabel=metric,
+        title=title,
+    )
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     return _save(figure, path)
 
 
-def speedup_figure(rows: Sequence[dict], path: Path) -> Path:
-    """Speedup (geometric mean of per-seed ratios, 95% interval) against the threshold level, per comparison.
+def speedup_figure(series: Mapping[str, Sequence[tuple[str, float, object]]], path: Path) -> Path:
+    """Speedup (ratio of geometric means, 95% interval) against the threshold level, one panel per
+    metric.
 
     Args:
-        rows: ``{"comparison", "metric", "level", "estimate": RatioEstimate | None}``.
+        series: ``{label: [(metric, level, Estimate | None), ...]}``; bounds drawn as open
+        triangles, censored
+            fits as open circles. The legend stands below the panels, over no data.
     """
-    comparisons = list(dict.fromkeys(row["comparison"] for row in rows))
-    metrics = list(dict.fromkeys(row["metric"] for row in rows))
-    figure, grid = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
+    metrics = list(dict.fromkeys(metric for points in series.values() for metric, _, _ in points))
+    figure, grid = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
+    offsets = np.linspace(
+        -0.015, 0.015, max(len(series), 1)
+    )  # side by side, so the bars do not overlap
     for axes, metric in zip(grid[0], metrics, strict=True):
-        for index, comparison in enumerate(comparisons):
-            points = [r for r in rows if r["comparison"] == comparison and r["metric"] == metric and r["estimate"]]
-            exact = [r for r in points if not r["estimate"].bound]
-            color = _color(index)
+        for index, (label, points) in enumerate(series.items()):
+            found = [(level, e) for m, level, e in points if m == metric and e is not None]
+            exact = [(level, e) for level, e in found if np.isfinite(e.low)]
+            color, shift = _color(index), offsets[index]
+            tuned = label.endswith("best rates")
             if exact:
-                x = np.array([r["level"] for r in exact])
-                y = np.array([r["estimate"].point for r in exact])
-                low = np.array([r["estimate"].low for r in exact])
-                high = np.array([r["estimate"].high for r in exact])
-                finite = np.isfinite(low)
-                axes.errorbar(x[finite], y[finite], yerr=[y[finite] - low[finite], high[finite] - y[finite]],
-                              fmt="o-", color=color, ms=4, capsize=2, lw=1, label=comparison)  # fmt: skip
-                axes.plot(x[~finite], y[~finite], "o", color=color, ms=4, mfc="none")
-            for r in points:
-                if r["estimate"].bound:
-                    marker = "^" if r["estimate"].bound == ">=" else "v"
-                    axes.plot([r["level"]], [r["estimate"].point], marker, color=color, ms=6, mfc="none")
+                x = np.array([level for level, _ in exact]) + shift
+                y = np.array([e.point for _, e in exact])
+                errors = [
+                    y - np.array([e.low for _, e in exact]),
+                    np.array([e.high for _, e in exact]) - y,
+                ]
+                axes.errorbar(
+                    x,
+                    y,
+                    yerr=errors,
+                    fmt="s-" if tuned else "o-",
+                    color=color,
+                    ms=4,
+                    capsize=2,
+                    lw=2 if tuned else 1,
+                    label=label,
+                )
+            for level, e in found:
+                if not np.isfinite(e.low):
+                    marker = {">=": "^", "<=": "v"}.get(e.bound, "o")
+                    axes.plot([level + shift], [e.point], marker, color=color, ms=6, mfc="none")
         axes.axhline(1.0, color="grey", lw=0.8)
         axes.set_yscale("log")
-        axes.set(xlabel=f"{metric} threshold", ylabel="speedup (slower / faster, epochs)",
-                 title=f"Speedup to {metric} thresholds; ^ / v: bounds where runs never got there")  # fmt: skip
+        axes.set(
+            xlabel=f"{metric} threshold",
+            ylabel="speedup (slower / faster, epochs)",
+            title=f"to {metric} thresholds (^: a bound; open: a censored fit)",
+        )
         if metric.endswith("loss") or metric.endswith("ce"):
             axes.invert_xaxis()  # training moves right
         axes.grid(alpha=0.3, which="both")
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend(fontsize=7)
-    return _save(figure, path)
+    handles, labels = grid[0][0].get_legend_handles_labels()
+    if handles:
+        figure.legend(
+            handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False
+        )
+        figure.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 4), 1, 1))
+    return _save(figure, path, layout=False)
 
 
-def rate_figure(panels: Mapping[str, Mapping[str, Mapping[float, Sequence[tuple[float, bool]]]]], path: Path) -> Path:
-    """Epochs to each level against the learning rate: a line through each arm's medians, a point per seed.
+def rate_figure(
+    panels: Mapping[str, Mapping[str, Mapping[float, Sequence[tuple[float, bool]]]]], path: Path
+) -> Path:
+    """Epochs to each level against the learning rate, on log axes: a line through each arm's
+    geometric means,
+    a marker per seed (spread sideways so that tied seeds stay visible), every rate labelled.
 
     Args:
-        panels: ``{level name: {arm label: {rate: [(epochs, reached) per seed]}}}``; runs that
-            never reached the level are drawn hollow at their last validation, and the median
-            line breaks where half an arm's seeds never got there.
+        panels: ``{level name: {arm name: {rate: [(epochs, reached) per seed]}}}``; runs that never
+        reached
+            the level are drawn hollow at their last validation.
     """
-    figure, grid = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False, sharey=True)
+    figure, grid = plt.subplots(
+        1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False, sharey=True
+    )
     arms = list(dict.fromkeys(label for per_level in panels.values() for label in per_level))
+    rates = sorted(
+        {rate for per_level in panels.values() for cells in per_level.values() for rate in cells}
+    )
     for axes, (level, per_arm) in zip(grid[0], panels.items(), strict=True):
         for label, cells in per_arm.items():
-            color, rates = _color(arms.index(label)), sorted(cells)
-            medians = [np.median([t if reached else np.inf for t, reached in cells[r]]) for r in rates]
-            axes.plot(rates, [m if np.isfinite(m) else np.nan for m in medians], "-", color=color, lw=1.5,
-                      label=label)  # fmt: skip
-            for rate in rates:
-                for time, reached in cells[rate]:
-                    axes.plot([rate], [time], "o", color=color, ms=4, alpha=0.7, mfc=color if reached else "none")
+            index = arms.index(label)
+            color, side = _color(index), (index - (len(arms) - 1) / 2) * 0.06
+            ordered = sorted(cells)
+            means = [np.exp(np.mean(np.log([t for t, _ in cells[r]]))) for r in ordered]
+            axes.plot(ordered, means, "-", color=color, lw=1.5, label=label)
+            for rate in ordered:
+                for k, (time, reached) in enumerate(cells[rate]):
+                    x = rate * 10 ** (side + 0.015 * (k - (len(cells[rate]) - 1) / 2))
+                    axes.plot(
+                        [x],
+                        [time],
+                        "o",
+                        color=color,
+                        ms=4,
+                        alpha=0.75,
+                        mfc=color if reached else "none",
+                    )
         axes.set_xscale("log")
+        axes.set_yscale("log")
+        axes.set_xticks(rates, [f"{r:.0e}".replace("e-0", "e-") for r in rates])
+        axes.minorticks_off()
         axes.set(xlabel="learning rate", title=level)
         axes.grid(alpha=0.3, which="both")
-    grid[0][0].set_ylabel("epochs to the level (hollow: never, last seen)")
-    grid[0][-1].legend(fontsize=7)
+        axes.legend(fontsize=7, loc="upper center")
+    grid[0][0].set_ylabel("epochs to the level (log; hollow: never, last seen)")
     return _save(figure, path)
 
 
-def reached_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, int]]], path: Path) -> Path:
+def reached_figure(
+    curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray, int]]], path: Path
+) -> Path:
     """Fraction of an arm's runs that reached each level by each epoch (1 - Kaplan-Meier survival).
 
     Args:
         curves: ``{level name: {arm label: (epochs, fraction, runs)}}``.
     """
-    figure, grid = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 4.0), squeeze=False, sharey=True)
+    figure, grid = plt.subplots(
+        1, len(curves), figsize=(4.6 * len(curves), 4.0), squeeze=False, sharey=True
+    )
     arms = list(dict.fromkeys(label for per_level in curves.values() for label in per_level))
     for axes, (level, per_arm) in zip(grid[0], curves.items(), strict=True):
         for label, (times, fraction, runs) in per_arm.items():
-            axes.step(times, fraction, where="post", color=_color(arms.index(label)), label=f"{label} (n={runs})")
+            axes.step(
+                times,
+                fraction,
+                where="post",
+                color=_color(arms.index(label)),
+                label=f"{label} (n={runs})",
+            )
         axes.set(xlabel="epochs", title=level, ylim=(-0.02, 1.02))
         axes.grid(alpha=0.3)
     grid[0][0].set_ylabel("fraction of runs that reached it")
@@ -163,12 +230,25 @@ def reached_figure(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarra
     return _save(figure, path)
 
 
-def calibration_figure(points: Sequence[dict], thin_classes: Sequence[str], loss_levels: Sequence[float],
-                       miou_levels: Sequence[float], path: Path, loss_metric: str = "val/loss") -> Path:  # fmt: skip
-    """Every validation of every run: the loss against mIoU (left) and against thin-class IoU (right)."""
+def calibration_figure(
+    points: Sequence[dict],
+    thin_classes: Sequence[str],
+    loss_levels: Sequence[float],
+    miou_levels: Sequence[float],
+    path: Path,
+    loss_metric: str = "val/loss",
+) -> Path:
+    """Every validation of every run: the loss against mIoU (left) and against thin-class IoU
+    (right)."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     rows = [p for p in points if loss_metric in p and "val/miou" in p]
-    left.scatter([r[loss_metric] for r in rows], [r["val/miou"] for r in rows], s=6, alpha=0.4, color=_color(0))
+    left.scatter(
+        [r[loss_metric] for r in rows],
+        [r["val/miou"] for r in rows],
+        s=6,
+        alpha=0.4,
+        color=_color(0),
+    )
     for i, name in enumerate(thin_classes):
         pairs = [(r[loss_metric], r[f"val/iou/{name}"]) for r in rows if f"val/iou/{name}" in r]
         if pairs:
@@ -190,15 +270,23 @@ def calibration_figure(points: Sequence[dict], thin_classes: Sequence[str], loss
 
 
 def mask_sheet_figure(
-    columns: Sequence[str], rows: Sequence[tuple[str, Sequence[Path | None], Sequence[str]]], path: Path
+    columns: Sequence[str],
+    rows: Sequence[tuple[str, Sequence[Path | None], Sequence[str]]],
+    path: Path,
+    classes: Sequence[tuple[str, Sequence[int]]] = (),
 ) -> Path:
-    """A grid of saved mask images: one row per arm, ``None`` cells left blank with their caption.
+    """A grid of saved mask images: one row per arm, ``None`` cells left blank with their caption,
+    and a legend
+    of the class colours below.
 
     Args:
         columns: Column headings.
         rows: ``(row label, image files, captions)`` per row, one file and caption per column.
+        classes: ``(class name, RGB colour)`` of the masks' palette.
     """
-    figure, grid = plt.subplots(len(rows), len(columns), figsize=(2.6 * len(columns), 2.2 * len(rows)), squeeze=False)
+    figure, grid = plt.subplots(
+        len(rows), len(columns), figsize=(2.6 * len(columns), 2.2 * len(rows) + 0.6), squeeze=False
+    )
     for r, (label, files, captions) in enumerate(rows):
         for c, (file, caption) in enumerate(zip(files, captions, strict=True)):
             axes = grid[r][c]
@@ -212,4 +300,19 @@ def mask_sheet_figure(
                 axes.set_title(columns[c], fontsize=8)
             if c == 0:
                 axes.set_ylabel(label, fontsize=7)
-    return _save(figure, path)
+    if classes:
+        patches = [
+            matplotlib.patches.Patch(color=np.asarray(rgb) / 255, label=name)
+            for name, rgb in classes
+        ]
+        figure.legend(
+            handles=patches,
+            loc="lower center",
+            ncol=min(len(patches), 8),
+            fontsize=7,
+            frameon=False,
+        )
+        figure.tight_layout(
+            rect=(0, 0.35 / (2.2 * len(rows) + 0.6) * (1 + len(patches) // 8), 1, 1)
+        )
+    return _save(figure, path, layout=not classes)

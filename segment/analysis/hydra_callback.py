@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class StudyReport(Callback):
-    """Rewrite ``report.md`` in the sweep folder after every job, print its headline after the sweep.
+    """Rewrite ``report.md`` in the sweep folder after every job, print its headline after the
+    sweep.
 
     After every job, not only at the end: Hydra skips ``on_multirun_end`` when a job
     failed, and a sweep killed half-way should still leave a report of what finished.

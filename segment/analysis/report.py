@@ -21,8 +21,10 @@ from segment.analysis import figures, tables
 from segment.analysis.runs import Run, load_runs
 from segment.analysis.stats import kaplan_meier
 from segment.analysis.study import Study
-from segment.callbacks.mask_images import snapshot_file
+from segment.data.labels import CAMVID_INFO, CITYSCAPES_INFO, KITTI_ROAD_INFO, DatasetInfo
+from segment.data.synthetic import SYNTHETIC_INFO
 from segment.files import write_atomic
+from segment.layout import RunLayout
 
 __all__ = ["main", "write_report"]
 
@@ -30,54 +32,113 @@ log = logging.getLogger(__name__)
 
 
 def _figures(study: Study, sweep: Path) -> list[str]:
-    """Draw every figure of the report; returns their file names, in the order the report shows them."""
-    arms = {arm.label: arm.runs for arm in study.arms}
+    """Draw every figure of the report; returns their file names, in the order the report shows
+    them."""
+    arms = {arm.name: arm.runs for arm in study.arms}
     levels = [level.level for level in study.headline]
-    figures.curves_figure(arms, study.loss_metric, sweep / "loss_curves.png",
-                          f"{study.loss_metric} at every validation: mean +- std over seeds", levels)  # fmt: skip
-    figures.curves_figure(arms, "val/miou", sweep / "miou_curves.png", "val/miou at every validation",
-                          [lv.level for lv in study.miou_levels])  # fmt: skip
-    figures.curves_figure(arms, study.loss_metric, sweep / "val_loss_vs_seconds.png",
-                          f"{study.loss_metric} against training seconds", levels, unit="seconds")  # fmt: skip
-    names = ["loss_curves.png", "miou_curves.png", "val_loss_vs_seconds.png", "reached_vs_epochs.png"]
-    if rows := tables.ladder_rows(study):
-        figures.speedup_figure(rows, sweep / "speedup_vs_threshold.png")
-        names.insert(0, "speedup_vs_threshold.png")
+    names = []
     if study.tuned:
-        panels = {level.name: {f"{tuned.effect}: {side}": {float(rate): list(arm.times(level).values())
-                                                            for rate, arm in getattr(tuned, side).items()}
-                               for tuned in study.tuned for side in ("slower", "faster")}
-                  for level in study.headline}  # fmt: skip
+        panels = {
+            level.name: {
+                f"{arm.name.rsplit(' ', 1)[0]}": {
+                    float(r): list(arm.times(level).values())
+                    for r, arm in getattr(tuned, side).items()
+                }
+                for tuned in study.tuned
+                for side in ("slower", "faster")
+                for arm in [next(iter(getattr(tuned, side).values()))]
+            }
+            for level in study.headline
+        }
         figures.rate_figure(panels, sweep / "epochs_vs_rate.png")
-        names.insert(0, "epochs_vs_rate.png")
+        names.append("epochs_vs_rate.png")
+    if study.comparisons or study.tuned:
+        series: dict[str, list] = {}
+        for tuned in study.tuned:
+            label = f"{tuned.effect}, each at its best rates"
+            series[label] = [
+                (lv.metric, lv.level, tuned.estimate(lv))
+                for lv in study.loss_ladder + study.miou_ladder
+            ]
+        for comparison in study.comparisons:
+            label = f"{comparison.slower.name} / {comparison.faster.name}"
+            series[label] = [
+                (lv.metric, lv.level, comparison.estimate(lv))
+                for lv in study.loss_ladder + study.miou_ladder
+            ]
+        figures.speedup_figure(series, sweep / "speedup_vs_threshold.png")
+        names.append("speedup_vs_threshold.png")
+    figures.curves_figure(
+        arms,
+        study.loss_metric,
+        sweep / "loss_curves.png",
+        f"{study.loss_metric} at every validation: mean +- std over seeds",
+        levels,
+    )
+    figures.curves_figure(
+        arms,
+        "val/miou",
+        sweep / "miou_curves.png",
+        "val/miou at every validation",
+        [lv.level for lv in study.miou_levels],
+    )
+    figures.curves_figure(
+        arms,
+        study.loss_metric,
+        sweep / "val_loss_vs_seconds.png",
+        f"{study.loss_metric} against training seconds",
+        levels,
+        unit="seconds",
+    )
+    names += [
+        "loss_curves.png",
+        "miou_curves.png",
+        "val_loss_vs_seconds.png",
+        "reached_vs_epochs.png",
+        "calibration.png",
+    ]
     curves = {}
     for level in study.headline:
         per_arm = {}
         for arm in study.arms:
             crossings = list(arm.crossings(level).values())
-            times, fraction = kaplan_meier([c.time for c in crossings], [c.reached for c in crossings])
-            per_arm[arm.label] = (np.append(times, max(c.time for c in crossings)), np.append(fraction, fraction[-1]),
-                                  len(crossings))  # fmt: skip
+            times, fraction = kaplan_meier(
+                [c.time for c in crossings], [c.reached for c in crossings]
+            )
+            per_arm[arm.name] = (
+                np.append(times, max(c.time for c in crossings)),
+                np.append(fraction, fraction[-1]),
+                len(crossings),
+            )
         curves[level.name] = per_arm
     figures.reached_figure(curves, sweep / "reached_vs_epochs.png")
-    figures.calibration_figure([row for run in study.usable for row in run.validations], study.thin_classes, levels,
-                               [lv.level for lv in study.miou_levels], sweep / "calibration.png",
-                               study.loss_metric)  # fmt: skip
+    figures.calibration_figure(
+        [row for run in study.usable for row in run.validations],
+        study.thin_classes,
+        levels,
+        [lv.level for lv in study.miou_levels],
+        sweep / "calibration.png",
+        study.loss_metric,
+    )
     if _mask_sheet(study, sweep) is not None:
         names.append("masks_at_thresholds.png")
     return names
 
 
 def _mask_sheet(study: Study, folder: Path) -> Path | None:
-    """Input / truth / prediction when each headline level was first reached, for the lowest seed of each arm."""
+    """Input / truth / prediction when each headline level was first reached, for the lowest seed
+    of each arm."""
     columns = ["input", "truth", *[level.name for level in study.headline], "last validation"]
     rows = []
     for arm in study.arms:
         run = arm.runs[0]
-        masks = run.folder / "masks"
-        if not (masks / "truth.png").is_file():
+        layout = RunLayout.of(run.record.layout)
+        if not layout.snapshot(run.folder, "truth").is_file():
             continue
-        files: list[Path | None] = [masks / "input.png", masks / "truth.png"]
+        files: list[Path | None] = [
+            layout.snapshot(run.folder, "input"),
+            layout.snapshot(run.folder, "truth"),
+        ]
         captions = ["", ""]
         for level in study.headline:
             crossing = run.crossing(level.metric, level.mode, level.level)
@@ -85,22 +146,38 @@ def _mask_sheet(study: Study, folder: Path) -> Path | None:
                 files.append(None)
                 captions.append(f"not reached in {run.last_epoch:.1f} epochs")
             else:
-                files.append(snapshot_file(masks, crossing.step))
+                files.append(layout.snapshot(run.folder, crossing.step))
                 captions.append(_caption(study, run, crossing.step))
         last = run.validations[-1]["step"]
-        files.append(snapshot_file(masks, last))
+        files.append(layout.snapshot(run.folder, last))
         captions.append(_caption(study, run, last))
-        label = arm.label.replace(", ", "\n")  # one override per line: a sheet row is narrow
-        rows.append((f"{label}\n(seed {run.seed})", files, captions))
+        rows.append((f"{arm.name}\n(seed {run.seed})", files, captions))
     if not rows:
         return None
-    return figures.mask_sheet_figure(columns, rows, folder / "masks_at_thresholds.png")
+    info = _dataset_info(study)
+    classes = list(zip(info.class_names, info.palette, strict=False)) if info else []
+    return figures.mask_sheet_figure(columns, rows, folder / "masks_at_thresholds.png", classes)
+
+
+def _dataset_info(study: Study) -> DatasetInfo | None:
+    """The class names and colours of the study's dataset (for the mask sheet's legend), where
+    known."""
+    logged = {
+        key[len("val/iou/") :]
+        for run in study.usable
+        for row in run.validations
+        for key in row
+        if key.startswith("val/iou/")
+    }
+    known = (CAMVID_INFO, SYNTHETIC_INFO, CITYSCAPES_INFO, KITTI_ROAD_INFO)
+    return next((info for info in known if set(info.class_names) == logged), None)
 
 
 def _caption(study: Study, run: Run, step: int) -> str:
     row = next((r for r in run.validations if r["step"] == step), {})
     if study.loss_metric in row and "val/miou" in row:
-        return f"epoch {row['epoch']:.2f}: loss {row[study.loss_metric]:.2f}, mIoU {row['val/miou']:.2f}"
+        loss, miou = row[study.loss_metric], row["val/miou"]
+        return f"epoch {row['epoch']:.2f}: loss {loss:.2f}, mIoU {miou:.2f}"
     return f"step {step}"
 
 
@@ -110,66 +187,94 @@ def _limits(study: Study) -> str:
     for comparison in study.comparisons:
         weak = study.where(comparison, study.loss_ladder)
         if weak:
-            lines.append(f"- {comparison.name}: not established at {', '.join(weak)}")
-    return "\n".join(lines) or "Every comparison's speedup is above 1 with its interval at every level of the ladder."
+            lines.append(
+                f"- {comparison.context or comparison.name}: not established at {', '.join(weak)}"
+            )
+    if not study.comparisons:
+        return (
+            "No comparison to make: the runs declare none (`study.comparisons`), or no arm "
+            "has a partner."
+        )
+    return (
+        "\n".join(lines) or "Every comparison's interval excludes 1 at every level of the ladder."
+    )
 
 
 def write_report(sweep: str | Path) -> tuple[Path, str]:
     """Write ``report.md`` and the figures into ``sweep``.
 
     Returns:
-        The report's path and its headline.
+        The report's path and its answer (the first lines of the report).
     """
     sweep = Path(sweep)
     study = Study(load_runs(sweep))
     if not study.usable:
         problems = tables.problems(study)
         write_atomic(sweep / "report.md", f"# Study report\n\nNo run completed.\n\n{problems}\n")
-        raise RuntimeError(f"no completed run with validations under {sweep}; see {sweep / 'report.md'}:\n{problems}")
+        raise RuntimeError(
+            f"no completed run with validations under {sweep}; see "
+            f"{sweep / 'report.md'}:\n{problems}"
+        )
     names = _figures(study, sweep)
     bins, first_reached, summary = tables.calibration(study)
-    top = tables.headline_table(study)
-    no_comparison = "No comparison: the runs name none (`study.comparisons`)."
+    answer = tables.answer(study)
+    figure_links = "\n\n".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in names)
     sections = [
-        "# Study report: epochs to threshold, paired speedups, loss-to-quality calibration",
-        f"Study folder: `{sweep}`; {len(study.usable)} usable runs of {len(study.runs)} in {len(study.arms)} arms. "
-        "Epochs are fractional (validations within an epoch); a loss threshold is reached at `<=`, an mIoU one at "
-        "`>=`.",
-        "## Protocol\n\n" + tables.protocol_section(study),
-        "## Headline\n\n" + top,
-        "## Each arm at its best rate\n\n" + tables.tuned_table(study) + "\n\nEpochs to each level by rate:\n\n"
-        + tables.rate_table(study) + ("\n\n![epochs vs rate](epochs_vs_rate.png)" if study.tuned else ""),
-        "## Speedup at every threshold level\n\nThe fraction of runs of each arm that reached the level, and the "
-        "paired speedup (geometric mean, 95% t-interval on log ratios, sign test and per-seed range; bounds where "
-        "censoring decides).\n\n"
-        + (tables.ladder_table(tables.ladder_rows(study)) if study.comparisons else no_comparison)
-        + ("\n\n![speedup vs threshold](speedup_vs_threshold.png)" if study.comparisons else "")
-        + "\n\nWhere the answer does not hold (point at or below 1, or the interval reaching 1):\n\n" + _limits(study),
-        "## Per-seed ratios\n\n" + (tables.per_seed_table(study) if study.comparisons else no_comparison),
-        "## In epochs, optimiser steps, images and seconds\n\nThe headline speedups in each unit (arms with "
+        f"# Study report: {tables.title(study)}",
+        answer,
+        f"{len(study.usable)} usable runs of {len(study.runs)} in {len(study.arms)} arms "
+        "(protocol: "
+        "the end of this "
+        "report). Epochs are fractional (4 validations per epoch in the study protocol); a loss "
+        "threshold is "
+        "reached at `<=`, an mIoU one at `>=`. Ratios: slower arm's epochs / faster arm's.",
+        "## Figures\n\n" + figure_links,
+        "## Each arm at its best rate\n\n"
+        + tables.tuned_table(study)
+        + "\n\nEpochs to each level by rate:\n\n"
+        + tables.rate_table(study),
+        "## Every comparison at the headline levels\n\n"
+        + tables.comparison_table(study, study.comparisons)
+        + "\n\n"
+        + tables.EVIDENCE,
+        "## At every threshold level\n\n"
+        + tables.ladder_table(tables.ladder_rows(study))
+        + "\n\nWhere the answer does not hold (the interval reaches 1):\n\n"
+        + _limits(study),
+        "## In epochs, optimiser steps, images and seconds\n\nThe headline ratios in each unit "
+        "(arms with "
         "another batch size differ between epochs and steps).\n\n"
-        + (tables.units_table(study) if study.comparisons else no_comparison) + "\n\n" + tables.contention(study),
-        "## Sensitivity\n\nThe headline speedups (geometric means) with the level moved by +-0.02, and with the "
-        "crossing interpolated between validations.\n\n"
-        + (tables.sensitivity_table(study) if study.comparisons else no_comparison),
-        "## Epochs, steps, images and seconds to each threshold\n\nMean +- std over the runs that reached it.\n\n"
-        + tables.cost_table(study) + "\n\n![fraction reached](reached_vs_epochs.png)",
+        + tables.units_table(study)
+        + "\n\n"
+        + tables.contention(study),
+        "## Sensitivity\n\nThe headline ratios with the level moved by +-0.02, and with the "
+        "crossing "
+        "interpolated between validations.\n\n" + tables.sensitivity_table(study),
+        "## Epochs, steps, images and seconds to each threshold\n\nMean +- std over the runs that "
+        "reached "
+        "it.\n\n" + tables.cost_table(study),
         "## Best scores\n\n" + tables.best_table(study),
         "## Loss-to-quality calibration\n\n" + "\n".join(f"- {line}" for line in summary) + "\n\n"
-        "Mask quality at each loss level, over every validation of every run (mean +- std):\n\n" + bins + "\n\n"
-        "The loss, mIoU and thin-class IoU at the validation that first held each level:\n\n" + first_reached
-        + "\n\n![calibration](calibration.png)",
-        "## Figures\n\n" + "\n\n".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in names),
+        "Mask quality at each loss level, over every validation of every run (mean +- std):\n\n"
+        + bins
+        + "\n\n"
+        "The loss, mIoU and thin-class IoU at the validation that first held each level:\n\n"
+        + first_reached,
+        "## Protocol\n\n" + tables.protocol_section(study),
         "## Failed or incomplete runs\n\n" + tables.problems(study),
     ]
     path = sweep / "report.md"
     write_atomic(path, "\n\n".join(sections) + "\n")
-    return path, top
+    return path, answer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segment.analysis.report", description=__doc__.split("\n")[0])
-    parser.add_argument("sweep", type=Path, help="a multirun folder, e.g. logs/compare_pretraining/multiruns/<time>")
+    parser = argparse.ArgumentParser(
+        prog="python -m segment.analysis.report", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "sweep", type=Path, help="a multirun folder, e.g. logs/compare_pretraining/multiruns/<time>"
+    )
     args = parser.parse_args(argv)
     try:
         path, top = write_report(args.sweep)

@@ -12,8 +12,10 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from segment.callbacks.thresholds import Crossing, Threshold, first_crossing
+from segment.analysis.thresholds import Crossing, Threshold, first_crossing
 from segment.config import identity, value_text
+from segment.layout import RunLayout
+from segment.record import RunRecord, read_record
 
 __all__ = ["Crossing", "Run", "load_run", "load_runs"]
 
@@ -26,17 +28,19 @@ class Run:
         folder: The run folder.
         choices: Hydra's config-group choices (``model``, ``protocol``, ``data``, ...).
         overrides: The job's command-line overrides as folder-name text (``{"model": "unet_vgg",
-            "model.optimizer.lr": "1e-4"}``), infrastructure (paths, data root, resume flags) left out.
+            "model.optimizer.lr": "1e-4"}``), infrastructure (paths, data root, resume flags) left
+            out.
         config: The resolved config (``.hydra/config.yaml``; older runs: ``run.json``).
         seed: The training seed.
-        status: ``completed``, ``failed``, ``interrupted`` or ``incomplete`` (killed or still running).
+        status: ``completed``, ``failed``, ``interrupted`` or ``incomplete`` (killed or still
+        running).
         error: The error of a failed run.
         weights: The encoder weights the run started from.
         validations: Every validation, in order: ``epoch`` (fractional), ``step``,
             ``images_seen``, ``seconds``, ``cpu_share`` and the ``val/*`` metrics.
         train_loss: ``{epoch (1-based): train/loss}``.
         patience: Validations in a row a threshold had to hold.
-        record: ``run.json``.
+        record: The run record (``run.json``).
     """
 
     folder: Path
@@ -50,7 +54,7 @@ class Run:
     validations: list[dict[str, Any]] = field(default_factory=list)
     train_loss: dict[int, float] = field(default_factory=dict)
     patience: int = 1
-    record: dict[str, Any] = field(default_factory=dict)
+    record: RunRecord = field(default_factory=RunRecord)
 
     @property
     def usable(self) -> bool:
@@ -77,9 +81,11 @@ class Run:
         points = [(row[unit], row[name]) for row in self.validations if name in row and unit in row]
         return [t for t, _ in points], [v for _, v in points]
 
-    def crossing(self, metric: str, mode: str, level: float, unit: str = "epoch",
-                 interpolate: bool = False) -> Crossing | None:  # fmt: skip
-        """The first validation from which ``metric`` held ``level`` for ``patience`` validations in a row.
+    def crossing(
+        self, metric: str, mode: str, level: float, unit: str = "epoch", interpolate: bool = False
+    ) -> Crossing | None:
+        """The first validation from which ``metric`` held ``level`` for ``patience`` validations
+        in a row.
 
         Args:
             metric: A validation metric (``val/loss``, ``val/miou``).
@@ -90,9 +96,12 @@ class Run:
                 validation above the level and the first at or past it, instead of the latter.
 
         Returns:
-            The crossing, or a right-censored point at the last validation; None without validations.
+            The crossing, or a right-censored point at the last validation; None without
+            validations.
         """
-        return first_crossing(self.validations, Threshold(metric, mode, level), self.patience, unit, interpolate)
+        return first_crossing(
+            self.validations, Threshold(metric, mode, level), self.patience, unit, interpolate
+        )
 
     def best(self, name: str, lower_is_better: bool) -> tuple[float, float] | None:
         """Best value of a validation metric and its (fractional) epoch."""
@@ -104,10 +113,9 @@ class Run:
 
     @property
     def precision(self) -> str | None:
-        """The precision the run trained in (recorded per attempt; older runs: once)."""
-        attempts = self.record.get("attempts") or [{}]
-        found = attempts[-1].get("precision") or self.record.get("precision") or {}
-        return found.get("precision") if isinstance(found, dict) else None
+        """The precision the run trained in."""
+        trained = self.record.trained
+        return (trained.precision or {}).get("precision") if trained else None
 
     @property
     def last_epoch(self) -> float:
@@ -129,15 +137,15 @@ def _read_train_loss(path: Path) -> dict[int, float]:
 
 
 def _weights_name(weights: Any) -> str | None:
-    """``{"source": "hed-bsds500", "requested": "imagenet", ...}`` -> ``"hed-bsds500 (requested imagenet)"``."""
+    """``{"source": "hed-bsds500", "requested": "imagenet", ...}`` -> ``"hed-bsds500 (requested
+    imagenet)"``."""
     if not isinstance(weights, dict):
         return None if weights is None else str(weights)
     source, requested = weights.get("source", "?"), weights.get("requested")
     return source if requested in (None, source) else f"{source} (requested {requested})"
 
 
-def _overrides(folder: Path) -> dict[str, str]:
-    path = folder / ".hydra" / "overrides.yaml"
+def _overrides(path: Path) -> dict[str, str]:
     items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
     return {key: value_text(value) for key, value in identity(items).items()}
 
@@ -147,9 +155,13 @@ def _json(path: Path, kind: type) -> Any:
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path} is unreadable ({error}); rerun the job with skip_completed=true") from None
+        raise ValueError(
+            f"{path} is unreadable ({error}); rerun the job with skip_completed=true"
+        ) from None
     if not isinstance(value, kind):
-        raise ValueError(f"{path} holds a {type(value).__name__}, not a {kind.__name__}; rerun the job")
+        raise ValueError(
+            f"{path} holds a {type(value).__name__}, not a {kind.__name__}; rerun the job"
+        )
     return value
 
 
@@ -157,44 +169,56 @@ def _history(path: Path, tracked: dict) -> list[dict[str, Any]]:
     """``thresholds.json``'s validations, each value a number (else an error naming the row)."""
     rows = tracked.get("history", [])
     for index, row in enumerate(rows):
-        bad = [key for key, value in row.items() if key != "cpu_share" and not isinstance(value, int | float)]
+        bad = [
+            key
+            for key, value in row.items()
+            if key != "cpu_share" and not isinstance(value, int | float)
+        ]
         if bad:
-            raise ValueError(f"{path}: history[{index}][{bad[0]!r}]={row[bad[0]]!r} is not a number")
+            raise ValueError(
+                f"{path}: history[{index}][{bad[0]!r}]={row[bad[0]]!r} is not a number"
+            )
     return list(rows)
 
 
 def load_run(folder: str | Path) -> Run:
-    """Read one run folder written by ``train.py`` (``.hydra/``, ``run.json``, ``thresholds.json``, ``csv/``)."""
+    """Read one run folder written by ``train.py`` (its record, ``.hydra/``, thresholds, CSV
+    log)."""
     folder = Path(folder)
-    hydra_file = folder / ".hydra" / "hydra.yaml"
-    choices = OmegaConf.load(hydra_file).hydra.runtime.choices if hydra_file.is_file() else {}
-    record = _json(folder / "run.json", dict) if (folder / "run.json").is_file() else {}
-    config = record.get("config") or OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"))
-    tracked_file = folder / "thresholds.json"
+    found = read_record(folder)
+    record = found or RunRecord(status="completed")
+    layout = RunLayout.of(record.layout)
+    hydra = layout.path(folder, "hydra")
+    choices = (
+        OmegaConf.load(hydra / "hydra.yaml").hydra.runtime.choices
+        if (hydra / "hydra.yaml").is_file()
+        else {}
+    )
+    config = record.config or OmegaConf.to_container(OmegaConf.load(hydra / "config.yaml"))
+    tracked_file = layout.path(folder, "thresholds")
     tracked = _json(tracked_file, dict) if tracked_file.is_file() else {}
-    status = record.get("status")
-    if status is None:
+    status = {"running": "incomplete", "new": "incomplete"}.get(record.status, record.status)
+    if found is None:  # a folder without a record: its tracker says whether it ended
         status = "completed" if tracked.get("finished") else "incomplete"
-    elif status == "running":
-        status = "incomplete"
     return Run(
         folder=folder,
         choices={str(k): str(v) for k, v in choices.items() if v is not None},
-        overrides=_overrides(folder),
+        overrides=_overrides(hydra / "overrides.yaml"),
         config=config,
         seed=config.get("seed"),
         status=status,
-        error=record.get("error"),
-        weights=_weights_name(record.get("encoder_weights_used")),
+        error=record.error,
+        weights=_weights_name(record.encoder_weights_used),
         validations=_history(tracked_file, tracked),
-        train_loss=_read_train_loss(folder / "csv" / "metrics.csv"),
+        train_loss=_read_train_loss(layout.metrics_csv(folder)),
         patience=int(tracked.get("patience", 1)),
         record=record,
     )
 
 
 def load_runs(sweep: str | Path) -> list[Run]:
-    """Every run folder under ``sweep`` (a Hydra multirun folder), archived runs left out, ordered by folder.
+    """Every run folder under ``sweep`` (a Hydra multirun folder), archived runs left out, ordered
+    by folder.
 
     A folder without a readable Hydra config is returned as a ``failed`` run naming the
     problem, so that the report lists it instead of silently dropping it.
@@ -203,8 +227,9 @@ def load_runs(sweep: str | Path) -> list[Run]:
     if not sweep.is_dir():
         raise FileNotFoundError(f"no such sweep folder: {sweep}")
     runs = []
-    for hydra_dir in sorted(sweep.rglob(".hydra")):
-        folder = hydra_dir.parent
+    layout = RunLayout()
+    found = {p.parent for name in (layout.record, layout.hydra) for p in sweep.rglob(name)}
+    for folder in sorted(found):
         if "archive" in folder.relative_to(sweep).parts:
             continue  # a run that overwrite=true replaced
         try:
@@ -212,5 +237,7 @@ def load_runs(sweep: str | Path) -> list[Run]:
         except Exception as error:  # noqa: BLE001 -- one unreadable run must not hide the others
             runs.append(Run(folder, {}, {}, {}, None, "failed", f"unreadable run folder: {error}"))
     if not runs:
-        raise FileNotFoundError(f"{sweep} holds no run folders (none has a .hydra/ folder); is it a multirun folder?")
+        raise FileNotFoundError(
+            f"{sweep} holds no run folders (none has a .hydra/ folder); is it a multirun folder?"
+        )
     return runs

@@ -1,30 +1,55 @@
-"""A study as the report sees it: its runs grouped into arms, and the comparisons its experiment YAML declares.
+"""A study as the report sees it: its runs grouped into arms, and the comparisons its experiment
+YAML declares.
 
 An *arm* is the set of runs that share every command-line override but the seed. A
 comparison (``study.comparisons``) names a slower and a faster arm by config choices or
 values (``{slower: {model: unet_scratch}, faster: {model: unet_vgg}}``); it pairs the arms
-that match its two sides and agree on every other override, and their runs by seed. A
-length cap (``trainer.max_epochs``) is not a treatment: arms that differ only in it still
-pair, their censoring says what the cap cost. A tuned comparison (``study.tuned``) takes the
-same two sides over a swept ``rate`` key and compares each side at its own best rate.
+that match its two sides and agree on every other override. A length cap
+(``trainer.max_epochs``) is not a treatment: arms that differ only in it still pair, their
+censoring says what the cap cost. A tuned comparison (``study.tuned``) takes the same two
+sides over a swept ``rate`` key and compares each side at its own best rate. The statistics
+are :mod:`segment.analysis.stats`; the cells of one tuned comparison form the family whose
+spread every interval of those arms uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from segment.analysis.runs import Run
-from segment.analysis.stats import RatioEstimate, TunedEstimate, paired_ratio, tuned_ratio
-from segment.callbacks.thresholds import Crossing, Threshold
-from segment.config import short_names
+from segment.analysis.stats import Cell, Estimate, Family, compare, tuned
+from segment.analysis.thresholds import Crossing, Threshold
+from segment.config import short_names, value_text
 from segment.data.labels import THIN_CLASSES
 
-__all__ = ["Arm", "Comparison", "Study", "TunedComparison"]
+__all__ = ["Arm", "Comparison", "Study", "TunedComparison", "order_key"]
 
 # Keys that bound a run's length or its measurement, not what it trains: ignored when pairing arms.
 _CAPS = ("trainer.max_epochs", "trainer.max_steps", "callbacks.thresholds.stop_when_reached")
+# Short names of the study's arms (study.names in a run's config adds or replaces them).
+NAMES = {
+    "unet_scratch": "scratch",
+    "unet_vgg": "pretrained",
+    "unet_lab": "lab net",
+    "lab_small": "lab small",
+    "lab_vgg": "lab VGG",
+}
+
+
+def order_key(run: Run) -> Any:
+    """What fixed a run's training order: its record's ``data_order``, else the commit that trained
+    it with the seed (the same code orders a seed's data alike); None when unknown (a dirty
+    tree)."""
+    recorded = run.record.data_order
+    if recorded:
+        return ("order", recorded.get("version"), recorded.get("seed"))
+    trained = run.record.trained
+    git = (trained.git if trained else None) or {}
+    return (
+        ("commit", git["commit"], run.seed) if git.get("commit") and not git.get("dirty") else None
+    )
 
 
 @dataclass
@@ -34,17 +59,31 @@ class Arm:
     label: str
     key: frozenset[tuple[str, str]]
     runs: list[Run]
+    name: str = ""  # short: "scratch 1e-3"
 
     def by_seed(self) -> dict[Any, Run]:
         return {run.seed: run for run in self.runs}
 
-    def crossings(self, level: Threshold, unit: str = "epoch", interpolate: bool = False) -> dict[Any, Crossing]:
-        found = {run.seed: run.crossing(level.metric, level.mode, level.level, unit, interpolate) for run in self.runs}
+    def crossings(
+        self, level: Threshold, unit: str = "epoch", interpolate: bool = False
+    ) -> dict[Any, Crossing]:
+        found = {
+            run.seed: run.crossing(level.metric, level.mode, level.level, unit, interpolate)
+            for run in self.runs
+        }
         return {seed: crossing for seed, crossing in found.items() if crossing is not None}
 
     def times(self, level: Threshold, unit: str = "epoch") -> dict[Any, tuple[float, bool]]:
         """``{seed: (time, reached)}``."""
         return {seed: (c.time, c.reached) for seed, c in self.crossings(level, unit).items()}
+
+    def cell(
+        self, level: Threshold, unit: str = "epoch", rate: Any = None, interpolate: bool = False
+    ) -> Cell:
+        times = {
+            s: (c.time, c.reached) for s, c in self.crossings(level, unit, interpolate).items()
+        }
+        return Cell(times, {run.seed: order_key(run) for run in self.runs}, rate)
 
     def value(self, key: str) -> Any:
         return self.runs[0].value(key)
@@ -52,26 +91,32 @@ class Arm:
 
 @dataclass
 class Comparison:
-    """Two arms whose per-seed ratio of time to a level measures one effect."""
+    """Two arms whose ratio of time to a level measures one effect, and the arms of its family."""
 
     effect: str
     context: str
     slower: Arm
     faster: Arm
+    family: list[Arm] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return f"{self.effect} ({self.context})" if self.context else self.effect
 
     @property
-    def seeds(self) -> list[Any]:
-        return sorted(set(self.slower.by_seed()) & set(self.faster.by_seed()), key=str)
+    def label(self) -> str:
+        """``pretraining at 1e-3``: short, for tables."""
+        return f"{self.effect} at {self.context}" if self.context else self.effect
 
-    def estimate(self, level: Threshold, unit: str = "epoch", interpolate: bool = False) -> RatioEstimate | None:
-        slow, fast = self.slower.crossings(level, unit, interpolate), self.faster.crossings(level, unit, interpolate)
-        seeds = [s for s in self.seeds if s in slow and s in fast]
-        return paired_ratio([(slow[s].time, slow[s].reached) for s in seeds],
-                            [(fast[s].time, fast[s].reached) for s in seeds])  # fmt: skip
+    def estimate(
+        self, level: Threshold, unit: str = "epoch", interpolate: bool = False
+    ) -> Estimate | None:
+        cells = [arm.cell(level, unit, interpolate=interpolate) for arm in self.family]
+        return compare(
+            self.slower.cell(level, unit, interpolate=interpolate),
+            self.faster.cell(level, unit, interpolate=interpolate),
+            Family(cells),
+        )
 
 
 @dataclass
@@ -86,12 +131,23 @@ class TunedComparison:
 
     @property
     def name(self) -> str:
-        return f"{self.effect} at each arm's best rate" + (f" ({self.context})" if self.context else "")
+        return f"{self.effect} at each arm's best rate" + (
+            f" ({self.context})" if self.context else ""
+        )
 
-    def estimate(self, level: Threshold, unit: str = "epoch", reselect: bool = True) -> TunedEstimate | None:
-        return tuned_ratio({rate: arm.times(level, unit) for rate, arm in self.slower.items()},
-                           {rate: arm.times(level, unit) for rate, arm in self.faster.items()},
-                           reselect=reselect)  # fmt: skip
+    @property
+    def arms(self) -> list[Arm]:
+        return [*self.slower.values(), *self.faster.values()]
+
+    def cells(self, level: Threshold, unit: str = "epoch") -> tuple[list[Cell], list[Cell]]:
+        return (
+            [arm.cell(level, unit, float(rate)) for rate, arm in self.slower.items()],
+            [arm.cell(level, unit, float(rate)) for rate, arm in self.faster.items()],
+        )
+
+    def estimate(self, level: Threshold, unit: str = "epoch") -> Estimate | None:
+        slow, fast = self.cells(level, unit)
+        return tuned(slow, fast, Family([*slow, *fast]))
 
 
 def ladder(spec: dict) -> list[float]:
@@ -115,44 +171,84 @@ class Study:
         self.spec = self._spec()
         self.loss_metric = self.spec.get("loss_metric", "val/loss")
         self.arms = self._arms()
-        self.comparisons = [c for c in self._pairs(self.spec["comparisons"]) if c.seeds]
         self.tuned = self._tuned()
-        self.headline = [Threshold(self.loss_metric, "min", float(v)) for v in self.spec["headline"]]
-        self.loss_ladder = [Threshold(self.loss_metric, "min", v) for v in ladder(self.spec["loss_ladder"])]
-        self.miou_ladder = [Threshold("val/miou", "max", v) for v in ladder(self.spec["miou_ladder"])]
+        self.comparisons = [c for c in self._pairs(self.spec["comparisons"]) if self._seeds(c)]
+        self.headline = [
+            Threshold(self.loss_metric, "min", float(v)) for v in self.spec["headline"]
+        ]
+        self.loss_ladder = [
+            Threshold(self.loss_metric, "min", v) for v in ladder(self.spec["loss_ladder"])
+        ]
+        self.miou_ladder = [
+            Threshold("val/miou", "max", v) for v in ladder(self.spec["miou_ladder"])
+        ]
         # the mIoU levels the tables name: the ladder's multiples of 0.1
-        self.miou_levels = [lv for lv in self.miou_ladder if abs(lv.level * 10 - round(lv.level * 10)) < 1e-6]
-        logged = {key[len("val/iou/") :] for run in self.usable for row in run.validations for key in row}
+        self.miou_levels = [
+            lv for lv in self.miou_ladder if abs(lv.level * 10 - round(lv.level * 10)) < 1e-6
+        ]
+        logged = {
+            key[len("val/iou/") :] for run in self.usable for row in run.validations for key in row
+        }
         self.thin_classes = [name for name in THIN_CLASSES if name in logged]
 
+    @staticmethod
+    def _seeds(comparison: Comparison) -> bool:
+        return bool(comparison.slower.runs and comparison.faster.runs)
+
     def _spec(self) -> dict[str, Any]:
-        spec: dict[str, Any] = {"comparisons": {}, "tuned": {}, "loss_metric": "val/loss",
-                                "loss_ladder": {"start": 1.2, "stop": 0.5, "step": 0.05},
-                                "miou_ladder": {"start": 0.2, "stop": 0.6, "step": 0.05}}  # fmt: skip
-        for run in self.usable:  # a plain multirun names no study: its runs' own thresholds are the headline
+        spec: dict[str, Any] = {
+            "comparisons": {},
+            "tuned": {},
+            "loss_metric": "val/loss",
+            "names": dict(NAMES),
+            "loss_ladder": {"start": 1.2, "stop": 0.5, "step": 0.05},
+            "miou_ladder": {"start": 0.2, "stop": 0.6, "step": 0.05},
+        }
+        for run in (
+            self.usable
+        ):  # a plain multirun names no study: its runs' own thresholds are the headline
             spec.setdefault("headline", run.value("callbacks.thresholds.val_loss") or [])
             found = run.config.get("study") or {}
-            spec.update({k: v for k, v in found.items() if k not in ("comparisons", "tuned")})
-            spec["comparisons"].update(found.get("comparisons") or {})
-            spec["tuned"].update(found.get("tuned") or {})
+            spec.update(
+                {k: v for k, v in found.items() if k not in ("comparisons", "tuned", "names")}
+            )
+            for key in ("comparisons", "tuned", "names"):
+                spec[key].update(found.get(key) or {})
         spec.setdefault("headline", [])
         return spec
 
     def _arms(self) -> list[Arm]:
-        keys = {run.folder: frozenset((k, v) for k, v in run.overrides.items() if k != "seed") for run in self.usable}
+        keys = {
+            run.folder: frozenset((k, v) for k, v in run.overrides.items() if k != "seed")
+            for run in self.usable
+        }
         shared = frozenset.intersection(*keys.values()) if keys else frozenset()
         self.names = short_names(sorted({k for key in keys.values() for k, _ in key - shared}))
         arms: dict[frozenset, Arm] = {}
         for run in sorted(self.usable, key=lambda r: str(r.seed)):
             key = keys[run.folder] - shared
-            arms.setdefault(key, Arm(self._label(key), key, [])).runs.append(run)
+            arms.setdefault(key, Arm(self._label(key), key, [], self._short(key))).runs.append(run)
         return sorted(arms.values(), key=lambda arm: arm.label)
+
+    def _short(self, key: frozenset) -> str:
+        """``scratch 1e-3``: the arm's known choices by their short names, then its other values."""
+        names = self.spec["names"]
+        parts = [
+            names.get(v, v)
+            for k, v in sorted(key)
+            if "." not in k and k not in ("experiment", "data")
+        ]
+        parts += [
+            value_text(v) if not isinstance(v, str) else v for k, v in sorted(key) if "." in k
+        ]
+        return " ".join(parts) or "all runs"
 
     def _context(self, arm: Arm, ignore: set[str]) -> frozenset:
         return frozenset((k, v) for k, v in arm.key if k not in ignore and k not in _CAPS)
 
     def _label(self, key: frozenset) -> str:
-        """``model=unet_vgg, lr=1e-4``: groups and top-level keys first, dotted keys by their short names."""
+        """``model=unet_vgg, lr=1e-4``: groups and top-level keys first, dotted keys by their short
+        names."""
         items = sorted(key, key=lambda kv: ("." in kv[0], kv))
         return ", ".join(f"{self.names.get(k, k)}={v}" for k, v in items) or "all runs"
 
@@ -164,7 +260,16 @@ class Study:
                 for faster in (a for a in self.arms if _matches(a, sides["faster"])):
                     context = self._context(slower, ignore)
                     if slower is not faster and context == self._context(faster, ignore):
-                        found.append(Comparison(effect, self._label(context) if context else "", slower, faster))
+                        family = next(
+                            (t.arms for t in self.tuned if slower in t.arms and faster in t.arms),
+                            [slower, faster],
+                        )
+                        label = " ".join(
+                            self.spec["names"].get(v, v)
+                            for _, v in sorted(context)
+                            if _ != "experiment"
+                        )
+                        found.append(Comparison(effect, label, slower, faster, family))
         return found
 
     def _tuned(self) -> list[TunedComparison]:
@@ -175,19 +280,33 @@ class Study:
             groups: dict[frozenset, dict[str, dict[str, Arm]]] = {}
             for side in ("slower", "faster"):
                 for arm in (a for a in self.arms if _matches(a, sides[side])):
-                    cells = groups.setdefault(self._context(arm, ignore), {"slower": {}, "faster": {}})[side]
+                    cells = groups.setdefault(
+                        self._context(arm, ignore), {"slower": {}, "faster": {}}
+                    )[side]
                     cells[str(arm.value(rate))] = arm
             for context, cells in groups.items():
-                if len(cells["slower"]) > 1 or len(cells["faster"]) > 1:  # a bracket on at least one side
-                    found.append(TunedComparison(effect, self._label(context) if context else "", rate, cells["slower"],
-                                                 cells["faster"]))  # fmt: skip
+                if (
+                    len(cells["slower"]) > 1 or len(cells["faster"]) > 1
+                ):  # a bracket on at least one side
+                    label = " ".join(v for k, v in sorted(context) if k != "experiment")
+                    found.append(
+                        TunedComparison(effect, label, rate, cells["slower"], cells["faster"])
+                    )
         return found
 
     def where(self, comparison: Comparison, levels: Sequence[Threshold]) -> list[str]:
-        """Levels at which a comparison's speedup is not established: point at or below 1, or interval across 1."""
+        """Levels at which a comparison's speedup is not established: its interval reaches 1."""
         weak = []
         for level in levels:
             estimate = comparison.estimate(level)
-            if estimate is not None and not estimate.bound and (estimate.point <= 1 or estimate.low <= 1):
-                weak.append(f"{level.level:g} ({estimate.point:.2f}x [{estimate.low:.2f}, {estimate.high:.2f}])")
+            if (
+                estimate is not None
+                and not estimate.bound
+                and not estimate.model
+                and not estimate.holds
+            ):
+                weak.append(
+                    f"{level.level:g} ({estimate.point:.2f}x [{estimate.low:.2f}, "
+                    f"{estimate.high:.2f}])"
+                )
         return weak

@@ -6,24 +6,50 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from segment.analysis.stats import RatioEstimate, TunedEstimate, mean_std
-from segment.analysis.study import Arm, Study
-from segment.callbacks.thresholds import Crossing, Threshold
+from segment.analysis.runs import Run
+from segment.analysis.stats import Estimate, mean_std
+from segment.analysis.study import Arm, Comparison, Study, TunedComparison
+from segment.analysis.thresholds import Threshold
 from segment.config import value_text
 
 __all__ = [
-    "best_table", "calibration", "contention", "cost_table", "headline_table", "ladder_rows", "ladder_table",
-    "per_seed_table", "problems", "protocol_section", "rate_table", "sensitivity_table", "tuned_table",
+    "answer",
+    "best_table",
+    "title",
+    "calibration",
+    "comparison_table",
+    "contention",
+    "cost_table",
+    "ladder_rows",
+    "ladder_table",
+    "problems",
+    "protocol_section",
+    "rate_table",
+    "sensitivity_table",
+    "speed",
+    "tuned_table",
     "units_table",
-]  # fmt: skip
+]
 
 UNITS = {"epoch": "epochs", "step": "steps", "images_seen": "images", "seconds": "seconds"}
 # Loss bins (upper edges, descending) for the mask quality at each loss level.
 LOSS_BINS = (float("inf"), 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0)
-EVIDENCE = ("Speedup: geometric mean over seeds of (slower arm's epochs / faster arm's epochs), paired by seed, with a "
-            "95% t-interval on the log ratios; beside it the exact one-sided sign test (p) and the range of the "
-            "per-seed ratios. `>=`: some slower-arm runs never reached the level and count at their last "
-            "validation, so the speedup is at least this; `<=` the reverse; n/a: censored on both sides.")  # fmt: skip
+EVIDENCE = (
+    "Each cell: slower arm's epochs / faster arm's epochs to the level, a ratio of geometric "
+    "means, "
+    "with its 95% "
+    "interval (Student's t on log-epochs, the spread pooled over the arms and rates of the "
+    "comparison: "
+    "docs/study.md), the exact two-sided permutation test (p, every relabelling of the seeds), "
+    "whether the seeds "
+    "were paired (the same data order in both arms) and the seeds per arm that 80% power to "
+    "exclude "
+    "1 and a "
+    "+-25% interval would need. `>=`: the slower arm never reached the level (counted at its last "
+    "validation): "
+    "a bound; `~`: some runs never reached it, a censored log-normal fit (model-based, no "
+    "interval)."
+)
 
 
 def pm(values: Sequence[float], digits: int = 1) -> str:
@@ -31,29 +57,42 @@ def pm(values: Sequence[float], digits: int = 1) -> str:
     return "" if not values else f"{mean:.{digits}f} +- {std:.{digits}f}"
 
 
-def ratio(estimate: RatioEstimate | None, interval: bool = True) -> str:
-    """``1.34x [1.11, 1.61]``, ``>=5.22x`` or ``n/a``."""
+def rate(value: object) -> str:
+    return value_text(float(value)) if value is not None else ""
+
+
+def ratio(estimate: Estimate | None, interval: bool = True) -> str:
+    """``1.34x [1.11, 1.61]``, ``>=5.22x``, ``~2.1x`` or ``n/a``."""
     if estimate is None:
         return "n/a"
-    text = f"{estimate.bound}{estimate.point:.2f}x"
-    if interval and not estimate.bound and np.isfinite(estimate.low):
+    mark = estimate.bound or ("~" if estimate.model else "")
+    text = f"{mark}{estimate.point:.2f}x"
+    if interval and np.isfinite(estimate.low):
         text += f" [{estimate.low:.2f}, {estimate.high:.2f}]"
     return text
 
 
-def evidence(estimate: RatioEstimate | None) -> str:
-    """``p=0.031, 1.20-1.52``: the sign test and the per-seed range beside an interval."""
-    if estimate is None or estimate.bound or estimate.seeds < 2:
+def evidence(estimate: Estimate | None, needed: bool = True) -> str:
+    """``p=0.031, paired, 5/5 seeds; needs 4/7``: beside every interval."""
+    if estimate is None or not np.isfinite(estimate.low):
         return ""
-    return f"p={estimate.sign_p:.3f}, {min(estimate.ratios):.2f}-{max(estimate.ratios):.2f}"
+    pairing = "paired" if estimate.paired else "unpaired"
+    text = f"p={estimate.p:.3f}, {pairing}, {estimate.seeds[0]}/{estimate.seeds[1]} seeds"
+    if needed and estimate.needed:
+        text += f"; needs {estimate.needed[0]}/{estimate.needed[1]}"
+    return text
 
 
-def _crossings(arm: Arm, level: Threshold, unit: str = "epoch") -> list[Crossing]:
-    return list(arm.crossings(level, unit).values())
+def per_seed(estimate: Estimate | None) -> str:
+    """``0: 5.24/3.98; 1: 6.24/3.74``: each seed's epochs, slower/faster."""
+    if estimate is None:
+        return ""
+    cell = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
+    return "; ".join(f"{seed}: {cell(a)}/{cell(b)}" for seed, a, b in estimate.values)
 
 
 def _reached_cell(arm: Arm, level: Threshold, unit: str = "epoch", digits: int = 2) -> str:
-    crossings = _crossings(arm, level, unit)
+    crossings = list(arm.crossings(level, unit).values())
     times = [c.time for c in crossings if c.reached]
     if not times:
         last = max((c.time for c in crossings), default=0.0)
@@ -61,12 +100,324 @@ def _reached_cell(arm: Arm, level: Threshold, unit: str = "epoch", digits: int =
     return f"{pm(times, digits)} ({len(times)}/{len(crossings)})"
 
 
-def protocol_section(study: Study) -> str:
-    """What every arm was trained with, read from the runs' resolved configs; a warning where precisions differ."""
+def _fixed(study: Study, tuned: TunedComparison) -> list[Comparison]:
+    """The fixed-rate comparisons inside a tuned one, by rate."""
+    found = [c for c in study.comparisons if c.slower in tuned.arms and c.faster in tuned.arms]
+    return sorted(found, key=lambda c: float(c.slower.value(tuned.rate)))
+
+
+def title(study: Study) -> str:
+    """``scratch / pretrained, epochs to val/loss <= 1 | 0.7 | 0.5``: the answer's columns."""
+    levels = " | ".join(f"{level.level:g}" for level in study.headline)
+    declared = {**study.spec["comparisons"], **study.spec["tuned"]}
+    effect = (
+        study.tuned[0].effect
+        if study.tuned
+        else (study.comparisons[0].effect if study.comparisons else None)
+    )
+    if effect is None:
+        return f"epochs to {study.loss_metric} <= {levels}"
+    names = study.spec["names"]
+    slow, fast = (
+        " ".join(names.get(str(v), str(v)) for v in declared[effect][side].values())
+        for side in ("slower", "faster")
+    )
+    return f"{slow} / {fast}, epochs to {study.loss_metric} <= {levels}"
+
+
+def _row(estimates: Sequence[Estimate | None], bold: bool = False) -> str:
+    """``1.34x [0.96, 1.86] p=0.06 | ...``: one level after another."""
+    cells = []
+    for e in estimates:
+        text = ratio(e)
+        if bold and e is not None:
+            text = text.replace(f"{e.point:.2f}x", f"**{e.point:.2f}x**", 1)
+        cells.append(text + (f" p={e.p:.2f}" if e is not None and np.isfinite(e.low) else ""))
+    return " | ".join(cells)
+
+
+def answer(study: Study) -> str:
+    """The report's first lines (at most 6), columns as in :func:`title`: each arm at its best
+    rate, each fixed
+    rate in a line, and where the answer does not hold."""
+    levels = study.headline
+    if not study.tuned and not study.comparisons:
+        return "No comparison: the runs declare none (`study.comparisons`)."
+    lines, weak = [], []
+    comparisons = study.comparisons
+    if study.tuned:
+        tuned = study.tuned[0]
+        estimates = [tuned.estimate(level) for level in levels]
+        chosen = " | ".join(
+            f"{rate(e.rates[0])}/{rate(e.rates[1])}" if e else "-" for e in estimates
+        )
+        seeds = " | ".join(f"{e.seeds[0]}/{e.seeds[1]}" if e else "-" for e in estimates)
+        lines.append(
+            f"- **each at its best rate** ({chosen}; {seeds} seeds): {_row(estimates, bold=True)}"
+        )
+        weak += [
+            f"best rates at {lv.level:g}"
+            for lv, e in zip(levels, estimates, strict=True)
+            if e is not None and not e.holds
+        ]
+        comparisons = _fixed(study, tuned)
+    for comparison in comparisons[: 5 - len(lines)]:
+        estimates = [comparison.estimate(level) for level in levels]
+        where = comparison.context or comparison.effect
+        first = next((e for e in estimates if e is not None), None)
+        how = (
+            f"{first.seeds[0]}/{first.seeds[1]} seeds, {'paired' if first.paired else 'unpaired'}"
+            if first
+            else ""
+        )
+        lines.append(f"- at {where}{f' ({how})' if how else ''}: {_row(estimates)}")
+        weak += [
+            f"{where} at {lv.level:g}"
+            for lv, e in zip(levels, estimates, strict=True)
+            if e is not None and not e.bound and not e.model and not e.holds
+        ]
+    lines.append(
+        "- not established (the 95% interval holds 1): "
+        + ("; ".join(weak) if weak else "nowhere here")
+        + ". Interval: pooled t; p: exact permutation test; seeds needed: the tables below."
+    )
+    return "\n".join(lines)
+
+
+def comparison_table(study: Study, comparisons: Sequence[Comparison]) -> str:
+    """Each comparison at each headline level: ratio and interval, evidence, per-seed epochs."""
     lines = [
-        "| arm | runs (seeds) | net | encoder weights | optimizer, lr | schedule | batch | image | "
-        "validations/epoch | clip | precision | cap (epochs) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| comparison | level | slower / faster | ratio [95% CI] | p, pairing, seeds; seeds needed "
+        "| per seed (slower/faster epochs) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for comparison in comparisons:
+        for level in study.headline:
+            e = comparison.estimate(level)
+            lines.append(
+                f"| {comparison.label} | {level.name} | "
+                f"{comparison.slower.name} / "
+                f"{comparison.faster.name} | {ratio(e)} | {evidence(e)} | {per_seed(e)} |"
+            )
+    return "\n".join(lines)
+
+
+def tuned_table(study: Study) -> str:
+    """Each arm at its own best rate: the speedup, its interval for every pair of rates at once,
+    each seed's own
+    best rate."""
+    if not study.tuned:
+        return (
+            "No tuned comparison: the runs declare none (`study.tuned`), or no arm has more "
+            "than one rate."
+        )
+    lines = [
+        "| comparison | level | rates (slower / faster) | ratio [95% CI] | p, seeds; seeds "
+        "needed | "
+        ""
+        "per seed at the chosen rates | each seed's own best rate (slower / faster) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for tuned in study.tuned:
+        for level in study.headline:
+            e = tuned.estimate(level)
+            own = []
+            slow, fast = tuned.cells(level)
+            for seed in sorted({s for c in slow + fast for s in c.times}, key=str):
+                picks = [
+                    min(
+                        (c for c in cells if seed in c.times and c.times[seed][1]),
+                        key=lambda c: (c.times[seed][0], c.rate),
+                        default=None,
+                    )
+                    for cells in (slow, fast)
+                ]
+                own.append(f"{seed}: " + " / ".join(rate(c.rate) if c else "never" for c in picks))
+            lines.append(
+                f"| {tuned.name} | {level.name} | {rate(e.rates[0]) if e else ''} / "
+                f"{rate(e.rates[1]) if e else ''} | {ratio(e)} | {evidence(e)} | {per_seed(e)} | "
+                f"{'; '.join(own)} |"
+            )
+    return "\n".join(
+        [
+            *lines,
+            "",
+            "The best rate of an arm: the lowest mean log-epochs over its seeds (the geometric "
+            "mean), ties to the rate "
+            "with more seeds, then the lower rate. The interval holds for every pair of candidate "
+            "rates at once (the "
+            "max-|t| over all pairs), so choosing the pair on the same runs costs no coverage; it "
+            "is wider than a "
+            "fixed-rate interval by that much (docs/study.md). Each seed's own best rate shows how "
+            "much the choice "
+            "varies.",
+        ]
+    )
+
+
+def rate_table(study: Study) -> str:
+    """Each arm's epochs to each headline level at each rate: geometric mean over seeds, the chosen
+    rate bold."""
+    lines = []
+    for tuned in study.tuned:
+        lines += [
+            "| arm | rate | runs | "
+            + " | ".join(f"{lv.name}: geometric mean (reached)" for lv in study.headline)
+            + " |",
+            "|---|---|---|" + "---|" * len(study.headline),
+        ]
+        chosen = {lv.name: tuned.estimate(lv) for lv in study.headline}
+        for index, side in enumerate(("slower", "faster")):
+            for value, arm in sorted(getattr(tuned, side).items(), key=lambda kv: float(kv[0])):
+                row = []
+                for level in study.headline:
+                    cell = arm.cell(level, rate=float(value))
+                    reached = len(cell.times) - cell.censored
+                    text = (
+                        "never"
+                        if reached == 0
+                        else f"{float(np.exp(cell.mean)):.2f}{'~' if cell.censored else ''}"
+                    )
+                    best = chosen[level.name] and chosen[level.name].rates[index] == float(value)
+                    row.append(
+                        f"{'**' + text + '**' if best else text} ({reached}/{len(cell.times)})"
+                    )
+                lines.append(
+                    f"| {arm.name} | {rate(value)} | {len(arm.runs)} | " + " | ".join(row) + " |"
+                )
+        lines.append("")
+    if lines:
+        lines.append(
+            "Bold: each arm's best rate at the level. `~`: a censored log-normal fit (some runs "
+            "never got "
+            "there)."
+        )
+    return "\n".join(lines)
+
+
+def speed(run: Run) -> float | None:
+    """A run's speed index: its machine's fp32 probe step time in ms (the precision probe, measured
+    once per host). Of the probe's two times it is the one that tracked the study's step times
+    across hosts (docs/study.md)."""
+    trained = run.record.trained
+    if trained is None:
+        return None
+    value = ((trained.machine or {}).get("speed") or trained.precision or {}).get("fp32_ms")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _seconds_comparable(comparison: Comparison) -> str:
+    """Empty where every run of both arms has a speed index within 10% of the others; else why
+    not."""
+    runs = comparison.slower.runs + comparison.faster.runs
+    indices = [speed(run) for run in runs]
+    if any(i is None for i in indices):
+        return "withheld: some runs record no speed index"
+    if max(indices) > 1.1 * min(indices):
+        return f"withheld: speed index {min(indices):.1f}-{max(indices):.1f} ms"
+    return ""
+
+
+def units_table(study: Study) -> str:
+    """Every comparison's headline speedups counted in epochs, optimiser steps, images and seconds;
+    seconds only
+    between runs of one speed (the probe's step time within 10%)."""
+    lines = [
+        "| comparison | level | " + " | ".join(UNITS.values()) + " |",
+        "|---|---|" + "---|" * len(UNITS),
+    ]
+    notes = []
+    for comparison in study.comparisons:
+        why = _seconds_comparable(comparison)
+        if why:
+            notes.append(
+                f"{comparison.label} ({comparison.slower.name} vs {comparison.faster.name}): {why}"
+            )
+        for level in study.headline:
+            cells = [
+                ratio(comparison.estimate(level, unit=unit))
+                if unit != "seconds" or not why
+                else "withheld"
+                for unit in UNITS
+            ]
+            lines.append(f"| {comparison.label} | {level.name} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    if notes:
+        text += (
+            "\n\nSeconds compare only between runs on machines of one speed (each run records its "
+            "CPU and the "
+            "probe's step time, its speed index). Not compared:\n\n"
+            + "\n".join(f"- {n}" for n in notes)
+        )
+    return text
+
+
+def ladder_rows(study: Study) -> list[dict]:
+    rows = []
+    for comparison in study.comparisons:
+        for level in study.loss_ladder + study.miou_ladder:
+            reached = {
+                side: sum(c.reached for c in arm.crossings(level).values())
+                for side, arm in (("slower", comparison.slower), ("faster", comparison.faster))
+            }
+            rows.append(
+                {
+                    "comparison": comparison,
+                    "metric": level.metric,
+                    "level": level.level,
+                    "name": level.name,
+                    "estimate": comparison.estimate(level),
+                    "reached": reached,
+                    "runs": (len(comparison.slower.runs), len(comparison.faster.runs)),
+                }
+            )
+    return rows
+
+
+def ladder_table(rows: list[dict]) -> str:
+    lines = [
+        "| comparison | threshold | slower reached | faster reached | ratio [95% CI] | p, pairing, "
+        "seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        slow_runs, fast_runs = row["runs"]
+        lines.append(
+            f"| {row['comparison'].label} | {row['name']} | "
+            f"{row['reached']['slower']}/{slow_runs} "
+            f"| {row['reached']['faster']}/{fast_runs} | {ratio(row['estimate'])} | "
+            f"{evidence(row['estimate'], False)} |"
+        )
+    return "\n".join(lines)
+
+
+def sensitivity_table(study: Study) -> str:
+    """The headline speedups with the level moved by +-0.02, and with interpolated crossings."""
+    lines = [
+        "| comparison | level | level - 0.02 | level | level + 0.02 | interpolated crossing |",
+        "|---|---|---|---|---|---|",
+    ]
+    for comparison in study.comparisons:
+        for level in study.headline:
+            shifted = [
+                Threshold(level.metric, level.mode, round(level.level + d, 6))
+                for d in (-0.02, 0.0, 0.02)
+            ]
+            cells = [ratio(comparison.estimate(s), interval=False) for s in shifted]
+            cells.append(ratio(comparison.estimate(level, interpolate=True), interval=False))
+            lines.append(f"| {comparison.label} | {level.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def protocol_section(study: Study) -> str:
+    """What every arm was trained with, read from the runs' resolved configs and records: the full
+    overrides
+    once, the commits and the machines' speed; a warning where precisions differ."""
+    lines = [
+        "| arm | overrides | seeds | net | encoder weights | optimizer, lr | schedule | batch | "
+        "image | "
+        "validations/epoch | clip | precision | cap (epochs) | code | speed index (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in study.arms:
         run = arm.runs[0]
@@ -83,219 +434,116 @@ def protocol_section(study: Study) -> str:
         precision = ", ".join(sorted({str(r.precision) for r in arm.runs}))
         weights = ", ".join(sorted({r.weights or "?" for r in arm.runs}))
         caps = ", ".join(sorted({str(r.value("trainer.max_epochs")) for r in arm.runs}))
-        net = [(run.value("model.net._target_") or "?").rsplit(".", 1)[-1], run.value("model.net.encoder_name")]
-        if run.value("model.net.final_relu") is not None:  # the lab's VGG net: which head it trained with
-            net.append("head ending in ReLU (the lab's)" if run.value("model.net.final_relu") else "corrected head")
+        net = [
+            (run.value("model.net._target_") or "?").rsplit(".", 1)[-1],
+            run.value("model.net.encoder_name"),
+        ]
+        if (
+            run.value("model.net.final_relu") is not None
+        ):  # the lab's VGG net: which head it trained with
+            net.append(
+                "head ending in ReLU (the lab's)"
+                if run.value("model.net.final_relu")
+                else "corrected head"
+            )
+        commits = ", ".join(f"{commit} ({seeds})" for commit, seeds in _commits(arm.runs).items())
+        speeds = sorted({f"{speed(r):.1f}" for r in arm.runs if speed(r) is not None})
         lines.append(
-            f"| {arm.label} | {len(arm.runs)} ({', '.join(str(r.seed) for r in arm.runs)}) "
+            f"| {arm.name} | `{arm.label}` | {', '.join(str(r.seed) for r in arm.runs)} "
             f"| {', '.join(part for part in net if part)} | {weights} | {optimizer} | {scheduler} "
-            f"| {run.value('data.batch_size')} | {image} | {round(1 / float(interval)) if interval <= 1 else 1} "
-            f"| {run.value('trainer.gradient_clip_val') or '-'} | {precision} | {caps} |"
+            f"| {run.value('data.batch_size')} | {image} | "
+            f"{round(1 / float(interval)) if interval <= 1 else 1} "
+            f"| {run.value('trainer.gradient_clip_val') or '-'} | {precision} | {caps} | {commits} "
+            f"| {', '.join(speeds) or '-'} |"
         )
     run = study.usable[0]
     thresholds = run.value("callbacks.thresholds") or {}
-    host = ((run.record.get("attempts") or [{}])[-1].get("precision") or run.record.get("precision") or {}).get(
-        "host") or run.record.get("host", "?")  # fmt: skip
-    versions = run.record.get("versions", {})
-    attempts = run.record.get("attempts") or [run.record]
+    versions = run.record.versions
+    cpus = sorted(
+        {
+            str(
+                ((r.record.trained.machine or {}).get("cpu") or {}).get("model")
+                or (r.record.trained.precision or {}).get("host", "?")
+            ).split(" | ")[0]
+            for r in study.usable
+            if r.record.trained
+        }
+    )
     lines += [
         "",
-        f"A threshold counts once it has held for {run.patience} validations in a row and is credited to the first "
-        "of them (its fractional epoch, optimiser step, images seen and seconds): the crossing is resolved to the "
-        "first validation at or past the level. (The sensitivity table also gives linear interpolation between the "
-        "last validation before the level and that one.) "
+        f"A threshold counts once it has held for {run.patience} validations in a row and is "
+        "credited to the first "
+        "of them (its fractional epoch, optimiser step, images seen and seconds). "
         f"Training stopped once `{thresholds.get('stop_when_reached')}` had held, or at the cap. "
-        f"Host: {host}; versions: torch {versions.get('torch')}, lightning {versions.get('lightning')}; "
-        f"code {str((attempts[0].get('git') or {}).get('commit'))[:7]}.",
+        f"Versions: torch {versions.get('torch')}, lightning {versions.get('lightning')}. Code: "
+        "the "
+        "commits that "
+        "trained each arm's seeds. Speed index: the fp32 step time of the precision probe on the "
+        "run's machine (seconds compare only within 10% of it). CPUs: "
+        f"{', '.join(cpus)}.",
     ]
-    mixed = [c.name for c in study.comparisons if {r.precision for r in c.slower.runs + c.faster.runs} != {
-        c.slower.runs[0].precision}]  # fmt: skip
+    mixed = [
+        c.name
+        for c in study.comparisons
+        if {r.precision for r in c.slower.runs + c.faster.runs} != {c.slower.runs[0].precision}
+    ]
     if mixed:
-        lines.append(f"\n**Warning: the arms of {', '.join(mixed)} trained in different precisions** (see the "
-                     "precision column): their seconds, and possibly their epochs, are not comparable.")  # fmt: skip
-    return "\n".join(lines)
-
-
-def headline_table(study: Study) -> str:
-    """Epochs to each headline level per arm, and the paired speedups with their evidence."""
-    lines = [
-        "| arm | runs | " + " | ".join(f"epochs to {level.name}" for level in study.headline) + " |",
-        "|---|---|" + "---|" * len(study.headline),
-    ]
-    for arm in study.arms:
-        cells = [_reached_cell(arm, level) for level in study.headline]
-        lines.append(f"| {arm.label} | {len(arm.runs)} | " + " | ".join(cells) + " |")
-    if not study.comparisons:
-        return "\n".join(lines)
-    lines += [
-        "",
-        "| comparison | slower / faster | seed pairs | "
-        + " | ".join(f"{lv.name} | sign test p, per-seed range" for lv in study.headline) + " |",
-        "|---|---|---|" + "---|---|" * len(study.headline),
-    ]
-    only_t = []
-    for comparison in study.comparisons:
-        estimates = [comparison.estimate(level) for level in study.headline]
-        cells = [f"{ratio(e)} | {evidence(e)}" for e in estimates]
-        lines.append(f"| {comparison.name} | {comparison.slower.label} / {comparison.faster.label} "
-                     f"| {len(comparison.seeds)} | " + " | ".join(cells) + " |")  # fmt: skip
-        only_t += [f"{comparison.name} at {lv.level:g}" for lv, e in zip(study.headline, estimates, strict=True)
-                   if e is not None and e.only_parametric]  # fmt: skip
-    lines.append("\n" + EVIDENCE)
-    if only_t:
-        lines.append(f"\nThe direction is established only by the parametric t-interval (the sign test cannot "
-                     f"reach p < 0.05 with these pairs) for: {'; '.join(only_t)}.")  # fmt: skip
-    return "\n".join(lines)
-
-
-def rate_table(study: Study) -> str:
-    """Each arm's epochs to each headline level at each rate: median over seeds, and the rate it does best at."""
-    lines = []
-    for tuned in study.tuned:
-        lines += [f"**{tuned.effect}** ({tuned.context or 'all runs'}; rate: `{tuned.rate}`)", "",
-                  "| arm | rate | runs | " + " | ".join(f"{lv.name}: median (reached)" for lv in study.headline)
-                  + " |", "|---|---|---|" + "---|" * len(study.headline)]  # fmt: skip
-        for side in ("slower", "faster"):
-            cells = getattr(tuned, side)
-            best = {lv.name: tuned.estimate(lv, reselect=False) for lv in study.headline}
-            for rate, arm in sorted(cells.items(), key=lambda kv: float(kv[0])):
-                row = []
-                for level in study.headline:
-                    times = arm.times(level)
-                    median = np.median([t if reached else np.inf for t, reached in times.values()])
-                    chosen = best[level.name] and getattr(best[level.name], f"{side}_rate") == rate
-                    text = "never" if not np.isfinite(median) else f"{median:.2f}"
-                    reached = sum(r for _, r in times.values())
-                    row.append(f"{'**' + text + '**' if chosen else text} ({reached}/{len(times)})")
-                label = ", ".join(f"{k}={v}" for k, v in sorted(dict(arm.key).items()) if k != tuned.rate)
-                lines.append(f"| {label} | {value_text(float(rate))} | {len(arm.runs)} | " + " | ".join(row) + " |")
-        lines.append("")
-    if lines:
-        lines.append("Bold: the rate each arm reaches the level soonest at (lowest median over seeds; a run that "
-                     "never got there counts as never).")  # fmt: skip
-    return "\n".join(lines)
-
-
-def _tuned_cell(estimate: TunedEstimate | None) -> str:
-    if estimate is None or estimate.estimate is None:
-        return "n/a"
-    rates = f"{value_text(float(estimate.slower_rate))} / {value_text(float(estimate.faster_rate))}"
-    if estimate.estimate.bound:
-        return f"{ratio(estimate.estimate)} ({rates})"
-    return (f"{estimate.estimate.point:.2f}x [{estimate.low:.2f}, {estimate.high:.2f}] ({rates}; "
-            f"{evidence(estimate.estimate)})")  # fmt: skip
-
-
-def tuned_table(study: Study) -> str:
-    """Each arm at its own best rate: the speedup, its reselecting bootstrap interval, and how stable the choice is."""
-    if not study.tuned:
-        return "No tuned comparison: the runs declare none (`study.tuned`), or no arm has more than one rate."
-    lines = ["| comparison | " + " | ".join(lv.name for lv in study.headline) + " |",
-             "|---|" + "---|" * len(study.headline)]  # fmt: skip
-    stability = []
-    for tuned in study.tuned:
-        estimates = [tuned.estimate(level) for level in study.headline]
-        lines.append(f"| {tuned.name} | " + " | ".join(_tuned_cell(e) for e in estimates) + " |")
-        for level, estimate in zip(study.headline, estimates, strict=True):
-            if estimate is not None and estimate.chosen:
-                shares = ", ".join(f"{value_text(float(a))} / {value_text(float(b))} {share:.0%}"
-                                   for (a, b), share in list(estimate.chosen.items())[:3])  # fmt: skip
-                stability.append(f"- {tuned.effect}, {level.name}: {shares}")
-    return "\n".join([
-        *lines, "",
-        "Each cell: slower arm at its best rate over faster arm at its best rate, paired by seed (geometric mean), "
-        "the rates chosen per level on all seeds (in brackets: slower / faster rate). The interval is a 95% "
-        "percentile bootstrap over seeds that chooses both rates again inside every resample, so it carries the "
-        "uncertainty of the choice (choosing on the same runs flatters the winner; splitting the 3-5 seeds into a "
-        "choosing half and a measuring half would leave 1-2 seeds per half). With so few seeds a percentile "
-        "bootstrap undercovers: read it beside the sign test and the per-seed range.", "",
-        "How often each pair of rates was chosen over the resamples (slower / faster):", "", *stability,
-    ])  # fmt: skip
-
-
-def units_table(study: Study) -> str:
-    """Every comparison's headline speedups counted in epochs, optimiser steps, images and seconds."""
-    lines = ["| comparison | level | " + " | ".join(UNITS.values()) + " |", "|---|---|" + "---|" * len(UNITS)]
-    for comparison in study.comparisons:
-        for level in study.headline:
-            cells = [ratio(comparison.estimate(level, unit=unit)) for unit in UNITS]
-            lines.append(f"| {comparison.name} | {level.name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def ladder_rows(study: Study) -> list[dict]:
-    rows = []
-    for comparison in study.comparisons:
-        for level in study.loss_ladder + study.miou_ladder:
-            reached = {side: sum(c.reached for c in _crossings(arm, level))
-                       for side, arm in (("slower", comparison.slower), ("faster", comparison.faster))}  # fmt: skip
-            rows.append({"comparison": comparison.name, "metric": level.metric, "level": level.level,
-                         "name": level.name, "estimate": comparison.estimate(level), "reached": reached,
-                         "runs": (len(comparison.slower.runs), len(comparison.faster.runs))})  # fmt: skip
-    return rows
-
-
-def ladder_table(rows: list[dict]) -> str:
-    lines = ["| comparison | threshold | slower reached | faster reached | speedup [95% CI] | sign test p, range |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for row in rows:
-        slow_runs, fast_runs = row["runs"]
         lines.append(
-            f"| {row['comparison']} | {row['name']} | {row['reached']['slower']}/{slow_runs} "
-            f"| {row['reached']['faster']}/{fast_runs} | {ratio(row['estimate'])} | {evidence(row['estimate'])} |"
+            f"\n**Warning: the arms of {', '.join(mixed)} trained in different precisions** (see "
+            "the "
+            "precision column): their seconds, and possibly their epochs, are not comparable."
         )
     return "\n".join(lines)
 
 
-def per_seed_table(study: Study) -> str:
-    """Each seed's ratio at each headline level: the data behind the geometric means."""
-    lines = ["| comparison | threshold | per-seed ratios (seed: slower / faster epochs) |", "|---|---|---|"]
-    for comparison in study.comparisons:
-        for level in study.headline:
-            slow, fast = comparison.slower.crossings(level), comparison.faster.crossings(level)
-            cells = []
-            for seed in (s for s in comparison.seeds if s in slow and s in fast):
-                a, b = slow[seed], fast[seed]
-                mark = "" if a.reached and b.reached else (" (>=)" if not a.reached and b.reached else
-                                                           " (<=)" if a.reached else " (never)")  # fmt: skip
-                cells.append(f"{seed}: {a.time:.2f} / {b.time:.2f} = {a.time / b.time:.2f}{mark}")
-            lines.append(f"| {comparison.name} | {level.name} | {'; '.join(cells)} |")
-    return "\n".join(lines)
-
-
-def sensitivity_table(study: Study) -> str:
-    """The headline speedups with the level moved by +-0.02, and with interpolated crossings."""
-    lines = ["| comparison | level | level - 0.02 | level | level + 0.02 | interpolated crossing |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for comparison in study.comparisons:
-        for level in study.headline:
-            shifted = [Threshold(level.metric, level.mode, round(level.level + d, 6)) for d in (-0.02, 0.0, 0.02)]
-            cells = [ratio(comparison.estimate(s), interval=False) for s in shifted]
-            cells.append(ratio(comparison.estimate(level, interpolate=True), interval=False))
-            lines.append(f"| {comparison.name} | {level.name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def _commits(runs: Sequence[Run]) -> dict[str, str]:
+    """``{"f04561e": "0, 1, 2"}``: the commits that trained each run (a resumed run may have
+    two)."""
+    found: dict[str, list[str]] = {}
+    for run in runs:
+        trained = {
+            str((a.git or {}).get("commit") or "?")[:7]
+            for a in run.record.attempts
+            if a.outcome in ("completed", "interrupted", "failed", None) and a.action != "refuse"
+        }
+        for commit in sorted(trained):
+            found.setdefault(commit, []).append(str(run.seed))
+    return {commit: ", ".join(seeds) for commit, seeds in found.items()}
 
 
 def cost_table(study: Study) -> str:
-    """Epochs, steps, images and seconds to each headline and mIoU level per arm (mean +- std where reached)."""
-    lines = ["| arm | threshold | reached | epochs | steps | images seen | seconds |", "|---|---|---|---|---|---|---|"]
+    """Epochs, steps, images and seconds to each headline and mIoU level per arm (mean +- std where
+    reached)."""
+    lines = [
+        "| arm | threshold | reached | epochs | steps | images seen | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for arm in study.arms:
         for level in study.headline + study.miou_levels:
-            parts = [[c.time for c in _crossings(arm, level, unit) if c.reached] for unit in UNITS]
-            lines.append(f"| {arm.label} | {level.name} | {len(parts[0])}/{len(arm.runs)} | {pm(parts[0], 2)} "
-                         f"| {pm(parts[1], 0)} | {pm(parts[2], 0)} | {pm(parts[3], 0)} |")  # fmt: skip
+            parts = [
+                [c.time for c in arm.crossings(level, unit).values() if c.reached] for unit in UNITS
+            ]
+            lines.append(
+                f"| {arm.name} | {level.name} | {len(parts[0])}/{len(arm.runs)} | "
+                f"{pm(parts[0], 2)} "
+                f"| {pm(parts[1], 0)} | {pm(parts[2], 0)} | {pm(parts[3], 0)} |"
+            )
     return "\n".join(lines)
 
 
 def best_table(study: Study) -> str:
-    lines = ["| arm | encoder weights | epochs trained | best loss | at epoch | best val/miou | at epoch |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| arm | encoder weights | epochs trained | best loss | at epoch | best val/miou | at "
+        "epoch "
+        "|",
+        "|---|---|---|---|---|---|---|",
+    ]
     for arm in study.arms:
         losses = [run.best(study.loss_metric, True) for run in arm.runs]
         mious = [run.best("val/miou", False) for run in arm.runs]
         weights = ", ".join(sorted({run.weights or "?" for run in arm.runs}))
         lines.append(
-            f"| {arm.label} | {weights} | {pm([run.last_epoch for run in arm.runs])} "
+            f"| {arm.name} | {weights} | {pm([run.last_epoch for run in arm.runs])} "
             f"| {pm([v for v, _ in losses], 3)} | {pm([e for _, e in losses])} "
             f"| {pm([v for v, _ in mious], 3)} | {pm([e for _, e in mious])} |"
         )
@@ -303,23 +551,40 @@ def best_table(study: Study) -> str:
 
 
 def calibration(study: Study) -> tuple[str, str, list[str]]:
-    """Question 1: mask quality at each loss level, and the loss at which mIoU first reaches each level."""
+    """Question 1: mask quality at each loss level, and the loss at which mIoU first reaches each
+    level."""
     thin, metric = study.thin_classes, study.loss_metric
-    points = [row for run in study.usable for row in run.validations if metric in row and "val/miou" in row]
-    lines = [f"| {metric} | validations | val/miou | val/pixel_acc | thin-class IoU |", "|---|---|---|---|---|"]
+    points = [
+        row
+        for run in study.usable
+        for row in run.validations
+        if metric in row and "val/miou" in row
+    ]
+    lines = [
+        f"| {metric} | validations | val/miou | val/pixel_acc | thin-class IoU |",
+        "|---|---|---|---|---|",
+    ]
     for high, low in zip(LOSS_BINS, LOSS_BINS[1:], strict=False):
         rows = [row for row in points if low < row[metric] <= high]
         if not rows:
             continue
         label = f"> {low:g}" if high == float("inf") else f"{low:g} - {high:g}"
-        thins = [float(np.mean([row[f"val/iou/{c}"] for c in thin if f"val/iou/{c}" in row])) for row in rows
-                 if any(f"val/iou/{c}" in row for c in thin)]  # fmt: skip
+        thins = [
+            float(np.mean([row[f"val/iou/{c}"] for c in thin if f"val/iou/{c}" in row]))
+            for row in rows
+            if any(f"val/iou/{c}" in row for c in thin)
+        ]
         accuracy = [r["val/pixel_acc"] for r in rows if "val/pixel_acc" in r]
-        lines.append(f"| {label} | {len(rows)} | {pm([r['val/miou'] for r in rows], 3)} | {pm(accuracy, 3)} "
-                     f"| {pm(thins, 3)} |")  # fmt: skip
+        lines.append(
+            f"| {label} | {len(rows)} | {pm([r['val/miou'] for r in rows], 3)} | {pm(accuracy, 3)} "
+            f"| {pm(thins, 3)} |"
+        )
     bins = "\n".join(lines) + (f"\n\nThin classes: {', '.join(thin)}." if thin else "")
 
-    lines = ["| first reached | runs | at loss | val/miou then | thin-class IoU then |", "|---|---|---|---|---|"]
+    lines = [
+        "| first reached | runs | at loss | val/miou then | thin-class IoU then |",
+        "|---|---|---|---|---|",
+    ]
     summary = []
     for level in study.headline + study.miou_levels:
         found = []
@@ -329,29 +594,43 @@ def calibration(study: Study) -> tuple[str, str, list[str]]:
                 continue
             row = next(r for r in run.validations if r["step"] == crossing.step)
             thins = [row[f"val/iou/{c}"] for c in thin if f"val/iou/{c}" in row]
-            found.append((row.get(metric), row.get("val/miou"), float(np.mean(thins)) if thins else None))
+            found.append(
+                (row.get(metric), row.get("val/miou"), float(np.mean(thins)) if thins else None)
+            )
         losses = [f[0] for f in found if f[0] is not None]
         mious = [f[1] for f in found if f[1] is not None]
         thins = [f[2] for f in found if f[2] is not None]
-        lines.append(f"| {level.name} | {len(found)}/{len(study.usable)} | {pm(losses, 3)} | {pm(mious, 3)} "
-                     f"| {pm(thins, 3)} |")  # fmt: skip
+        lines.append(
+            f"| {level.name} | {len(found)}/{len(study.usable)} | {pm(losses, 3)} | {pm(mious, 3)} "
+            f"| {pm(thins, 3)} |"
+        )
         if level.metric == "val/miou":
             summary.append(
                 f"mIoU first held {level.level:g} at {metric} {np.mean(losses):.3f} on average "
-                f"(range {min(losses):.3f}-{max(losses):.3f}; {len(found)} of {len(study.usable)} runs got there)."
-                if losses else f"No run held mIoU {level.level:g}."
+                f"(range {min(losses):.3f}-{max(losses):.3f}; {len(found)} of {len(study.usable)} "
+                "runs got there)."
+                if losses
+                else f"No run held mIoU {level.level:g}."
             )
     return bins, "\n".join(lines), summary
 
 
 def contention(study: Study) -> str:
-    shares = [(run, min((row.get("cpu_share") or 1.0) for row in run.validations)) for run in study.usable]
+    shares = [
+        (run, min((row.get("cpu_share") or 1.0) for row in run.validations)) for run in study.usable
+    ]
     contended = [(run, share) for run, share in shares if share < 0.8]
     if not contended:
-        return "Every run had its CPU cores to itself (CPU share >= 0.8 at every validation, where measured)."
+        return (
+            "Every run had its CPU cores to itself (CPU share >= 0.8 at every validation, "
+            "where measured)."
+        )
     names = ", ".join(f"{run.folder.name} ({share:.2f})" for run, share in contended)
-    return (f"Seconds are inflated where another job shared the CPU: {len(contended)} run(s) had a CPU share "
-            f"below 0.8 at some validation ({names}). Epochs, steps and images are unaffected.")  # fmt: skip
+    return (
+        f"Seconds are inflated where another job shared the CPU: {len(contended)} run(s) had a CPU "
+        "share "
+        f"below 0.8 at some validation ({names}). Epochs, steps and images are unaffected."
+    )
 
 
 def problems(study: Study) -> str:
@@ -360,6 +639,11 @@ def problems(study: Study) -> str:
         return "None: every run completed."
     lines = ["| run folder | seed | status | error |", "|---|---|---|---|"]
     for run in bad:
-        error = (run.error or ("no validation" if run.status == "completed" else "")).replace("|", "/")
-        lines.append(f"| {run.folder.name} | {run.seed} | {run.status} | {error.splitlines()[0] if error else ''} |")
+        error = (run.error or ("no validation" if run.status == "completed" else "")).replace(
+            "|", "/"
+        )
+        lines.append(
+            f"| {run.folder.name} | {run.seed} | {run.status} | "
+            f"{error.splitlines()[0] if error else ''} |"
+        )
     return "\n".join(lines)

@@ -5,4 +5,10 @@ from segment.callbacks.hparams import HyperparameterTable
 from segment.callbacks.mask_images import MaskImageLogger, MaskSnapshots
 from segment.callbacks.thresholds import ThresholdTracker
 
-__all__ = ["EncoderFreezing", "HyperparameterTable", "MaskImageLogger", "MaskSnapshots", "ThresholdTracker"]
+__all__ = [
+    "EncoderFreezing",
+    "HyperparameterTable",
+    "MaskImageLogger",
+    "MaskSnapshots",
+    "ThresholdTracker",
+]

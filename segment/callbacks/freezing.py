@@ -1,4 +1,5 @@
-"""Freezing the first stages of any encoder, and unfreezing it later: one BaseFinetuning callback."""
+"""Freezing the first stages of any encoder, and unfreezing it later: one BaseFinetuning
+callback."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ __all__ = ["EncoderFreezing", "encoder_stages"]
 log = logging.getLogger(__name__)
 
 
-def encoder_stages(encoder: nn.Module, in_channels: int = 3, size: int = 64) -> list[list[nn.Module]]:
+def encoder_stages(
+    encoder: nn.Module, in_channels: int = 3, size: int = 64
+) -> list[list[nn.Module]]:
     """The encoder's modules grouped by the resolution they work at, finest first.
 
     Stage k holds every module with parameters of its own whose output has the k-th
@@ -28,15 +31,19 @@ def encoder_stages(encoder: nn.Module, in_channels: int = 3, size: int = 64) -> 
     hooks = []
     for module in encoder.modules():
         if any(True for _ in module.parameters(recurse=False)):
+
             def hook(module, inputs, output, strides=strides):
                 if isinstance(output, torch.Tensor) and output.ndim == 4:
                     strides.setdefault(module, max(1, round(size / output.shape[-1])))
+
             hooks.append(module.register_forward_hook(hook))
     was_training = encoder.training
     try:
         encoder.eval()
         with torch.no_grad():
-            encoder(torch.zeros(1, in_channels, size, size, device=next(encoder.parameters()).device))
+            encoder(
+                torch.zeros(1, in_channels, size, size, device=next(encoder.parameters()).device)
+            )
     finally:
         encoder.train(was_training)
         for handle in hooks:
@@ -48,7 +55,8 @@ def encoder_stages(encoder: nn.Module, in_channels: int = 3, size: int = 64) -> 
 
 
 class EncoderFreezing(BaseFinetuning):
-    """Freeze the first ``stages`` stages of ``net.encoder``; unfreeze the whole encoder at an epoch.
+    """Freeze the first ``stages`` stages of ``net.encoder``; unfreeze the whole encoder at an
+    epoch.
 
     Built on Lightning's :class:`~lightning.pytorch.callbacks.BaseFinetuning`: frozen
     parameters stay out of the optimiser (BatchNorm layers inside them stop updating their
@@ -66,7 +74,9 @@ class EncoderFreezing(BaseFinetuning):
         if stages < 0:
             raise ValueError(f"callbacks.freezing.stages={stages} must be >= 0")
         if unfreeze_at_epoch is not None and unfreeze_at_epoch < 0:
-            raise ValueError(f"callbacks.freezing.unfreeze_at_epoch={unfreeze_at_epoch} must be >= 0 or null")
+            raise ValueError(
+                f"callbacks.freezing.unfreeze_at_epoch={unfreeze_at_epoch} must be >= 0 or null"
+            )
         self.stages = stages
         self.unfreeze_at_epoch = unfreeze_at_epoch
 
@@ -74,7 +84,8 @@ class EncoderFreezing(BaseFinetuning):
         encoder = getattr(pl_module.net, "encoder", None)
         if encoder is None:
             raise ValueError(
-                f"callbacks.freezing.stages={self.stages}: {type(pl_module.net).__name__} has no encoder to freeze"
+                f"callbacks.freezing.stages={self.stages}: {type(pl_module.net).__name__} has no "
+                "encoder to freeze"
             )
         return encoder
 
@@ -83,12 +94,16 @@ class EncoderFreezing(BaseFinetuning):
             return
         stages = encoder_stages(self._encoder(pl_module))
         if self.stages > len(stages):
-            raise ValueError(f"callbacks.freezing.stages={self.stages}: this encoder has {len(stages)} stages")
+            raise ValueError(
+                f"callbacks.freezing.stages={self.stages}: this encoder has {len(stages)} stages"
+            )
         frozen = [module for stage in stages[: self.stages] for module in stage]
         self.freeze(frozen, train_bn=False)
         log.info("froze %d encoder stage(s): %d modules", self.stages, len(frozen))
 
-    def finetune_function(self, pl_module: LightningModule, epoch: int, optimizer: Optimizer) -> None:
+    def finetune_function(
+        self, pl_module: LightningModule, epoch: int, optimizer: Optimizer
+    ) -> None:
         if not self.stages or epoch != self.unfreeze_at_epoch:
             return
         encoder = self._encoder(pl_module)

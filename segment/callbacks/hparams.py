@@ -1,4 +1,5 @@
-"""TensorBoard's HPARAMS table (and the other loggers' hyperparameters): what a sweep varies, and how runs did."""
+"""TensorBoard's HPARAMS table (and the other loggers' hyperparameters): what a sweep varies, and
+how runs did."""
 
 from __future__ import annotations
 
@@ -19,11 +20,15 @@ from segment.config import identity, ordered, short_names, swept_keys, value_tex
 __all__ = ["HyperparameterTable", "hyperparameters"]
 
 
-def hyperparameters(cfg: DictConfig, overrides: Sequence[str],
-                    choices: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
-    """The keys a researcher compares runs by (TensorBoard's HPARAMS, csv/hparams.yaml), each once, named as in
-    job folders: the run's own overrides first (what a sweep varies), then model, seed, rate, batch, image size,
-    epochs, optimiser, schedule and loss. Also the names of the keys the sweep varies (a single run: its overrides)."""
+def hyperparameters(
+    cfg: DictConfig, overrides: Sequence[str], choices: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """The keys a researcher compares runs by (TensorBoard's HPARAMS, csv/hparams.yaml), each once,
+    named as in
+    job folders: the run's own overrides first (what a sweep varies), then model, seed, rate,
+    batch, image size,
+    epochs, optimiser, schedule and loss. Also the names of the keys the sweep varies (a single
+    run: its overrides)."""
     values = identity(overrides)
     keys = ordered(values, choices.keys())
     names = short_names(keys)
@@ -33,19 +38,28 @@ def hyperparameters(cfg: DictConfig, overrides: Sequence[str],
     select = lambda key: OmegaConf.select(cfg, key)  # noqa: E731
     short = lambda key: (select(key) or "").rsplit(".", 1)[-1] or None  # noqa: E731
     described = {
-        "model": choices.get("model"), "seed": cfg.get("seed"), "lr": select("model.optimizer.lr"),
-        "batch_size": select("data.batch_size"), "image_size": select("data.image_size"),
-        "max_epochs": select("trainer.max_epochs"), "optimizer": short("model.optimizer._target_"),
-        "scheduler": short("model.scheduler.scheduler._target_"), "loss": short("model.loss._target_"),
-        "data": choices.get("data"), "tags": ",".join(cfg.get("tags") or []) or None,
-    }  # fmt: skip
-    params |= {name: value for name, value in described.items() if name not in params and value is not None}
+        "model": choices.get("model"),
+        "seed": cfg.get("seed"),
+        "lr": select("model.optimizer.lr"),
+        "batch_size": select("data.batch_size"),
+        "image_size": select("data.image_size"),
+        "max_epochs": select("trainer.max_epochs"),
+        "optimizer": short("model.optimizer._target_"),
+        "scheduler": short("model.scheduler.scheduler._target_"),
+        "loss": short("model.loss._target_"),
+        "data": choices.get("data"),
+        "tags": ",".join(cfg.get("tags") or []) or None,
+    }
+    params |= {
+        name: value for name, value in described.items() if name not in params and value is not None
+    }
     plain = lambda v: v if isinstance(v, bool | int | float | str) else value_text(v)  # noqa: E731
     return {name: plain(value) for name, value in params.items()}, swept
 
 
 class HyperparameterTable(Callback):
-    """Log a run's hyperparameters once, with its final and best validation scores and thresholds as metrics.
+    """Log a run's hyperparameters once, with its final and best validation scores and thresholds
+    as metrics.
 
     The keys come from :func:`hyperparameters` (``train.py`` passes them as
     ``params``): the run's own overrides first, named as in job folders, each key once; the
@@ -59,8 +73,12 @@ class HyperparameterTable(Callback):
         metrics: Validation metrics to report, losses first (``*loss*`` is minimised).
     """
 
-    def __init__(self, params: Mapping[str, Any] | None = None, swept: Sequence[str] = (),
-                 metrics: Sequence[str] = ("val/loss", "val/miou", "val/pixel_acc")) -> None:  # fmt: skip
+    def __init__(
+        self,
+        params: Mapping[str, Any] | None = None,
+        swept: Sequence[str] = (),
+        metrics: Sequence[str] = ("val/loss", "val/miou", "val/pixel_acc"),
+    ) -> None:
         self.params, self.swept = dict(params or {}), list(swept)
         self.metrics = list(metrics)
         self.best: dict[str, float] = {}
@@ -72,13 +90,24 @@ class HyperparameterTable(Callback):
         self.best = dict(state.get("best", {}))
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        params = {**self.params, "encoder_weights": pl_module.weights_record.source,
-                  "precision": str(trainer.precision)}  # fmt: skip
-        levels = [f"thresholds/{t.name}" for cb in trainer.callbacks if isinstance(cb, ThresholdTracker)
-                  for t in cb.thresholds]  # fmt: skip
-        metrics = {f"{kind}/{name}": math.nan for name in self.metrics for kind in ("final", "best")}
+        params = {
+            **self.params,
+            "encoder_weights": pl_module.weights_record.source,
+            "precision": str(trainer.precision),
+        }
+        levels = [
+            f"thresholds/{t.name}"
+            for cb in trainer.callbacks
+            if isinstance(cb, ThresholdTracker)
+            for t in cb.thresholds
+        ]
+        metrics = {
+            f"{kind}/{name}": math.nan for name in self.metrics for kind in ("final", "best")
+        }
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):  # the HPARAMS tab shows only metrics declared with the params
+            if isinstance(
+                logger, TensorBoardLogger
+            ):  # the HPARAMS tab shows only metrics declared with the params
                 metrics |= dict.fromkeys(levels, math.nan)
                 _write_experiment(logger, params, metrics, self.swept)
                 logger.log_hyperparams(params, metrics=metrics)
@@ -102,11 +131,18 @@ class HyperparameterTable(Callback):
 
 
 @rank_zero_only  # other DDP ranks have no event writer (as for Lightning's log_hyperparams)
-def _write_experiment(logger: TensorBoardLogger, params: dict[str, Any], metrics: dict[str, float],
-                      swept: Sequence[str]) -> None:  # fmt: skip
-    """The HPARAMS tab's column list, the swept keys marked as ``differs``: TensorBoard (2.21) orders the columns
-    by ``differs``, then by name, and shows the first ones; unmarked, ``batch_size`` and ``data`` came before
-    ``model`` and ``seed``. Written before Lightning's own (TensorBoard keeps a tag's first metadata); the file
+def _write_experiment(
+    logger: TensorBoardLogger,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    swept: Sequence[str],
+) -> None:
+    """The HPARAMS tab's column list, the swept keys marked as ``differs``: TensorBoard (2.21)
+    orders the columns
+    by ``differs``, then by name, and shows the first ones; unmarked, ``batch_size`` and ``data``
+    came before
+    ``model`` and ``seed``. Written before Lightning's own (TensorBoard keeps a tag's first
+    metadata); the file
     writer is Lightning's private API, as Lightning itself uses it to write the same summary."""
     experiment, _, _ = hparams_summary(params, metrics)
     value = experiment.value[0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
@@ -12,16 +10,14 @@ from lightning.pytorch.utilities.seed import isolate_rng
 
 from segment.data.labels import annotated, colorize
 from segment.files import write_png
+from segment.layout import RunLayout
 
-__all__ = ["MaskImageLogger", "MaskSnapshots", "snapshot_file"]
-
-
-def snapshot_file(folder: str | Path, step: int) -> Path:
-    """Where :class:`MaskSnapshots` saves the prediction after the validation at global ``step``."""
-    return Path(folder) / f"step_{step:07d}.png"
+__all__ = ["MaskImageLogger", "MaskSnapshots"]
 
 
-def predict_fixed(trainer: Trainer, pl_module: LightningModule, num_images: int) -> tuple[np.ndarray, ...]:
+def predict_fixed(
+    trainer: Trainer, pl_module: LightningModule, num_images: int
+) -> tuple[np.ndarray, ...]:
     """Predict ``num_images`` validation images spread evenly over the validation set.
 
     Consecutive video frames would show the same scene, hence the spread; the picks depend
@@ -32,7 +28,9 @@ def predict_fixed(trainer: Trainer, pl_module: LightningModule, num_images: int)
     """
     dataset = trainer.datamodule.val_dataset
     picks = np.linspace(0, len(dataset) - 1, min(num_images, len(dataset))).round().astype(int)
-    with isolate_rng():  # augmentation seeding draws from torch's RNG: a picture must not change training
+    with (
+        isolate_rng()
+    ):  # augmentation seeding draws from torch's RNG: a picture must not change training
         items = [dataset[int(i)] for i in picks]
     images = torch.stack([item["image"] for item in items])
     truths = torch.stack([item["mask"] for item in items]).numpy()
@@ -45,7 +43,9 @@ def predict_fixed(trainer: Trainer, pl_module: LightningModule, num_images: int)
 _IMAGE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
 
 
-def log_image(logger: Logger, tag: str, image: np.ndarray, step: int, masks: tuple | None = None) -> None:
+def log_image(
+    logger: Logger, tag: str, image: np.ndarray, step: int, masks: tuple | None = None
+) -> None:
     """Log an ``(H, W, 3)`` uint8 image to TensorBoard, Weights & Biases or MLflow.
 
     ``masks`` (``images, truths, predictions, class_names``): Weights & Biases gets each
@@ -58,9 +58,16 @@ def log_image(logger: Logger, tag: str, image: np.ndarray, step: int, masks: tup
 
         images, truths, predictions, names = masks
         labels = dict(enumerate(names))
-        overlays = [wandb.Image(picture, masks={"prediction": {"mask_data": pred, "class_labels": labels},
-                                                "truth": {"mask_data": truth, "class_labels": labels}})
-                    for picture, truth, pred in zip(images, truths, predictions, strict=True)]  # fmt: skip
+        overlays = [
+            wandb.Image(
+                picture,
+                masks={
+                    "prediction": {"mask_data": pred, "class_labels": labels},
+                    "truth": {"mask_data": truth, "class_labels": labels},
+                },
+            )
+            for picture, truth, pred in zip(images, truths, predictions, strict=True)
+        ]
         logger.experiment.log({tag: overlays, "trainer/global_step": step})
     elif isinstance(logger, WandbLogger):
         logger.log_image(key=tag, images=[image], step=step)
@@ -72,7 +79,8 @@ def log_image(logger: Logger, tag: str, image: np.ndarray, step: int, masks: tup
 
 
 class MaskImageLogger(Callback):
-    """Log fixed validation images with their masks every ``every_n_epochs`` epochs (TensorBoard, W&B, MLflow).
+    """Log fixed validation images with their masks every ``every_n_epochs`` epochs (TensorBoard,
+    W&B, MLflow).
 
     Each row of the logged image (tag ``val/masks``) is input | truth | prediction,
     coloured with the dataset palette (ignored pixels black), under column titles and
@@ -86,25 +94,39 @@ class MaskImageLogger(Callback):
 
     def __init__(self, every_n_epochs: int = 5, num_images: int = 4) -> None:
         if every_n_epochs < 1 or num_images < 1:
-            raise ValueError(f"every_n_epochs={every_n_epochs} and num_images={num_images} must be >= 1")
+            raise ValueError(
+                f"every_n_epochs={every_n_epochs} and num_images={num_images} must be >= 1"
+            )
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
-        due = epoch == 0 or (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs
+        due = (
+            epoch == 0 or (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs
+        )
         loggers = [lg for lg in trainer.loggers if isinstance(lg, _IMAGE_LOGGERS)]
         if trainer.sanity_checking or not due or not loggers or not trainer.is_global_zero:
             return
         images, truths, predictions = predict_fixed(trainer, pl_module, self.num_images)
         info = trainer.datamodule.info
         rows = [
-            np.concatenate([image, colorize(truth, info.palette), colorize(pred, info.palette)], axis=1)
+            np.concatenate(
+                [image, colorize(truth, info.palette), colorize(pred, info.palette)], axis=1
+            )
             for image, truth, pred in zip(images, truths, predictions, strict=True)
         ]
-        sheet = annotated(np.concatenate(rows), ["input", "truth", "prediction"], info.class_names, info.palette)
+        sheet = annotated(
+            np.concatenate(rows), ["input", "truth", "prediction"], info.class_names, info.palette
+        )
         for logger in loggers:
-            log_image(logger, "val/masks", sheet, trainer.global_step, (images, truths, predictions, info.class_names))
+            log_image(
+                logger,
+                "val/masks",
+                sheet,
+                trainer.global_step,
+                (images, truths, predictions, info.class_names),
+            )
 
 
 class MaskSnapshots(Callback):
@@ -122,7 +144,7 @@ class MaskSnapshots(Callback):
         dirname: Folder name inside the run folder.
     """
 
-    def __init__(self, num_images: int = 1, dirname: str = "masks") -> None:
+    def __init__(self, num_images: int = 1, dirname: str = RunLayout.masks) -> None:
         if num_images < 1:
             raise ValueError(f"num_images={num_images} must be >= 1")
         self.num_images = num_images
@@ -133,10 +155,11 @@ class MaskSnapshots(Callback):
             return
         images, truths, predictions = predict_fixed(trainer, pl_module, self.num_images)
         palette = trainer.datamodule.info.palette
-        folder = Path(trainer.default_root_dir) / self.dirname
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "truth.png").exists():
-            write_png(folder / "input.png", np.concatenate(list(images)))
-            write_png(folder / "truth.png", np.concatenate([colorize(t, palette) for t in truths]))
+        layout, run = RunLayout(masks=self.dirname), trainer.default_root_dir
+        layout.snapshot(run, "truth").parent.mkdir(parents=True, exist_ok=True)
+        if not layout.snapshot(run, "truth").exists():
+            write_png(layout.snapshot(run, "input"), np.concatenate(list(images)))
+            truth = np.concatenate([colorize(t, palette) for t in truths])
+            write_png(layout.snapshot(run, "truth"), truth)
         sheet = np.concatenate([colorize(p, palette) for p in predictions])
-        write_png(snapshot_file(folder, trainer.global_step), sheet)
+        write_png(layout.snapshot(run, trainer.global_step), sheet)

@@ -1,4 +1,5 @@
-"""When did a run first reach each loss / mIoU threshold: fractional epochs, steps, images and seconds."""
+"""When did a run first reach each loss / mIoU threshold: fractional epochs, steps, images and
+seconds."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,74 +15,13 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.accelerators import CPUAccelerator
 
+from segment.analysis.thresholds import LOSS_METRICS, Threshold, first_crossing
 from segment.files import write_atomic
+from segment.layout import RunLayout
 
-__all__ = ["Crossing", "Threshold", "ThresholdTracker", "first_crossing"]
+__all__ = ["ThresholdTracker"]
 
 log = logging.getLogger(__name__)
-
-LOSS_METRICS = ("val/loss", "val/ce")
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """A level of a logged metric: reached at ``<=`` (``mode="min"``, losses) or ``>=`` (``"max"``, mIoU)."""
-
-    metric: str
-    mode: str
-    level: float
-
-    @property
-    def name(self) -> str:
-        """``val_loss<=0.5``, ``val_miou>=0.3``: the name in logs, tables and ``stop_when_reached``."""
-        return f"{self.metric.replace('/', '_')}{'<=' if self.mode == 'min' else '>='}{self.level:g}"
-
-    def holds(self, value: float) -> bool:
-        return value <= self.level if self.mode == "min" else value >= self.level
-
-
-@dataclass(frozen=True)
-class Crossing:
-    """When a run first reached a threshold (held for ``patience`` validations), or when it was last seen without."""
-
-    time: float  # in the unit asked for (fractional epochs, images, seconds)
-    reached: bool  # False: right-censored at ``time``
-    step: int | None = None  # the global step of the crediting validation (its mask snapshot)
-
-
-def first_crossing(history: Sequence[dict[str, Any]], threshold: Threshold, patience: int = 1, unit: str = "epoch",
-                   interpolate: bool = False) -> Crossing | None:  # fmt: skip
-    """The first validation from which ``threshold`` held for ``patience`` validations in a row.
-
-    The one crossing rule: the tracker applies it as training goes, the study report to
-    every level of its ladders. Validations that did not log the metric are skipped.
-
-    Args:
-        history: Validations in order, each with ``epoch`` (fractional), ``step``,
-            ``images_seen``, ``seconds`` and the logged metrics (``thresholds.json``'s history).
-        threshold: The level.
-        patience: Validations in a row it must hold; the first of them is credited.
-        unit: ``epoch``, ``step``, ``images_seen`` or ``seconds``.
-        interpolate: Credit the linear interpolation between the last validation short of
-            the level and the crediting one, instead of the latter (a sensitivity check).
-
-    Returns:
-        The crossing, or a right-censored point at the last validation; None without validations.
-    """
-    rows = [row for row in history if threshold.metric in row]
-    if not rows:
-        return None
-    holds = [threshold.holds(row[threshold.metric]) for row in rows]
-    for i in range(len(rows) - patience + 1):
-        if all(holds[i : i + patience]):
-            time = float(rows[i][unit])
-            if interpolate and i > 0:
-                before, after = rows[i - 1], rows[i]
-                span = before[threshold.metric] - after[threshold.metric]
-                fraction = (before[threshold.metric] - threshold.level) / span if span else 1.0
-                time = float(before[unit]) + fraction * (float(after[unit]) - float(before[unit]))
-            return Crossing(time, True, int(rows[i]["step"]))
-    return Crossing(float(rows[-1][unit]), False)
 
 
 class ThresholdTracker(Callback):
@@ -119,17 +59,22 @@ class ThresholdTracker(Callback):
         loss_metric: str = "val/loss",
         patience: int = 1,
         stop_when_reached: str | None = None,
-        filename: str = "thresholds.json",
+        filename: str = RunLayout.thresholds,
     ) -> None:
         if patience < 1:
             raise ValueError(f"thresholds.patience={patience} must be >= 1")
         if loss_metric not in LOSS_METRICS:
-            raise ValueError(f"thresholds.loss_metric={loss_metric!r}; expected one of {list(LOSS_METRICS)}")
+            raise ValueError(
+                f"thresholds.loss_metric={loss_metric!r}; expected one of {list(LOSS_METRICS)}"
+            )
         for key, values, mode in (("val_loss", val_loss, "min"), ("val_miou", val_miou, "max")):
             steps = list(zip(values, values[1:], strict=False))
             if any((b >= a) if mode == "min" else (b <= a) for a, b in steps):
-                order = "decreasing (loosest first), e.g. [1.0, 0.7, 0.5]" if mode == "min" else (
-                    "increasing (loosest first), e.g. [0.3, 0.5, 0.6]")  # fmt: skip
+                order = (
+                    "decreasing (loosest first), e.g. [1.0, 0.7, 0.5]"
+                    if mode == "min"
+                    else ("increasing (loosest first), e.g. [0.3, 0.5, 0.6]")
+                )
                 raise ValueError(f"thresholds.{key}={list(values)}: must be strictly {order}")
         # Ordered from loosest to strictest, so that the tables and plots read in training order.
         self.thresholds = [Threshold(loss_metric, "min", float(v)) for v in val_loss] + [
@@ -139,7 +84,9 @@ class ThresholdTracker(Callback):
         self.filename = filename
         names = [t.name for t in self.thresholds]
         if stop_when_reached is not None and stop_when_reached not in names:
-            raise ValueError(f"thresholds.stop_when_reached={stop_when_reached!r}; expected one of {names}")
+            raise ValueError(
+                f"thresholds.stop_when_reached={stop_when_reached!r}; expected one of {names}"
+            )
         self.stop_when_reached = stop_when_reached
         self.reached: dict[str, dict[str, Any] | None] = dict.fromkeys(names)
         self.history: list[dict[str, Any]] = []
@@ -172,12 +119,15 @@ class ThresholdTracker(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._batches_in_epoch = 0
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         self.images_seen += int(batch["image"].shape[0]) * trainer.world_size
         self._batches_in_epoch += 1
 
     def _elapsed(self, trainer: Trainer) -> tuple[float, float | None]:
-        """Seconds of training so far, and the CPU share this process got since the last call (CPU runs)."""
+        """Seconds of training so far, and the CPU share this process got since the last call (CPU
+        runs)."""
         now, cpu_now = time.perf_counter(), time.process_time()
         share = None
         if self._clock is not None:
@@ -195,17 +145,26 @@ class ThresholdTracker(Callback):
         seconds, share = self._elapsed(trainer)
         batches = max(int(trainer.num_training_batches), 1)
         point = {
-            "epoch": round(trainer.current_epoch + min(self._batches_in_epoch, batches) / batches, 4),
+            "epoch": round(
+                trainer.current_epoch + min(self._batches_in_epoch, batches) / batches, 4
+            ),
             "step": trainer.global_step,
             "images_seen": self.images_seen,
             "seconds": round(seconds, 2),
         }
-        logged = {name: float(value) for name, value in trainer.callback_metrics.items()
-                  if name.startswith("val/") and value.numel() == 1}  # fmt: skip
+        logged = {
+            name: float(value)
+            for name, value in trainer.callback_metrics.items()
+            if name.startswith("val/") and value.numel() == 1
+        }
         self.history.append({**point, "cpu_share": share, **logged})
         for threshold in self.thresholds:
             name = threshold.name
-            crossing = None if self.reached[name] else first_crossing(self.history, threshold, self.patience)
+            crossing = (
+                None
+                if self.reached[name]
+                else first_crossing(self.history, threshold, self.patience)
+            )
             if crossing is None or not crossing.reached:
                 continue
             row = next(row for row in self.history if row["step"] == crossing.step)
@@ -230,7 +189,10 @@ class ThresholdTracker(Callback):
         record = {
             "patience": self.patience,
             "finished": self.finished,
-            "thresholds": [{**asdict(t), "name": t.name, "reached": self.reached[t.name]} for t in self.thresholds],
+            "thresholds": [
+                {**asdict(t), "name": t.name, "reached": self.reached[t.name]}
+                for t in self.thresholds
+            ],
             "history": self.history,
         }
         write_atomic(path, json.dumps(record, indent=2) + "\n")

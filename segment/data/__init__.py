@@ -1,31 +1,34 @@
-"""Datasets, label metadata and LightningDataModules."""
+"""Datasets, label metadata and LightningDataModules.
 
-from segment.data.datamodule import SegmentationDataModule
-from segment.data.dataset import Sample, SegmentationDataset, pair_files
-from segment.data.formats import (
-    BDD100KDataModule,
-    CamVidDataModule,
-    CityscapesDataModule,
-    FolderDataModule,
-    GTA5DataModule,
-    KittiRoadDataModule,
-    SyntheticDataModule,
-)
-from segment.data.labels import DatasetInfo, LabelError, colorize
+The names below are imported when first used, so that ``segment.data.labels`` (the class
+names the study report reads) comes without Lightning.
+"""
 
-__all__ = [
-    "BDD100KDataModule",
-    "CamVidDataModule",
-    "CityscapesDataModule",
-    "DatasetInfo",
-    "FolderDataModule",
-    "GTA5DataModule",
-    "KittiRoadDataModule",
-    "LabelError",
-    "Sample",
-    "SegmentationDataModule",
-    "SegmentationDataset",
-    "SyntheticDataModule",
-    "colorize",
-    "pair_files",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "SegmentationDataModule": "datamodule",
+    "Sample": "dataset",
+    "SegmentationDataset": "dataset",
+    "pair_files": "dataset",
+    "BDD100KDataModule": "formats",
+    "CamVidDataModule": "formats",
+    "CityscapesDataModule": "formats",
+    "FolderDataModule": "formats",
+    "GTA5DataModule": "formats",
+    "KittiRoadDataModule": "formats",
+    "SyntheticDataModule": "formats",
+    "DatasetInfo": "labels",
+    "LabelError": "labels",
+    "colorize": "labels",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'segment.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"segment.data.{_HOMES[name]}"), name)

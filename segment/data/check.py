@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from PIL import Image
 
-from segment.config import config_dir
 from segment.data.datamodule import SegmentationDataModule
 from segment.data.dataset import DatasetStatistics, Sample, SegmentationDataset
 
-__all__ = ["DatasetReport", "check_datamodule", "main"]
+__all__ = ["DatasetReport", "check_datamodule"]
 
-CONF_DIR = config_dir()
 _ORIENTATION = 0x0112  # the EXIF tag
 
 
@@ -35,13 +29,20 @@ class DatasetReport:
         """Share of labelled (non-ignored) pixels per class in ``split``."""
         pixels = self.splits[split].pixels
         total = pixels.sum()
-        return {name: float(n / total) if total else 0.0 for name, n in zip(self.class_names, pixels, strict=True)}
+        return {
+            name: float(n / total) if total else 0.0
+            for name, n in zip(self.class_names, pixels, strict=True)
+        }
 
     @property
     def warnings(self) -> list[str]:
-        return [f"{split}: {len(stats.unlabelled)} mask(s) have no labelled pixel (all ignored): "
-                f"{', '.join(str(p) for p in stats.unlabelled[:5])}{' ...' if len(stats.unlabelled) > 5 else ''}"
-                for split, stats in self.splits.items() if stats.unlabelled]  # fmt: skip
+        return [
+            f"{split}: {len(stats.unlabelled)} mask(s) have no labelled pixel (all ignored): "
+            f"{', '.join(str(p) for p in stats.unlabelled[:5])}"
+            f"{' ...' if len(stats.unlabelled) > 5 else ''}"
+            for split, stats in self.splits.items()
+            if stats.unlabelled
+        ]
 
     def to_markdown(self) -> str:
         lines = [
@@ -59,7 +60,9 @@ class DatasetReport:
         lines += ["", "| class | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
         freqs = {split: self.frequencies(split) for split in splits}
         for name in self.class_names:
-            lines.append(f"| {name} | " + " | ".join(f"{100 * freqs[s][name]:.2f}%" for s in splits) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(f"{100 * freqs[s][name]:.2f}%" for s in splits) + " |"
+            )
         if self.warnings:
             lines += ["", f"## {len(self.warnings)} warning(s)", *[f"- {w}" for w in self.warnings]]
         if self.problems:
@@ -67,7 +70,9 @@ class DatasetReport:
         return "\n".join(lines)
 
 
-def check_datamodule(datamodule: SegmentationDataModule, threads: int | None = None) -> DatasetReport:
+def check_datamodule(
+    datamodule: SegmentationDataModule, threads: int | None = None
+) -> DatasetReport:
     """Decode every sample of every split at native size; collect sizes, class pixels and problems.
 
     A split that is absent (e.g. no ``test/`` folder) is skipped unless it is train or val.
@@ -84,7 +89,9 @@ def check_datamodule(datamodule: SegmentationDataModule, threads: int | None = N
         if not samples:
             report.problems.append(f"{split}: the split is empty")
             continue
-        stats = SegmentationDataset(samples, info).scan(threads=threads, progress=f"check {info.name}/{split}")
+        stats = SegmentationDataset(samples, info).scan(
+            threads=threads, progress=f"check {info.name}/{split}"
+        )
         report.problems += [f"{split}: {problem}" for problem in stats.problems]
         report.problems += [f"{split}: {problem}" for problem in _exif_problems(samples)]
         report.splits[split], report.counts[split] = stats, len(samples)
@@ -92,7 +99,8 @@ def check_datamodule(datamodule: SegmentationDataModule, threads: int | None = N
 
 
 def _exif_problems(samples: Sequence[Sample]) -> list[str]:
-    """Images with an EXIF orientation tag: a viewer shows them rotated, training reads the stored pixels."""
+    """Images with an EXIF orientation tag: a viewer shows them rotated, training reads the stored
+    pixels."""
     found = []
     for sample in samples:
         try:
@@ -101,27 +109,11 @@ def _exif_problems(samples: Sequence[Sample]) -> list[str]:
         except OSError:
             continue  # unreadable: the scan reported it
         if orientation != 1:
-            found.append(f"{sample.image} has EXIF orientation {orientation}: viewers rotate it, training reads the "
-                         "stored pixels (as for its mask). If the mask was drawn on the rotated view, save the image "
-                         "rotated, without the tag")  # fmt: skip
+            found.append(
+                f"{sample.image} has EXIF orientation {orientation}: viewers rotate it, training "
+                "reads the "
+                "stored pixels (as for its mask). If the mask was drawn on the rotated view, save "
+                "the image "
+                "rotated, without the tag"
+            )
     return found
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``check [hydra overrides]``; prints the report; exit code 1 on any problem."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "check":
-        print("usage: python -m segment.data check data=<name> [key=value ...]", file=sys.stderr)
-        return 2
-    cwd = os.getcwd()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={cwd}", f"paths.output_dir={cwd}", *argv[1:]])
-    datamodule: SegmentationDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    report = check_datamodule(datamodule)
-    print(report.to_markdown())
-    if report.problems:
-        print(f"\n{len(report.problems)} problem(s) found", file=sys.stderr)
-        return 1
-    print(f"\n{report.name}: no problems in {sum(report.counts.values())} samples")
-    return 0

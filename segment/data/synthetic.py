@@ -59,7 +59,9 @@ SYNTHETIC_INFO = DatasetInfo(
     ignore_index=255,
 )
 
-SKY, BUILDING, VEGETATION, ROAD, LANE_MARKING, SIDEWALK, POLE, TRAFFIC_SIGN, CAR, PEDESTRIAN = range(10)
+SKY, BUILDING, VEGETATION, ROAD, LANE_MARKING, SIDEWALK, POLE, TRAFFIC_SIGN, CAR, PEDESTRIAN = (
+    range(10)
+)
 log = logging.getLogger(__name__)
 
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
@@ -90,9 +92,13 @@ class _Canvas:
         self.label = np.full((height, width), SKY, np.uint8)
         self.depth = np.full((height, width), _FAR, np.float32)
 
-    def paint(self, where: np.ndarray, label: int, rgb: np.ndarray, depth: np.ndarray | float, box=None) -> None:
+    def paint(
+        self, where: np.ndarray, label: int, rgb: np.ndarray, depth: np.ndarray | float, box=None
+    ) -> None:
         """Paint ``where`` (inside ``box`` = (r0, r1, c0, c1)) if nearer than what is there."""
-        r0, r1, c0, c1 = box if box is not None else (0, self.label.shape[0], 0, self.label.shape[1])
+        r0, r1, c0, c1 = (
+            box if box is not None else (0, self.label.shape[0], 0, self.label.shape[1])
+        )
         depth_view = self.depth[r0:r1, c0:c1]
         visible = where & (depth < depth_view)
         self.label[r0:r1, c0:c1][visible] = label
@@ -108,7 +114,9 @@ def _noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, i
 
 
 def _colour(rng: np.random.Generator, base, jitter: float) -> np.ndarray:
-    return np.clip(np.asarray(base, np.float32) + rng.normal(0.0, jitter, 3), 0, 255).astype(np.float32)
+    return np.clip(np.asarray(base, np.float32) + rng.normal(0.0, jitter, 3), 0, 255).astype(
+        np.float32
+    )
 
 
 def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Generator) -> dict:
@@ -150,7 +158,9 @@ def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Gener
     z = np.where(below, cam.focal * cam.elevation / np.maximum(dv, 0.5), _FAR).astype(np.float32)
     x = cam.x + dx * z
     on_road = np.abs(x) < road_half
-    on_walk = (x > -road_half - layout["walk_left"]) & (x < road_half + layout["walk_right"]) & ~on_road
+    on_walk = (
+        (x > -road_half - layout["walk_left"]) & (x < road_half + layout["walk_right"]) & ~on_road
+    )
     on_verge = ~on_road & ~on_walk
 
     asphalt = _colour(rng, rng.uniform(70, 115, 1).repeat(3), 6)
@@ -165,12 +175,16 @@ def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Gener
     marking = np.zeros_like(on_road)
     for k in range(1, layout["lanes"]):
         centre = -road_half + k * lane_width
-        marking |= (np.abs(x - centre) < 0.08) & (np.mod(z + rng.uniform(0, dash_period), dash_period) < dash_len)
+        marking |= (np.abs(x - centre) < 0.08) & (
+            np.mod(z + rng.uniform(0, dash_period), dash_period) < dash_len
+        )
     if rng.random() < 0.7:
         marking |= np.abs(np.abs(x) - (road_half - 0.3)) < 0.08
     if rng.random() < 0.3:
         z0 = rng.uniform(8, 25)
-        marking |= (z > z0) & (z < z0 + 3.5) & (np.mod(x, 1.0) < 0.5) & (np.abs(x) < road_half - 0.5)
+        marking |= (
+            (z > z0) & (z < z0 + 3.5) & (np.mod(x, 1.0) < 0.5) & (np.abs(x) < road_half - 0.5)
+        )
     paint_colour = _colour(rng, (225, 225, 215) if rng.random() < 0.8 else (225, 200, 90), 8)
     wear = 0.75 + 0.25 * _noise(rng, (h, w), (h // 4, w // 4))
     canvas.paint(below & on_road & marking, LANE_MARKING, paint_colour * wear[..., None], z - 0.01)
@@ -180,14 +194,27 @@ def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Gener
     joints = (np.mod(x, slab) < 0.04) | (np.mod(z, slab) < 0.04 * np.maximum(1, z / 10))
     kerb = np.abs(np.abs(x) - road_half) < 0.15
     walk_base = _colour(rng, rng.uniform(120, 175, 1).repeat(3) + rng.normal(0, 10, 3), 6)
-    walk_rgb = walk_base * (1 - 0.15 * joints[..., None] - 0.2 * kerb[..., None] + 0.15 * grain[..., None])
+    walk_rgb = walk_base * (
+        1 - 0.15 * joints[..., None] - 0.2 * kerb[..., None] + 0.15 * grain[..., None]
+    )
     canvas.paint(below & on_walk, SIDEWALK, walk_rgb, z)
 
-    verge_rgb = _colour(rng, (70, 110, 45), 12) * (0.7 + 0.6 * _noise(rng, (h, w), (h // 2, w // 2)))[..., None]
+    verge_rgb = (
+        _colour(rng, (70, 110, 45), 12)
+        * (0.7 + 0.6 * _noise(rng, (h, w), (h // 2, w // 2)))[..., None]
+    )
     canvas.paint(below & on_verge, VEGETATION, verge_rgb, z)
 
     for side, plane_x in (("left", layout["facade_left"]), ("right", layout["facade_right"])):
-        _draw_facade(canvas, cam, rng, plane_x, dx, dv, light=rng.uniform(0.6, 1.1) if side == "left" else 1.0)
+        _draw_facade(
+            canvas,
+            cam,
+            rng,
+            plane_x,
+            dx,
+            dv,
+            light=rng.uniform(0.6, 1.1) if side == "left" else 1.0,
+        )
 
     # Cast shadows darken the ground without changing its class.
     shadow = _noise(rng, (h, w), (3, 4)) > rng.uniform(0.55, 0.8)
@@ -210,7 +237,9 @@ def _draw_facade(
     with np.errstate(divide="ignore", invalid="ignore"):
         z = (plane_x - cam.x) / dx
     z = np.where(np.isfinite(z) & (z > 0.5), z, _FAR).astype(np.float32)
-    height_here = cam.elevation - dv * z / cam.focal  # metres above ground where the ray meets the plane
+    height_here = (
+        cam.elevation - dv * z / cam.focal
+    )  # metres above ground where the ray meets the plane
 
     start = rng.uniform(-10, 5)
     while start < 250:
@@ -223,7 +252,9 @@ def _draw_facade(
             where = in_block & (height_here >= 0) & (height_here < top)
             base = _colour(
                 rng,
-                [(190, 170, 140), (150, 75, 60), (175, 175, 170), (225, 220, 205), (120, 100, 85)][rng.integers(5)],
+                [(190, 170, 140), (150, 75, 60), (175, 175, 170), (225, 220, 205), (120, 100, 85)][
+                    rng.integers(5)
+                ],
                 12,
             )
             win_w, floor = rng.uniform(1.5, 3.5), rng.uniform(2.8, 3.6)
@@ -253,7 +284,14 @@ def _draw_car(canvas: _Canvas, cam: _Camera, rng: np.random.Generator, x: float,
     cabin_half = half * 0.85 - (ys - 0.55 * height) * 0.45
     cabin = (np.abs(xs) < cabin_half) & (ys >= 0.55 * height) & (ys < height)
     wheels = (np.abs(xs) > half - 0.5) & (np.abs(xs) < half - 0.08) & (ys >= 0) & (ys <= 0.35)
-    paints = [(200, 200, 205), (30, 30, 35), (150, 20, 25), (30, 60, 140), (120, 120, 125), (235, 235, 235)]
+    paints = [
+        (200, 200, 205),
+        (30, 30, 35),
+        (150, 20, 25),
+        (30, 60, 140),
+        (120, 120, 125),
+        (235, 235, 235),
+    ]
     paint = _colour(rng, paints[rng.integers(len(paints))], 10)
     rgb = np.broadcast_to(paint, (*xs.shape, 3)).copy()
     glass = cabin & (np.abs(xs) < cabin_half - 0.1) & (ys > 0.62 * height) & (ys < height - 0.08)
@@ -264,7 +302,9 @@ def _draw_car(canvas: _Canvas, cam: _Camera, rng: np.random.Generator, x: float,
     canvas.paint(body | cabin | wheels, CAR, rgb, z, box)
 
 
-def _draw_pedestrian(canvas: _Canvas, cam: _Camera, rng: np.random.Generator, x: float, z: float) -> None:
+def _draw_pedestrian(
+    canvas: _Canvas, cam: _Camera, rng: np.random.Generator, x: float, z: float
+) -> None:
     height = rng.uniform(1.5, 1.9)
     ys, xs, box = _billboard(cam, x, z, 0.7, height)
     if box is None:
@@ -272,7 +312,11 @@ def _draw_pedestrian(canvas: _Canvas, cam: _Camera, rng: np.random.Generator, x:
     head = (xs**2 + (ys - (height - 0.12)) ** 2) < 0.11**2
     torso = (np.abs(xs) < 0.2) & (ys > 0.5 * height) & (ys < height - 0.2)
     stride = rng.uniform(0.0, 0.12)
-    legs = ((np.abs(xs - stride) < 0.08) | (np.abs(xs + stride) < 0.08)) & (ys >= 0) & (ys <= 0.52 * height)
+    legs = (
+        ((np.abs(xs - stride) < 0.08) | (np.abs(xs + stride) < 0.08))
+        & (ys >= 0)
+        & (ys <= 0.52 * height)
+    )
     arms = (np.abs(np.abs(xs) - 0.26) < 0.05) & (ys > 0.45 * height) & (ys < height - 0.25)
     rgb = np.empty((*xs.shape, 3), np.float32)
     rgb[:] = _colour(rng, rng.uniform(20, 220, 3), 5)  # top
@@ -293,7 +337,9 @@ def _draw_pole(canvas: _Canvas, cam: _Camera, rng: np.random.Generator, x: float
         _draw_sign(canvas, cam, rng, x, z - 0.05, rng.uniform(2.0, min(3.2, height - 0.4)))
 
 
-def _draw_sign(canvas: _Canvas, cam: _Camera, rng: np.random.Generator, x: float, z: float, centre: float) -> None:
+def _draw_sign(
+    canvas: _Canvas, cam: _Camera, rng: np.random.Generator, x: float, z: float, centre: float
+) -> None:
     size = rng.uniform(0.5, 0.8)
     ys, xs, box = _billboard(cam, x, z, size, centre + size / 2)
     if box is None:
@@ -351,7 +397,9 @@ def _billboard(cam: _Camera, x: float, z: float, width: float, height: float):
     return (row - (rows + 0.5)) / scale, (cols + 0.5 - col) / scale, (r0, r1, c0, c1)
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    rng: np.random.Generator, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene.
 
     Args:
@@ -379,14 +427,22 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     # Sprites, in any order: the depth buffer resolves occlusion.
     for _ in range(rng.poisson(4.0)):
         lane = rng.integers(layout["lanes"])
-        _draw_car(canvas, cam, rng, -road_half + (lane + 0.5) * lane_width + rng.normal(0, 0.3), rng.uniform(4, 80))
+        _draw_car(
+            canvas,
+            cam,
+            rng,
+            -road_half + (lane + 0.5) * lane_width + rng.normal(0, 0.3),
+            rng.uniform(4, 80),
+        )
     for _ in range(rng.poisson(1.5)):  # parked at the kerb
         side = rng.choice([-1, 1])
         _draw_car(canvas, cam, rng, side * (road_half - 1.1), rng.uniform(5, 60))
     for _ in range(rng.poisson(1.2)):
         side = rng.choice([-1, 1])
         walk = layout["walk_left"] if side < 0 else layout["walk_right"]
-        _draw_pedestrian(canvas, cam, rng, side * (road_half + rng.uniform(0.3, walk - 0.2)), rng.uniform(4, 45))
+        _draw_pedestrian(
+            canvas, cam, rng, side * (road_half + rng.uniform(0.3, walk - 0.2)), rng.uniform(4, 45)
+        )
     for side in (-1, 1):
         spacing = rng.uniform(12, 30)
         for z in np.arange(rng.uniform(3, spacing), 120, spacing):
@@ -428,11 +484,18 @@ def generate_split(
     missing = [
         index
         for index in range(count)
-        if not ((images_dir / f"{index:05d}.png").exists() and (masks_dir / f"{index:05d}.png").exists())
+        if not (
+            (images_dir / f"{index:05d}.png").exists() and (masks_dir / f"{index:05d}.png").exists()
+        )
     ]
     if missing:
         log.info(
-            "rendering %d synthetic %s scenes (%dx%d) into %s", len(missing), split, height, width, images_dir.parent
+            "rendering %d synthetic %s scenes (%dx%d) into %s",
+            len(missing),
+            split,
+            height,
+            width,
+            images_dir.parent,
         )
     for index in tqdm(missing, f"render synthetic {split}", disable=not missing):
         image_path, mask_path = images_dir / f"{index:05d}.png", masks_dir / f"{index:05d}.png"

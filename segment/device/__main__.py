@@ -1,4 +1,5 @@
-"""``python -m segment.device pack [--camvid DIR] [--python-version 3.12] ...``: see :mod:`segment.device.pack`."""
+"""``python -m segment.device pack [--camvid DIR] [--python-version 3.12] ...``: see
+:mod:`segment.device.pack`."""
 
 import sys
 

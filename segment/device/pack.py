@@ -1,4 +1,5 @@
-"""Build ``.device_pack/``: what the GPU machine lacks, within what travels (64 MiB with the working tree).
+"""Build ``.device_pack/``: what the GPU machine lacks, within what travels (64 MiB with the
+working tree).
 
 - ``wheels/``: manylinux wheels of exactly the packages the machine lacks, at the versions
   installed here (one pure-Python wheel built here for ``antlr4-python3-runtime``, which
@@ -32,17 +33,34 @@ from segment.models.hed import HED_CONVERTED, hed_state_dict
 __all__ = ["BUDGET", "MISSING_THERE", "PackReport", "main", "pack"]
 
 BUDGET = 64 * 2**20  # what travels: the working tree plus carried paths
-# Python distributions the GPU machine lacks (its package list: /work/.library/device/KINDS.md, 2026-11):
+# Python distributions the GPU machine lacks (its package list: /work/.library/device/KINDS.md,
+# 2026-11):
 # ours and their dependencies that are not there. typing-extensions travels too: pydantic needs a
 # newer one than some images hold, and a newer one serves every other package.
 MISSING_THERE = (
-    "segmentation-models-pytorch", "albumentations", "albucore", "stringzilla", "simsimd", "pydantic",
-    "pydantic-core", "annotated-types", "typing-inspection", "typing-extensions", "hydra-core", "omegaconf",
-    "antlr4-python3-runtime", "hydra-joblib-launcher",
-)  # fmt: skip
+    "segmentation-models-pytorch",
+    "albumentations",
+    "albucore",
+    "stringzilla",
+    "simsimd",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+    "hydra-core",
+    "omegaconf",
+    "antlr4-python3-runtime",
+    "hydra-joblib-launcher",
+)
 SDIST_ONLY = ("antlr4-python3-runtime",)
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64")  # fmt: skip
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 SPLITS = ("train", "val", "test")
 
 
@@ -65,46 +83,91 @@ class PackReport:
 
 
 def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return (
+        sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
 
 
 def _working_tree_size(repo: Path, pack_dir: Path) -> int:
     """Bytes of tracked and untracked-but-not-ignored files: what travels besides the pack."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
-                            capture_output=True, check=True).stdout.decode().split("\0")  # fmt: skip
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=repo,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     files = [repo / name for name in listed if name and (repo / name).is_file()]
     return sum(f.stat().st_size for f in files if pack_dir not in f.parents)
 
 
-def fetch_wheels(target: Path, python_version: str, names: tuple[str, ...] = MISSING_THERE) -> list[Path]:
-    """Download (or, sdist-only, build) one wheel per distribution, at the version installed here: one pip call
-    for all the binary wheels and one for the builds (pip's start and index lookups, not the files, cost the time)."""
+def fetch_wheels(
+    target: Path, python_version: str, names: tuple[str, ...] = MISSING_THERE
+) -> list[Path]:
+    """Download (or, sdist-only, build) one wheel per distribution, at the version installed here:
+    one pip call
+    for all the binary wheels and one for the builds (pip's start and index lookups, not the files,
+    cost the time)."""
     target.mkdir(parents=True, exist_ok=True)
     have = [p.name.lower() for p in target.glob("*.whl")]
     versions = {name: metadata.version(name) for name in names}
-    missing = [name for name, version in versions.items()
-               if not any(wheel.startswith(f"{name.replace('-', '_').lower()}-{version}-") for wheel in have)]
+    missing = [
+        name
+        for name, version in versions.items()
+        if not any(
+            wheel.startswith(f"{name.replace('-', '_').lower()}-{version}-") for wheel in have
+        )
+    ]
     built = [f"{name}=={versions[name]}" for name in missing if name in SDIST_ONLY]
     downloaded = [f"{name}=={versions[name]}" for name in missing if name not in SDIST_ONLY]
     commands = []
     if built:
-        commands.append([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(target), *built])
+        commands.append(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(target), *built]
+        )
     if downloaded:
-        commands.append([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "--only-binary=:all:",
-                         "--python-version", python_version, "--implementation", "cp", "-d", str(target),
-                         *[f"--platform={p}" for p in PLATFORMS], *downloaded])  # fmt: skip
+        commands.append(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "--only-binary=:all:",
+                "--python-version",
+                python_version,
+                "--implementation",
+                "cp",
+                "-d",
+                str(target),
+                *[f"--platform={p}" for p in PLATFORMS],
+                *downloaded,
+            ]
+        )
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             pins = " ".join(c for c in command if "==" in c)
-            raise RuntimeError(f"could not fetch {pins} for Python {python_version}: {result.stderr.strip()[-400:]}")
+            raise RuntimeError(
+                f"could not fetch {pins} for Python {python_version}: "
+                f"{result.stderr.strip()[-400:]}"
+            )
     return sorted(target.glob("*.whl"))
 
 
 def pack_camvid(source: Path, target: Path, quality: int, max_images: int | None = None) -> int:
-    """CamVid's splits with JPEG images and byte-identical PNG masks; returns the number of samples."""
+    """CamVid's splits with JPEG images and byte-identical PNG masks; returns the number of
+    samples."""
     if not (source / "train").is_dir():
-        raise FileNotFoundError(f"--camvid {source}: no train/ folder (SegNet layout: train/ trainannot/ val/ ...)")
+        raise FileNotFoundError(
+            f"--camvid {source}: no train/ folder (SegNet layout: train/ trainannot/ val/ ...)"
+        )
     count = 0
     for split in SPLITS:
         if not (source / split).is_dir():
@@ -114,8 +177,11 @@ def pack_camvid(source: Path, target: Path, quality: int, max_images: int | None
         (target / f"{split}annot").mkdir(parents=True, exist_ok=True)
         for image in tqdm(images, f"pack camvid/{split}", unit="image"):
             mask = source / f"{split}annot" / image.name
-            ok, encoded = cv2.imencode(".jpg", cv2.imread(str(image), cv2.IMREAD_COLOR),
-                                       [cv2.IMWRITE_JPEG_QUALITY, quality])  # fmt: skip
+            ok, encoded = cv2.imencode(
+                ".jpg",
+                cv2.imread(str(image), cv2.IMREAD_COLOR),
+                [cv2.IMWRITE_JPEG_QUALITY, quality],
+            )
             if not ok:
                 raise OSError(f"could not encode {image} as JPEG")
             write_atomic(target / split / f"{image.stem}.jpg", encoded.tobytes())
@@ -128,19 +194,29 @@ def pack_camvid(source: Path, target: Path, quality: int, max_images: int | None
 
 
 def pack_weights(target: Path) -> Path:
-    """HED's converted VGG16 encoder in float16, where the resolver looks when SEGMENT_CACHE_DIR=<pack>."""
+    """HED's converted VGG16 encoder in float16, where the resolver looks when
+    SEGMENT_CACHE_DIR=<pack>."""
     state, source = hed_state_dict()
     half = {key: value.half() for key, value in state.items()}
     target.mkdir(parents=True, exist_ok=True)
     path = target / HED_CONVERTED
-    note = f"float16 copy of {source.name} (sha256 {sha256(source)[:12]}), halved for transport to the GPU machine"
+    note = (
+        f"float16 copy of {source.name} (sha256 {sha256(source)[:12]}), halved for "
+        "transport to the GPU machine"
+    )
     write_atomic(path, save(half, metadata={"note": note}))
     write_atomic(path.with_suffix(".sha256"), sha256(path) + "\n")
     return path
 
 
-def pack(output: Path, camvid: Path, python_version: str = "3.12", quality: int = 85,
-         max_images: int | None = None, repo: Path | None = None) -> PackReport:  # fmt: skip
+def pack(
+    output: Path,
+    camvid: Path,
+    python_version: str = "3.12",
+    quality: int = 85,
+    max_images: int | None = None,
+    repo: Path | None = None,
+) -> PackReport:
     """Build the pack in ``output`` and size what travels; see the module docstring."""
     output = Path(output)
     report = PackReport()
@@ -151,37 +227,66 @@ def pack(output: Path, camvid: Path, python_version: str = "3.12", quality: int 
     report.parts["weights"] = _size(pack_weights(output / "weights"))
     if repo is not None:
         report.parts["working tree"] = _working_tree_size(repo, output.resolve())
-    report.notes = [f"{samples} CamVid samples, JPEG quality {quality}, masks byte-identical",
-                    f"{len(wheels)} wheels for Python {python_version}", "VGG16 (HED) encoder in float16"]  # fmt: skip
-    manifest = {"wheels": [w.name for w in wheels], "camvid_samples": samples, "jpeg_quality": quality,
-                "python_version": python_version, "bytes": report.parts, "notes": report.notes}  # fmt: skip
+    report.notes = [
+        f"{samples} CamVid samples, JPEG quality {quality}, masks byte-identical",
+        f"{len(wheels)} wheels for Python {python_version}",
+        "VGG16 (HED) encoder in float16",
+    ]
+    manifest = {
+        "wheels": [w.name for w in wheels],
+        "camvid_samples": samples,
+        "jpeg_quality": quality,
+        "python_version": python_version,
+        "bytes": report.parts,
+        "notes": report.notes,
+    }
     write_atomic(output / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m segment.device pack``: build the pack, print its size, refuse when over budget."""
-    parser = argparse.ArgumentParser(prog="python -m segment.device", description=__doc__.split("\n")[0])
+    """``python -m segment.device pack``: build the pack, print its size, refuse when over
+    budget."""
+    parser = argparse.ArgumentParser(
+        prog="python -m segment.device", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("pack", help="build .device_pack/ (wheels, CamVid, weights)")
-    build.add_argument("--camvid", type=Path, default=Path("../shared/data/camvid"), help="CamVid, SegNet layout")
+    build.add_argument(
+        "--camvid", type=Path, default=Path("../shared/data/camvid"), help="CamVid, SegNet layout"
+    )
     build.add_argument("--output", type=Path, default=Path(".device_pack"))
-    build.add_argument("--python-version", default="3.12", help="of the GPU machine (3.11 for a dry run here)")
-    build.add_argument("--quality", type=int, default=85, help="JPEG quality of the packed images (85: ~45 KB each)")
-    build.add_argument("--max-images", type=int, default=None, help="per split (a dry run packs a handful)")
+    build.add_argument(
+        "--python-version", default="3.12", help="of the GPU machine (3.11 for a dry run here)"
+    )
+    build.add_argument(
+        "--quality",
+        type=int,
+        default=85,
+        help="JPEG quality of the packed images (85: ~45 KB each)",
+    )
+    build.add_argument(
+        "--max-images", type=int, default=None, help="per split (a dry run packs a handful)"
+    )
     args = parser.parse_args(argv)
     repo = Path.cwd()
     try:
-        report = pack(args.output, args.camvid, args.python_version, args.quality, args.max_images, repo)
+        report = pack(
+            args.output, args.camvid, args.python_version, args.quality, args.max_images, repo
+        )
     except (OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(report.table())
     print("; ".join(report.notes))
     if report.total > BUDGET:
-        print(f"error: {report.total / 2**20:.1f} MiB would travel, over the {BUDGET / 2**20:.0f} MiB budget: lower "
-              "--quality, or leave out a split's images with --max-images", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {report.total / 2**20:.1f} MiB would travel, over the {BUDGET / 2**20:.0f} "
+            "MiB "
+            "budget: lower "
+            "--quality, or leave out a split's images with --max-images",
+            file=sys.stderr,
+        )
         return 1
     print(f"{args.output}: ready; name it in the device run's carry")
     return 0
-

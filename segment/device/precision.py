@@ -1,4 +1,5 @@
-"""Which Lightning precision trains fastest here, measured on this host rather than read off CPU flags.
+"""Which Lightning precision trains fastest here, measured on this host rather than read off CPU
+flags.
 
 CPU flags mislead: a 2-core Xeon that advertises AVX512-BF16 (no AMX) ran a 4096^2 bf16
 matmul at half its fp32 speed, while an AMX host runs the VGG16 U-Net 4x faster in bf16.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass
@@ -23,15 +25,21 @@ from typing import Any
 
 import torch
 from filelock import FileLock
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from torch import nn
 
 from segment.files import cache_root, write_atomic
 
-__all__ = ["PrecisionChoice", "SweepPrecision", "cpu_precision", "measure_cpu_precision", "resolve_precision",
-           "resolve_trainer_precision"]  # fmt: skip
+__all__ = [
+    "PrecisionChoice",
+    "SweepPrecision",
+    "cpu_info",
+    "cpu_precision",
+    "machine",
+    "measure_cpu_precision",
+    "resolve_precision",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +65,44 @@ class PrecisionChoice:
         return {**asdict(self), "bf16_speedup": round(self.bf16_speedup, 3)}
 
 
-def _cpu_model() -> str:
+def cpu_info() -> dict[str, Any]:
+    """The CPU as the OS names it: model name, family/model/stepping (one model name covers
+    several generations), the features that decide bf16 speed, and the cores this process has."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "model": fields.get("model name") or platform.processor() or platform.machine(),
+        "id": "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping")),
+        "features": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
+        "cores": cores,
+    }
 
 
 def host_key() -> str:
-    """What the measurement depends on: CPU model, torch version, intra-op threads."""
-    return f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    """What the measurement depends on: CPU model and id, torch version, intra-op threads."""
+    cpu = cpu_info()
+    threads = torch.get_num_threads()
+    return f"{cpu['model']} ({cpu['id']}) | torch {torch.__version__} | {threads} threads"
+
+
+def machine(accelerator: str = "auto") -> dict[str, Any]:
+    """What a run trained on, for comparing its seconds with another's: the GPU's name, or the
+    CPU and a speed index (this host's probe step times, measured once and cached)."""
+    if _on_gpu(accelerator):
+        return {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "?"}
+    probe = cpu_precision()
+    return {
+        "cpu": cpu_info(),
+        "threads": torch.get_num_threads(),
+        "speed": {"fp32_ms": probe.fp32_ms, "bf16_ms": probe.bf16_ms},
+    }
 
 
 def _cache_file() -> Path:
@@ -89,15 +122,21 @@ def _step_ms(net: nn.Module, x: torch.Tensor, bf16: bool, repeats: int) -> float
     return sorted(times)[len(times) // 2]
 
 
-def measure_cpu_precision(size: int = 48, channels: int = 64, batch: int = 4, repeats: int = 5) -> PrecisionChoice:
+def measure_cpu_precision(
+    size: int = 48, channels: int = 64, batch: int = 4, repeats: int = 5
+) -> PrecisionChoice:
     """Time a 3-layer 3x3 conv stack (NHWC, as the models run) in fp32 and in bf16 autocast."""
     generator = torch.Generator().manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(3, channels, 3, padding=1),
+        nn.ReLU(),
         nn.Conv2d(channels, channels, 3, padding=1),
-    ).to(memory_format=torch.channels_last)  # fmt: skip
-    x = torch.rand(batch, 3, size, size, generator=generator).contiguous(memory_format=torch.channels_last)
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+    ).to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, size, size, generator=generator).contiguous(
+        memory_format=torch.channels_last
+    )
     fp32, bf16 = _step_ms(net, x, False, repeats), _step_ms(net, x, True, repeats)
     precision = "bf16-mixed" if fp32 >= MIN_SPEEDUP * bf16 else "32-true"
     return PrecisionChoice(precision, round(fp32, 3), round(bf16, 3), host_key())
@@ -120,8 +159,13 @@ def cpu_precision(refresh: bool = False) -> PrecisionChoice:
             except TypeError:
                 pass  # an older cache format: measure again
         choice = measure_cpu_precision()
-        log.info("CPU precision measured on %s: fp32 %.1f ms, bf16 %.1f ms per step -> %s",
-                 key, choice.fp32_ms, choice.bf16_ms, choice.precision)  # fmt: skip
+        log.info(
+            "CPU precision measured on %s: fp32 %.1f ms, bf16 %.1f ms per step -> %s",
+            key,
+            choice.fp32_ms,
+            choice.bf16_ms,
+            choice.precision,
+        )
         try:
             write_atomic(path, json.dumps({**cached, key: choice.as_dict()}, indent=2) + "\n")
         except OSError as error:  # a read-only home must not stop training
@@ -135,7 +179,11 @@ def _read_cache(path: Path) -> dict:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as error:
-        log.warning("the precision cache %s is unreadable (%s): measuring again and replacing it", path, error)
+        log.warning(
+            "the precision cache %s is unreadable (%s): measuring again and replacing it",
+            path,
+            error,
+        )
         return {}
     if not isinstance(cached, dict):
         log.warning("the precision cache %s holds no table: measuring again and replacing it", path)
@@ -149,12 +197,21 @@ def _on_gpu(accelerator: str) -> bool:
 
 # Precisions the module cannot train in on a CPU: fp16 autocast has no CPU kernels (Lightning would
 # quietly train in bf16), and "true" half precision breaks the module's fp32 input normalisation.
-_REFUSED_ON_CPU = {"16-mixed": "bf16-mixed", "16": "bf16-mixed", "bf16-true": "bf16-mixed", "16-true": "bf16-mixed",
-                   "bf16": "bf16-mixed", "transformer-engine": "bf16-mixed"}  # fmt: skip
+_REFUSED_ON_CPU = {
+    "16-mixed": "bf16-mixed",
+    "16": "bf16-mixed",
+    "bf16-true": "bf16-mixed",
+    "16-true": "bf16-mixed",
+    "bf16": "bf16-mixed",
+    "transformer-engine": "bf16-mixed",
+}
 
 
-def resolve_precision(requested: str | int, accelerator: str = "auto", sweep: str | Path | None = None,
-                      ) -> tuple[str, dict[str, Any]]:  # fmt: skip
+def resolve_precision(
+    requested: str | int,
+    accelerator: str = "auto",
+    sweep: str | Path | None = None,
+) -> tuple[str, dict[str, Any]]:
     """The precision a run trains in, and the record of how it was chosen.
 
     Args:
@@ -173,36 +230,46 @@ def resolve_precision(requested: str | int, accelerator: str = "auto", sweep: st
     if requested != "auto":
         if not _on_gpu(accelerator) and requested in _REFUSED_ON_CPU:
             raise ValueError(
-                f"trainer.precision={requested} cannot train on a CPU (fp16 autocast has no CPU kernels and "
-                f"half-precision weights break the fp32 input normalisation); use trainer.precision="
+                f"trainer.precision={requested} cannot train on a CPU (fp16 autocast has no CPU "
+                "kernels and "
+                "half-precision weights break the fp32 input normalisation); use "
+                "trainer.precision="
                 f"{_REFUSED_ON_CPU[requested]} or 32-true"
             )
         return requested, {"precision": requested, "chosen_by": "trainer.precision"}
     if _on_gpu(accelerator):
-        chosen = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+        chosen = (
+            "bf16-mixed"
+            if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            else "16-mixed"
+        )
         return chosen, {"precision": chosen, "chosen_by": "the GPU's bf16 support"}
     shared = Path(sweep) / SWEEP_FILE if sweep is not None else None
     if shared is not None and shared.is_file():
         try:
-            choice = PrecisionChoice(**{k: v for k, v in json.loads(shared.read_text()).items() if k != "bf16_speedup"})
+            choice = PrecisionChoice(
+                **{k: v for k, v in json.loads(shared.read_text()).items() if k != "bf16_speedup"}
+            )
         except (OSError, ValueError, TypeError) as error:
-            raise ValueError(f"{shared} is unreadable ({error}); delete it to measure again") from None
-        return choice.precision, {"precision": choice.precision, "chosen_by": f"measured once for the sweep ({shared})",
-                                  **choice.as_dict()}  # fmt: skip
+            raise ValueError(
+                f"{shared} is unreadable ({error}); delete it to measure again"
+            ) from None
+        return choice.precision, {
+            "precision": choice.precision,
+            "chosen_by": f"measured once for the sweep ({shared})",
+            **choice.as_dict(),
+        }
     choice = cpu_precision()
-    return choice.precision, {"precision": choice.precision, "chosen_by": "measured on this CPU", **choice.as_dict()}
-
-
-def resolve_trainer_precision(cfg: DictConfig) -> dict[str, Any]:
-    """Replace ``trainer.precision=auto`` in ``cfg`` by what this host (or the running sweep) measured; return how."""
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
-    sweep = HydraConfig.get().sweep.dir if multirun else None
-    cfg.trainer.precision, record = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator, sweep)
-    return record
+    return choice.precision, {
+        "precision": choice.precision,
+        "chosen_by": "measured on this CPU",
+        **choice.as_dict(),
+    }
 
 
 class SweepPrecision(Callback):
-    """Measure the CPU precision once, before a sweep's jobs start, into ``<sweep folder>/precision.json``.
+    """Measure the CPU precision once, before a sweep's jobs start, into ``<sweep
+    folder>/precision.json``.
 
     Jobs started together (``hydra/launcher=joblib``) would otherwise each time the CPU
     while the others load it, and some would pick another precision than the rest.
@@ -210,9 +277,17 @@ class SweepPrecision(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         trainer = config.get("trainer")
-        if not trainer or str(trainer.get("precision")) != "auto" or _on_gpu(str(trainer.get("accelerator"))):
+        if (
+            not trainer
+            or str(trainer.get("precision")) != "auto"
+            or _on_gpu(str(trainer.get("accelerator")))
+        ):
             return  # not a training sweep, a precision given, or a GPU
         folder = Path(config.hydra.sweep.dir)
         folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / SWEEP_FILE).is_file():  # a sweep continued into its folder keeps its answer
-            write_atomic(folder / SWEEP_FILE, json.dumps(cpu_precision().as_dict(), indent=2) + "\n")
+        if not (
+            folder / SWEEP_FILE
+        ).is_file():  # a sweep continued into its folder keeps its answer
+            write_atomic(
+                folder / SWEEP_FILE, json.dumps(cpu_precision().as_dict(), indent=2) + "\n"
+            )

@@ -36,7 +36,15 @@ def confusion_figure(confusion: np.ndarray, class_names: Sequence[str]) -> np.nd
             for j in ticks:
                 if normalised[i, j] >= 0.005:
                     color = "white" if normalised[i, j] > 0.5 else "black"
-                    ax.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color)
+                    ax.text(
+                        j,
+                        i,
+                        f"{normalised[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color=color,
+                    )
     fig.tight_layout()
     fig.canvas.draw()
     image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
@@ -54,16 +62,29 @@ def error_map(truth: np.ndarray, prediction: np.ndarray, ignore_index: int) -> n
 
 
 def mask_sheet(
-    image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, palette: Sequence, ignore_index: int
+    image: np.ndarray,
+    truth: np.ndarray,
+    prediction: np.ndarray,
+    palette: Sequence,
+    ignore_index: int,
 ) -> np.ndarray:
     """One row: input | truth | prediction | error map, ``(H, 4W, 3)`` uint8."""
     return np.concatenate(
-        [image, colorize(truth, palette), colorize(prediction, palette), error_map(truth, prediction, ignore_index)],
+        [
+            image,
+            colorize(truth, palette),
+            colorize(prediction, palette),
+            error_map(truth, prediction, ignore_index),
+        ],
         axis=1,
     )
 
 
-def overlay(image: np.ndarray, prediction: np.ndarray, palette: Sequence, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    image: np.ndarray, prediction: np.ndarray, palette: Sequence, alpha: float = 0.5
+) -> np.ndarray:
     """The prediction's colours blended over the image."""
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(prediction, palette).astype(np.float32)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(prediction, palette).astype(
+        np.float32
+    )
     return blended.round().astype(np.uint8)

@@ -52,10 +52,14 @@ class Predictor:
             raise ValueError("sliding_window.stride needs sliding_window.size")
         if window_stride is not None:
             stride = tuple(int(v) for v in window_stride)
-            if len(stride) != 2 or any(v < 1 or v > w for v, w in zip(stride, self.window, strict=False)):
+            if len(stride) != 2 or any(
+                v < 1 or v > w for v, w in zip(stride, self.window, strict=False)
+            ):
                 raise ValueError(
-                    f"sliding_window.stride={list(window_stride)}: two steps between 1 and the window size "
-                    f"{list(self.window)}, e.g. stride: {[w // 2 for w in self.window]} (half-window overlap)"
+                    f"sliding_window.stride={list(window_stride)}: two steps between 1 and the "
+                    "window size "
+                    f"{list(self.window)}, e.g. stride: {[w // 2 for w in self.window]} "
+                    "(half-window overlap)"
                 )
             self.window_stride = stride
         else:
@@ -82,8 +86,12 @@ class Predictor:
         if self.window:
             return self._sliding(images)
         if self.input_size:
-            resized = F.interpolate(images.float(), size=self.input_size, mode="bilinear", antialias=True)
-            return F.interpolate(self._forward(resized), size=images.shape[-2:], mode="bilinear", align_corners=False)
+            resized = F.interpolate(
+                images.float(), size=self.input_size, mode="bilinear", antialias=True
+            )
+            return F.interpolate(
+                self._forward(resized), size=images.shape[-2:], mode="bilinear", align_corners=False
+            )
         return self._padded(images)
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -97,7 +105,8 @@ class Predictor:
             raise MemoryError(
                 f"out of memory predicting {images.shape[0]} image(s) of {height}x{width} at once "
                 f"({str(error).splitlines()[0][:200]}). Use sliding windows, e.g. "
-                "'sliding_window={size:[512,512],stride:[384,384]}', or resize: input_size=[h,w], or batch_size=1"
+                "'sliding_window={size:[512,512],stride:[384,384]}', or resize: input_size=[h,w], "
+                "or batch_size=1"
             ) from error
 
     def _padded(self, images: torch.Tensor) -> torch.Tensor:
@@ -105,9 +114,13 @@ class Predictor:
         pad_h, pad_w = -height % self.multiple, -width % self.multiple
         if pad_h or pad_w:
             canvas = torch.empty(
-                (*images.shape[:2], height + pad_h, width + pad_w), dtype=images.dtype, device=images.device
+                (*images.shape[:2], height + pad_h, width + pad_w),
+                dtype=images.dtype,
+                device=images.device,
             )
-            canvas[:] = torch.tensor(self.fill, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+            canvas[:] = torch.tensor(self.fill, dtype=images.dtype, device=images.device).view(
+                1, 3, 1, 1
+            )
             canvas[..., :height, :width] = images
             images = canvas
         return self._forward(images)[..., :height, :width]
@@ -123,21 +136,25 @@ class Predictor:
                 tile = images[..., top : top + wh, left : left + ww]
                 logits = self._padded(tile)
                 if total is None:
-                    total = torch.zeros((images.shape[0], logits.shape[1], height, width), device=images.device)
+                    total = torch.zeros(
+                        (images.shape[0], logits.shape[1], height, width), device=images.device
+                    )
                 total[..., top : top + wh, left : left + ww] += logits
                 count[..., top : top + wh, left : left + ww] += 1
         return total / count
 
 
 def _size(key: str, size: Sequence[int] | None, multiple: int) -> tuple[int, int] | None:
-    """A ``[h, w]`` option checked: two positive multiples of the net's downsampling, or an error naming a fix."""
+    """A ``[h, w]`` option checked: two positive multiples of the net's downsampling, or an error
+    naming a fix."""
     if not size:
         return None
     values = tuple(int(v) for v in size)
     if len(values) != 2 or any(v < multiple or v % multiple for v in values):
         fixed = [max(multiple, -(-v // multiple) * multiple) for v in values]
         raise ValueError(
-            f"{key}={list(size)}: height and width must be positive multiples of {multiple} (the net downsamples "
+            f"{key}={list(size)}: height and width must be positive multiples of {multiple} (the "
+            "net downsamples "
             f"{multiple}x); try {key}={fixed}"
         )
     return values

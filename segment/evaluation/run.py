@@ -28,6 +28,7 @@ from segment.evaluation.inference import Predictor
 from segment.files import write_atomic, write_png
 from segment.models import SegmentationModule
 from segment.models.metrics import confusion_metric, evaluation_scores
+from segment.record import FILE as RECORD
 
 __all__ = ["evaluate", "export", "load_checkpoint", "predict", "run", "run_data_config"]
 
@@ -35,7 +36,13 @@ log = logging.getLogger(__name__)
 
 
 # What mode=evaluate writes into its folder.
-_EVALUATION_FILES = ("metrics.json", "evaluation.md", "confusion_matrix.png", "sheets", "tensorboard")
+_EVALUATION_FILES = (
+    "metrics.json",
+    "evaluation.md",
+    "confusion_matrix.png",
+    "sheets",
+    "tensorboard",
+)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -53,52 +60,79 @@ def _device(name: str) -> torch.device:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> SegmentationModule:
-    """A trained module from a ``train.py`` checkpoint or a run folder's newest, in eval mode (errors name it)."""
+    """A trained module from a ``train.py`` checkpoint or a run folder's newest, in eval mode
+    (errors name it)."""
     return SegmentationModule.from_checkpoint(find_checkpoint(path)[0]).to(device).eval()
 
 
 def run_data_config(cfg: DictConfig) -> DictConfig:
-    """The data config to evaluate on: the run's own, saved in its checkpoint, unless ``data=`` names another.
+    """The data config to evaluate on: the run's own, saved in its checkpoint, unless ``data=``
+    names another.
 
     ``data.<key>=...`` overrides (``data.root``, ``data.batch_size``) apply on top of the
     saved config, so a run is evaluated on its own data without retyping it; the saved
     config's ``_target_``s are checked against the data allow-list first.
     """
     explicit, keys = _data_overrides()
-    saved = read_checkpoint(find_checkpoint(cfg.ckpt_path)[0], "ckpt_path", mmap=True).get("config", {}).get("data")
+    saved = (
+        read_checkpoint(find_checkpoint(cfg.ckpt_path)[0], "ckpt_path", mmap=True)
+        .get("config", {})
+        .get("data")
+    )
     if explicit:
         return cfg.data
     if saved is None:
-        log.warning("%s holds no data config (written before configs were saved): evaluating on data=%s; "
-                    "pass data=<the training data config> if that is not it",
-                    cfg.ckpt_path, cfg.data.get("_target_"))  # fmt: skip
+        log.warning(
+            "%s holds no data config (written before configs were saved): evaluating on data=%s; "
+            "pass data=<the training data config> if that is not it",
+            cfg.ckpt_path,
+            cfg.data.get("_target_"),
+        )
         return cfg.data
     check_trusted_targets(saved, f"{cfg.ckpt_path}: config.data", kind="data")
     data = OmegaConf.create(saved)  # read_checkpoint refused any interpolation in it
     for key in keys:
-        OmegaConf.update(data, key[len("data.") :], OmegaConf.select(cfg, key), merge=False, force_add=True)
-    log.info("data config from the checkpoint%s", f", with {', '.join(keys)} from the command line" if keys else "")
+        OmegaConf.update(
+            data, key[len("data.") :], OmegaConf.select(cfg, key), merge=False, force_add=True
+        )
+    log.info(
+        "data config from the checkpoint%s",
+        f", with {', '.join(keys)} from the command line" if keys else "",
+    )
     return data
 
 
 def _data_overrides() -> tuple[bool, list[str]]:
-    """Whether the command line chose a data config (``data=camvid``), and which ``data.*`` keys it set."""
+    """Whether the command line chose a data config (``data=camvid``), and which ``data.*`` keys it
+    set."""
     if not HydraConfig.initialized():
         return True, []  # composed in code: the caller's cfg.data is meant
     keys = list(parse_overrides(HydraConfig.get().overrides.task))
-    return any(k == "data" or k.startswith("data/") for k in keys), [k for k in keys if k.startswith("data.")]
+    return any(k == "data" or k.startswith("data/") for k in keys), [
+        k for k in keys if k.startswith("data.")
+    ]
 
 
 def _own_folder(folder: Path, names: Iterable[str]) -> Path:
-    """``folder``, checked to be this command's to write ``names`` into: not a training run's folder, and none
+    """``folder``, checked to be this command's to write ``names`` into: not a training run's
+    folder, and none
     of ``names`` already there (an evaluation never writes over a file it did not create)."""
-    if (folder / "run.json").is_file() or (folder / "checkpoints").is_dir():
-        raise ValueError(f"{folder} is a training run's folder; evaluate.py writes only into a folder of its own "
-                         "(logs/evaluate/runs/<time> by default; or hydra.run.dir=<new folder>)")  # fmt: skip
+    run = next((p for p in (folder, *folder.resolve().parents) if (p / RECORD).is_file()), None)
+    if run is not None:
+        where = "a training run's folder" + (
+            f" ({run})" if run.resolve() != folder.resolve() else ""
+        )
+        raise ValueError(
+            f"{folder} is {'inside ' if run.resolve() != folder.resolve() else ''}{where}; "
+            "evaluate.py writes only into a folder of its own "
+            "(logs/evaluate/runs/<time> by default; or hydra.run.dir=<new folder>)"
+        )
     taken = [name for name in names if (folder / name).exists()]
     if taken:
-        raise FileExistsError(f"{folder / taken[0]} exists: evaluate.py never writes over a file it did not create "
-                              "just now; choose a new folder (hydra.run.dir=<folder> or output=<folder>)")  # fmt: skip
+        raise FileExistsError(
+            f"{folder / taken[0]} exists: evaluate.py never writes over a file it did not create "
+            "just now; choose a new folder (hydra.run.dir=<folder> or output=<folder>)"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -106,7 +140,8 @@ def _own_folder(folder: Path, names: Iterable[str]) -> Path:
 def _check_classes(module: SegmentationModule, info: DatasetInfo, ckpt_path: str) -> None:
     if list(module.class_names) != list(info.class_names):
         raise ValueError(
-            f"ckpt_path={ckpt_path} predicts {len(module.class_names)} classes {module.class_names[:4]}... but "
+            f"ckpt_path={ckpt_path} predicts {len(module.class_names)} classes "
+            f"{module.class_names[:4]}... but "
             f"data={info.name} has {info.num_classes} classes {list(info.class_names[:4])}...; "
             "evaluate with the data config the model was trained on"
         )
@@ -137,7 +172,8 @@ def _same_size_runs(items: list[dict]) -> Iterable[list[dict]]:
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; write metrics, tables and figures."""
+    """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; write metrics, tables and
+    figures."""
     output_dir = _own_folder(Path(cfg.paths.output_dir), _EVALUATION_FILES)
     device = _device(cfg.device)
     module = load_checkpoint(cfg.ckpt_path, device)
@@ -145,7 +181,9 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = instantiate(data_config)
     info = datamodule.info
     _check_classes(module, info, cfg.ckpt_path)
-    if _data_overrides()[0]:  # never download or render into a folder that a checkpoint's data config names
+    if _data_overrides()[
+        0
+    ]:  # never download or render into a folder that a checkpoint's data config names
         datamodule.prepare_data()
     if cfg.split not in datamodule.splits:
         raise ValueError(f"split={cfg.split!r}; {info.name} has {list(datamodule.splits)}")
@@ -154,7 +192,9 @@ def evaluate(cfg: DictConfig) -> dict:
     load_size = None if cfg.resolution == "native" else datamodule.image_size
     dataset = SegmentationDataset(datamodule.samples(cfg.split), info, load_size=load_size)
     batch_size = cfg.batch_size or data_config.batch_size
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=list)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=list
+    )
     predictor = _predictor(cfg, module)
 
     metric = confusion_metric(info.num_classes, info.ignore_index)
@@ -176,7 +216,9 @@ def evaluate(cfg: DictConfig) -> dict:
         "num_images": len(dataset),
         "resolution": cfg.resolution,
         "input_size": list(cfg.input_size) if cfg.input_size else None,
-        "sliding_window": OmegaConf.to_container(cfg.sliding_window) if cfg.sliding_window else None,
+        "sliding_window": OmegaConf.to_container(cfg.sliding_window)
+        if cfg.sliding_window
+        else None,
         "tta_flip": bool(cfg.tta_flip),
         "precision": predictor.precision,
         "device": str(device),
@@ -202,7 +244,9 @@ def evaluate(cfg: DictConfig) -> dict:
     return report
 
 
-def _sheets(dataset: SegmentationDataset, predictor: Predictor, info: DatasetInfo, count: int) -> list:
+def _sheets(
+    dataset: SegmentationDataset, predictor: Predictor, info: DatasetInfo, count: int
+) -> list:
     if count <= 0:
         return []
     picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int)
@@ -238,25 +282,32 @@ def _markdown(report: dict) -> str:
     )
     weights = report.get("encoder_weights_used") or {}
     if weights:
-        head += f"; encoder initialised from: {weights.get('source')} (requested {weights.get('requested')})"
+        source, requested = weights.get("source"), weights.get("requested")
+        head += f"; encoder initialised from: {source} (requested {requested})"
     lines = [
         head,
         "",
         "| mIoU | pixel acc | mean class acc | fw IoU | mean Dice |",
         "|---|---|---|---|---|",
         "| "
-        + " | ".join(pct(report[k]) for k in ("miou", "pixel_acc", "mean_class_acc", "fw_iou", "mean_dice"))
+        + " | ".join(
+            pct(report[k]) for k in ("miou", "pixel_acc", "mean_class_acc", "fw_iou", "mean_dice")
+        )
         + " |",
         "",
         "| class | IoU | Dice | acc | pixels |",
         "|---|---|---|---|---|",
     ]
     for name, row in report["per_class"].items():
-        lines.append(f"| {name} | {pct(row['iou'])} | {pct(row['dice'])} | {pct(row['acc'])} | {row['pixels']} |")
+        lines.append(
+            f"| {name} | {pct(row['iou'])} | {pct(row['dice'])} | {pct(row['acc'])} | "
+            f"{row['pixels']} |"
+        )
     if report["absent_classes"]:
         lines += [
             "",
-            f"Absent from truth and prediction (left out of the means): {', '.join(report['absent_classes'])}",
+            "Absent from truth and prediction (left out of the means): "
+            f"{', '.join(report['absent_classes'])}",
         ]
     return "\n".join(lines)
 
@@ -271,18 +322,26 @@ def _input_images(path: Path) -> list[Path]:
     others = [p.name for p in files if p not in images]
     if others:
         shown = ", ".join(others[:10]) + (" ..." if len(others) > 10 else "")
-        log.warning("input=%s: skipping %d file(s) that are not %s images: %s", path, len(others),
-                    "/".join(IMAGE_SUFFIXES), shown)  # fmt: skip
+        log.warning(
+            "input=%s: skipping %d file(s) that are not %s images: %s",
+            path,
+            len(others),
+            "/".join(IMAGE_SUFFIXES),
+            shown,
+        )
     stems: dict[str, Path] = {}
     for image in images:
         if image.stem in stems:  # outputs are named by stem: one would overwrite the other
             raise ValueError(
-                f"input={path}: {stems[image.stem]} and {image} have the same name; their predictions "
+                f"input={path}: {stems[image.stem]} and {image} have the same name; their "
+                "predictions "
                 f"({image.stem}_mask.png, ...) would overwrite each other. Rename one"
             )
         stems[image.stem] = image
     if not images:
-        raise FileNotFoundError(f"input={path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        raise FileNotFoundError(
+            f"input={path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"
+        )
     return images
 
 
@@ -295,8 +354,11 @@ def predict(cfg: DictConfig) -> dict:
     output = Path(cfg.output) if cfg.output else Path(cfg.paths.output_dir) / "predictions"
     folder = (source if source.is_dir() else source.parent).resolve()
     if output.resolve() == folder or folder in output.resolve().parents:
-        raise ValueError(f"output={output} is inside input={source}: predictions would mix with (or overwrite) the "
-                         "images they come from; choose a folder outside it")  # fmt: skip
+        raise ValueError(
+            f"output={output} is inside input={source}: predictions would mix with (or overwrite) "
+            "the "
+            "images they come from; choose a folder outside it"
+        )
     names = [f"{path.stem}_{kind}.png" for path in inputs for kind in ("labels", "mask", "overlay")]
     output = _own_folder(output, names)
     module = load_checkpoint(cfg.ckpt_path, _device(cfg.device))
@@ -314,7 +376,8 @@ def predict(cfg: DictConfig) -> dict:
 
 
 def _palette(module: SegmentationModule, cfg: DictConfig) -> tuple:
-    """The data config's palette when it matches the checkpoint's classes, else generated colours."""
+    """The data config's palette when it matches the checkpoint's classes, else generated
+    colours."""
     try:
         info = instantiate(run_data_config(cfg)).info
         if list(info.class_names) == module.class_names:
@@ -345,13 +408,20 @@ def export(cfg: DictConfig) -> dict:
         str(path),
         input_names=["images"],
         output_names=["logits"],
-        dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch", 2: "height", 3: "width"}},
+        dynamic_axes={
+            "images": {0: "batch", 2: "height", 3: "width"},
+            "logits": {0: "batch", 2: "height", 3: "width"},
+        },
         opset_version=cfg.opset,
         dynamo=False,
     )
     write_atomic(
         output_dir / "model.json",
-        json.dumps({"class_names": module.class_names, "ignore_index": module.hparams.ignore_index}, indent=2) + "\n"
+        json.dumps(
+            {"class_names": module.class_names, "ignore_index": module.hparams.ignore_index},
+            indent=2,
+        )
+        + "\n",
     )
     log.info("ONNX model in %s", path)
     return {"onnx": str(path)}

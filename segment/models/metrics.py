@@ -11,7 +11,8 @@ __all__ = ["confusion_metric", "confusion_scores", "evaluation_scores", "iou_per
 
 
 def confusion_metric(num_classes: int, ignore_index: int) -> MulticlassConfusionMatrix:
-    """The one confusion matrix of training, validation and evaluation: rows truth, columns prediction.
+    """The one confusion matrix of training, validation and evaluation: rows truth, columns
+    prediction.
 
     torchmetrics accumulates it across batches (and across DDP ranks), ``ignore_index`` left out.
     """
@@ -32,7 +33,9 @@ def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
     confusion = confusion.double()
     true_positive = confusion.diag()
     union = confusion.sum(0) + confusion.sum(1) - true_positive
-    return torch.where(union > 0, true_positive / union.clamp(min=1), torch.full_like(union, float("nan")))
+    return torch.where(
+        union > 0, true_positive / union.clamp(min=1), torch.full_like(union, float("nan"))
+    )
 
 
 def confusion_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> dict[str, float]:
@@ -46,7 +49,13 @@ def confusion_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> dic
     """
     full = evaluation_scores(confusion, class_names)
     scores = {"miou": full["miou"], "pixel_acc": full["pixel_acc"]}
-    scores.update({f"iou/{name}": row["iou"] for name, row in full["per_class"].items() if row["iou"] is not None})
+    scores.update(
+        {
+            f"iou/{name}": row["iou"]
+            for name, row in full["per_class"].items()
+            if row["iou"] is not None
+        }
+    )
     return scores
 
 
@@ -68,7 +77,9 @@ def evaluation_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> di
     truth, predicted = confusion.sum(1), confusion.sum(0)
     total = confusion.sum()
     iou = iou_per_class(confusion)
-    dice = torch.where(truth + predicted > 0, 2 * true_positive / (truth + predicted).clamp(min=1), float("nan"))
+    dice = torch.where(
+        truth + predicted > 0, 2 * true_positive / (truth + predicted).clamp(min=1), float("nan")
+    )
     recall = torch.where(truth > 0, true_positive / truth.clamp(min=1), float("nan"))
     present = truth > 0
 
@@ -82,10 +93,17 @@ def evaluation_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> di
         "miou": mean(iou),
         "pixel_acc": float(true_positive.sum() / total) if total > 0 else float("nan"),
         "mean_class_acc": mean(recall),
-        "fw_iou": float((truth[present] / total * iou[present]).sum()) if total > 0 else float("nan"),
+        "fw_iou": float((truth[present] / total * iou[present]).sum())
+        if total > 0
+        else float("nan"),
         "mean_dice": mean(dice),
         "per_class": {
-            name: {"iou": value(iou[c]), "dice": value(dice[c]), "acc": value(recall[c]), "pixels": int(truth[c])}
+            name: {
+                "iou": value(iou[c]),
+                "dice": value(dice[c]),
+                "acc": value(recall[c]),
+                "pixels": int(truth[c]),
+            }
             for c, name in enumerate(class_names)
         },
         "absent_classes": [name for c, name in enumerate(class_names) if iou[c].isnan()],

@@ -98,10 +98,14 @@ class SegmentationModule(LightningModule):
     ) -> None:
         super().__init__()
         if finite_check_every_n_steps < 1:
-            raise ValueError(f"model.finite_check_every_n_steps={finite_check_every_n_steps} must be >= 1")
+            raise ValueError(
+                f"model.finite_check_every_n_steps={finite_check_every_n_steps} must be >= 1"
+            )
         if scheduler is not None and "scheduler" not in scheduler:
             raise ValueError(
-                "model.scheduler must be Lightning's lr-scheduler dict: {scheduler: {_target_: ..., _partial_: true}, "
+                "model.scheduler must be Lightning's lr-scheduler dict: {scheduler: {_target_: "
+                "..., "
+                "_partial_: true}, "
                 f"interval: epoch|step, ...}}; got keys {sorted(scheduler)} (see conf/scheduler/)"
             )
         self.save_hyperparameters(
@@ -124,13 +128,20 @@ class SegmentationModule(LightningModule):
             logger=False,
         )
         num_classes = len(class_names)
-        # Which encoder weights the net started from: saved with every checkpoint (on_save_checkpoint).
+        # Which encoder weights the net started from: saved with every checkpoint
+        # (on_save_checkpoint).
         self.net, self.weights_record = build_net(self.hparams.net, num_classes, weights_fallback)
         if encoder_lr_mult != 1.0 and getattr(self.net, "encoder", None) is None:
-            raise ValueError(f"model.encoder_lr_mult={encoder_lr_mult}: {type(self.net).__name__} has no encoder "
-                             "(net.encoder) to give another rate; remove the key")  # fmt: skip
+            raise ValueError(
+                f"model.encoder_lr_mult={encoder_lr_mult}: {type(self.net).__name__} has no "
+                "encoder "
+                ""
+                "(net.encoder) to give another rate; remove the key"
+            )
         # not recursive: a SumOfLosses builds its terms itself, each with the ignore index
-        self.criterion = instantiate(self.hparams.loss, ignore_index=ignore_index, _recursive_=False)
+        self.criterion = instantiate(
+            self.hparams.loss, ignore_index=ignore_index, _recursive_=False
+        )
         # uint8 -> normalised float in one multiply-add: x * scale + shift.
         mean_t, std_t = torch.tensor(self.hparams.mean), torch.tensor(self.hparams.std)
         self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(1, 3, 1, 1))
@@ -139,14 +150,19 @@ class SegmentationModule(LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
 
         self.train_loss = MeanMetric()
-        self.train_loss.persistent(True)  # its running epoch mean travels with checkpoints (mid-epoch resumes)
+        self.train_loss.persistent(
+            True
+        )  # its running epoch mean travels with checkpoints (mid-epoch resumes)
         self.val_loss = MeanMetric()
         self.val_ce = MeanMetric()
         self.val_confusion = confusion_metric(num_classes, ignore_index)
-        # The non-finite guard's device-side record: the first bad step (-1: none) and the last finite loss.
+        # The non-finite guard's device-side record: the first bad step (-1: none) and the last
+        # finite loss.
         self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
         self.register_buffer("_last_finite_loss", torch.tensor(float("nan")), persistent=False)
-        if init_from is not None:  # once every state tensor exists: the running ones are left as they start
+        if (
+            init_from is not None
+        ):  # once every state tensor exists: the running ones are left as they start
             self._load_weights(init_from)
         if compile:
             self.net.compile()
@@ -160,7 +176,8 @@ class SegmentationModule(LightningModule):
         if mismatched or missing:
             raise ValueError(
                 f"model.init_from: {path} does not fit this model: {len(missing)} missing and "
-                f"{len(mismatched)} differently shaped tensors (first: {(missing + mismatched)[0]}); "
+                f"{len(mismatched)} differently shaped tensors (first: "
+                f"{(missing + mismatched)[0]}); "
                 "was it trained with another net or number of classes?"
             )
         self.load_state_dict({**self._running_state(), **{k: state[k] for k in ours}})
@@ -184,7 +201,8 @@ class SegmentationModule(LightningModule):
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
-        # Losses in fp32: softmax/log-sum-exp in bf16 loses the small differences that matter late in training.
+        # Losses in fp32: softmax/log-sum-exp in bf16 loses the small differences that matter late
+        # in training.
         return self.criterion(logits.float(), batch["mask"]), logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -209,10 +227,14 @@ class SegmentationModule(LightningModule):
         first_bad = int(self._first_bad_step)
         if first_bad < 0:
             return
-        per_epoch = max(int(self.trainer.num_training_batches), 1) if self._trainer is not None else 1
+        per_epoch = (
+            max(int(self.trainer.num_training_batches), 1) if self._trainer is not None else 1
+        )
         raise FloatingPointError(
             f"non-finite training loss at epoch {first_bad // per_epoch + 1}, step {first_bad} "
-            f"(last finite loss: {float(self._last_finite_loss):.6g}). The checkpoints saved so far are intact; "
+            f"(last finite loss: {float(self._last_finite_loss):.6g}). The checkpoints saved so "
+            "far "
+            "are intact; "
             "try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0"
         )
 
@@ -228,13 +250,19 @@ class SegmentationModule(LightningModule):
         multiple = self.size_multiple
         if size and any(int(s) % multiple for s in size):
             fitting = [-(-int(s) // multiple) * multiple for s in size]
-            raise ValueError(f"data.image_size={list(size)}: this net downsamples {multiple}x, so height and "
-                             f"width must be multiples of {multiple}; try data.image_size={fitting}")  # fmt: skip
+            raise ValueError(
+                f"data.image_size={list(size)}: this net downsamples {multiple}x, so height and "
+                f"width must be multiples of {multiple}; try data.image_size={fitting}"
+            )
 
     def on_train_start(self) -> None:
         if self.trainer.ckpt_path:
-            log.info("resumed from epoch %d (global step %d) of %s", self.current_epoch, self.global_step,
-                     self.trainer.ckpt_path)  # fmt: skip
+            log.info(
+                "resumed from epoch %d (global step %d) of %s",
+                self.current_epoch,
+                self.global_step,
+                self.trainer.ckpt_path,
+            )
 
     # The global RNG states travel with every checkpoint and are restored on load, so a resumed
     # run shuffles, augments and drops out exactly like an uninterrupted one. (Lightning runs
@@ -249,7 +277,8 @@ class SegmentationModule(LightningModule):
         checkpoint["state_dict"] = {**self._running_state(), **checkpoint["state_dict"]}
 
     def _running_state(self) -> dict[str, torch.Tensor]:
-        """The training loss's running mean (empty between epochs), for checkpoints written before it was saved."""
+        """The training loss's running mean (empty between epochs), for checkpoints written before
+        it was saved."""
         return {f"train_loss.{key}": value for key, value in self.train_loss.state_dict().items()}
 
     def on_train_epoch_end(self) -> None:
@@ -261,12 +290,16 @@ class SegmentationModule(LightningModule):
         weight = batch["image"].shape[0]
         self.val_loss.update(loss, weight=weight)
         labelled = (batch["mask"] != self.hparams.ignore_index).sum().clamp(min=1)
-        ce = F.cross_entropy(logits.float(), batch["mask"], ignore_index=self.hparams.ignore_index, reduction="sum")
+        ce = F.cross_entropy(
+            logits.float(), batch["mask"], ignore_index=self.hparams.ignore_index, reduction="sum"
+        )
         self.val_ce.update(ce / labelled, weight=weight)
         self.val_confusion.update(logits.argmax(dim=1), batch["mask"])
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)  # the same scores, logged as test/* (train.py test_after_fit=true)
+        self.validation_step(
+            batch, batch_idx
+        )  # the same scores, logged as test/* (train.py test_after_fit=true)
 
     def _log_scores(self, prefix: str) -> None:
         scores = confusion_scores(self.val_confusion.compute(), self.class_names)
@@ -293,9 +326,12 @@ class SegmentationModule(LightningModule):
             encoder_ids = {id(p) for p in encoder.parameters()}
             params = [
                 {"name": "base", "params": [p for p in trainable if id(p) not in encoder_ids]},
-                {"name": "encoder", "params": [p for p in trainable if id(p) in encoder_ids],
-                 "lr": optimizer_factory.keywords["lr"] * multiplier},
-            ]  # fmt: skip
+                {
+                    "name": "encoder",
+                    "params": [p for p in trainable if id(p) in encoder_ids],
+                    "lr": optimizer_factory.keywords["lr"] * multiplier,
+                },
+            ]
         else:
             params = trainable
         optimizer = optimizer_factory(params=params)
@@ -303,13 +339,17 @@ class SegmentationModule(LightningModule):
             return {"optimizer": optimizer}
         config = {"name": "lr", **self.hparams.scheduler}
         scheduler = dict(config["scheduler"])
-        if "total_steps" in scheduler and scheduler["total_steps"] is None:  # null: this run's optimiser steps
+        if (
+            "total_steps" in scheduler and scheduler["total_steps"] is None
+        ):  # null: this run's optimiser steps
             scheduler["total_steps"] = int(self.trainer.estimated_stepping_batches)
         config["scheduler"] = instantiate(scheduler)(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
+    def from_checkpoint(
+        cls, path: str | Path, map_location: str | torch.device = "cpu"
+    ) -> SegmentationModule:
         """Rebuild a trained module from its checkpoint alone, without downloading anything.
 
         A checkpoint is data, not code: its net, loss, optimiser and scheduler configs are
@@ -321,12 +361,15 @@ class SegmentationModule(LightningModule):
         hparams = dict(checkpoint["hyper_parameters"])
         for key in ("net", "loss", "optimizer", "scheduler"):
             check_trusted_targets(hparams.get(key), f"{path}: hyper_parameters.{key}")
-        # the checkpoint's own weights replace any pretrained ones: build nothing else, fetch nothing
+        # the checkpoint's own weights replace any pretrained ones: build nothing else, fetch
+        # nothing
         hparams |= {"init_from": None, "compile": False}
         if "encoder_weights" in hparams["net"]:
             hparams["net"] = {**hparams["net"], "encoder_weights": None}
         scheduler = hparams.get("scheduler")
-        if scheduler and "scheduler" not in scheduler:  # written before schedulers were Lightning dicts
+        if (
+            scheduler and "scheduler" not in scheduler
+        ):  # written before schedulers were Lightning dicts
             hparams["scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
         known = inspect.signature(cls.__init__).parameters
         module = cls(**{key: value for key, value in hparams.items() if key in known})
@@ -338,7 +381,8 @@ class SegmentationModule(LightningModule):
 
 
 def rng_states() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA) RNG states as tensors and plain types (``weights_only``-loadable)."""
+    """Python, numpy, torch (and CUDA) RNG states as tensors and plain types
+    (``weights_only``-loadable)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     states = {

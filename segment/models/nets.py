@@ -11,88 +11,47 @@
 from __future__ import annotations
 
 import difflib
-import inspect
 import logging
 from typing import Any
 
 import segmentation_models_pytorch as smp
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from torch import nn
 
 from segment.files import sha256
 from segment.models.weights import WeightsRecord, load_encoder_weights, resolve_encoder_weights
 
-__all__ = ["build_net", "check_net_config", "size_multiple"]
+__all__ = ["build_net", "size_multiple"]
 
 log = logging.getLogger(__name__)
 
-def _smp_keys(config: dict[str, Any]) -> set[str] | None:
-    """The keys an smp architecture (or ``smp.create_model``) accepts, or None for other targets."""
-    target = get_object(config["_target_"])
-    if target is smp.create_model:
-        arch = config.get("arch")
-        names = {name.lower(): cls for name, cls in _smp_architectures().items()}
-        if str(arch).lower() not in names:
-            close = difflib.get_close_matches(str(arch), list(_smp_architectures()), n=3)
-            raise ValueError(
-                f"model.net.arch={arch!r} is not an smp architecture; "
-                f"{'did you mean ' + ' or '.join(close) + '? ' if close else ''}"
-                f"choose one of {', '.join(sorted(_smp_architectures()))}"
-            )
-        target = names[str(arch).lower()]
-        keys = {"arch"}
-    elif inspect.isclass(target) and target in _smp_architectures().values():
-        keys = set()
-    else:
-        return None
-    return keys | {name for name in inspect.signature(target.__init__).parameters if name not in ("self", "kwargs")}
 
-
-def _smp_architectures() -> dict[str, type]:
-    return {name: getattr(smp, name) for name in dir(smp)
-            if inspect.isclass(getattr(smp, name)) and issubclass(getattr(smp, name), smp.base.SegmentationModel)
-            and getattr(smp, name) is not smp.base.SegmentationModel}  # fmt: skip
-
-
-def check_net_config(config: dict[str, Any]) -> None:
-    """Refuse unknown keys and encoders under ``model.net`` before any weights or data are touched.
-
-    smp passes unknown keywords on to its encoders, which drop them silently (a misspelt
-    ``encoder_depthh`` would train the default depth); this names the key and the nearest valid one.
-    """
-    if "classes" in config:
-        raise ValueError("model.net.classes: the number of classes comes from the dataset (its class names); "
-                         "remove the key, or choose another data config")  # fmt: skip
-    allowed = _smp_keys(config)
-    if allowed is None:
-        return
-    for key in config:
-        if key.startswith("_"):
-            continue
-        if key not in allowed:
-            close = difflib.get_close_matches(key, sorted(allowed), n=2)
-            raise ValueError(
-                f"model.net.{key}: {config['_target_']} has no argument {key!r}; "
-                f"{'did you mean ' + ' or '.join(close) + '? ' if close else ''}allowed: {', '.join(sorted(allowed))}"
-            )
+def _check_net(config: dict[str, Any]) -> None:
+    """What the config schema cannot know: the encoder must be one smp has (its keys are checked
+    by ``segment.schema``)."""
     encoder = config.get("encoder_name")
-    if encoder is not None and encoder not in smp.encoders.encoders:
-        close = difflib.get_close_matches(str(encoder), list(smp.encoders.encoders), n=3)
-        raise ValueError(
-            f"model.net.encoder_name={encoder!r} is not an smp encoder"
-            f"{'; did you mean ' + ' or '.join(close) if close else ''} (list: smp.encoders.get_encoder_names())"
-        )
+    if encoder is not None and "segmentation_models_pytorch" in str(config.get("_target_")):
+        if encoder not in smp.encoders.encoders:
+            close = difflib.get_close_matches(str(encoder), list(smp.encoders.encoders), n=3)
+            raise ValueError(
+                f"model.net.encoder_name={encoder!r} is not an smp encoder"
+                f"{'; did you mean ' + ' or '.join(close) if close else ''} "
+                "(list: smp.encoders.get_encoder_names())"
+            )
 
 
 def size_multiple(net: nn.Module) -> int:
-    """What the height and width of a net's input must be multiples of: its encoder's total downsampling."""
+    """What the height and width of a net's input must be multiples of: its encoder's total
+    downsampling."""
     encoder = getattr(net, "encoder", None)
     return int(getattr(encoder, "output_stride", None) or getattr(net, "size_multiple", 1))
 
 
-def build_net(config: dict[str, Any], num_classes: int, fallback: bool) -> tuple[nn.Module, WeightsRecord]:
+def build_net(
+    config: dict[str, Any], num_classes: int, fallback: bool
+) -> tuple[nn.Module, WeightsRecord]:
     """Instantiate the net for ``num_classes`` and load its pretrained encoder weights.
 
     Args:
@@ -103,7 +62,7 @@ def build_net(config: dict[str, Any], num_classes: int, fallback: bool) -> tuple
     Returns:
         The net and a record of the encoder weights it started from.
     """
-    check_net_config(config)
+    _check_net(config)
     spec = config.get("encoder_weights")
     if spec is None:
         return instantiate(config, classes=num_classes), WeightsRecord("none", requested="none")
@@ -120,10 +79,16 @@ def build_net(config: dict[str, Any], num_classes: int, fallback: bool) -> tuple
 
 def _smp_record(encoder: str | None, spec: str) -> WeightsRecord:
     """What smp loaded: the file in the Hugging Face cache and its sha256, where smp names one."""
-    settings = smp.encoders.encoders.get(encoder or "", {}).get("pretrained_settings", {}).get(spec, {})
+    settings = (
+        smp.encoders.encoders.get(encoder or "", {}).get("pretrained_settings", {}).get(spec, {})
+    )
     try:
-        path = hf_hub_download(settings["repo_id"], "model.safetensors", revision=settings.get("revision"),
-                               local_files_only=True)  # fmt: skip
+        path = hf_hub_download(
+            settings["repo_id"],
+            "model.safetensors",
+            revision=settings.get("revision"),
+            local_files_only=True,
+        )
     except (KeyError, LocalEntryNotFoundError, OSError):
         return WeightsRecord(f"smp:{spec}", requested=spec)
     return WeightsRecord(f"smp:{spec}", str(path), sha256(path), spec)
@@ -134,18 +99,22 @@ def _is_lab_vgg(config: dict[str, Any]) -> bool:
 
 
 def _instantiate_smp(config: dict[str, Any], num_classes: int) -> nn.Module:
-    """Instantiate a net whose pretrained weights smp itself fetches (the Hugging Face cache or hub)."""
+    """Instantiate a net whose pretrained weights smp itself fetches (the Hugging Face cache or
+    hub)."""
     try:
         return instantiate(config, classes=num_classes)
     except Exception as err:
         # Hydra wraps the hub's errors in an InstantiationException; find the hub's own
         cause = err
-        while cause is not None and not isinstance(cause, LocalEntryNotFoundError | OfflineModeIsEnabled | OSError):
+        while cause is not None and not isinstance(
+            cause, LocalEntryNotFoundError | OfflineModeIsEnabled | OSError
+        ):
             cause = cause.__cause__
         if cause is None:
             raise
         raise RuntimeError(
-            f"could not obtain encoder weights {config['encoder_weights']!r} for {config.get('encoder_name')!r}: "
+            f"could not obtain encoder weights {config['encoder_weights']!r} for "
+            f"{config.get('encoder_name')!r}: "
             f"{cause}. Run once with internet access to fill the Hugging Face cache (HF_HOME), "
             "or set model.net.encoder_weights=null."
         ) from err

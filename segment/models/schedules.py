@@ -9,7 +9,8 @@ __all__ = ["WarmupDecayLR"]
 
 
 class WarmupDecayLR(SequentialLR):
-    """torch's ``LinearLR`` warmup from ``start_factor`` to 1 over ``warmup_steps``, then a decay to 0 at the end.
+    """torch's ``LinearLR`` warmup from ``start_factor`` to 1 over ``warmup_steps``, then a decay
+    to 0 at the end.
 
     ``poly``: ``PolynomialLR`` (``(1 - p) ** power``, DeepLab's schedule); ``cosine``:
     ``CosineAnnealingLR``; chained by ``SequentialLR``. Use it with ``interval: step``. A
@@ -27,17 +28,31 @@ class WarmupDecayLR(SequentialLR):
         start_factor: Factor of the rate at step 0.
     """
 
-    def __init__(self, optimizer: Optimizer, total_steps: int | None, warmup_steps: int = 100, decay: str = "poly",
-                 power: float = 0.9, start_factor: float = 0.01) -> None:  # fmt: skip
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        total_steps: int | None,
+        warmup_steps: int = 100,
+        decay: str = "poly",
+        power: float = 0.9,
+        start_factor: float = 0.01,
+    ) -> None:
         if total_steps is None or total_steps <= warmup_steps:
             raise ValueError(
-                f"scheduler total_steps={total_steps} must exceed warmup_steps={warmup_steps} (null in a config: "
+                f"scheduler total_steps={total_steps} must exceed warmup_steps={warmup_steps} "
+                "(null "
+                "in a config: "
                 "the run's optimiser steps, filled in by the module)"
             )
         if decay not in ("poly", "cosine"):
             raise ValueError(f"scheduler decay={decay!r}; expected 'poly' or 'cosine'")
         rest = int(total_steps) - int(warmup_steps)
-        warmup = LinearLR(optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup_steps)
-        after = PolynomialLR(optimizer, total_iters=rest, power=power) if decay == "poly" else CosineAnnealingLR(
-            optimizer, T_max=rest)  # fmt: skip
+        warmup = LinearLR(
+            optimizer, start_factor=start_factor, end_factor=1.0, total_iters=warmup_steps
+        )
+        after = (
+            PolynomialLR(optimizer, total_iters=rest, power=power)
+            if decay == "poly"
+            else CosineAnnealingLR(optimizer, T_max=rest)
+        )
         super().__init__(optimizer, [warmup, after], milestones=[warmup_steps])

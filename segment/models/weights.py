@@ -69,7 +69,9 @@ def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     settings = encoders["vgg16"]["pretrained_settings"]["imagenet"]
     repo, revision = settings["repo_id"], settings["revision"]
     try:
-        path = Path(hf_hub_download(repo, "model.safetensors", revision=revision, local_files_only=True))
+        path = Path(
+            hf_hub_download(repo, "model.safetensors", revision=revision, local_files_only=True)
+        )
         return load_file(path), path
     except LocalEntryNotFoundError:
         pass
@@ -81,14 +83,17 @@ def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
         path = Path(hf_hub_download(repo, "model.safetensors", revision=revision))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as error:
         raise FileNotFoundError(
-            f"VGG16 ImageNet weights are neither in the Hugging Face cache ({repo}) nor at {torchvision_file}, "
-            f"and the hub did not provide them ({type(error).__name__}: {(str(error).splitlines() or [''])[0]})"
+            f"VGG16 ImageNet weights are neither in the Hugging Face cache ({repo}) nor at "
+            f"{torchvision_file}, "
+            f"and the hub did not provide them ({type(error).__name__}: "
+            f"{(str(error).splitlines() or [''])[0]})"
         ) from error
     return load_file(path), path
 
 
 def _described(path: Path) -> str:
-    """The file's path, and the note its safetensors metadata carries (e.g. a float16 copy for transport)."""
+    """The file's path, and the note its safetensors metadata carries (e.g. a float16 copy for
+    transport)."""
     with safe_open(str(path), "pt") as file:
         note = (file.metadata() or {}).get("note")
     return f"{path} [{note}]" if note else str(path)
@@ -98,7 +103,11 @@ def _read_state_file(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+    if (
+        isinstance(state, Mapping)
+        and "state_dict" in state
+        and isinstance(state["state_dict"], Mapping)
+    ):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
@@ -109,21 +118,28 @@ def _from_file(spec: str) -> tuple[dict[str, torch.Tensor], WeightsRecord]:
     path = Path(spec).expanduser()
     if path.suffix not in (".pth", ".pt", ".safetensors"):
         raise ValueError(
-            f"model.net.encoder_weights={spec!r}: expected imagenet, hed, null or a .pth/.pt/.safetensors file"
+            f"model.net.encoder_weights={spec!r}: expected imagenet, hed, null or a "
+            ".pth/.pt/.safetensors file"
         )
     if not path.is_file():
         raise FileNotFoundError(f"encoder weights file not found: {path}")
     try:
         state = _read_state_file(path)
     except Exception as err:  # noqa: BLE001 -- corrupt pickles and safetensors raise many types
-        raise ValueError(f"cannot read encoder weights {path}: {str(err).splitlines()[0]}") from None
-    state = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith("classifier.")}
+        raise ValueError(
+            f"cannot read encoder weights {path}: {str(err).splitlines()[0]}"
+        ) from None
+    state = {
+        k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith("classifier.")
+    }
     return state, WeightsRecord("file", str(path), sha256(path), spec)
 
 
-def resolve_encoder_weights(spec: str | None, fallback: bool = True) -> tuple[dict[str, torch.Tensor] | None,
-                                                                              WeightsRecord]:  # fmt: skip
-    """Turn ``model.net.encoder_weights`` into a VGG16 encoder state dict and a record of its source.
+def resolve_encoder_weights(
+    spec: str | None, fallback: bool = True
+) -> tuple[dict[str, torch.Tensor] | None, WeightsRecord]:
+    """Turn ``model.net.encoder_weights`` into a VGG16 encoder state dict and a record of its
+    source.
 
     Args:
         spec: ``imagenet``, ``hed``, a weights file, or None.
@@ -144,13 +160,16 @@ def resolve_encoder_weights(spec: str | None, fallback: bool = True) -> tuple[di
         except (OSError, ValueError) as err:
             if not fallback:
                 raise RuntimeError(
-                    f"ImageNet VGG16 weights unavailable: {err}. Fix: run `python -m segment.models fetch "
+                    f"ImageNet VGG16 weights unavailable: {err}. Fix: run `python -m "
+                    "segment.models "
+                    "fetch "
                     "imagenet` with internet access, put torchvision's vgg16-397923af.pth in "
                     "$TORCH_HOME/hub/checkpoints/, set model.net.encoder_weights=<file> or =hed, "
                     "or allow model.weights_fallback=true."
                 ) from err
             message = (
-                f"ImageNet VGG16 weights unavailable ({err}); FALLING BACK to HED-BSDS500 VGG16 weights "
+                f"ImageNet VGG16 weights unavailable ({err}); FALLING BACK to HED-BSDS500 VGG16 "
+                "weights "
                 "(ImageNet VGG16 fine-tuned for edges). Results will be recorded as hed-bsds500."
             )
             warnings.warn(message, stacklevel=2)
@@ -160,18 +179,24 @@ def resolve_encoder_weights(spec: str | None, fallback: bool = True) -> tuple[di
     return _from_file(str(spec))
 
 
-def load_encoder_weights(encoder: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into a VGG16 encoder; any missing or unexpected key is an error that lists them."""
+def load_encoder_weights(
+    encoder: nn.Module, state: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """Load ``state`` into a VGG16 encoder; any missing or unexpected key is an error that lists
+    them."""
     expected = encoder.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(
             f"encoder weights from {source} do not fit a VGG16 encoder: missing {missing[:8]}"
-            f"{'...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
+            f"{'...' if len(missing) > 8 else ''}, unexpected "
+            f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
         )
     wrong = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if state[k].shape != v.shape
     ]
     if wrong:
         raise ValueError(f"encoder weights from {source} have wrong shapes: {wrong[:5]}")

@@ -1,0 +1,31 @@
+"""``python -m segment.analysis export <sweep> <dest>``: a sweep's run files, ready to travel
+(segment/analysis/export.py). The report is ``python -m segment.analysis.report <sweep>``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from segment.analysis.export import export
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m segment.analysis")
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("export", help="copy a sweep's run files, machine paths replaced")
+    command.add_argument("sweep", type=Path, help="a multirun folder")
+    command.add_argument("dest", type=Path, help="where the copy goes")
+    args = parser.parse_args(argv)
+    try:
+        folders = export(args.sweep, args.dest)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"exported {len(folders)} run folders to {args.dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

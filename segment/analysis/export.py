@@ -1,0 +1,119 @@
+"""Export a sweep's run files so that they can travel (a repository, a paper's supplement):
+``python -m segment.analysis export <sweep> <dest>``.
+
+Each run folder's record, ``.hydra/``, thresholds file, CSV log and console log are copied, with
+the mask snapshots the report's sheet shows (of each arm's first seed: input, truth, the
+validations at which each headline level was first reached, and the last); no checkpoints and no
+TensorBoard events. Paths of the
+machine that trained them are replaced by their role (``<data.root>``, ``<sweep.dir>``, ...), so
+nothing names the machine, and ``python -m segment.analysis.report <dest>`` writes the same report
+from the export as from the sweep.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from segment.analysis.runs import Run, load_runs
+from segment.analysis.study import Study
+from segment.files import write_atomic
+from segment.layout import RunLayout
+
+__all__ = ["export", "roles"]
+
+_SITE = re.compile(r"/[^\s'\"]*?/site-packages/")  # a Python installation's packages
+_HOME = re.compile(r"(?<![\w.])(/root|/home/[^/\s'\"]+|/Users/[^/\s'\"]+)(?=/)")  # a home folder
+
+
+def roles(run: Run, sweep: Path) -> dict[str, str]:
+    """The machine paths a run's files hold, each with its role, longest first: a run folder
+    inside its sweep keeps its own name (``<sweep.dir>/<job>``)."""
+    hydra = run.folder / RunLayout.of(run.record.layout).hydra / "hydra.yaml"
+    settings = OmegaConf.load(hydra).hydra if hydra.is_file() else OmegaConf.create()
+
+    def setting(key: str) -> str:
+        value = OmegaConf.select(settings, key, default=None, throw_on_resolution_failure=False)
+        return str(value) if value and str(value).startswith("/") else ""
+
+    typed = {
+        item.split("=", 1)[0]: item.split("=", 1)[1]
+        for a in run.record.attempts
+        for item in a.command
+        if item.startswith(("hydra.sweep.dir=", "hydra.run.dir="))
+    }
+    sweeps = {str(sweep.resolve()), setting("sweep.dir"), typed.get("hydra.sweep.dir", "")}
+    found = dict.fromkeys(sorted(p for p in sweeps if p), "<sweep.dir>")
+    for folder in (
+        setting("run.dir"),
+        setting("runtime.output_dir"),
+        typed.get("hydra.run.dir", ""),
+    ):
+        if folder and not any(folder.startswith(f"{s}/") or folder == s for s in found):
+            found[folder] = "<run.dir>"
+    if setting("runtime.cwd"):
+        found.setdefault(setting("runtime.cwd"), "<cwd>")
+    for key in ("data.root", "paths.root_dir", "paths.data_dir", "paths.log_dir"):
+        value = run.value(key)
+        if value and str(value).startswith("/"):
+            found.setdefault(str(value), f"<{key}>")
+    detail = str((run.record.encoder_weights_used or {}).get("detail") or "")
+    if detail.startswith("/"):
+        found.setdefault(str(Path(detail).parent), "<cache>")
+    return dict(sorted(found.items(), key=lambda item: -len(item[0])))
+
+
+def _clean(text: str, replace: dict[str, str]) -> str:
+    for path, role in replace.items():  # whole path names only: /a/study is no part of /a/study-2
+        text = re.sub(re.escape(path) + r"(?![\w.-])", role.replace("\\", "\\\\"), text)
+    return _HOME.sub("~", _SITE.sub("<site-packages>/", text))
+
+
+def export(sweep: str | Path, dest: str | Path) -> list[Path]:
+    """Copy ``sweep``'s run files into ``dest`` (see the module's text); returns the run folders."""
+    sweep, dest = Path(sweep), Path(dest)
+    if dest.resolve() == sweep.resolve() or sweep.resolve() in dest.resolve().parents:
+        raise ValueError(f"{dest} is inside the sweep {sweep}; export into a folder of its own")
+    study = Study(load_runs(sweep))
+    shown = {id(arm.runs[0]) for arm in study.arms}  # the mask sheet's run of each arm
+    exported = []
+    for run in study.runs:
+        layout = RunLayout.of(run.record.layout)
+        target = dest / run.folder.relative_to(sweep)
+        replace = roles(run, sweep)
+        names = [layout.record, layout.thresholds, layout.log]
+        names += [
+            str(p.relative_to(run.folder))
+            for part in (layout.hydra, layout.csv)
+            for p in sorted((run.folder / part).rglob("*"))
+            if p.is_file()
+        ]
+        for name in names:
+            if (run.folder / name).is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                text = _clean((run.folder / name).read_text(errors="replace"), replace)
+                if Path(name).name == "overrides.yaml":  # a role is no override value: quote it
+                    text = re.sub(r"^(- [^=\n]+=)(<[^'\n]*)$", r"\1'\2'", text, flags=re.M)
+                write_atomic(target / name, text)
+        for snapshot in _snapshots(study, run, layout) if id(run) in shown else ():
+            (target / layout.masks).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(snapshot, target / layout.masks / snapshot.name)
+        exported.append(target)
+    return exported
+
+
+def _snapshots(study: Study, run: Run, layout: RunLayout) -> list[Path]:
+    """The mask snapshots the report can show of ``run``."""
+    if not run.usable:
+        return []
+    steps = {run.validations[-1]["step"]}
+    for level in study.headline:
+        crossing = run.crossing(level.metric, level.mode, level.level)
+        if crossing is not None and crossing.reached:
+            steps.add(crossing.step)
+    files = [layout.snapshot(run.folder, "input"), layout.snapshot(run.folder, "truth")]
+    files += [layout.snapshot(run.folder, step) for step in sorted(steps)]
+    return [path for path in files if path.is_file()]

@@ -1,0 +1,98 @@
+"""The one way a run is built from its config: ``build(cfg)`` -> data, module, callbacks,
+loggers and trainer. ``train.py``, the benchmarks, the data check and the tests all use it.
+
+Values known only at run time (the continued checkpoint's log position, the hyperparameter
+table's keys, the chosen precision) are passed as arguments: to each callback or logger
+whose class takes them, never through placeholders in the YAML.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from segment.callbacks.hparams import hyperparameters
+from segment.checkpoints import RunInCheckpoint
+from segment.data.datamodule import SegmentationDataModule
+from segment.models.losses import with_class_weights
+
+__all__ = ["Built", "build", "build_callbacks", "build_data", "instantiate_each"]
+
+
+@dataclass
+class Built:
+    """What a run trains with."""
+
+    datamodule: SegmentationDataModule
+    module: L.LightningModule
+    callbacks: list[L.Callback]
+    loggers: list[Any]
+    trainer: L.Trainer
+
+
+def build_data(cfg: DictConfig) -> SegmentationDataModule:
+    """The data module, its files present (``prepare_data``: downloads, renders, checks)."""
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    return datamodule
+
+
+def instantiate_each(configs: Mapping | None, **runtime: Any) -> list:
+    """Every entry of a named collection (callbacks, loggers); each gets the ``runtime`` values
+    its class takes as arguments."""
+    built = []
+    for name, config in (configs or {}).items():
+        if not isinstance(config, Mapping) or "_target_" not in config:
+            raise ValueError(f"entry {name!r} has no _target_; got {config!r}")
+        taken = inspect.signature(get_object(config["_target_"])).parameters
+        built.append(instantiate(config, **{k: v for k, v in runtime.items() if k in taken}))
+    return built
+
+
+def build_callbacks(
+    cfg: DictConfig, overrides: Sequence[str] = (), choices: Mapping[str, Any] | None = None
+) -> list[L.Callback]:
+    """The config's callbacks; built first, their argument checks fail before data is read."""
+    params, swept = hyperparameters(cfg, overrides, choices or {})
+    return instantiate_each(cfg.get("callbacks"), params=params, swept=swept)
+
+
+def build(
+    cfg: DictConfig,
+    datamodule: SegmentationDataModule | None = None,
+    *,
+    callbacks: list[L.Callback] | None = None,
+    resume_at: Mapping[str, int] | None = None,
+    data: dict[str, Any] | None = None,
+    **trainer_args: Any,
+) -> Built:
+    """Build a run from ``cfg`` (``trainer.precision`` resolved). Nothing is written: loggers
+    touch their files when logging begins.
+
+    Args:
+        cfg: The composed train config.
+        datamodule: Built already by :func:`build_data` (the run folder checks its data first).
+        callbacks: Built already by :func:`build_callbacks` (with the hyperparameter table's
+            keys); default: built here, without them.
+        resume_at: The log position of the checkpoint a run continues from.
+        data: The data fingerprint stored in every checkpoint.
+        **trainer_args: Passed to the ``Trainer`` over the config; ``logger=False``: no loggers.
+    """
+    callbacks = build_callbacks(cfg) if callbacks is None else list(callbacks)
+    datamodule = datamodule or build_data(cfg)
+    info = datamodule.info
+    loss = with_class_weights(cfg.model.loss, datamodule)  # from the training split's labels
+    module = instantiate(
+        cfg.model, class_names=list(info.class_names), ignore_index=info.ignore_index, loss=loss
+    )
+    callbacks.append(RunInCheckpoint(OmegaConf.to_container(cfg, resolve=True), data))
+    wanted = trainer_args.pop("logger", True) is not False
+    loggers = instantiate_each(cfg.get("logger"), resume_at=resume_at) if wanted else []
+    options = {"callbacks": callbacks, "logger": loggers or False, **trainer_args}
+    return Built(datamodule, module, callbacks, loggers, instantiate(cfg.trainer, **options))
