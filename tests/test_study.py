@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -519,19 +520,20 @@ def test_a_damaged_run_file_is_listed_by_name_not_a_crash(tmp_path: Path, damage
 
 @pytest.mark.slow
 def test_the_committed_camvid_report_regenerates_from_its_exported_run_files(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docs/results/camvid_study is an export (no machine paths); its report is what the report
     command writes from it, to the byte."""
     committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "camvid_study"
-    copy = tmp_path / "camvid_study"
+    copy = tmp_path / "docs" / "results" / "camvid_study"  # the same path, from another root
     figures = {p.name for p in committed.glob("*.png")} | {"report.md"}  # the report's own
     shutil.copytree(
         committed,
         copy,
         ignore=lambda folder, names: figures & set(names) if Path(folder) == committed else [],
     )
-    assert report_main([str(copy)]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert report_main(["docs/results/camvid_study"]) == 0
     assert (copy / "report.md").read_text() == (committed / "report.md").read_text()
     texts = [
         p.read_text(errors="replace")
@@ -539,3 +541,26 @@ def test_the_committed_camvid_report_regenerates_from_its_exported_run_files(
         if p.suffix in (".json", ".yaml", ".log", ".csv", ".md")
     ]
     assert not any("/work/" in text or "/root/" in text or "/home/" in text for text in texts)
+
+
+def test_the_report_prints_the_command_that_adds_the_seeds_it_needs(tmp_path: Path) -> None:
+    sweep = _bracket(tmp_path)
+    for folder in sweep.iterdir():
+        if "seed-2" in folder.name or "seed-3" in folder.name or "seed-4" in folder.name:
+            shutil.rmtree(folder)
+    assert report_main([str(sweep)]) == 0
+    report = (sweep / "report.md").read_text()
+    [command] = [line for line in report.splitlines() if line.startswith("python train.py -m ")]
+    words = (
+        subprocess.run(
+            ["bash", "-c", f"printf '%s\\0' {command[len('python ') :]}"],
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")[:-1]
+    )
+    assert words[:2] == ["train.py", "-m"] and "skip_completed=true" in words
+    assert f"hydra.sweep.dir={sweep}" in words and "model=unet_scratch,unet_vgg" in words
+    [seeds] = [w for w in words if w.startswith("seed=")]
+    assert seeds.startswith("seed=2,") or seeds == "seed=2"

@@ -229,6 +229,7 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         "threshold is "
         "reached at `<=`, an mIoU one at `>=`. Ratios: slower arm's epochs / faster arm's.",
         "## Figures\n\n" + figure_links,
+        "## Seeds\n\n" + tables.more_seeds(study, str(sweep)),
         "## Each arm at its best rate\n\n"
         + tables.tuned_table(study)
         + "\n\nEpochs to each level by rate:\n\n"

@@ -55,6 +55,7 @@ class Run:
     train_loss: dict[int, float] = field(default_factory=dict)
     patience: int = 1
     record: RunRecord = field(default_factory=RunRecord)
+    typed: list[str] = field(default_factory=list)  # the overrides as typed (.hydra/overrides.yaml)
 
     @property
     def usable(self) -> bool:
@@ -145,8 +146,13 @@ def _weights_name(weights: Any) -> str | None:
     return source if requested in (None, source) else f"{source} (requested {requested})"
 
 
-def _overrides(path: Path) -> dict[str, str]:
-    items = (yaml.safe_load(path.read_text()) or []) if path.is_file() else []
+def _typed(path: Path) -> list[str]:
+    return (
+        [str(item) for item in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
+    )
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
     return {key: value_text(value) for key, value in identity(items).items()}
 
 
@@ -203,7 +209,7 @@ def load_run(folder: str | Path) -> Run:
     return Run(
         folder=folder,
         choices={str(k): str(v) for k, v in choices.items() if v is not None},
-        overrides=_overrides(hydra / "overrides.yaml"),
+        overrides=_overrides(_typed(hydra / "overrides.yaml")),
         config=config,
         seed=config.get("seed"),
         status=status,
@@ -213,6 +219,7 @@ def load_run(folder: str | Path) -> Run:
         train_loss=_read_train_loss(layout.metrics_csv(folder)),
         patience=int(tracked.get("patience", 1)),
         record=record,
+        typed=_typed(hydra / "overrides.yaml"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 
 import numpy as np
@@ -182,6 +183,33 @@ def answer(study: Study) -> str:
         + ". Interval: pooled t; p: exact permutation test; seeds needed: the tables below."
     )
     return "\n".join(lines)
+
+
+def more_seeds(study: Study, sweep: str) -> str:
+    """The command that adds to ``sweep`` the seeds the answer's comparison needs for 80% power
+    at every headline level (completed jobs are skipped)."""
+    first = study.tuned[0] if study.tuned else (study.comparisons[0] if study.comparisons else None)
+    if first is None:
+        return ""
+    estimates = [first.estimate(level) for level in study.headline]
+    needed = max((e.needed[0] for e in estimates if e is not None and e.needed), default=0)
+    arms = first.arms if isinstance(first, TunedComparison) else [first.slower, first.faster]
+    runs = [run for arm in arms for run in arm.runs]
+    seeds = sorted({int(run.seed) for run in runs if run.seed is not None})
+    if not seeds or needed <= len(seeds):
+        return f"Every headline level has the seeds 80% power needs ({len(seeds)} per arm)."
+    values: dict[str, list[str]] = {}
+    for item in (item for run in runs for item in run.typed):
+        key, _, value = item.partition("=")
+        if key != "seed" and value not in values.setdefault(key, []):
+            values[key].append(value)
+    new = range(seeds[-1] + 1, seeds[-1] + 1 + needed - len(seeds))
+    parts = [f"{key}={','.join(found)}" for key, found in values.items()]
+    parts += [f"seed={','.join(map(str, new))}", f"hydra.sweep.dir={sweep}", "skip_completed=true"]
+    return (
+        f"80% power at every headline level needs {needed} seeds per arm; to add them to "
+        f"this sweep:\n\n```bash\npython train.py -m {' '.join(map(shlex.quote, parts))}\n```"
+    )
 
 
 def comparison_table(study: Study, comparisons: Sequence[Comparison]) -> str:
