@@ -2,9 +2,9 @@
 
     python benchmarks/data_throughput.py data=camvid data.root=../shared/data/camvid --workers 0 2
 
-Any Hydra override selects the dataset and loader settings. Each configuration runs one
-warm-up batch (worker start-up, first decode) and then times full passes over the
-training set; setup time (verification or cache fill) is reported separately.
+Any Hydra override selects the dataset and loader settings. Each configuration runs one warm-up
+batch (worker start-up, first decode) and then times full passes over the training set; setup time
+(verification or cache fill) is reported separately.
 """
 
 from __future__ import annotations

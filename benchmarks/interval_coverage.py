@@ -1,13 +1,11 @@
 """How often the report's 95% intervals cover the true ratio, by simulation: the report's method
-and, for the
-record, the re-selecting percentile bootstrap it replaced.
+and, for the record, the re-selecting percentile bootstrap it replaced.
 
     python benchmarks/interval_coverage.py [--studies 1000] [--resamples 500]
 
 The simulated studies are tests/test_coverage.py's (the study's design, a known log-normal model
-near the
-committed CamVid study, ties on the validation grid, runs censored at a cap). No training; about a
-minute.
+near the committed CamVid study, ties on the validation grid, runs censored at a cap). No training;
+about a minute.
 """
 
 from __future__ import annotations
@@ -27,8 +25,7 @@ def _bootstrap_tuned(
     slow, fast, resamples: int, generator: np.random.Generator
 ) -> tuple[float, float]:
     """The replaced method: resample seeds with replacement, choose both rates again (lowest median
-    time),
-    take the percentile interval of the geometric-mean ratio."""
+    time), take the percentile interval of the geometric-mean ratio."""
     universe = sorted({s for cells in (slow, fast) for c in cells for s in c.times})
 
     def best(cells, picked):

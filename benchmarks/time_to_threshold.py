@@ -3,9 +3,9 @@
     python benchmarks/time_to_threshold.py data=camvid data.root=../shared/data/camvid
     model=unet_vgg
 
-Both start from the same seed, weights, data, optimiser and schedule and validate after
-every epoch; the clock covers training and validation (not start-up). The lab-style loop
-is fp32, contiguous memory, in-process loading without a cache.
+Both start from the same seed, weights, data, optimiser and schedule and validate after every epoch;
+the clock covers training and validation (not start-up). The lab-style loop is fp32, contiguous
+memory, in-process loading without a cache.
 """
 
 from __future__ import annotations

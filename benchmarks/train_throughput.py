@@ -2,8 +2,8 @@
 
     python benchmarks/train_throughput.py data=camvid data.root=../shared/data/camvid model=unet_vgg
 
-Any Hydra override of train.py selects model, data, size and batch (defaults: the train
-config). Prints one markdown table:
+Any Hydra override of train.py selects model, data, size and batch (defaults: the train config).
+Prints one markdown table:
 
 - Lightning: ``Trainer.fit`` exactly as train.py builds it (precision, channels_last,
   loader), validation and logging off;
@@ -12,14 +12,14 @@ config). Prints one markdown table:
   by hand);
 - data: the training loader alone;
 - FLOPs of one training step (``torch.utils.flop_counter``) and the achieved rate (MFU) vs.
-  a large square matmul in the *fastest* precision (fp32 or bf16: the device's practical
-  peak, whatever the run uses);
+  a large square matmul in the *fastest* precision (fp32 or bf16: the device's practical peak,
+  whatever the run uses);
 - peak memory and inference images/s.
 
-``--batch-sizes 16 32 --compile both --peak-size 8192 --quick --json out.json`` is the GPU
-check (benchmarks/device_study.sh). Throughput is the median of ``--windows`` timed windows of
-``--steps`` steps after
-``--warmup`` steps. Run nothing else meanwhile: on a 2-core CPU a second job halves both.
+``--batch-sizes 16 32 --compile both --peak-size 8192 --quick --json out.json`` is the GPU check
+(benchmarks/device_study.sh). Throughput is the median of ``--windows`` timed windows of ``--steps``
+steps after ``--warmup`` steps. Run nothing else meanwhile: on a 2-core CPU a second job halves
+both.
 """
 
 from __future__ import annotations

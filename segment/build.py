@@ -1,9 +1,9 @@
-"""The one way a run is built from its config: ``build(cfg)`` -> data, module, callbacks,
-loggers and trainer. ``train.py``, the benchmarks, the data check and the tests all use it.
+"""The one way a run is built from its config: ``build(cfg)`` -> data, module, callbacks, loggers
+and trainer. ``train.py``, the benchmarks, the data check and the tests all use it.
 
-Values known only at run time (the continued checkpoint's log position, the hyperparameter
-table's keys, the chosen precision) are passed as arguments: to each callback or logger
-whose class takes them, never through placeholders in the YAML.
+Values known only at run time (the continued checkpoint's log position, the hyperparameter table's
+keys, the chosen precision) are passed as arguments: to each callback or logger whose class takes
+them, never through placeholders in the YAML.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def build_data(cfg: DictConfig) -> SegmentationDataModule:
 
 
 def instantiate_each(configs: Mapping | None, **runtime: Any) -> list:
-    """Every entry of a named collection (callbacks, loggers); each gets the ``runtime`` values
-    its class takes as arguments."""
+    """Every entry of a named collection (callbacks, loggers); each gets the ``runtime`` values its
+    class takes as arguments."""
     built = []
     for name, config in (configs or {}).items():
         if not isinstance(config, Mapping) or "_target_" not in config:
@@ -72,8 +72,8 @@ def build(
     data: dict[str, Any] | None = None,
     **trainer_args: Any,
 ) -> Built:
-    """Build a run from ``cfg`` (``trainer.precision`` resolved). Nothing is written: loggers
-    touch their files when logging begins.
+    """Build a run from ``cfg`` (``trainer.precision`` resolved). Nothing is written: loggers touch
+    their files when logging begins.
 
     Args:
         cfg: The composed train config.

@@ -1,13 +1,10 @@
 """Checkpoint files: written atomically in their own folder, read as data (errors name the file),
-found for a
-resume, carrying the run's resolved config and data fingerprint.
+found for a resume, carrying the run's resolved config and data fingerprint.
 
 Lightning's writer (``TorchCheckpointIO``) writes a temporary file in ``$TMPDIR`` and moves it into
-place: on
-another filesystem (a cluster's scratch vs. a node-local /tmp) that is a truncating copy, and a
-kill during it
-leaves a 0-byte ``last.ckpt``. :class:`AtomicCheckpointIO` writes beside the target and renames
-instead.
+place: on another filesystem (a cluster's scratch vs. a node-local /tmp) that is a truncating copy,
+and a kill during it leaves a 0-byte ``last.ckpt``. :class:`AtomicCheckpointIO` writes beside the
+target and renames instead.
 """
 
 from __future__ import annotations
@@ -57,10 +54,9 @@ class CheckpointError(ValueError):
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into a temporary file in the checkpoint's own folder, fsync, rename: a kill
-    leaves the previous
-    checkpoint intact (and at worst a ``.<name>.*.partial`` file, removed when the folder is next
-    claimed); a full
-    disk is named as such. Remote (``s3://`` ...) paths keep Lightning's writer."""
+    leaves the previous checkpoint intact (and at worst a ``.<name>.*.partial`` file, removed when
+    the folder is next claimed); a full disk is named as such. Remote (``s3://`` ...) paths keep
+    Lightning's writer."""
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
@@ -73,22 +69,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             )
         path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
+        before = path.stat().st_size if path.is_file() else 0
         try:
             with atomic_open(path, "wb") as file:
                 torch.save(checkpoint, file)
-        except (
-            RuntimeError
-        ) as error:  # torch's writer reports a full disk as "[enforce fail at ...]"
+        except (RuntimeError, OSError) as error:
             free = shutil.disk_usage(path.parent).free
-            if "write failed" not in str(error) or free > 4 * 2**20:
+            if not _disk_full(error) and free > max(2 * before, 4 * 2**20):
                 raise
             raise OSError(
                 errno.ENOSPC,
-                f"No space left on device: writing checkpoint {path} failed with "
-                f"{free / 2**20:.1f} MiB free; the previous checkpoint is intact. Free space (or "
-                "point "
-                "paths.log_dir elsewhere), then continue: ckpt_path=last",
+                f"No space left on device: writing checkpoint {path} "
+                f"failed with {free / 2**20:.1f} MiB free; the previous checkpoint is "
+                "intact. Free space (or point paths.log_dir elsewhere), then continue: "
+                "ckpt_path=last",
             ) from None
+
+
+def _disk_full(error: BaseException | None) -> bool:
+    """ENOSPC or EDQUOT anywhere in an error's chain (torch's writer wraps it in a RuntimeError
+    whose words change between releases: told by errno or free space, never by the words)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _nodes(node: Any, where: str) -> Iterator[tuple[str, Any]]:
@@ -110,66 +115,70 @@ def read_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint's dict as data (``weights_only``; ``mmap``: a cheap look at a large file).
 
-    ``key`` is the config key it came from, named in errors; ``require``, keys it must hold.
-    Raises ``FileNotFoundError``, or :class:`CheckpointError` for anything that is not a
-    train.py checkpoint: not a torch archive, damaged, holding code objects or a string that
-    OmegaConf would resolve (``${...}``, at any depth), or lacking a ``require`` key.
+    ``key`` is the config key it came from, named in errors; ``require``, keys it must hold. Raises
+    ``FileNotFoundError``, or :class:`CheckpointError` for anything that is not a
+    train.py checkpoint: not a torch archive, damaged, holding code objects, a string that OmegaConf
+    would resolve (``${...}``, at any depth), positional ``_args_`` (a checkpoint's config names
+    arguments by key, so that loading can blank the ones that would fetch weights), or lacking a
+    ``require`` key.
     """
-    path = Path(path)
+    checkpoint = _load(Path(path), key, mmap)
+    if missing := [name for name in require if name not in checkpoint]:
+        raise CheckpointError(
+            f"{key}={path} is not a train.py checkpoint: it has no {', '.join(missing)}"
+        )
+    data = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
+    for where, node in _nodes(data, f"{key}={path}:"):
+        place = where.replace(":.", ": ")
+        if isinstance(node, str) and "${" in node:  # OmegaConf would resolve it
+            raise CheckpointError(
+                f"{place}={node!r}: a checkpoint's strings may not hold "
+                "interpolations or resolvers ('${...}'); refusing the checkpoint"
+            )
+        if isinstance(node, dict) and "_args_" in node:
+            raise CheckpointError(
+                f"{place}._args_: a checkpoint's config may not give positional "
+                "arguments (they could ask for a download); refusing it"
+            )
+    return checkpoint
+
+
+def _load(path: Path, key: str, mmap: bool) -> dict[str, Any]:
+    """``torch.load`` with ``weights_only``, every failure named with the file."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{key}={path}: no such checkpoint file (checkpoints are in <run folder>/checkpoints/)"
         )
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
-            f"{key}={path} is not a checkpoint: not a torch archive ({path.stat().st_size} bytes; "
-            "truncated, or another kind of file). Pass a .ckpt written by train.py"
+            f"{key}={path} is not a checkpoint: not a torch archive "
+            f"({path.stat().st_size} bytes; truncated, or another kind of "
+            "file). Pass a .ckpt written by train.py"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except (
-        pickle.UnpicklingError
-    ):  # torch's message advises loading without the check: a checkpoint is never code
+    except pickle.UnpicklingError:  # torch advises loading unchecked: a checkpoint is never code
         raise CheckpointError(
-            f"{key}={path} holds objects other than tensors and plain values, so it was not "
-            "written by train.py (or was altered); refusing to load it"
+            f"{key}={path} holds objects other than tensors and plain values, "
+            "so it was not written by train.py (or was altered); refusing to "
+            "load it"
         ) from None
     except Exception as error:  # noqa: BLE001 -- zip, storage and mmap errors come in many types
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"{key}={path} is a damaged checkpoint ({first_line}); use another one"
+            f"{key}={path} is a damaged checkpoint ({first}); use another one"
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(
             f"{key}={path} holds a {type(checkpoint).__name__}, not a train.py checkpoint"
         )
-    if missing := [name for name in require if name not in checkpoint]:
-        raise CheckpointError(
-            f"{key}={path} is not a train.py checkpoint: it has no {', '.join(missing)}"
-        )
-    data = {
-        name: value
-        for name, value in checkpoint.items()
-        if name not in ("state_dict", "optimizer_states")
-    }
-    for where, node in _nodes(data, f"{key}={path}:"):
-        if (
-            isinstance(node, str) and "${" in node
-        ):  # OmegaConf would resolve it when the config is built
-            raise CheckpointError(
-                f"{where.replace(':.', ': ')}={node!r}: a checkpoint's strings may not hold "
-                "interpolations or resolvers ('${...}'); refusing the checkpoint"
-            )
     return checkpoint
 
 
 def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
     """The loadable checkpoint with the most training steps in ``folder`` (``last.ckpt`` on ties),
-    or None: a run
-    killed between two writes may have a best checkpoint newer than ``last.ckpt``. Unreadable files
-    are skipped."""
+    or None: a run killed between two writes may have a best checkpoint newer than ``last.ckpt``.
+    Unreadable files are skipped."""
     found: list[tuple[int, bool, float, Path]] = []
     for path in Path(folder).glob("*.ckpt") if Path(folder).is_dir() else ():
         try:
@@ -275,9 +284,9 @@ def _trusted(target: Any, kind: str) -> bool:
 
 
 def check_trusted_targets(config: Any, where: str, kind: str = "model") -> None:
-    """Refuse any ``_target_`` in ``config`` (plain containers from a checkpoint, at any depth)
-    that is not an
-    allow-listed class of ``kind`` (``model`` or ``data``), naming it and where it was found."""
+    """Refuse any ``_target_`` in ``config`` (plain containers from a checkpoint, at any depth) that
+    is not an allow-listed class of ``kind`` (``model`` or ``data``), naming it and where it was
+    found."""
     for place, node in _nodes(config, where):
         if (
             isinstance(node, dict)

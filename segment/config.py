@@ -4,8 +4,7 @@ folder names.
 Overrides are parsed here only (:func:`parse_overrides`, Hydra's grammar). :data:`INFRASTRUCTURE`
 lists the keys
 that say where things are or how a run is shown or continued, not what it trains: job names, run
-identities,
-resume checks, the study report and the hyperparameter views all leave them out.
+identities, resume checks, the study report and the hyperparameter views all leave them out.
 """
 
 from __future__ import annotations
@@ -118,9 +117,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     "data.image_size": [128, 160]}``.
 
     Hydra's own grammar: typed values (``1e-4`` -> ``0.0001``), no ``+``/``++``; a deletion
-    (``~key``) maps to
-    None, a sweep (``seed=0,1``) to its list of strings. An item Hydra cannot parse: ``ValueError``
-    naming it.
+    (``~key``) maps to None, a sweep (``seed=0,1``) to its list of strings. An item Hydra cannot
+    parse: ``ValueError`` naming it.
     """
     parser = OverridesParser.create()
     parsed: dict[str, Any] = {}
@@ -165,8 +163,7 @@ def value_text(value: Any) -> str:
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:
     """Each dotted key's last part (``model.optimizer.lr`` -> ``lr``) where no other key of
-    ``keys`` shares it and
-    it says something on its own (not ``_target_``)."""
+    ``keys`` shares it and it says something on its own (not ``_target_``)."""
     tails = [key.replace("/", ".").rsplit(".", 1)[-1] for key in keys]
     return {
         key: tail
@@ -178,8 +175,8 @@ def short_names(keys: Sequence[str]) -> dict[str, str]:
 
 def ordered(values: dict[str, Any], groups: Iterable[str]) -> list[str]:
     """Keys in name order: config-group choices (``model``, ``protocol``), top-level keys
-    (``seed``), dotted
-    keys, then the sweep's context (``data``, ``experiment``); sorted within each."""
+    (``seed``), dotted keys, then the sweep's context (``data``, ``experiment``); sorted within
+    each."""
     groups = set(groups)
 
     def rank(key: str) -> tuple[int, str]:
@@ -197,16 +194,15 @@ def job_name(
     ``model-unet_vgg__seed-0__lr-1e-4``.
 
     Deterministic, so a continued or extended sweep finds its jobs again; keys in :func:`ordered`
-    order, dotted
-    ones by their last part; :data:`INFRASTRUCTURE` left out, except a ``data.root`` the sweep
-    varies (``swept``).
-    Past :data:`MAX_NAME` bytes, whole items are dropped from the end and a hash of the full name
-    is appended.
+    order, dotted ones by their last part; :data:`INFRASTRUCTURE` left out, except a
+    ``data.root`` the sweep varies (``swept``). Past :data:`MAX_NAME` bytes, whole items are
+    dropped from the end and a hash of the full name is appended.
     """
     parsed = parse_overrides(overrides)
     values = {key: value for key, value in parsed.items() if not is_infrastructure(key)}
-    if "data.root" in swept and parsed.get("data.root"):
-        values["data.root"] = Path(str(parsed["data.root"])).name
+    if "data.root" in swept and parsed.get("data.root"):  # its folder's name, told apart by a hash
+        root = str(parsed["data.root"])
+        values["data.root"] = f"{Path(root).name}-{hashlib.sha1(root.encode()).hexdigest()[:4]}"
     keys = ordered(values, groups)
     names = short_names(keys)
     items = [
@@ -225,10 +221,9 @@ def job_name(
 
 
 def _sweep_lists() -> dict[str, list[str]] | None:
-    """Each key of the running multirun with its jobs' overrides (sweeper params, then the command
-    line, which
-    replaces a param of the same key), from the ``multirun.yaml`` Hydra writes; None outside a
-    multirun."""
+    """Each key of the running multirun with its jobs' overrides (sweeper params, then the
+    command line, which replaces a param of the same key), from the ``multirun.yaml`` Hydra
+    writes; None outside a multirun."""
     hydra = HydraConfig.get()
     if hydra.mode is None or hydra.mode.name != "MULTIRUN":
         return None
@@ -251,8 +246,8 @@ def _sweep_lists() -> dict[str, list[str]] | None:
 
 
 def swept_keys() -> set[str]:
-    """The keys the running multirun gives more than one value (none outside a multirun, or without
-    Hydra)."""
+    """The keys the running multirun gives more than one value (none outside a multirun, or
+    without Hydra)."""
     lists = (_sweep_lists() if HydraConfig.initialized() else None) or {}
     return {key for key, values in lists.items() if len(values) > 1}
 
@@ -295,8 +290,8 @@ def sweep_dir() -> str | None:
 
 
 def print_config_tree(cfg: DictConfig) -> None:
-    """The resolved config as a tree, one branch per top-level key (``extras.print_config``), as in
-    LHT."""
+    """The resolved config as a tree, one branch per top-level key (``extras.print_config``), as
+    in LHT."""
     tree = rich.tree.Tree("config", guide_style="dim")
     first = [
         key for key in ("data", "model", "callbacks", "logger", "trainer", "paths") if key in cfg

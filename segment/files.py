@@ -1,7 +1,7 @@
 """The one way this package writes a result file: a temporary file beside it, then a rename.
 
-A reader never sees half a file, a crash (even SIGKILL) leaves the previous version in
-place, and parallel writers (joblib sweep jobs rewriting one report) never share a
+A reader never sees half a file, a crash (even SIGKILL) leaves the previous version in place, and
+parallel writers (joblib sweep jobs rewriting one report) never share a
 temporary file: each gets its own unique name from :func:`tempfile.mkstemp`.
 """
 

@@ -1,8 +1,8 @@
 """Where a run keeps its files: the one definition of the run folder's names.
 
 The names follow the config (the CSV logger's ``name``, the tracker's ``filename``, ...), so
-:meth:`RunLayout.from_config` reads them once; the run folder stores the layout in its
-record, and every reader (the report, evaluation, the next attempt) takes it from there.
+:meth:`RunLayout.from_config` reads them once; the run folder stores the layout in its record, and
+every reader (the report, evaluation, the next attempt) takes it from there.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Lightning's CSV and TensorBoard loggers, continuing a resumed run's logs where its checkpoint
-was written: what an earlier attempt logged after that checkpoint is dropped, so every row and
-every point appears once, whenever the kill came.
+was written: what an earlier attempt logged after that checkpoint is dropped, so every row and every
+point appears once, whenever the kill came.
 
-Each logger counts what it has logged (:meth:`position`); the checkpoint callback stores the
-count in every checkpoint (``log_position``) and ``build(cfg)`` passes it back as
-``resume_at`` when the run continues.
+Each logger counts what it has logged (:meth:`position`); the checkpoint callback stores the count
+in every checkpoint (``log_position``) and ``build(cfg)`` passes it back as ``resume_at`` when the
+run continues.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ class CSVLogger(_CSVLogger):
     Lightning logs after the checkpoint of the epoch's last validation and does not log again).
 
     Building it reads the log and writes nothing. Lightning's writer deletes an existing
-    ``metrics.csv`` when it starts: when logging begins, the kept rows wait in a holding file
-    beside the log folder (renames only) and become the new log's beginning.
+    ``metrics.csv`` when it starts: when logging begins, the kept rows wait in a holding file beside
+    the log folder (renames only) and become the new log's beginning.
     """
 
     def __init__(

@@ -1,9 +1,9 @@
 """The run record, ``<run folder>/run.json``: one typed, versioned file, one reader, one writer.
 
 Every reader of a run (the run folder's claim, the study report, evaluation) goes through
-:func:`read_record`; the run folder writes it through :func:`write_record`. A record
-written before it had a version (schema 1) is read as such; one from a newer version of
-this package is named, never misread.
+:func:`read_record`; the run folder writes it through :func:`write_record`. A record written before
+it had a version (schema 1) is read as such; one from a newer version of this package is named,
+never misread.
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ class Attempt:
 class RunRecord:
     """What a run folder holds: its status, what it trained on and with, and every attempt.
 
-    ``status``: ``new`` (no attempt has trained yet), ``running``, ``completed``,
-    ``interrupted`` (a signal) or ``failed``. ``data_order``: what fixes the order and
-    augmentation of its training data (the sampling code's version and the seed): two runs
-    are paired by seed only where both match.
+    ``status``: ``new`` (no attempt has trained yet), ``running``, ``completed``, ``interrupted`` (a
+    signal) or ``failed``. ``data_order``: what fixes the order and
+    augmentation of its training data (the sampling code's version and the seed): two runs are
+    paired by seed only where both match.
     """
 
     status: str = "new"

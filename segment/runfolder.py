@@ -1,12 +1,12 @@
 """A run folder belongs to one run: claimed per attempt, locked while it trains, never silently
 reused.
 
-What an attempt does with its folder is :func:`decide`, a pure function of the folder's
-record, what was asked and the checkpoint found (docs/reliability.md has its table).
-:class:`RunFolder` carries it out: it locks the folder, records every attempt in the run
-record, and changes the run (its status, ``.hydra/``, an archive of the earlier run) only
-when :meth:`RunFolder.start` is called, right before training. An attempt refused, failing
-or stopped before that is recorded and changes nothing else.
+What an attempt does with its folder is :func:`decide`, a pure function of the folder's record, what
+was asked and the checkpoint found (docs/reliability.md has its table). :class:`RunFolder` carries
+it out: it locks the folder, records every attempt in the run record, and changes the run (its
+status, ``.hydra/``, an archive of the earlier run) only when :meth:`RunFolder.start` is called,
+right before training. An attempt refused, failing or stopped before that is recorded and changes
+nothing else.
 """
 
 from __future__ import annotations
@@ -71,6 +71,17 @@ _ATTEMPT_KEYS = ("ckpt_path", "skip_completed", "overwrite")  # how one attempt 
 _LENGTH_KEYS = ("T_max", "total_steps", "total_iters")
 
 
+# The reasons decide() gives beside "occupied" (the folder holds a run).
+NOTHING_TO_CONTINUE = (
+    "ckpt_path=last: nothing to continue (no run record, no checkpoint). To continue a killed "
+    "run, start in its folder: hydra.run.dir=<run folder> ckpt_path=last"
+)
+AFRESH = "no checkpoint yet (stopped before its first validation): starting it afresh"
+OTHER_JOB = (
+    "skip_completed: it holds a completed run of other overrides ({}): two jobs share a name"
+)
+
+
 class RunFolderError(RuntimeError):
     """A run folder that cannot be used as asked; the message says why and what to do."""
 
@@ -91,8 +102,8 @@ class Asked:
 
 @dataclass(frozen=True)
 class Decision:
-    """``fresh``, ``continue``, ``skip`` or ``refuse``; ``archive``: move the earlier run's
-    files aside first; ``own_config``: continue under the run's saved overrides."""
+    """``fresh``, ``continue``, ``skip`` or ``refuse``; ``archive``: move the earlier run's files
+    aside first; ``own_config``: continue under the run's saved overrides."""
 
     action: str
     reason: str = ""
@@ -115,17 +126,8 @@ def decide(
         if status == "completed":
             return Decision("refuse", "a completed run that left no checkpoint to continue")
         if record is None and not holds:
-            return Decision(
-                "refuse",
-                "ckpt_path=last: nothing to continue (no run record, no checkpoint). To continue "
-                "a killed run, start in its folder: hydra.run.dir=<run folder> ckpt_path=last",
-            )
-        return Decision(
-            "fresh",
-            "no checkpoint yet (stopped before its first validation): starting it afresh",
-            archive=holds,
-            own_config=True,
-        )
+            return Decision("refuse", NOTHING_TO_CONTINUE)
+        return Decision("fresh", AFRESH, archive=holds, own_config=True)
     if asked.ckpt_path is not None:
         if not inside and has_run and not asked.overwrite:
             return Decision("refuse", f"occupied: ckpt_path={asked.ckpt_path} is another run's")
@@ -133,11 +135,7 @@ def decide(
     if asked.skip_completed and status == "completed":
         theirs = identity(record.attempts[0].overrides) if record.attempts else {}
         if theirs and theirs != identity(asked.overrides):
-            return Decision(
-                "refuse",
-                f"skip_completed: it holds a completed run of other overrides "
-                f"({theirs}): two jobs share a folder name",
-            )
+            return Decision("refuse", OTHER_JOB.format(theirs))
         return Decision("skip")
     if asked.skip_completed and found is not None:
         return Decision("continue", checkpoint=found, own_config=True)
@@ -148,8 +146,8 @@ def decide(
 
 def resume_differences(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     """Why a checkpoint written under ``saved`` (a resolved config) cannot continue under
-    ``cfg``: the keys that differ (where files are, how a run is shown or continued left out),
-    and a longer run under a schedule that follows the run's length."""
+    ``cfg``: the keys that differ (where files are, how a run is shown or continued left out), and a
+    longer run under a schedule that follows the run's length."""
     now = OmegaConf.to_container(cfg, resolve=True)
     where = _path_keys(OmegaConf.to_container(cfg))
 
@@ -182,8 +180,8 @@ def resume_differences(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
 
 def follows_length(config: Any) -> bool:
     """Whether a config's schedule has a length of ``null``: the run's own, which changes with
-    ``trainer.max_epochs`` (``warmup_poly``, ``warmup_cosine``; cosine's ``T_max`` interpolates
-    it)."""
+    ``trainer.max_epochs`` (``warmup_poly``, ``warmup_cosine``; cosine's ``T_max`` interpolates it).
+    """
     scheduler = OmegaConf.select(OmegaConf.create(config), "model.scheduler", default=None)
     text = OmegaConf.to_yaml(scheduler) if scheduler is not None else ""
     return any(f"{key}: null" in text or f"{key}: ${{trainer." in text for key in _LENGTH_KEYS)
@@ -233,44 +231,24 @@ class RunFolder:
         self.path, self.layout = Path(cfg.paths.output_dir), RunLayout.from_config(cfg)
         self.enabled = rank_zero_only.rank == 0
         self.overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-        self.asked = Asked(
-            cfg.get("ckpt_path"),
-            bool(cfg.get("skip_completed")),
-            bool(cfg.get("overwrite")),
-            tuple(self.overrides),
-        )
+        asked = (cfg.get("ckpt_path"), bool(cfg.get("skip_completed")), bool(cfg.get("overwrite")))
+        self.asked = Asked(*asked, tuple(self.overrides))
         self.attempt = Attempt(
-            _now(), socket.gethostname(), os.getpid(), list(sys.argv), _git(), self.overrides
+            _now(), socket.gethostname(), os.getpid(), list(sys.argv), _git(), list(self.overrides)
         )
-        self.record = RunRecord()
-        self.decision = Decision("refuse")
-        self.started = False
-        self.signal: int | None = None
+        self.record, self.decision, self.seed = RunRecord(), Decision("refuse"), cfg.get("seed")
+        self.started, self.signal = False, None
         self._data: dict[str, Any] | None = None  # the continued checkpoint's data fingerprint
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.layout.path(self.path, "checkpoints")
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[RunFolder]:
-        """Lock the folder, decide, and record how the attempt ends. Raises
-        :class:`RunFolderError`, or ``SystemExit(128 + signal)`` on a stop signal."""
+        """Lock the folder, decide, and record how the attempt ends. Raises :class:`RunFolderError`,
+        or ``SystemExit(128 + signal)`` on a stop signal."""
         if not self.enabled:  # DDP ranks > 0 follow rank 0
             self._decide()
             yield self
             return
-        lock = FileLock(self.path / ".lock", timeout=0)
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            lock.acquire()
-        except Timeout:  # a TimeoutError, so an OSError: first
-            raise RunFolderError(self._busy()) from None
-        except OSError as error:
-            raise OSError(
-                f"cannot write to the run folder {self.path}: {error}. Point "
-                "paths.log_dir (or hydra.run.dir / hydra.sweep.dir) at a writable folder"
-            ) from None
+        lock = _lock(self.path)
         handlers = {number: signal.signal(number, self._stop) for number in STOP_SIGNALS}
         try:
             self._decide()
@@ -292,80 +270,36 @@ class RunFolder:
             self.enabled = False  # a damaged record is left as it is, this attempt unrecorded
             raise RunFolderError(str(error)) from None
         self.record = known or RunRecord()
-        found, inside = None, True
-        if self.asked.ckpt_path not in (None, "last"):
-            found = find_checkpoint(self.asked.ckpt_path)[0]
-            inside = self.path.resolve() in found.resolve().parents
-        elif self.asked.ckpt_path == "last" or self.asked.skip_completed:
-            found = (newest_checkpoint(self.checkpoints) or (None,))[0]
-        self.decision = decide(known, self._holds(), self.asked, found, inside)
+        found, inside = _asked_checkpoint(self.asked, self.path, self.layout)
+        holds = holds_results(self.path, self.layout)
+        self.decision = decide(known, holds, self.asked, found, inside)
         self.attempt.action = self.decision.action
-        if self.decision.reason and self.decision.action != "refuse":
-            log.warning("%s: %s", self.path, self.decision.reason)
         if self.decision.action == "refuse":
-            raise RunFolderError(self._refusal(self.decision.reason))
+            raise RunFolderError(refusal(self.path, self.record, self.decision.reason))
+        if self.decision.reason:
+            log.warning("%s: %s", self.path, self.decision.reason)
 
     def own_config(self, cfg: DictConfig) -> DictConfig:
         """A continued run's own config: its saved overrides (checked as data), then those typed
         now; ``cfg`` itself for any other attempt."""
-        saved = self.layout.path(self.path, "hydra") / "overrides.yaml"
+        saved = self.path / self.layout.hydra / "overrides.yaml"
         if not (self.decision.own_config and HydraConfig.initialized() and saved.is_file()):
             return cfg
-        typed = set(parse_overrides(self.overrides))
-        items = yaml.safe_load(saved.read_text())  # plain strings: OmegaConf would resolve them
-        if not isinstance(items, list):
-            raise CheckpointError(f"{saved}: not a list of overrides; move it aside")
-        kept = [
-            str(item)
-            for item in items
-            if not set(parse_overrides([str(item)])) & typed
-            and not is_infrastructure(next(iter(parse_overrides([str(item)]))), _ATTEMPT_KEYS)
-        ]
-        check_saved_overrides(kept, str(saved))  # typed ones are the user's; saved ones are data
-        self.overrides = [*kept, *self.overrides]  # the run's; its attempt records what was typed
+        self.overrides = [*saved_overrides(saved, self.overrides), *self.overrides]
         return compose(HydraConfig.get().job.config_name, overrides=self.overrides)
 
     def check_resume(self, cfg: DictConfig) -> dict[str, int] | None:
-        """Refuse to continue from a checkpoint under another config; returns its log position
-        (None when starting afresh)."""
+        """Refuse to continue from a checkpoint under another config; returns its log position (None
+        when starting afresh)."""
         if self.decision.checkpoint is None:
             return None
-        checkpoint = read_checkpoint(self.decision.checkpoint, "ckpt_path", mmap=True)
-        self._data, saved = checkpoint.get("data"), checkpoint.get("config")
-        log.info(
-            "continuing from %s: epoch %s, global step %s",
-            self.decision.checkpoint,
-            checkpoint.get("epoch"),
-            checkpoint.get("global_step"),
-        )
-        if saved is None:
-            log.warning("%s holds no config: resuming unchecked", self.decision.checkpoint)
-        elif differences := resume_differences(saved, cfg):
-            shown = "\n  ".join(differences[:12]) + ("\n  ..." if len(differences) > 12 else "")
-            raise RunFolderError(
-                f"cannot resume from {self.decision.checkpoint} under a different config; it "
-                f"differs in:\n  {shown}\nA resume continues the same run: drop these overrides "
-                "(only where files are, how training is shown and, under a schedule that does not "
-                "follow it, how long it goes on may change). To train on from these weights "
-                "with other settings, start a new run with model.init_from=<checkpoint>"
-            )
-        step = int(checkpoint["global_step"])
-        if "log_position" not in checkpoint:  # written before positions were: by step alone
-            return {"step": step, "global_step": step + 1}
-        return {**checkpoint["log_position"], "global_step": step}
+        position, self._data = resume_point(self.decision.checkpoint, cfg)
+        return position
 
     def check_data(self, fingerprint: dict[str, Any]) -> None:
         """Refuse to continue or skip a run on other data than it trained on."""
         skip = self.decision.action == "skip"
-        recorded = self.record.data if skip else self._data
-        common = set(recorded or {}) & set(fingerprint)
-        if any(recorded[key] != fingerprint[key] for key in common):
-            raise RunFolderError(
-                f"{self.path} trained on other data than data.root now holds ({recorded} vs "
-                f"{fingerprint}); refusing to {'skip it as completed' if skip else 'continue it'}."
-                " Point data.root at the data it trained on, or start a new run (another "
-                "folder, or overwrite=true)"
-            )
+        check_same_data(self.path, self.record.data if skip else self._data, fingerprint, skip)
 
     def start(self, config: DictConfig, **fields: Any) -> None:
         """The attempt is accepted and trains: archive the earlier run if decided, write
@@ -373,9 +307,10 @@ class RunFolder:
         self.attempt.resumed_from = self.decision.checkpoint and str(self.decision.checkpoint)
         if self.enabled:
             if self.decision.archive:
-                self._archive()
-            self._remove_partial_files()
-            self._write_hydra(config)
+                archive(self.path, self.layout, self.record.started or _now())
+                self.record = RunRecord()  # the earlier record went with its run
+            remove_partial_files(self.path)
+            write_hydra(self.path / self.layout.hydra, config, self.overrides)
         self.started = True
         self.record = replace(
             self.record,
@@ -388,26 +323,20 @@ class RunFolder:
         )
         self._save()
 
+    def finish(self, metrics: dict[str, float]) -> None:
+        """Record a completed run and its final metrics."""
+        self.attempt.ended, self.attempt.outcome = _now(), "completed"
+        self.record = replace(
+            self.record, status="completed", ended=self.attempt.ended, metrics=metrics
+        )
+        self._save()
+
     def _save(self) -> None:
         if not self.enabled:
             return
         if not self.record.attempts or self.record.attempts[-1] is not self.attempt:
             self.record.attempts.append(self.attempt)
         write_record(self.path, self.record)
-
-    def update(self, **fields: Any) -> None:
-        """Merge ``fields`` into the run record (rewritten atomically)."""
-        self.record = replace(self.record, **fields)
-        self._save()
-
-    def finish(self, metrics: dict[str, float], outcome: str = "completed") -> None:
-        """Record how the run ended (``completed``; ``skipped``: left as it was)."""
-        self.attempt.ended, self.attempt.outcome = _now(), outcome
-        if outcome == "completed":
-            self.record = replace(
-                self.record, status="completed", ended=self.attempt.ended, metrics=metrics
-            )
-        self._save()
 
     def _end(self, error: BaseException) -> None:
         """Record an attempt that ended early; the run's status changes only if it trained."""
@@ -417,23 +346,16 @@ class RunFolder:
         outcome = "interrupted" if name else "refused" if refused else "failed"
         self.attempt.ended, self.attempt.outcome = _now(), outcome
         self.attempt.error, self.attempt.signal = message, name
-        if self.started or self.record.status in ("new", "failed") and not self._holds():
-            self.record = replace(
-                self.record, status=outcome if self.started else "failed", error=message
-            )
+        nothing = self.record.status in ("new", "failed") and not holds_results(
+            self.path, self.layout
+        )
+        if self.started or nothing:
+            status = outcome if self.started else "failed"
+            self.record = replace(self.record, status=status, error=message, seed=self.seed)
         with contextlib.suppress(OSError):
             self._save()
         if name and sweep_dir() is not None:
-            pending = [
-                job for job in sweep_jobs() if _status(Path(sweep_dir()) / job) != "completed"
-            ]
-            log.error(
-                "%s: the sweep stops; %d job(s) not completed: %s. Continue it: the same "
-                "command with skip_completed=true",
-                message,
-                len(pending),
-                ", ".join(pending),
-            )
+            _sweep_stopped(message)
 
     def _stop(self, number: int, frame: Any) -> None:
         """A stop signal: end training where it is (Lightning shuts down on KeyboardInterrupt)."""
@@ -445,72 +367,161 @@ class RunFolder:
             )
             raise KeyboardInterrupt
 
-    def _holds(self) -> bool:
-        parts = (
-            self.layout.checkpoints,
-            self.layout.csv,
-            self.layout.tensorboard,
-            self.layout.masks,
-        )
-        return any(any((self.path / part).glob("*")) for part in parts)
 
-    def _write_hydra(self, config: DictConfig) -> None:
-        """``.hydra/`` as Hydra writes it (the config resolved), once this attempt trains."""
-        folder = self.layout.path(self.path, "hydra")
-        folder.mkdir(exist_ok=True)
-        resolved = OmegaConf.to_container(config, resolve=True)
-        write_atomic(folder / "config.yaml", OmegaConf.to_yaml(resolved))
-        write_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(self.overrides))
-        if HydraConfig.initialized() and not (folder / "hydra.yaml").is_file():
-            write_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
+def _lock(path: Path) -> FileLock:
+    """The run folder's lock, taken (a second run in the folder is refused, naming the holder)."""
+    lock = FileLock(path / ".lock", timeout=0)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:  # a TimeoutError, so an OSError: first
+        raise RunFolderError(busy_message(path)) from None
+    except OSError as error:
+        raise OSError(
+            f"cannot write to the run folder {path}: {error}. Point paths.log_dir (or "
+            "hydra.run.dir / hydra.sweep.dir) at a writable folder"
+        ) from None
+    return lock
 
-    def _remove_partial_files(self) -> None:
-        """What killed atomic writes left behind (``.<name>.*.partial``), archive/ aside."""
-        for path in self.path.rglob(".*.partial"):
-            if "archive" not in path.relative_to(self.path).parts:
-                path.unlink(missing_ok=True)
 
-    def _archive(self) -> None:
-        """Move the earlier run's files to ``archive/<its start time>/``."""
-        stamp = (self.record.started or _now()).replace(":", "-")
-        target, suffix = self.path / "archive" / stamp, 1
-        while target.exists():
-            target, suffix = self.path / "archive" / f"{stamp}-{suffix}", suffix + 1
-        target.mkdir(parents=True)
-        for name in self.layout.results:
-            if (self.path / name).exists():
-                shutil.move(str(self.path / name), str(target / name))
-        if (log_file := self.path / self.layout.log).is_file():  # Hydra appends to it
-            shutil.copy2(log_file, target / self.layout.log)
-            os.truncate(log_file, 0)
-        log.warning("archived the earlier run of %s in %s", self.path, target)
-        self.record = RunRecord(attempts=[a for a in self.record.attempts if a.outcome is None])
+def _asked_checkpoint(asked: Asked, path: Path, layout: RunLayout) -> tuple[Path | None, bool]:
+    """The checkpoint an attempt asks for (``ckpt_path=last`` or ``skip_completed``: the folder's
+    newest; a path: that file) and whether it lies in the run folder."""
+    if asked.ckpt_path not in (None, "last"):
+        found = find_checkpoint(asked.ckpt_path)[0]
+        return found, path.resolve() in found.resolve().parents
+    if asked.ckpt_path == "last" or asked.skip_completed:
+        return (newest_checkpoint(path / layout.checkpoints) or (None,))[0], True
+    return None, True
 
-    def _busy(self) -> str:
-        try:
-            holder = (read_record(self.path) or RunRecord()).last or Attempt("?")
-        except RecordError:
-            holder = Attempt("?")
-        return (
-            f"run folder {self.path} is in use by pid {holder.pid} on {holder.host} since "
-            f"{holder.started}: two runs in one folder would mix their logs. Wait for it to "
-            "finish, or choose another folder (hydra.run.dir=<new folder>)"
+
+def check_same_data(path: Path, recorded: dict | None, fingerprint: dict, skip: bool) -> None:
+    """Refuse a run folder's data fingerprint that differs from what it recorded (the keys both
+    have: a fingerprint of an older version has fewer)."""
+    if any(recorded[key] != fingerprint[key] for key in set(recorded or {}) & set(fingerprint)):
+        raise RunFolderError(
+            f"{path} trained on other data than data.root now holds ({recorded} vs "
+            f"{fingerprint}); refusing to {'skip it as completed' if skip else 'continue it'}."
+            " Point data.root at the data it trained on, or start a new run (another "
+            "folder, or overwrite=true)"
         )
 
-    def _refusal(self, reason: str) -> str:
-        if not reason.startswith("occupied"):
-            return f"{self.path}: {reason}"
-        record, why = self.record, reason.removeprefix("occupied").lstrip(": ")
-        loss = record.metrics.get("val/loss")
-        held = (
-            f"a {record.status} run started {record.started} (seed {record.seed}"
-            f"{f', val/loss {loss:.4f}' if isinstance(loss, int | float) else ''})"
-            if record.status != "new"
-            else "results of an earlier run (no run.json)"
+
+def _sweep_stopped(message: str) -> None:
+    pending = [job for job in sweep_jobs() if _status(Path(sweep_dir()) / job) != "completed"]
+    log.error(
+        "%s: the sweep stops; %d job(s) not completed: %s. Continue it: the same command "
+        "with skip_completed=true",
+        message,
+        len(pending),
+        ", ".join(pending),
+    )
+
+
+def saved_overrides(saved: Path, typed: list[str]) -> list[str]:
+    """The run's saved overrides that the typed ones do not replace, checked as data."""
+    items = yaml.safe_load(saved.read_text())  # plain strings: OmegaConf would resolve them
+    if not isinstance(items, list):
+        raise CheckpointError(f"{saved}: not a list of overrides; move it aside")
+    keys = set(parse_overrides(typed))
+    kept = [
+        str(item)
+        for item in items
+        if not set(parse_overrides([str(item)])) & keys
+        and not is_infrastructure(next(iter(parse_overrides([str(item)]))), _ATTEMPT_KEYS)
+    ]
+    check_saved_overrides(kept, str(saved))  # typed ones are the user's; saved ones are data
+    return kept
+
+
+def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str, Any] | None]:
+    """A checkpoint's log position and data fingerprint, once its config agrees with ``cfg``."""
+    checkpoint = read_checkpoint(path, "ckpt_path", mmap=True)
+    saved, step = checkpoint.get("config"), int(checkpoint["global_step"])
+    log.info("continuing from %s: epoch %s, global step %s", path, checkpoint.get("epoch"), step)
+    if saved is None:
+        log.warning("%s holds no config: resuming unchecked", path)
+    elif differences := resume_differences(saved, cfg):
+        shown = "\n  ".join(differences[:12]) + ("\n  ..." if len(differences) > 12 else "")
+        raise RunFolderError(
+            f"cannot resume from {path} under a different config; it differs in:\n  {shown}\n"
+            "A resume continues the same run: drop these overrides (only where files are, how "
+            "training is shown and, under a schedule that does not follow it, how long it goes "
+            "on may change). To train on from these weights with other settings, start a new "
+            "run with model.init_from=<checkpoint>"
         )
-        return (
-            f"{why + ', and ' if why else ''}run folder {self.path} already holds {held}; it is "
-            "never silently reused. To continue that run: ckpt_path=last; to keep it and start "
-            "another: choose a new folder (hydra.run.dir=<folder>); to replace it: "
-            f"overwrite=true (its files move to {self.path / 'archive'}/<start time>/)"
-        )
+    if "log_position" not in checkpoint:  # written before positions were: by step alone
+        return {"step": step, "global_step": step + 1}, checkpoint.get("data")
+    return {**checkpoint["log_position"], "global_step": step}, checkpoint.get("data")
+
+
+def holds_results(path: Path, layout: RunLayout) -> bool:
+    """Whether a run left results in ``path`` (checkpoints, logs, masks)."""
+    parts = (layout.checkpoints, layout.csv, layout.tensorboard, layout.masks)
+    return any(any((path / part).glob("*")) for part in parts)
+
+
+def write_hydra(folder: Path, config: DictConfig, overrides: list[str]) -> None:
+    """``.hydra/`` as Hydra writes it (the config resolved), once the attempt trains."""
+    folder.mkdir(exist_ok=True)
+    resolved = OmegaConf.to_container(config, resolve=True)
+    write_atomic(folder / "config.yaml", OmegaConf.to_yaml(resolved))
+    write_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(overrides))
+    if HydraConfig.initialized() and not (folder / "hydra.yaml").is_file():
+        write_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(HydraConfig.instance().cfg))
+
+
+def remove_partial_files(path: Path) -> None:
+    """What killed atomic writes left behind (``.<name>.*.partial``), archive/ aside."""
+    for partial in path.rglob(".*.partial"):
+        if "archive" not in partial.relative_to(path).parts:
+            partial.unlink(missing_ok=True)
+
+
+def archive(path: Path, layout: RunLayout, started: str) -> Path:
+    """Move the earlier run's files to ``archive/<its start time>/``."""
+    stamp = started.replace(":", "-")
+    target, suffix = path / "archive" / stamp, 1
+    while target.exists():
+        target, suffix = path / "archive" / f"{stamp}-{suffix}", suffix + 1
+    target.mkdir(parents=True)
+    for name in layout.results:
+        if (path / name).exists():
+            shutil.move(str(path / name), str(target / name))
+    if (log_file := path / layout.log).is_file():  # Hydra appends to it: copy, then truncate
+        shutil.copy2(log_file, target / layout.log)
+        os.truncate(log_file, 0)
+    log.warning("archived the earlier run of %s in %s", path, target)
+    return target
+
+
+def busy_message(path: Path) -> str:
+    try:
+        holder = (read_record(path) or RunRecord()).last or Attempt()
+    except RecordError:
+        holder = Attempt()
+    return (
+        f"run folder {path} is in use by pid {holder.pid} on {holder.host} since "
+        f"{holder.started}: two runs in one folder would mix their logs. Wait for it to "
+        "finish, or choose another folder (hydra.run.dir=<new folder>)"
+    )
+
+
+def refusal(path: Path, record: RunRecord, reason: str) -> str:
+    """The refusal's message: the reason, and for a folder holding a run, the three ways on."""
+    if not reason.startswith("occupied"):
+        return f"{path}: {reason}"
+    why = reason.removeprefix("occupied").lstrip(": ")
+    loss = record.metrics.get("val/loss")
+    held = (
+        f"a {record.status} run started {record.started} (seed {record.seed}"
+        f"{f', val/loss {loss:.4f}' if isinstance(loss, int | float) else ''})"
+        if record.status != "new"
+        else "results of an earlier run (no run.json)"
+    )
+    return (
+        f"{why + ', and ' if why else ''}run folder {path} already holds {held}; it is "
+        "never silently reused. To continue that run: ckpt_path=last; to keep it and start "
+        "another: choose a new folder (hydra.run.dir=<folder>); to replace it: "
+        f"overwrite=true (its files move to {path / 'archive'}/<start time>/)"
+    )

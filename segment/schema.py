@@ -1,12 +1,12 @@
 """Config validation before anything is built: each ``_target_`` node against its target's
 signature.
 
-The top level is :class:`segment.config.TrainSchema` (checked by Hydra while composing). The
-nodes with a ``_target_`` are checked here against the parameters of the class they name,
-which are their real schema. Kept rather than left to the libraries because the messages
+The top level is :class:`segment.config.TrainSchema` (checked by Hydra while composing). The nodes
+with a ``_target_`` are checked here against the parameters of the class they name, which are their
+real schema. Kept rather than left to the libraries because the messages
 are better: a misspelt key is named with its config path and the closest allowed names (a
-class raises ``TypeError: unexpected keyword`` without the path, smp encoders drop unknown
-keys silently), a wrong type with the expected one, before any weights load.
+class raises ``TypeError: unexpected keyword`` without the path, smp encoders drop unknown keys
+silently), a wrong type with the expected one, before any weights load.
 """
 
 from __future__ import annotations
@@ -58,6 +58,17 @@ def validate(cfg: DictConfig) -> None:
             "model.net.classes: the number of classes comes from the dataset (its "
             "class names); remove the key, or choose another data config"
         )
+    lr = OmegaConf.select(cfg, "model.optimizer.lr")
+    if isinstance(lr, int | float) and not 0 < lr < 3.4e38:  # torch keeps rates in float32 too
+        raise ConfigError(
+            f"model.optimizer.lr={lr}: must be above 0 (0 trains nothing) and below "
+            "3.4e38 (float32's largest number)"
+        )
+    if cfg.trainer.get("max_epochs") == 0:
+        raise ConfigError(
+            "trainer.max_epochs=0: trains nothing and keeps no checkpoint; give "
+            "1 or more (or -1 with trainer.max_steps)"
+        )
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None and not clip > 0:  # Lightning takes any number and clips to it
         raise ConfigError(
@@ -79,25 +90,14 @@ def _target_nodes(node: Any, path: str = "") -> typing.Iterator[tuple[str, DictC
 
 def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]] | None:
     """Named parameters and type hints of a callable; for a class, of the ``__init__`` chain along
-    which this
-    package's classes forward ``**kwargs`` to their base. None where it takes arbitrary keywords in
-    the end."""
-    functions = []
-    if inspect.isclass(obj):
-        for klass in obj.__mro__:
-            if klass is object:
-                return None
-            if "__init__" not in klass.__dict__:
-                continue
-            functions.append(klass.__init__)
-            if not _takes_kwargs(klass.__init__) or klass.__module__.startswith(_SMP):
-                break  # smp hands **kwargs to encoders that drop unknown keys: named ones only
-            if not klass.__module__.startswith("segment."):
-                return None  # where its **kwargs go (a base, a wrapped object) is not ours to know
-    else:
-        functions.append(obj)
+    which this package's classes forward ``**kwargs`` to their base. None where it takes
+    arbitrary keywords in the end."""
+    functions = _init_chain(obj) if inspect.isclass(obj) else [obj]
+    if functions is None:
+        return None
     parameters: dict[str, inspect.Parameter] = {}
     hints: dict[str, Any] = {}
+    variadic = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
     for function in functions:
         try:
             signature = inspect.signature(function)
@@ -107,17 +107,32 @@ def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]
             {
                 k: p
                 for k, p in signature.parameters.items()
-                if k != "self"
-                and p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+                if k != "self" and p.kind not in variadic
             }
         )
         with contextlib.suppress(Exception):  # unresolvable annotations: check names only
-            hints.update(
-                {k: v for k, v in typing.get_type_hints(function).items() if k not in hints}
-            )
+            found = typing.get_type_hints(function)
+            hints.update({k: v for k, v in found.items() if k not in hints})
     if _takes_kwargs(functions[-1]) and not functions[-1].__module__.startswith(_SMP):
         return None
     return parameters, hints
+
+
+def _init_chain(klass: type) -> list[Any] | None:
+    """The ``__init__``s a class's keys go through: its own, then its bases' where this package's
+    classes forward ``**kwargs``; None where they go somewhere not ours to know."""
+    functions = []
+    for base in klass.__mro__:
+        if base is object:
+            return None
+        if "__init__" not in base.__dict__:
+            continue
+        functions.append(base.__init__)
+        if not _takes_kwargs(base.__init__) or base.__module__.startswith(_SMP):
+            return functions  # smp hands **kwargs to encoders that drop unknown keys
+        if not base.__module__.startswith("segment."):
+            return None
+    return functions
 
 
 def _takes_kwargs(function: Any) -> bool:
@@ -128,24 +143,29 @@ def _takes_kwargs(function: Any) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-def _check_node(path: str, node: DictConfig) -> None:
+def _target(path: str, node: DictConfig) -> Any:
+    """What a node's ``_target_`` names (for ``smp.create_model``: the architecture ``arch``
+    names, whose keys the node gives)."""
     target = node._target_
     try:
         obj = get_object(target)
-        if target == f"{_SMP}.create_model":  # the architecture named by `arch` takes the keys
-            names = get_object(f"{_SMP}.MODEL_ARCHITECTURES_MAPPING")
-            arch = str(node.get("arch")).lower()
-            if arch not in names:
-                close = difflib.get_close_matches(arch, list(names), n=3)
-                raise ConfigError(
-                    f"{path}.arch={node.get('arch')!r} is not an smp architecture; "
-                    f"did you mean {' or '.join(close) or '?'}? ({', '.join(names)})"
-                )
-            obj = names[arch]
-    except ConfigError:
-        raise
     except Exception as error:
         raise ConfigError(f"{path}._target_={target!r} cannot be imported: {error}") from error
+    if target != f"{_SMP}.create_model":
+        return obj
+    names = get_object(f"{_SMP}.MODEL_ARCHITECTURES_MAPPING")
+    arch = str(node.get("arch")).lower()
+    if arch not in names:
+        close = difflib.get_close_matches(arch, list(names), n=3)
+        raise ConfigError(
+            f"{path}.arch={node.get('arch')!r} is not an smp architecture; did you "
+            f"mean {' or '.join(close) or '?'}? ({', '.join(names)})"
+        )
+    return names[arch]
+
+
+def _check_node(path: str, node: DictConfig) -> None:
+    target, obj = node._target_, _target(path, node)
     found = _parameters(obj)
     if found is None:
         return  # takes anything; its own checks apply

@@ -30,13 +30,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ``test_after_fit``).
     """
     with RunFolder(cfg).claim() as run:
-        cfg = run.own_config(cfg)  # a continued run trains under its own saved config
-        precision, chosen = resolve_precision(
-            cfg.trainer.precision, cfg.trainer.accelerator, sweep_dir()
-        )
-        cfg.trainer.precision = precision  # the saved config says what ran
-        validate(cfg)
-        resume_at = run.check_resume(cfg)
+        cfg, chosen, resume_at = _configure(run, cfg)
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         callbacks = build_callbacks(cfg, run.overrides, choices)  # their checks before the data
         datamodule = build_data(cfg)
@@ -51,16 +45,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             seed_everything(cfg.seed, workers=True)
         built = build(cfg, datamodule, callbacks=callbacks, resume_at=resume_at, data=fingerprint)
         run.attempt.precision, run.attempt.machine = chosen, machine(cfg.trainer.accelerator)
-        run.start(
-            cfg,
-            seed=cfg.get("seed"),
-            data=fingerprint,
-            versions=versions(),
-            data_order=data_order(cfg.get("seed")),
-            tags=list(cfg.get("tags") or []),
-            encoder_weights_used=built.module.weights_record.as_dict(),
-            loss=OmegaConf.to_container(cfg.model.loss, resolve=True),
-        )
+        run.start(cfg, **_recorded(cfg, built, fingerprint))
         trainer = built.trainer
         trainer.fit(built.module, datamodule=datamodule, ckpt_path=run.decision.checkpoint)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -69,6 +54,32 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.finish(metrics)
         log.info("%s", summary(cfg, run, built, metrics))
         return metrics
+
+
+def _recorded(cfg: DictConfig, built: Built, fingerprint: dict) -> dict:
+    """What the run record keeps of what a run trains on and with."""
+    return {
+        "seed": cfg.get("seed"),
+        "data": fingerprint,
+        "data_order": data_order(cfg.get("seed")),
+        "versions": versions(),
+        "tags": list(cfg.get("tags") or []),
+        "encoder_weights_used": built.module.weights_record.as_dict(),
+        "loss": OmegaConf.to_container(cfg.model.loss, resolve=True),
+    }
+
+
+def _configure(run: RunFolder, cfg: DictConfig) -> tuple[DictConfig, dict, dict | None]:
+    """The attempt's config (a continued run's own: its saved overrides), its precision measured
+    or as given (the saved config says what ran), validated, and checked against the checkpoint
+    it continues from (whose log position is returned)."""
+    cfg = run.own_config(cfg)
+    precision, chosen = resolve_precision(
+        cfg.trainer.precision, cfg.trainer.accelerator, sweep_dir()
+    )
+    cfg.trainer.precision = precision
+    validate(cfg)
+    return cfg, chosen, run.check_resume(cfg)
 
 
 def _test(built: Built) -> dict[str, float]:

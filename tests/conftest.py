@@ -34,16 +34,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The GPU command's dry run (the longest test, minutes) early: xdist hands out its groups
-    first, then single
-    tests in this order, and the longest started last would finish alone, long after the others."""
+    first, then single tests in this order, and the longest started last would finish alone, long
+    after the others."""
     items.sort(key=lambda item: item.path.name != "test_device.py")
 
 
 @pytest.fixture(autouse=True, scope="session")
 def _own_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests (and the scripts they start) measure and cache the CPU precision in a folder of their
-    own, never in
-    the user's ~/.cache/segment; the fetched encoder weights are linked in, read-only by intent."""
+    own, never in the user's ~/.cache/segment; the fetched encoder weights are linked in, read-only
+    by intent."""
     real, cache = cache_root(), tmp_path_factory.mktemp("cache")
     if (real / "weights").is_dir():
         (cache / "weights").symlink_to(real / "weights")
@@ -81,11 +81,10 @@ def make_cfg(tmp_path: Path, data_dir: Path) -> Callable[..., DictConfig]:
 
 @pytest.fixture
 def hydra_train(tmp_path: Path, data_dir: Path) -> Callable[..., dict]:
-    """``train.py <overrides>`` in this process: composed by Hydra with ``HydraConfig`` set as a
-    run has it
-    (its overrides, choices and folder), so the run folder's Hydra paths (saved overrides,
-    ``.hydra/``) run here
-    too. Tiny settings; the run folder is ``tmp_path/run`` unless ``hydra.run.dir`` is given."""
+    """``train.py <overrides>`` in this process: composed by Hydra with ``HydraConfig`` set as a run
+    has it (its overrides, choices and folder), so the run folder's Hydra paths (saved overrides,
+    ``.hydra/``) run here too. Tiny settings; the run folder is ``tmp_path/run`` unless
+    ``hydra.run.dir`` is given."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 

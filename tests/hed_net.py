@@ -12,8 +12,8 @@ from torch import nn
 class HEDNet(nn.Module):
     """HED's edge network rebuilt in PyTorch, to prove the conversion right.
 
-    VGG16's 13 convolutions, a 1x1 side output after each block (upsampled bilinearly to
-    the input size) and a 1x1 fusion of the five. Input: Caffe preprocessing (BGR minus
+    VGG16's 13 convolutions, a 1x1 side output after each block (upsampled bilinearly to the input
+    size) and a 1x1 fusion of the five. Input: Caffe preprocessing (BGR minus
     :data:`CAFFE_MEAN_BGR`), ``(B, 3, H, W)`` with H, W multiples of 16.
     """
 

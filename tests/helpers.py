@@ -76,21 +76,17 @@ def run_script(
     fresh: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run ``python <args>`` like a user would (``env`` added to this process's), in a session of
-    its own (a signal
-    to its process group reaches no test); with ``check``, fail the test if it exits non-zero.
+    its own (a signal to its process group reaches no test); with ``check``, fail the test if it
+    exits non-zero.
 
     A script (``train.py``, ``evaluate.py``, ``benchmarks/*.py``) runs in a warm process: forked
-    from a server that
-    imported torch, Lightning and this package once per test worker, which saves each run the
-    imports a fresh
-    interpreter spends (about 13 s on 2 cores). It is a real process (its own pid, exit status,
-    signals, ``atexit``)
-    that runs the script as ``__main__`` with ``sys.argv``, cwd and environment set
-    (tests/test_script_runner.py
-    holds it to ``python``). A run whose environment differs from the server's in what libraries
-    read when they
-    are imported (:data:`_IMPORT_TIME`) starts a fresh interpreter; so does ``fresh=True`` (entry
-    points, kills,
+    from a server that imported torch, Lightning and this package once per test worker, which
+    saves each run the imports a fresh interpreter spends (about 13 s on 2 cores). It is a real
+    process (its own pid, exit status, signals, ``atexit``) that runs the script as ``__main__``
+    with ``sys.argv``, cwd and environment set (tests/test_script_runner.py holds it to
+    ``python``). A run whose environment differs from the server's in what libraries read when
+    they are imported (:data:`_IMPORT_TIME`) starts a fresh interpreter; so does ``fresh=True``
+    (entry points, kills,
     signals: what only a process of its own shows).
     """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -189,9 +185,8 @@ def _run_warm(
 
 def _warm_main(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
     """The warm process: what ``python <args>`` would set up, then the script as ``__main__``; an
-    exception or
-    ``SystemExit`` becomes the exit status as in ``python`` (multiprocessing's bootstrap does
-    that)."""
+    exception or ``SystemExit`` becomes the exit status as in ``python`` (multiprocessing's
+    bootstrap does that)."""
     os.setsid()
     for fd, path in ((1, out), (2, err)):
         opened = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -328,8 +323,8 @@ class LastCheckpointSpy(Callback):
 class SignalAt(Callback):
     """Sends ``signal`` once, at a training batch: to its whole process group (a cluster
     preemption, a ``kill`` of
-    the job: DataLoader workers included) or to its own process only. Leaves ``marker``, so a rerun
-    trains on."""
+    the job: DataLoader workers included) or to its own process only. Leaves ``marker``, so a
+    rerun trains on."""
 
     def __init__(
         self, epoch: int, batch: int, marker: str, signal: str = "SIGTERM", group: bool = True
@@ -352,10 +347,10 @@ class SignalAt(Callback):
 
 class StopAt(Callback):
     """Sends ``signal`` to its own process once, at a moment of a run with a 2-batch epoch:
-    ``after_first_checkpoint``
-    (the first batch after last.ckpt appeared), ``mid_epoch`` (epoch 1, batch 1) or
-    ``in_validation`` (epoch 1's
-    validation); writes ``time.time()`` to ``stamp`` first."""
+    ``after_first_checkpoint`` (the first batch after last.ckpt appeared), ``mid_epoch`` (epoch
+    1, batch 1) or ``in_validation`` (epoch 1's validation); writes ``time.time()`` to ``stamp``
+    first.
+    """
 
     def __init__(self, when: str, signal: str, stamp: str) -> None:
         self.when, self.number, self.stamp = when, getattr(signal_module, signal), Path(stamp)
@@ -384,9 +379,9 @@ class StopAt(Callback):
 
 
 class KillAfterValidation(Callback):
-    """SIGKILLs its process once, after the validation of ``epoch`` was logged and written to disk,
-    before the
-    checkpoint that follows it (Lightning runs checkpoint callbacks after the others)."""
+    """SIGKILLs its process once, after the validation of ``epoch`` was logged and written to
+    disk, before the checkpoint that follows it (Lightning runs checkpoint callbacks after the
+    others)."""
 
     def __init__(self, epoch: int, marker: str) -> None:
         self.epoch, self.marker = epoch, Path(marker)
@@ -398,3 +393,18 @@ class KillAfterValidation(Callback):
             logger.save()
         self.marker.touch()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class OverflowBatchNormAt(Callback):
+    """Sets every BatchNorm's running variance to inf when ``epoch`` starts: the training loss
+    (batch statistics) stays finite, the validation (running statistics) does not, as with a rate
+    of 1e6."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            for module in pl_module.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.running_var.fill_(float("inf"))

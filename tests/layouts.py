@@ -1,7 +1,7 @@
 """Tiny datasets in the exact on-disk layout of each supported format.
 
-Each ``write_<format>(root)`` builds a few 64x96 samples with known label values under
-``root`` and returns the Hydra overrides that select it.
+Each ``write_<format>(root)`` builds a few 64x96 samples with known label values under ``root`` and
+returns the Hydra overrides that select it.
 """
 
 from __future__ import annotations

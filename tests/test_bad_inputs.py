@@ -1,7 +1,7 @@
 """Every bad input we know of, through ``train()`` as train.py runs it: the error names the culprit.
 
-Config mistakes must surface before any data is read: those cases point data.root at a
-folder that does not exist, so reaching the data would raise a different error.
+Config mistakes must surface before any data is read: those cases point data.root at a folder that
+does not exist, so reaching the data would raise a different error.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -30,6 +31,16 @@ def _camvid(break_it: Callable[[Path], None]) -> Callable[[Path], list[str]]:
         return overrides
 
     return setup
+
+
+def _truncate_a_jpeg(root: Path) -> None:
+    """A JPEG cut at half its bytes (a copy that stopped): libjpeg decodes the half it has."""
+    png = root / "train" / "0001TP_000001.png"
+    image = cv2.imread(str(png))
+    png.unlink()
+    jpeg = png.with_suffix(".jpg")
+    cv2.imwrite(str(jpeg), image)
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
 
 
 def _remove_split(root: Path) -> None:
@@ -142,6 +153,35 @@ CASES = [
         Exception,
         r"data.image_size=\[100, 128\]: this net downsamples 32x, .* try data.image_size=\[128, "
         r"128\]",
+    ),
+    (
+        "a learning rate of 0 (trains nothing)",
+        _nowhere,
+        ["model.optimizer.lr=0"],
+        ValueError,
+        r"model.optimizer.lr=0: must be above 0 \(0 trains nothing\)",
+    ),
+    (
+        "a learning rate past float32",
+        _nowhere,
+        ["model.optimizer.lr=1e39"],
+        ValueError,
+        r"model.optimizer.lr=1e\+39: must be above 0 .* below 3.4e38",
+    ),
+    (
+        "zero epochs",
+        _nowhere,
+        ["trainer.max_epochs=0"],
+        ValueError,
+        r"trainer.max_epochs=0: trains nothing and keeps no checkpoint",
+    ),
+    (
+        "a truncated JPEG",
+        _camvid(_truncate_a_jpeg),
+        [],
+        ValueError,
+        r"1 of 3 camvid samples are unusable:\s+\S+0001TP_000001.jpg is a truncated JPEG \(no "
+        r"end-of-image marker\)",
     ),
     (
         "classes given to the net",

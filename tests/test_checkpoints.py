@@ -1,5 +1,5 @@
-"""Checkpoint files: atomic writes across filesystems, readable errors, the newest loadable one, and
-an allow-list for what a checkpoint may build."""
+"""Checkpoint files: atomic writes across filesystems, readable errors, the newest loadable one,
+and an allow-list for what a checkpoint may build."""
 
 from __future__ import annotations
 
@@ -238,8 +238,8 @@ def test_an_interpolation_in_a_checkpoint_is_refused_naming_the_key(
     tmp_path: Path, where: str
 ) -> None:
     """The allow-list looks at _target_ dicts; a string that OmegaConf resolves later is refused
-    when the file is
-    read, before anything is built or composed, by the module and by evaluate.py alike."""
+    when the file is read, before anything is built or composed, by the module and by evaluate.py
+    alike."""
     target = tmp_path / "written_by_checkpoint.txt"
     path = _crafted_checkpoint(tmp_path, where, target)
     refusal = rf"crafted.ckpt: {where}=.* may not hold interpolations or resolvers"
@@ -263,11 +263,10 @@ def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(tmp_path: Path, m
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"global_step": 1}, path)
 
-    def full(obj, file):  # what torch's zip writer raises when the disk fills mid-write
+    def full(obj, file):  # what torch 2.14's zip writer raises when the disk fills mid-write
         file.write(b"PK")
         raise RuntimeError(
-            "[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
-            "data/0: file write failed"
+            "[enforce fail at inline_container.cc:672] . unexpected pos 3683136 vs 3683024"
         )
 
     monkeypatch.setattr(torch, "save", full)
@@ -283,3 +282,45 @@ def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(tmp_path: Path, m
     assert read_checkpoint(path)["global_step"] == 1 and [p.name for p in tmp_path.iterdir()] == [
         "last.ckpt"
     ]
+
+
+def test_a_full_disk_is_told_by_errno_whatever_the_free_space_reads(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """An ENOSPC in the chain of whatever torch raises names the full disk (a quota: EDQUOT)."""
+    import errno
+
+    from segment.checkpoints import AtomicCheckpointIO
+
+    def full(obj, file):
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as cause:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . anything") from cause
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="No space left on device: writing checkpoint") as caught:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2}, tmp_path / "last.ckpt")
+    assert caught.value.errno == errno.ENOSPC
+
+
+def test_positional_arguments_in_a_checkpoint_are_refused_before_anything_is_built(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint naming smp's Unet with positional arguments (resnet18, 5, imagenet) made
+    evaluate.py ask the hub for weights: loading blanks only the encoder_weights key."""
+    config = {
+        "model": {
+            "net": {
+                "_target_": "segmentation_models_pytorch.Unet",
+                "_args_": ["resnet18", 5, "imagenet"],
+            }
+        }
+    }
+    torch.save({"global_step": 1, "config": config}, tmp_path / "crafted.ckpt")
+    with pytest.raises(
+        CheckpointError,
+        match=r"config.model.net._args_: a checkpoint's config may "
+        r"not give positional arguments",
+    ):
+        read_checkpoint(tmp_path / "crafted.ckpt")

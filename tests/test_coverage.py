@@ -2,13 +2,11 @@
 run.
 
 1,000 simulated studies of the study's own design (4 rates x 2 arms, 5 seeds at two rates and 3 at
-the other
-two, three levels), from a known log-normal model near the committed CamVid study: crossings on the
-quarter-epoch grid of 4 validations per epoch (ties) and runs capped at 25 epochs (censored). No
-training:
-each study is the cells the report's statistics read. benchmarks/interval_coverage.py prints the
-same
-measurement, and the percentile bootstrap's, which fails it.
+the other two, three levels), from a known log-normal model near the committed CamVid study:
+crossings on the quarter-epoch grid of 4 validations per epoch (ties) and runs capped at 25 epochs
+(censored). No
+training: each study is the cells the report's statistics read. benchmarks/interval_coverage.py
+prints the same measurement, and the percentile bootstrap's, which fails it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
 """What a researcher sees: the HPARAMS table, the config tree, mask panels with titles and legends,
-and every
-logger the extras install (TensorBoard, CSV, MLflow, Weights & Biases)."""
+and every logger the extras install (TensorBoard, CSV, MLflow, Weights & Biases)."""
 
 from __future__ import annotations
 
@@ -19,8 +18,7 @@ from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 
 def _hparams(run: Path) -> tuple[list[str], list[str], dict]:
     """The HPARAMS tab's columns of a run, as TensorBoard's server reads and orders them:
-    hyperparameter names,
-    metric tags, and the values."""
+    hyperparameter names, metric tags, and the values."""
     from tensorboard.backend.event_processing import plugin_event_accumulator
     from tensorboard.plugins.hparams import backend_context
 

@@ -75,8 +75,8 @@ def test_dataset_info_rejects_inconsistent_metadata() -> None:
 
 def test_the_size_rule_is_the_nets_not_the_datamodules(make_cfg) -> None:
     """The datamodule takes any positive size (the lab's net divides by 4, smp's by 32: the module
-    checks it
-    at fit start, tests/test_bad_inputs.py); a size that is not two numbers is refused here."""
+    checks it at fit start, tests/test_bad_inputs.py); a size that is not two numbers is refused
+    here."""
     assert instantiate(make_cfg("data.image_size=[100,96]").data).image_size == (100, 96)
     cfg = make_cfg("data.image_size=[100,96,3]")
     with pytest.raises(

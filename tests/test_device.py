@@ -43,9 +43,8 @@ def test_packed_camvid_keeps_the_masks_exact(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_pack_and_the_device_command_dry_run(tmp_path: Path) -> None:
     """What CI can prove of the GPU check: pack (wheels for this Python), install them into a
-    temporary
-    site folder, and run benchmarks/device_study.sh --dry-run on the CPU with a handful of
-    images."""
+    temporary site folder, and run benchmarks/device_study.sh --dry-run on the CPU with a handful
+    of images."""
     pack = tmp_path / "pack"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(

@@ -1,11 +1,9 @@
-"""A run's life, tested by its effects: what a refused or failed attempt leaves, what a run
-folder's own
-files may do, how every stop signal ends a run, and what a resume makes of the logs, whenever the
-kill came.
+"""A run's life, tested by its effects: what a refused or failed attempt leaves, what a run folder's
+own files may do, how every stop signal ends a run, and what a resume makes of the logs, whenever
+the kill came.
 
 In-process runs (``hydra_train``) where the process boundary is not the point; fresh interpreters
-for kills
-and signals.
+for kills and signals.
 """
 
 from __future__ import annotations
@@ -201,9 +199,8 @@ def test_every_stop_signal_ends_the_run_within_seconds_and_is_recorded(
     tmp_path: Path, data_dir: Path, when: str, name: str
 ) -> None:
     """(h, i) With a persistent loader worker (the default), SIGTERM right after the first
-    checkpoint used to
-    leave the process waiting at exit for a worker that ignored it; SIGHUP (a closed terminal) left
-    no record."""
+    checkpoint used to leave the process waiting at exit for a worker that ignored it; SIGHUP (a
+    closed terminal) left no record."""
     done = run_script(
         _stop_command(tmp_path, data_dir, when, name), check=False, fresh=True, timeout=240
     )
@@ -267,8 +264,7 @@ def test_a_kill_between_a_validation_and_its_checkpoint_logs_each_validation_onc
 @pytest.mark.slow
 def test_a_kill_at_an_epochs_end_resumes_exactly(tmp_path: Path, data_dir: Path) -> None:
     """(k) Resumed from a checkpoint written at an epoch's end, the loader worker's first batches
-    were epoch
-    0's: the run drifted from the uninterrupted one from the next epoch on."""
+    were epoch 0's: the run drifted from the uninterrupted one from the next epoch on."""
     common = [
         "train.py",
         "model=unet_lab",
@@ -341,3 +337,30 @@ def test_masks_rewritten_under_their_names_refuse_the_resume(hydra_train, tmp_pa
     with pytest.raises(RunFolderError, match="trained on other data"):
         hydra_train("ckpt_path=last", "trainer.max_epochs=2")
     assert _record(tmp_path / "run")["status"] == "completed"
+
+
+def test_a_non_finite_validation_stops_the_run_as_failed_and_keeps_no_nan_best(
+    hydra_train, tmp_path: Path
+) -> None:
+    """A rate of 1e6 gave val/loss NaN from epoch 1 while training went on, BatchNorm buffers of inf
+    in last.ckpt and epoch000-val_lossnan.ckpt as the "best"."""
+    poison = [
+        "+callbacks.poison._target_=tests.helpers.OverflowBatchNormAt",
+        "+callbacks.poison.epoch=1",
+    ]
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite validation at epoch 2.*non-finite "
+        r"buffers .*The last finite checkpoint: .*last.ckpt",
+    ):
+        hydra_train("model=unet_lab", "trainer.max_epochs=3", "scheduler=constant", *poison)
+    run = tmp_path / "run"
+    record = _record(run)
+    assert record["status"] == "failed" and "non-finite validation" in record["error"]
+    assert not [p.name for p in (run / "checkpoints").glob("*nan*")]
+    import torch
+
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 0 and all(
+        torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
+    )

@@ -1,6 +1,5 @@
 """The default precision is measured on the host when training starts (once per sweep), cached,
-recorded,
-refused where it cannot train, and overridable."""
+recorded, refused where it cannot train, and overridable."""
 
 from __future__ import annotations
 

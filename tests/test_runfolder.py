@@ -1,8 +1,6 @@
 """A run folder belongs to one run: never silently reused, locked while training, its status never
-changed by an
-attempt it refused, every attempt on record, resumed only under the same config and data, and
-resumable from
-whatever checkpoint survived."""
+changed by an attempt it refused, every attempt on record, resumed only under the same config and
+data, and resumable from whatever checkpoint survived."""
 
 from __future__ import annotations
 
@@ -99,9 +97,8 @@ def test_a_refused_attempt_never_changes_the_status_of_the_run_it_refused(
 def test_a_refused_resume_of_a_killed_run_leaves_it_to_be_continued(
     make_cfg, finished: Path
 ) -> None:
-    """The killed run (status running, a checkpoint) survives a resume refused for a changed
-    config, and
-    skip_completed then continues it from its checkpoint instead of archiving it."""
+    """The killed run (status running, a checkpoint) survives a resume refused for a changed config,
+    and skip_completed then continues it from its checkpoint instead of archiving it."""
     record = _record(finished)
     (finished / "run.json").write_text(
         json.dumps({**record, "status": "running"})
@@ -177,8 +174,8 @@ def test_a_second_run_in_a_locked_folder_is_refused_naming_the_holder(make_cfg) 
 
 def test_a_resume_or_skip_on_other_data_is_refused(make_cfg, tmp_path: Path) -> None:
     """A run trained on 3 images, continued or skipped with data.root pointing at 4 (data.root may
-    change: the data
-    may move): refused, naming both fingerprints; a moved copy of the same files is accepted."""
+    change: the data may move): refused, naming both fingerprints; a moved copy of the same files is
+    accepted."""
     first, other, moved = (
         tmp_path / "a" / "camvid",
         tmp_path / "b" / "camvid",

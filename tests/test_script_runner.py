@@ -77,8 +77,8 @@ def test_a_warm_run_behaves_as_a_fresh_interpreter(
 
 def test_a_variable_read_at_import_time_is_seen_as_in_python(tmp_path: Path) -> None:
     """huggingface_hub reads HF_HUB_OFFLINE once, on import; the warm server imported it with the
-    tests' value,
-    so a run asking for another gets a fresh interpreter and sees what ``python`` sees."""
+    tests' value, so a run asking for another gets a fresh interpreter and sees what ``python``
+    sees."""
     (tmp_path / "offline.py").write_text(
         "import huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)\n"
     )

@@ -295,8 +295,8 @@ def test_report_command_on_a_folder_without_runs(tmp_path: Path, capsys) -> None
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, str]:
-    """``experiment=compare_pretraining`` at 2 seeds, 1 epoch of 2 validations, tiny images: 6 fast
-    runs."""
+    """``experiment=compare_pretraining`` at 2 seeds, 1 epoch of 2 validations, tiny images: 6
+    fast runs."""
     folder = tmp_path_factory.mktemp("study") / "sweep"
     result = run_script(
         [
@@ -402,8 +402,8 @@ def _rates(make_cfg, scheduler: str, max_epochs: int, steps: int = 40) -> list[f
 
 
 def test_the_study_schedule_does_not_depend_on_the_run_length(make_cfg) -> None:
-    """The rate at every step of warmup_constant is the same whatever trainer.max_epochs; cosine's
-    is not."""
+    """The rate at every step of warmup_constant is the same whatever trainer.max_epochs;
+    cosine's is not."""
     assert _rates(make_cfg, "warmup_constant", 3) == _rates(make_cfg, "warmup_constant", 30)
     assert _rates(make_cfg, "cosine", 3, steps=6) != _rates(make_cfg, "cosine", 30, steps=6)
 

@@ -34,10 +34,8 @@ def test_fast_dev_run_of_the_pretrained_arm_loads_its_weights(make_cfg, tmp_path
 
     from segment.data.synthetic import SYNTHETIC_INFO
 
-    torch.manual_seed(3)
-    weights = {
-        k: torch.randn_like(v) for k, v in get_encoder("vgg16", weights=None).state_dict().items()
-    }
+    torch.manual_seed(3)  # a freshly initialised encoder: weights another than the model's own
+    weights = get_encoder("vgg16", weights=None).state_dict()
     torch.save(weights, tmp_path / "vgg16.pth")
     cfg = make_cfg(
         "model=unet_vgg", "debug=fdr", f"model.net.encoder_weights={tmp_path / 'vgg16.pth'}"

@@ -420,3 +420,34 @@ def test_smp_weights_are_recorded_with_their_cache_file_and_checksum(
     assert record.sha256 == sha256(snapshot / "model.safetensors")
     # not in the cache: the source is still named, without a file to vouch for
     assert _smp_record("resnet34", "imagenet").sha256 == ""
+
+
+def test_an_unreachable_hub_is_looked_at_once_and_said_in_one_line(
+    hed_cache, tmp_path: Path
+) -> None:
+    """Offline without HF_HUB_OFFLINE, every hub download used to retry for about 25 s with ten
+    warning lines; the first look now says the hub is unreachable, and the fallback follows at
+    once. A hub at a name that never resolves (.invalid) stands for a machine without internet."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; warnings.simplefilter('ignore')\n"
+        "from segment.models.weights import resolve_encoder_weights\n"
+        "for _ in range(2): print(resolve_encoder_weights('imagenet', fallback=True)[1].source)\n"
+    )
+    env = {**os.environ, "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["hed-bsds500", "hed-bsds500"]
+    assert done.stderr.count("the Hugging Face hub (hub.invalid) is not reachable") == 1
+    assert "Retrying" not in done.stderr

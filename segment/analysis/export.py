@@ -1,13 +1,12 @@
-"""Export a sweep's run files so that they can travel (a repository, a paper's supplement):
-``python -m segment.analysis export <sweep> <dest>``.
+"""Export a sweep's run files so that they can travel (a repository, a paper's supplement): ``python
+-m segment.analysis export <sweep> <dest>``.
 
-Each run folder's record, ``.hydra/``, thresholds file, CSV log and console log are copied, with
-the mask snapshots the report's sheet shows (of each arm's first seed: input, truth, the
-validations at which each headline level was first reached, and the last); no checkpoints and no
-TensorBoard events. Paths of the
-machine that trained them are replaced by their role (``<data.root>``, ``<sweep.dir>``, ...), so
-nothing names the machine, and ``python -m segment.analysis.report <dest>`` writes the same report
-from the export as from the sweep.
+Each run folder's record, ``.hydra/``, thresholds file, CSV log and console log are copied, with the
+mask snapshots the report's sheet shows (of each arm's first seed: input, truth, the validations at
+which each headline level was first reached, and the last); no checkpoints and no TensorBoard
+events. Paths of the machine that trained them are replaced by their role (``<data.root>``,
+``<sweep.dir>``, ...), so nothing names the machine, and ``python -m segment.analysis.report
+<dest>`` writes the same report from the export as from the sweep.
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ _HOME = re.compile(r"(?<![\w.])(/root|/home/[^/\s'\"]+|/Users/[^/\s'\"]+)(?=/)")
 
 
 def roles(run: Run, sweep: Path) -> dict[str, str]:
-    """The machine paths a run's files hold, each with its role, longest first: a run folder
-    inside its sweep keeps its own name (``<sweep.dir>/<job>``)."""
+    """The machine paths a run's files hold, each with its role, longest first: a run folder inside
+    its sweep keeps its own name (``<sweep.dir>/<job>``)."""
     hydra = run.folder / RunLayout.of(run.record.layout).hydra / "hydra.yaml"
     settings = OmegaConf.load(hydra).hydra if hydra.is_file() else OmegaConf.create()
 

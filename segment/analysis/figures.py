@@ -157,8 +157,8 @@ def rate_figure(
     panels: Mapping[str, Mapping[str, Mapping[float, Sequence[tuple[float, bool]]]]], path: Path
 ) -> Path:
     """Epochs to each level against the learning rate, on log axes: a line through each arm's
-    geometric means,
-    a marker per seed (spread sideways so that tied seeds stay visible), every rate labelled.
+    geometric means, a marker per seed (spread sideways so that tied seeds stay visible), every rate
+    labelled.
 
     Args:
         panels: ``{level name: {arm name: {rate: [(epochs, reached) per seed]}}}``; runs that never
@@ -276,8 +276,7 @@ def mask_sheet_figure(
     classes: Sequence[tuple[str, Sequence[int]]] = (),
 ) -> Path:
     """A grid of saved mask images: one row per arm, ``None`` cells left blank with their caption,
-    and a legend
-    of the class colours below.
+    and a legend of the class colours below.
 
     Args:
         columns: Column headings.

@@ -19,9 +19,9 @@ class StudyReport(Callback):
     """Rewrite ``report.md`` in the sweep folder after every job, print its headline after the
     sweep.
 
-    After every job, not only at the end: Hydra skips ``on_multirun_end`` when a job
-    failed, and a sweep killed half-way should still leave a report of what finished.
-    Enabled by ``experiment=compare_pretraining`` (``hydra.callbacks.study_report``).
+    After every job, not only at the end: Hydra skips ``on_multirun_end`` when a job failed, and a
+    sweep killed half-way should still leave a report of what finished. Enabled by
+    ``experiment=compare_pretraining`` (``hydra.callbacks.study_report``).
     """
 
     def _write(self, config: DictConfig) -> str | None:

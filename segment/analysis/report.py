@@ -1,10 +1,10 @@
 """The study report of a sweep: ``python -m segment.analysis.report <multirun folder>``.
 
-Reads the run folders of one or more Hydra multiruns written into one folder
-(``train.py -m experiment=compare_pretraining``, ``experiment=lab_comparison``), never a
-GPU, and writes into that folder ``report.md`` and its figures. What it compares comes from
-the runs' own config (``study.comparisons``, ``study.tuned``: :mod:`segment.analysis.study`);
-the tables are :mod:`segment.analysis.tables`.
+Reads the run folders of one or more Hydra multiruns written into one folder (``train.py -m
+experiment=compare_pretraining``, ``experiment=lab_comparison``), never a GPU, and writes into that
+folder ``report.md`` and its figures. What it compares comes from the runs' own config
+(``study.comparisons``, ``study.tuned``: :mod:`segment.analysis.study`); the tables are
+:mod:`segment.analysis.tables`.
 """
 
 from __future__ import annotations
@@ -126,8 +126,8 @@ def _figures(study: Study, sweep: Path) -> list[str]:
 
 
 def _mask_sheet(study: Study, folder: Path) -> Path | None:
-    """Input / truth / prediction when each headline level was first reached, for the lowest seed
-    of each arm."""
+    """Input / truth / prediction when each headline level was first reached, for the lowest seed of
+    each arm."""
     columns = ["input", "truth", *[level.name for level in study.headline], "last validation"]
     rows = []
     for arm in study.arms:

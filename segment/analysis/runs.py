@@ -28,8 +28,8 @@ class Run:
         folder: The run folder.
         choices: Hydra's config-group choices (``model``, ``protocol``, ``data``, ...).
         overrides: The job's command-line overrides as folder-name text (``{"model": "unet_vgg",
-            "model.optimizer.lr": "1e-4"}``), infrastructure (paths, data root, resume flags) left
-            out.
+            "model.optimizer.lr": "1e-4"}``), infrastructure (paths, data root, resume flags)
+            left out.
         config: The resolved config (``.hydra/config.yaml``; older runs: ``run.json``).
         seed: The training seed.
         status: ``completed``, ``failed``, ``interrupted`` or ``incomplete`` (killed or still
@@ -200,7 +200,10 @@ def load_run(folder: str | Path) -> Run:
         if (hydra / "hydra.yaml").is_file()
         else {}
     )
-    config = record.config or OmegaConf.to_container(OmegaConf.load(hydra / "config.yaml"))
+    saved = hydra / "config.yaml"  # none where the first attempt failed before training
+    config = record.config or (
+        OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else {}
+    )
     tracked_file = layout.path(folder, "thresholds")
     tracked = _json(tracked_file, dict) if tracked_file.is_file() else {}
     status = {"running": "incomplete", "new": "incomplete"}.get(record.status, record.status)
@@ -211,7 +214,7 @@ def load_run(folder: str | Path) -> Run:
         choices={str(k): str(v) for k, v in choices.items() if v is not None},
         overrides=_overrides(_typed(hydra / "overrides.yaml")),
         config=config,
-        seed=config.get("seed"),
+        seed=config.get("seed", record.seed),
         status=status,
         error=record.error,
         weights=_weights_name(record.encoder_weights_used),
@@ -224,11 +227,11 @@ def load_run(folder: str | Path) -> Run:
 
 
 def load_runs(sweep: str | Path) -> list[Run]:
-    """Every run folder under ``sweep`` (a Hydra multirun folder), archived runs left out, ordered
-    by folder.
+    """Every run folder under ``sweep`` (a Hydra multirun folder), archived runs left out,
+    ordered by folder.
 
-    A folder without a readable Hydra config is returned as a ``failed`` run naming the
-    problem, so that the report lists it instead of silently dropping it.
+    A folder without a readable Hydra config is returned as a ``failed`` run naming the problem,
+    so that the report lists it instead of silently dropping it.
     """
     sweep = Path(sweep)
     if not sweep.is_dir():

@@ -1,12 +1,14 @@
-"""Small-sample statistics for seed sweeps: epochs to a level compared between arms, with intervals
-whose coverage holds at the 3-5 seeds people run (tests/test_coverage.py proves it by simulation).
+"""Small-sample statistics for seed sweeps: epochs to a level compared between arms, with
+intervals whose coverage holds at the 3-5 seeds people run (tests/test_coverage.py proves it by
+simulation).
 
 The model: log-epochs to a level are normal within a cell (an arm at a rate), with a spread that
-is the same for every cell of a family (the arms and rates of one comparison) at that level.
-The spread is estimated once per family and level, pooled over its cells, and every interval
-uses Student's t with the pooled degrees of freedom: at 3-5 seeds per cell this is what makes an
-interval honest without being needlessly wide (a percentile bootstrap over 3 seeds is the range
-of three numbers, about 75% coverage).
+is the same for every cell of a family (the arms and rates of one comparison) at that level. The
+spread is estimated once per family and level, pooled over its cells, and every interval uses
+Student's t
+with the pooled degrees of freedom: at 3-5 seeds per cell this is what makes an interval honest
+without being needlessly wide (a percentile bootstrap over 3 seeds is the range of three numbers,
+about 75% coverage).
 
 - A fixed-rate comparison (:func:`compare`): the difference of two cell means of log-epochs,
   paired by seed only where both runs saw the same data in the same order (their records'
@@ -58,8 +60,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Cell:
-    """The runs of one arm at one rate at one level: ``{seed: (epochs, reached)}``, and the key that
-    fixes each seed's data order (runs are paired only where both keys match)."""
+    """The runs of one arm at one rate at one level: ``{seed: (epochs, reached)}``, and the key
+    that fixes each seed's data order (runs are paired only where both keys match)."""
 
     times: Mapping[Any, tuple[float, bool]]
     order: Mapping[Any, Any] = field(default_factory=dict)
@@ -97,8 +99,8 @@ class Family:
 
     @property
     def spread(self) -> tuple[float, int]:
-        """Pooled within-cell standard deviation of log-epochs and its degrees of freedom, over the
-        cells where every run reached the level."""
+        """Pooled within-cell standard deviation of log-epochs and its degrees of freedom, over
+        the cells where every run reached the level."""
         full = [c.logs for c in self.cells if not c.censored and len(c.times) > 1]
         df = sum(len(logs) - 1 for logs in full)
         if df == 0:
@@ -113,7 +115,8 @@ class Estimate:
     ``low``/``high``: its 95% interval (NaN where none: bounds and censored fits); ``bound``:
     ``">="`` where the slower cell never reached the level (counted at its last validation),
     ``"<="`` the reverse; ``model``: ``"censored fit"`` where some runs of a cell did not reach
-    it; ``values``: per seed, the slower and the faster arm's epochs; ``rates``: the cells'.
+    it;
+    ``values``: per seed, the slower and the faster arm's epochs; ``rates``: the cells'.
     """
 
     point: float

@@ -1,15 +1,14 @@
 """A study as the report sees it: its runs grouped into arms, and the comparisons its experiment
 YAML declares.
 
-An *arm* is the set of runs that share every command-line override but the seed. A
-comparison (``study.comparisons``) names a slower and a faster arm by config choices or
-values (``{slower: {model: unet_scratch}, faster: {model: unet_vgg}}``); it pairs the arms
-that match its two sides and agree on every other override. A length cap
-(``trainer.max_epochs``) is not a treatment: arms that differ only in it still pair, their
-censoring says what the cap cost. A tuned comparison (``study.tuned``) takes the same two
-sides over a swept ``rate`` key and compares each side at its own best rate. The statistics
-are :mod:`segment.analysis.stats`; the cells of one tuned comparison form the family whose
-spread every interval of those arms uses.
+An *arm* is the set of runs that share every command-line override but the seed. A comparison
+(``study.comparisons``) names a slower and a faster arm by config choices or values (``{slower:
+{model: unet_scratch}, faster: {model: unet_vgg}}``); it pairs the arms that match its two sides and
+agree on every other override. A length cap (``trainer.max_epochs``) is not a treatment: arms that
+differ only in it still pair, their censoring says what the cap cost. A tuned comparison
+(``study.tuned``) takes the same two sides over a swept ``rate`` key and compares each side at its
+own best rate. The statistics are :mod:`segment.analysis.stats`; the cells of one tuned comparison
+form the family whose spread every interval of those arms uses.
 """
 
 from __future__ import annotations
@@ -40,8 +39,8 @@ NAMES = {
 
 def order_key(run: Run) -> Any:
     """What fixed a run's training order: its record's ``data_order``, else the commit that trained
-    it with the seed (the same code orders a seed's data alike); None when unknown (a dirty
-    tree)."""
+    it with the seed (the same code orders a seed's data alike); None when unknown (a dirty tree).
+    """
     recorded = run.record.data_order
     if recorded:
         return ("order", recorded.get("version"), recorded.get("seed"))

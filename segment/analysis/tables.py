@@ -139,8 +139,7 @@ def _row(estimates: Sequence[Estimate | None], bold: bool = False) -> str:
 
 def answer(study: Study) -> str:
     """The report's first lines (at most 6), columns as in :func:`title`: each arm at its best
-    rate, each fixed
-    rate in a line, and where the answer does not hold."""
+    rate, each fixed rate in a line, and where the answer does not hold."""
     levels = study.headline
     if not study.tuned and not study.comparisons:
         return "No comparison: the runs declare none (`study.comparisons`)."
@@ -232,8 +231,7 @@ def comparison_table(study: Study, comparisons: Sequence[Comparison]) -> str:
 
 def tuned_table(study: Study) -> str:
     """Each arm at its own best rate: the speedup, its interval for every pair of rates at once,
-    each seed's own
-    best rate."""
+    each seed's own best rate."""
     if not study.tuned:
         return (
             "No tuned comparison: the runs declare none (`study.tuned`), or no arm has more "
@@ -284,8 +282,8 @@ def tuned_table(study: Study) -> str:
 
 
 def rate_table(study: Study) -> str:
-    """Each arm's epochs to each headline level at each rate: geometric mean over seeds, the chosen
-    rate bold."""
+    """Each arm's epochs to each headline level at each rate: geometric mean over seeds, the
+    chosen rate bold."""
     lines = []
     for tuned in study.tuned:
         lines += [
@@ -324,9 +322,9 @@ def rate_table(study: Study) -> str:
 
 
 def speed(run: Run) -> float | None:
-    """A run's speed index: its machine's fp32 probe step time in ms (the precision probe, measured
-    once per host). Of the probe's two times it is the one that tracked the study's step times
-    across hosts (docs/study.md)."""
+    """A run's speed index: its machine's fp32 probe step time in ms (the precision probe,
+    measured once per host). Of the probe's two times it is the one that tracked the study's step
+    times across hosts (docs/study.md)."""
     trained = run.record.trained
     if trained is None:
         return None
@@ -347,9 +345,8 @@ def _seconds_comparable(comparison: Comparison) -> str:
 
 
 def units_table(study: Study) -> str:
-    """Every comparison's headline speedups counted in epochs, optimiser steps, images and seconds;
-    seconds only
-    between runs of one speed (the probe's step time within 10%)."""
+    """Every comparison's headline speedups counted in epochs, optimiser steps, images and
+    seconds; seconds only between runs of one speed (the probe's step time within 10%)."""
     lines = [
         "| comparison | level | " + " | ".join(UNITS.values()) + " |",
         "|---|---|" + "---|" * len(UNITS),
@@ -438,9 +435,9 @@ def sensitivity_table(study: Study) -> str:
 
 
 def protocol_section(study: Study) -> str:
-    """What every arm was trained with, read from the runs' resolved configs and records: the full
-    overrides
-    once, the commits and the machines' speed; a warning where precisions differ."""
+    """What every arm was trained with, read from the runs' resolved configs and records: the
+    full overrides once, the commits and the machines' speed; a warning where precisions differ.
+    """
     lines = [
         "| arm | overrides | seeds | net | encoder weights | optimizer, lr | schedule | batch | "
         "image | "
@@ -540,8 +537,8 @@ def _commits(runs: Sequence[Run]) -> dict[str, str]:
 
 
 def cost_table(study: Study) -> str:
-    """Epochs, steps, images and seconds to each headline and mIoU level per arm (mean +- std where
-    reached)."""
+    """Epochs, steps, images and seconds to each headline and mIoU level per arm (mean +- std
+    where reached)."""
     lines = [
         "| arm | threshold | reached | epochs | steps | images seen | seconds |",
         "|---|---|---|---|---|---|---|",

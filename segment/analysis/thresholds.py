@@ -15,8 +15,8 @@ LOSS_METRICS = ("val/loss", "val/ce")
 
 @dataclass(frozen=True)
 class Threshold:
-    """A level of a logged metric: reached at ``<=`` (``mode="min"``, losses) or ``>=`` (``"max"``,
-    mIoU)."""
+    """A level of a logged metric: reached at ``<=`` (``mode="min"``, losses) or ``>=``
+    (``"max"``, mIoU)."""
 
     metric: str
     mode: str
@@ -53,8 +53,8 @@ def first_crossing(
 ) -> Crossing | None:
     """The first validation from which ``threshold`` held for ``patience`` validations in a row.
 
-    The one crossing rule: the tracker applies it as training goes, the study report to
-    every level of its ladders. Validations that did not log the metric are skipped.
+    The one crossing rule: the tracker applies it as training goes, the study report to every
+    level of its ladders. Validations that did not log the metric are skipped.
 
     Args:
         history: Validations in order, each with ``epoch`` (fractional), ``step``,

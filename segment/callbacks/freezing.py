@@ -23,9 +23,9 @@ def encoder_stages(
     """The encoder's modules grouped by the resolution they work at, finest first.
 
     Stage k holds every module with parameters of its own whose output has the k-th
-    smallest downsampling factor: the blocks between VGG's poolings (strides 1..16), a
-    ResNet's stem and ``layer1..4`` (strides 2..32), and so on for any smp encoder. Found
-    by running one small input through the encoder with hooks, so no per-architecture table.
+    smallest downsampling factor: the blocks between VGG's poolings (strides 1..16), a ResNet's
+    stem and ``layer1..4`` (strides 2..32), and so on for any smp encoder. Found by running one
+    small input through the encoder with hooks, so no per-architecture table.
     """
     strides: dict[nn.Module, int] = {}
     hooks = []
@@ -58,11 +58,11 @@ class EncoderFreezing(BaseFinetuning):
     """Freeze the first ``stages`` stages of ``net.encoder``; unfreeze the whole encoder at an
     epoch.
 
-    Built on Lightning's :class:`~lightning.pytorch.callbacks.BaseFinetuning`: frozen
-    parameters stay out of the optimiser (BatchNorm layers inside them stop updating their
-    statistics too), and at ``unfreeze_at_epoch`` every encoder parameter joins it as a new
-    parameter group at the encoder's learning rate (``lr * model.encoder_lr_mult``). A
-    resumed run gets the same groups back (BaseFinetuning saves them).
+    Built on Lightning's :class:`~lightning.pytorch.callbacks.BaseFinetuning`: frozen parameters
+    stay out of the optimiser (BatchNorm layers inside them stop updating their statistics too),
+    and at ``unfreeze_at_epoch`` every encoder parameter joins it as a new parameter group at the
+    encoder's learning rate (``lr * model.encoder_lr_mult``). A resumed run gets the same groups
+    back (BaseFinetuning saves them).
 
     Args:
         stages: Stages to freeze, from the input (see :func:`encoder_stages`); 0: none.

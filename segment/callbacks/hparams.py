@@ -25,9 +25,9 @@ def hyperparameters(
 ) -> tuple[dict[str, Any], list[str]]:
     """The keys a researcher compares runs by (TensorBoard's HPARAMS, csv/hparams.yaml), each once,
     named as in
-    job folders: the run's own overrides first (what a sweep varies), then model, seed, rate,
-    batch, image size,
-    epochs, optimiser, schedule and loss. Also the names of the keys the sweep varies (a single
+    job folders: the run's own overrides first (what a sweep varies), then model, seed, rate, batch,
+    image size, epochs, optimiser, schedule and loss. Also the names of the keys the sweep varies (a
+    single
     run: its overrides)."""
     values = identity(overrides)
     keys = ordered(values, choices.keys())
@@ -58,15 +58,14 @@ def hyperparameters(
 
 
 class HyperparameterTable(Callback):
-    """Log a run's hyperparameters once, with its final and best validation scores and thresholds
-    as metrics.
+    """Log a run's hyperparameters once, with its final and best validation scores and thresholds as
+    metrics.
 
-    The keys come from :func:`hyperparameters` (``train.py`` passes them as
-    ``params``): the run's own overrides first, named as in job folders, each key once; the
-    encoder weights actually loaded and the precision trained in are added here. Metrics:
-    ``final/<name>`` and ``best/<name>`` for each of ``metrics`` (best: lowest loss, highest
-    score) and ``thresholds/<level>``, the fractional epoch at which the threshold tracker
-    found each level reached (NaN until then).
+    The keys come from :func:`hyperparameters` (``train.py`` passes them as ``params``): the run's
+    own overrides first, named as in job folders, each key once; the encoder weights actually loaded
+    and the precision trained in are added here. Metrics: ``final/<name>`` and ``best/<name>`` for
+    each of ``metrics`` (best: lowest loss, highest score) and ``thresholds/<level>``, the
+    fractional epoch at which the threshold tracker found each level reached (NaN until then).
 
     Args:
         params: The hyperparameters (set by ``train.py``).
@@ -138,12 +137,10 @@ def _write_experiment(
     swept: Sequence[str],
 ) -> None:
     """The HPARAMS tab's column list, the swept keys marked as ``differs``: TensorBoard (2.21)
-    orders the columns
-    by ``differs``, then by name, and shows the first ones; unmarked, ``batch_size`` and ``data``
-    came before
-    ``model`` and ``seed``. Written before Lightning's own (TensorBoard keeps a tag's first
-    metadata); the file
-    writer is Lightning's private API, as Lightning itself uses it to write the same summary."""
+    orders the columns by ``differs``, then by name, and shows the first ones; unmarked,
+    ``batch_size`` and ``data`` came before ``model`` and ``seed``. Written before Lightning's own
+    (TensorBoard keeps a tag's first metadata); the file writer is Lightning's private API, as
+    Lightning itself uses it to write the same summary."""
     experiment, _, _ = hparams_summary(params, metrics)
     value = experiment.value[0]
     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)

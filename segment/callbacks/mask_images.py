@@ -20,8 +20,8 @@ def predict_fixed(
 ) -> tuple[np.ndarray, ...]:
     """Predict ``num_images`` validation images spread evenly over the validation set.
 
-    Consecutive video frames would show the same scene, hence the spread; the picks depend
-    only on the set's length, so they are the same images every epoch and every run.
+    Consecutive video frames would show the same scene, hence the spread; the picks depend only on
+    the set's length, so they are the same images every epoch and every run.
 
     Returns:
         ``(images, truths, predictions)``: ``(N, H, W, 3)`` uint8 and two ``(N, H, W)`` label maps.
@@ -48,8 +48,8 @@ def log_image(
 ) -> None:
     """Log an ``(H, W, 3)`` uint8 image to TensorBoard, Weights & Biases or MLflow.
 
-    ``masks`` (``images, truths, predictions, class_names``): Weights & Biases gets each
-    image with its truth and prediction as interactive overlays with class labels instead.
+    ``masks`` (``images, truths, predictions, class_names``): Weights & Biases gets each image with
+    its truth and prediction as interactive overlays with class labels instead.
     """
     if isinstance(logger, TensorBoardLogger):
         logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
@@ -82,10 +82,10 @@ class MaskImageLogger(Callback):
     """Log fixed validation images with their masks every ``every_n_epochs`` epochs (TensorBoard,
     W&B, MLflow).
 
-    Each row of the logged image (tag ``val/masks``) is input | truth | prediction,
-    coloured with the dataset palette (ignored pixels black), under column titles and
-    above a class-colour legend (Weights & Biases: overlays with class labels). Always logs
-    after the first and the last epoch too, so short runs show a start and an end.
+    Each row of the logged image (tag ``val/masks``) is input | truth | prediction, coloured with
+    the dataset palette (ignored pixels black), under column titles and above a class-colour legend
+    (Weights & Biases: overlays with class labels). Always logs after the first and the last epoch
+    too, so short runs show a start and an end.
 
     Args:
         every_n_epochs: Logging period in epochs.
@@ -134,10 +134,10 @@ class MaskSnapshots(Callback):
 
     Writes ``<dirname>/input.png`` and ``<dirname>/truth.png`` once and
     ``<dirname>/step_NNNNNNN.png`` (colour-coded prediction at that global step) after each
-    validation, in the trainer's ``default_root_dir``. The study report picks the
-    validations at which each threshold was first reached from them (``thresholds.json``
-    gives their steps), so a mask sheet needs no checkpoint per validation. Images are
-    stacked vertically when ``num_images`` > 1.
+    validation, in the trainer's ``default_root_dir``. The study report picks the validations at
+    which each threshold was first reached from them (``thresholds.json`` gives their steps), so a
+    mask sheet needs no checkpoint per validation. Images are stacked vertically when ``num_images``
+    > 1.
 
     Args:
         num_images: How many validation images (see :func:`predict_fixed`).

@@ -27,19 +27,18 @@ log = logging.getLogger(__name__)
 class ThresholdTracker(Callback):
     """Record when each threshold is first reached, and what it cost, at every validation.
 
-    A loss threshold is reached at ``<=``, an mIoU one at ``>=``. With ``patience`` k, a
-    threshold counts only once it has held for k validations in a row; it is credited to
-    the first of them (its fractional epoch, step, images seen and seconds). With
-    ``trainer.val_check_interval`` < 1 there are several validations per epoch, so the
-    epochs are fractional (``2.25`` = a quarter into the third epoch).
+    A loss threshold is reached at ``<=``, an mIoU one at ``>=``. With ``patience`` k, a threshold
+    counts only once it has held for k validations in a row; it is credited to the first of them
+    (its fractional epoch, step, images seen and seconds). With ``trainer.val_check_interval`` < 1
+    there are several validations per epoch, so the epochs are fractional (``2.25`` = a quarter into
+    the third epoch).
 
     Results go to ``thresholds.json`` in the trainer's ``default_root_dir`` (rewritten
     atomically after each validation): each threshold as ``{metric, mode, level, name,
-    reached}``, the ``history`` of every validation (fractional epoch, step, images seen,
-    seconds, the CPU share the run got, and the validation metrics), and ``finished``
-    once training ends. The epoch is also logged as ``thresholds/<name>`` (a column of
-    TensorBoard's HPARAMS table: :class:`~segment.callbacks.HyperparameterTable`), and the
-    table is printed at the end.
+    reached}``, the ``history`` of every validation (fractional epoch, step, images seen, seconds,
+    the CPU share the run got, and the validation metrics), and ``finished`` once training ends. The
+    epoch is also logged as ``thresholds/<name>`` (a column of TensorBoard's HPARAMS table:
+    :class:`~segment.callbacks.HyperparameterTable`), and the table is printed at the end.
 
     Args:
         val_loss: Loss thresholds, e.g. ``[1.0, 0.7, 0.5]`` (strictly decreasing).

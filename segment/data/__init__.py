@@ -1,7 +1,7 @@
 """Datasets, label metadata and LightningDataModules.
 
-The names below are imported when first used, so that ``segment.data.labels`` (the class
-names the study report reads) comes without Lightning.
+The names below are imported when first used, so that ``segment.data.labels`` (the class names the
+study report reads) comes without Lightning.
 """
 
 from __future__ import annotations

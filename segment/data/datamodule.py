@@ -1,7 +1,7 @@
 """The LightningDataModule base: batching, augmentation, verification and caching.
 
-Dataset formats subclass it (:mod:`segment.data.formats`) and only say which files
-belong to which split.
+Dataset formats subclass it (:mod:`segment.data.formats`) and only say which files belong to
+which split.
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ class SegmentationDataModule(LightningDataModule):
         """What a run trains and validates on, wherever the files lie (``run.json``, every
         checkpoint): the dataset, its split sizes, a hash of the file names relative to their
         common folder, and one of the content (every file's size, every mask's bytes: a mask
-        rewritten under its old name changes it). A continued or skipped run is refused on
-        other data."""
+        rewritten under its old name changes it). A continued or skipped run is refused on other
+        data."""
         files = {split: self.samples(split) for split in ("train", "val")}
         paths = [
             path
@@ -205,8 +205,8 @@ class SegmentationDataModule(LightningDataModule):
     def _fit_progress(self) -> tuple[int, int, int]:
         """The running fit's epoch, batches trained on in it and batches per epoch.
 
-        Lightning's own batch counter (``fit_loop.epoch_loop.batch_progress``, a loop
-        attribute outside its documented API): the one place this package reads it;
+        Lightning's own batch counter (``fit_loop.epoch_loop.batch_progress``, a loop attribute
+        outside its documented API): the one place this package reads it;
         tests/test_reliability.py's resumes fail if an upgrade moves it.
         """
         trainer = self.trainer
@@ -279,10 +279,10 @@ def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
 def _worker_context() -> multiprocessing.context.BaseContext | None:
     """Fork DataLoader workers on Linux, whatever the process's default start method.
 
-    Inside a sweep launcher's worker (joblib's loky) the default context is the launcher's,
-    and DataLoader workers started through it fail ("'Process' object has no attribute
-    'env'"); Python 3.14 makes forkserver the default, which would pickle the RAM cache
-    into every worker. Forked workers share the cached samples' pages instead. Elsewhere
-    (macOS, Windows) Python's default stays.
+    Inside a sweep launcher's worker (joblib's loky) the default context is the launcher's, and
+    DataLoader workers started through it fail ("'Process' object has no attribute 'env'");
+    Python 3.14 makes forkserver the default, which would pickle the RAM cache into every worker.
+    Forked workers share the cached samples' pages instead. Elsewhere (macOS, Windows) Python's
+    default stays.
     """
     return multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None

@@ -59,8 +59,8 @@ def pair_files(
     """Pair images with masks by name.
 
     An image ``<dir>/<key><image_suffix>.<ext>`` pairs with the mask
-    ``<dir>/<key><mask_suffix>.<ext>`` (``<dir>`` relative to each root, so Cityscapes'
-    per-city folders match). Files whose names lack the suffix are not candidates.
+    ``<dir>/<key><mask_suffix>.<ext>`` (``<dir>`` relative to each root, so Cityscapes' per-city
+    folders match). Files whose names lack the suffix are not candidates.
 
     Args:
         images_dir: Root folder of images.
@@ -141,13 +141,27 @@ def pair_files(
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file to ``(H, W, 3)`` uint8 RGB as stored, naming the file on failure.
 
-    An EXIF orientation tag is not applied: masks (PNGs) carry none, so image and mask stay
-    aligned pixel for pixel (``python -m segment.data check`` flags tagged images).
+    An EXIF orientation tag is not applied: masks (PNGs) carry none, so image and mask stay aligned
+    pixel for pixel (``python -m segment.data check`` flags tagged images).
     """
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if bgr is None:
         raise OSError(f"cannot read image {path} (missing, unreadable or not an image)")
+    if _truncated_jpeg(path):  # libjpeg decodes the half it has, grey below, and only warns
+        raise OSError(
+            f"{path} is a truncated JPEG (no end-of-image marker): copy it again, or "
+            "remove it and its mask"
+        )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _truncated_jpeg(path: Path) -> bool:
+    """A JPEG whose end-of-image marker (FF D9) is not among its last bytes."""
+    with open(path, "rb") as file:
+        if file.read(2) != b"\xff\xd8":
+            return False
+        file.seek(max(0, file.seek(0, 2) - 4096))
+        return b"\xff\xd9" not in file.read()
 
 
 def read_mask(path: Path, rgb: bool = False) -> np.ndarray:
@@ -199,8 +213,8 @@ class DatasetStatistics:
 class SegmentationDataset(Dataset):
     """Labelled images decoded, label-mapped and augmented on access.
 
-    Items are dicts with ``image``: ``(3, H, W)`` uint8 and ``mask``: ``(H, W)`` int64.
-    Images stay uint8 until they reach the model, which normalises them on its device.
+    Items are dicts with ``image``: ``(3, H, W)`` uint8 and ``mask``: ``(H, W)`` int64. Images stay
+    uint8 until they reach the model, which normalises them on its device.
 
     Args:
         samples: Image/mask files.
@@ -333,8 +347,7 @@ class SegmentationDataset(Dataset):
         """One item by index, or by ``(index, augmentation seed)`` (what
         :class:`~segment.data.sampling.EpochSampler`
         yields: albumentations 2 would otherwise draw from generators seeded by OS entropy,
-        differently in every
-        worker process and in every resumed run)."""
+        differently in every worker process and in every resumed run)."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(index)
         if self.transform is not None:

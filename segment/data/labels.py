@@ -56,8 +56,8 @@ class DatasetInfo:
         palette: One RGB colour per class, for drawing masks.
         ignore_index: Label value that the loss and metrics skip (void, padding).
         label_map: Raw mask value -> training id (or ``ignore_index``), e.g. Cityscapes'
-            34 label ids -> 19 train ids. ``None``: masks already hold training ids.
-            Either way, a raw value that is not declared is an error.
+            34 label ids -> 19 train ids. ``None``: masks already hold training ids. Either way, a
+            raw value that is not declared is an error.
         mask_colors: For colour-coded masks: RGB colour -> training id (or
             ``ignore_index``). ``None``: masks are single-channel class indices.
     """

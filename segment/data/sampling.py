@@ -3,17 +3,17 @@ epoch.
 
 PyTorch's ``RandomSampler`` draws each epoch's permutation from the global RNG, and
 albumentations draws from generators that live in the loader's worker processes. Both
-depend on history a checkpoint cannot carry: what the model consumed from the global RNG
-before the first epoch (arms with different nets see different orders under one seed), and
-the state of persistent workers (a resumed run starts fresh workers, so it augments
-differently from an uninterrupted one). Here both are pure functions of the run's seed, the
-epoch and the position in the epoch, like ``DistributedSampler.set_epoch``:
+depend on history a checkpoint cannot carry: what the model consumed from the global RNG before
+the first epoch (arms with different nets see different orders under one seed), and the state of
+persistent workers (a resumed run starts fresh workers, so it augments differently from an
+uninterrupted one). Here both are pure functions of the run's seed, the epoch and the position in
+the epoch, like ``DistributedSampler.set_epoch``:
 
 - :class:`EpochSampler` yields ``(index, augmentation seed)`` pairs; the dataset seeds its
   transform with the second (:meth:`SegmentationDataset.__getitem__`).
 - :class:`ResumableLoader` is a ``DataLoader`` whose position in the epoch travels with
-  Lightning's checkpoints (Lightning saves the ``state_dict`` of a train loader that has
-  one), so a run resumed from a checkpoint written mid-epoch continues with the next batch.
+  Lightning's checkpoints (Lightning saves the ``state_dict`` of a train loader that has one), so
+  a run resumed from a checkpoint written mid-epoch continues with the next batch.
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     Under DDP each rank takes every ``world_size``-th item of that order (the order padded
     cyclically to a multiple of the world size, as ``DistributedSampler`` does), so
-    ``trainer=ddp`` sets ``use_distributed_sampler: false``.
+    ``trainer=ddp``
+    sets ``use_distributed_sampler: false``.
 
     Args:
         size: Number of items (the dataset's length).
@@ -96,8 +97,8 @@ class ResumableLoader(DataLoader):
         dataset: The training dataset.
         sampler: Its :class:`EpochSampler`.
         progress: Returns ``(epoch, batches completed in it, batches per epoch)`` of the
-            running fit (the datamodule reads them off its trainer): the loader itself runs
-            ahead of training by the batches its workers prefetch, so it cannot count them.
+            running fit (the datamodule reads them off its trainer): the loader itself runs ahead
+            of training by the batches its workers prefetch, so it cannot count them.
         **kwargs: Other ``DataLoader`` arguments (``batch_size``, ``num_workers``, ...).
     """
 

@@ -2,8 +2,8 @@
 working tree).
 
 - ``wheels/``: manylinux wheels of exactly the packages the machine lacks, at the versions
-  installed here (one pure-Python wheel built here for ``antlr4-python3-runtime``, which
-  has only an sdist on the index);
+  installed here (one pure-Python wheel built here for ``antlr4-python3-runtime``, which has only
+  an sdist on the index);
 - ``camvid/``: CamVid in its SegNet layout, images as JPEG (``--quality``), masks copied
   byte for byte (PNG, lossless: checked by decoding both);
 - ``weights/``: HED's converted VGG16 encoder in float16 (half the bytes; the record of
@@ -109,10 +109,9 @@ def _working_tree_size(repo: Path, pack_dir: Path) -> int:
 def fetch_wheels(
     target: Path, python_version: str, names: tuple[str, ...] = MISSING_THERE
 ) -> list[Path]:
-    """Download (or, sdist-only, build) one wheel per distribution, at the version installed here:
-    one pip call
-    for all the binary wheels and one for the builds (pip's start and index lookups, not the files,
-    cost the time)."""
+    """Download (or, sdist-only, build) one wheel per distribution, at the version installed
+    here: one pip call for all the binary wheels and one for the builds (pip's start and index
+    lookups, not the files, cost the time)."""
     target.mkdir(parents=True, exist_ok=True)
     have = [p.name.lower() for p in target.glob("*.whl")]
     versions = {name: metadata.version(name) for name in names}

@@ -1,15 +1,15 @@
 """Which Lightning precision trains fastest here, measured on this host rather than read off CPU
 flags.
 
-CPU flags mislead: a 2-core Xeon that advertises AVX512-BF16 (no AMX) ran a 4096^2 bf16
-matmul at half its fp32 speed, while an AMX host runs the VGG16 U-Net 4x faster in bf16.
-So for ``trainer.precision=auto`` on a CPU, :func:`cpu_precision` times a small convolution
-forward + backward step in fp32 and under bf16 autocast (about two seconds), picks bf16
-only when it is clearly faster, and caches the answer per CPU model, torch version and
-thread count in ``$SEGMENT_CACHE_DIR/precision.json`` (default ``~/.cache/segment``).
+CPU flags mislead: a 2-core Xeon that advertises AVX512-BF16 (no AMX) ran a 4096^2 bf16 matmul at
+half its fp32 speed, while an AMX host runs the VGG16 U-Net 4x faster in bf16. So for
+``trainer.precision=auto`` on a CPU, :func:`cpu_precision` times a small convolution forward +
+backward step in fp32 and under bf16 autocast (about two seconds), picks bf16 only when it is
+clearly faster, and caches the answer per CPU model, torch version and thread count in
+``$SEGMENT_CACHE_DIR/precision.json`` (default ``~/.cache/segment``).
 
-Nothing is measured while a config is composed: :func:`resolve_precision` runs when
-training starts, and a sweep measures once, before its jobs start (:class:`SweepPrecision`).
+Nothing is measured while a config is composed: :func:`resolve_precision` runs when training starts,
+and a sweep measures once, before its jobs start (:class:`SweepPrecision`).
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class PrecisionChoice:
 
 
 def cpu_info() -> dict[str, Any]:
-    """The CPU as the OS names it: model name, family/model/stepping (one model name covers
-    several generations), the features that decide bf16 speed, and the cores this process has."""
+    """The CPU as the OS names it: model name, family/model/stepping (one model name covers several
+    generations), the features that decide bf16 speed, and the cores this process has."""
     fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -93,8 +93,8 @@ def host_key() -> str:
 
 
 def machine(accelerator: str = "auto") -> dict[str, Any]:
-    """What a run trained on, for comparing its seconds with another's: the GPU's name, or the
-    CPU and a speed index (this host's probe step times, measured once and cached)."""
+    """What a run trained on, for comparing its seconds with another's: the GPU's name, or the CPU
+    and a speed index (this host's probe step times, measured once and cached)."""
     if _on_gpu(accelerator):
         return {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "?"}
     probe = cpu_precision()
@@ -271,8 +271,8 @@ class SweepPrecision(Callback):
     """Measure the CPU precision once, before a sweep's jobs start, into ``<sweep
     folder>/precision.json``.
 
-    Jobs started together (``hydra/launcher=joblib``) would otherwise each time the CPU
-    while the others load it, and some would pick another precision than the rest.
+    Jobs started together (``hydra/launcher=joblib``) would otherwise each time the CPU while the
+    others load it, and some would pick another precision than the rest.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

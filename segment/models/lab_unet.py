@@ -1,7 +1,7 @@
 """The lab study's two networks, rebuilt from its description: a small U-Net and a VGG16 U-Net.
 
-Both map ``(B, 3, H, W)`` normalised images to ``(B, classes, H, W)`` logits and are
-driven by the same :class:`~segment.models.SegmentationModule` as the smp U-Nets.
+Both map ``(B, 3, H, W)`` normalised images to ``(B, classes, H, W)`` logits and are driven by the
+same :class:`~segment.models.SegmentationModule` as the smp U-Nets.
 """
 
 from __future__ import annotations
@@ -98,13 +98,13 @@ def _plain_double_conv(
 class LabVGGUNet(nn.Module):
     """The lab's VGG16 U-Net: torchvision VGG16 blocks 1-4 as the encoder, no BatchNorm anywhere.
 
-    Encoder: VGG16 ``features[:24]``, four blocks (conv1_x ... conv4_x) each followed by
-    its max-pool; the skips are taken before the pools; the first ``frozen_blocks`` blocks
-    get no gradient. Bottleneck at 1/16: conv 512->1024, ReLU, Dropout(0.1), conv
-    1024->1024, ReLU. Decoder: transposed conv x2 + conv4 skip -> 512; bilinear x2 + conv3
-    -> 256; transposed conv x2 + conv2 -> 128; bilinear x2 + conv1 -> 64 (each a double
-    3x3 conv + ReLU); then ConvTranspose(64->64, k2, s1) + ReLU, a bilinear resize back to
-    the input size, and a final double conv 64->classes.
+    Encoder: VGG16 ``features[:24]``, four blocks (conv1_x ... conv4_x) each followed by its
+    max-pool; the skips are taken before the pools; the first ``frozen_blocks`` blocks get no
+    gradient. Bottleneck at 1/16: conv 512->1024, ReLU, Dropout(0.1), conv 1024->1024, ReLU.
+    Decoder: transposed conv x2 + conv4 skip -> 512; bilinear x2 + conv3 -> 256; transposed conv x2
+    + conv2 -> 128; bilinear x2 + conv1 -> 64 (each a double 3x3 conv + ReLU); then
+    ConvTranspose(64->64, k2, s1) + ReLU, a bilinear resize back to the input size, and a final
+    double conv 64->classes.
 
     The lab's final double conv ends in a ReLU, so its logits are never negative;
     ``final_relu=true`` keeps that (the faithful default), ``false`` is the corrected head.

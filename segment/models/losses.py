@@ -1,9 +1,9 @@
 """Losses for class-imbalanced segmentation: weighted cross-entropy and sums of losses.
 
 smp's Dice, Focal, Lovász and Tversky losses are used as they are (``conf/loss/``); this
-module adds what is not a single class there: a cross-entropy with class weights that is 0,
-not NaN, on a batch without a labelled pixel, the class-weighting schemes, and a weighted
-sum of any losses (``ce_dice``, ``ce_lovasz``).
+module adds what is not a single class there: a cross-entropy with class weights that is 0, not NaN,
+on a batch without a labelled pixel, the class-weighting schemes, and a weighted sum of any losses
+(``ce_dice``, ``ce_lovasz``).
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def with_class_weights(config: Any, datamodule: Any) -> Any:
     """The ``model.loss`` config to build, with every class-weighting method replaced by its
     weights.
 
-    The weights come from the training split's label counts, so the data module is set up
-    here, and only here, when a method is named (``loss=ce_balanced``).
+    The weights come from the training split's label counts, so the data module is set up here, and
+    only here, when a method is named (``loss=ce_balanced``).
     """
     config = (
         OmegaConf.to_container(config, resolve=True) if isinstance(config, DictConfig) else config
@@ -116,8 +116,8 @@ def needs_class_statistics(config: Any) -> bool:
 class CrossEntropyLoss(nn.Module):
     """Pixel-wise cross-entropy, optionally class-weighted, skipping ``ignore_index``.
 
-    The mean is over labelled pixels (weighted by their class weights, as torch's), and a
-    batch without any labelled pixel gives 0 with zero gradients instead of NaN.
+    The mean is over labelled pixels (weighted by their class weights, as torch's), and a batch
+    without any labelled pixel gives 0 with zero gradients instead of NaN.
 
     Args:
         ignore_index: Label value excluded.

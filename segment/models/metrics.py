@@ -27,8 +27,8 @@ def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
             already excluded.
 
     Returns:
-        ``(C,)`` IoU; NaN for a class absent from both truth and prediction, so that it
-        neither rewards nor punishes the mean.
+        ``(C,)`` IoU; NaN for a class absent from both truth and prediction, so that it neither
+        rewards nor punishes the mean.
     """
     confusion = confusion.double()
     true_positive = confusion.diag()
@@ -41,8 +41,8 @@ def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
 def confusion_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> dict[str, float]:
     """Macro mIoU, pixel accuracy and per-class IoU from a confusion matrix.
 
-    mIoU is the mean over classes present in truth or prediction (NaN IoUs skipped);
-    classes absent from both have no ``iou/<name>`` entry.
+    mIoU is the mean over classes present in truth or prediction (NaN IoUs skipped); classes absent
+    from both have no ``iou/<name>`` entry.
 
     Returns:
         ``{"miou": ..., "pixel_acc": ..., "iou/<class name>": ...}``.
@@ -69,8 +69,8 @@ def evaluation_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> di
     - ``mean_dice``: mean Dice (F1) over classes present in truth or prediction;
     - ``per_class``: ``{name: {"iou", "dice", "acc", "pixels"}}`` (None where undefined).
 
-    Classes absent from both truth and prediction have no defined IoU or Dice and are left
-    out of every mean; they are listed under ``absent_classes``.
+    Classes absent from both truth and prediction have no defined IoU or Dice and are left out of
+    every mean; they are listed under ``absent_classes``.
     """
     confusion = confusion.double()
     true_positive = confusion.diag()

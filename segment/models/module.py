@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,14 +41,13 @@ def _plain(config: Mapping | None) -> dict | None:
 class SegmentationModule(LightningModule):
     """Trains and validates a segmentation network.
 
-    The network, loss, optimiser and scheduler arrive as Hydra configs (``_target_``
-    dicts) and are stored as plain hyperparameters, so a checkpoint rebuilds the module
-    without the config tree (from an allow-list of targets: :func:`from_checkpoint`).
-    Images arrive as uint8 ``(B, 3, H, W)`` and are normalised here with buffers
-    (``scale``, ``shift``) that travel with the weights.
+    The network, loss, optimiser and scheduler arrive as Hydra configs (``_target_`` dicts) and are
+    stored as plain hyperparameters, so a checkpoint rebuilds the module without the config tree
+    (from an allow-list of targets: :func:`from_checkpoint`). Images arrive as uint8 ``(B, 3, H,
+    W)`` and are normalised here with buffers (``scale``, ``shift``) that travel with the weights.
 
-    Logged: ``train/loss`` (epoch mean), ``train/loss_step``; per validation ``val/loss``
-    (the training loss), ``val/ce`` (plain unweighted cross-entropy, whatever the training
+    Logged: ``train/loss`` (epoch mean), ``train/loss_step``; per validation ``val/loss`` (the
+    training loss), ``val/ce`` (plain unweighted cross-entropy, whatever the training
     loss: one scale to compare runs on), ``val/miou``, ``val/pixel_acc``, ``val/iou/<class>``.
 
     Args:
@@ -56,8 +56,8 @@ class SegmentationModule(LightningModule):
         loss: Config of a loss ``(logits, target) -> scalar``; called with ``ignore_index``.
         optimizer: ``_partial_`` config of a ``torch.optim`` optimiser.
         scheduler: Lightning's lr-scheduler dict: ``scheduler`` (a ``_partial_`` config of a
-            torch scheduler) and ``interval`` (``epoch`` or ``step``), ``frequency``,
-            ``monitor`` (for ReduceLROnPlateau), ``name``; or None for a fixed rate.
+            torch scheduler) and ``interval`` (``epoch`` or ``step``), ``frequency``, ``monitor``
+            (for ReduceLROnPlateau), ``name``; or None for a fixed rate.
         class_names: One name per class (from the dataset's metadata).
         ignore_index: Label skipped by loss and metrics.
         mean: Per-channel RGB mean in ``[0, 1]`` units.
@@ -69,13 +69,13 @@ class SegmentationModule(LightningModule):
         encoder_lr_mult: The encoder's learning rate is the base rate times this (a second
             parameter group, named ``encoder``); 1.0: one group.
         init_from: A checkpoint of this module to take the weights from (same net and
-            classes); training still starts at epoch 0 with a fresh optimiser. To continue a
-            run instead, use ``train.py ckpt_path=...``.
+            classes); training still starts at epoch 0 with a fresh optimiser. To continue a run
+            instead, use ``train.py ckpt_path=...``.
         compile: ``torch.compile`` the net (in place: checkpoints keep their keys).
         finite_check_every_n_steps: How often the training loss is checked for NaN/inf. A
-            check makes the host wait for the device; in between, non-finite losses are
-            noted on the device and reported (with their step) at the next check, and always
-            before a validation or the end of an epoch, so no checkpoint is written after one.
+            check makes the host wait for the device; in between, non-finite losses are noted on the
+            device and reported (with their step) at the next check, and always before a validation
+            or the end of an epoch, so no checkpoint is written after one.
     """
 
     def __init__(
@@ -303,13 +303,39 @@ class SegmentationModule(LightningModule):
 
     def _log_scores(self, prefix: str) -> None:
         scores = confusion_scores(self.val_confusion.compute(), self.class_names)
-        self.log(f"{prefix}/loss", self.val_loss.compute(), prog_bar=True)
+        loss = self.val_loss.compute()
+        if prefix == "val" and not self.trainer.sanity_checking:
+            self._check_validation(float(loss))
+        self.log(f"{prefix}/loss", loss, prog_bar=True)
         self.log(f"{prefix}/ce", self.val_ce.compute())
         self.log(f"{prefix}/miou", scores.pop("miou"), prog_bar=True)
         self.log_dict({f"{prefix}/{name}": value for name, value in scores.items()})
         self.val_loss.reset()
         self.val_ce.reset()
         self.val_confusion.reset()
+
+    def _check_validation(self, loss: float) -> None:
+        """Stop at a non-finite validation loss or buffer (BatchNorm's running statistics can
+        overflow while the training loss stays finite), before this validation's checkpoints are
+        written: no NaN is ever kept as "best", and the run is recorded as failed."""
+        buffers = [
+            f"net.{name}"
+            for name, b in self.net.named_buffers()
+            if b.is_floating_point() and not bool(torch.isfinite(b).all())
+        ]
+        if math.isfinite(loss) and not buffers:
+            return
+        kept = sorted(
+            {cb.last_model_path or cb.best_model_path for cb in self.trainer.checkpoint_callbacks}
+            - {""}
+        )
+        raise FloatingPointError(
+            f"non-finite validation at epoch {self.current_epoch + 1}, step {self.global_step}: "
+            f"val/loss {loss}"
+            + (f", {len(buffers)} non-finite buffers ({buffers[0]}, ...)" if buffers else "")
+            + f". The last finite checkpoint: {kept[-1] if kept else 'none yet'}; try a lower "
+            "model.optimizer.lr or trainer.gradient_clip_val=1.0"
+        )
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
@@ -352,10 +378,10 @@ class SegmentationModule(LightningModule):
     ) -> SegmentationModule:
         """Rebuild a trained module from its checkpoint alone, without downloading anything.
 
-        A checkpoint is data, not code: its net, loss, optimiser and scheduler configs are
-        rebuilt only from allow-listed targets (:func:`~segment.checkpoints.check_trusted_targets`),
-        and its encoder weights come from its own state dict (``load_from_checkpoint``
-        would fetch pretrained weights the checkpoint already holds).
+        A checkpoint is data, not code: its net, loss, optimiser and scheduler configs are rebuilt
+        only from allow-listed targets (:func:`~segment.checkpoints.check_trusted_targets`), and its
+        encoder weights come from its own state dict (``load_from_checkpoint`` would fetch
+        pretrained weights the checkpoint already holds).
         """
         checkpoint = read_checkpoint(path, "ckpt_path", require=("hyper_parameters", "state_dict"))
         hparams = dict(checkpoint["hyper_parameters"])

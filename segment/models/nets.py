@@ -1,8 +1,8 @@
 """Building the segmentation net from its config, with pretrained encoder weights recorded honestly.
 
 - smp nets with a VGG16 encoder (``unet_vgg``) and the lab's VGG16 U-Net get their
-  encoder weights from :func:`~segment.models.weights.resolve_encoder_weights` (ImageNet,
-  else HED, files; the source used is recorded);
+  encoder weights from :func:`~segment.models.weights.resolve_encoder_weights` (ImageNet, else HED,
+  files; the source used is recorded);
 - any other smp architecture and encoder (``model=smp``) uses smp's own pretrained
   mechanism (the Hugging Face cache), recorded as ``smp:<weights>``;
 - other nets (``LabUNet``) are built as configured, from scratch.
@@ -21,7 +21,12 @@ from hydra.utils import instantiate
 from torch import nn
 
 from segment.files import sha256
-from segment.models.weights import WeightsRecord, load_encoder_weights, resolve_encoder_weights
+from segment.models.weights import (
+    WeightsRecord,
+    hub_online,
+    load_encoder_weights,
+    resolve_encoder_weights,
+)
 
 __all__ = ["build_net", "size_multiple"]
 
@@ -29,8 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def _check_net(config: dict[str, Any]) -> None:
-    """What the config schema cannot know: the encoder must be one smp has (its keys are checked
-    by ``segment.schema``)."""
+    """What the config schema cannot know: the encoder must be one smp has (its keys are checked by
+    ``segment.schema``)."""
     encoder = config.get("encoder_name")
     if encoder is not None and "segmentation_models_pytorch" in str(config.get("_target_")):
         if encoder not in smp.encoders.encoders:
@@ -100,7 +105,22 @@ def _is_lab_vgg(config: dict[str, Any]) -> bool:
 
 def _instantiate_smp(config: dict[str, Any], num_classes: int) -> nn.Module:
     """Instantiate a net whose pretrained weights smp itself fetches (the Hugging Face cache or
-    hub)."""
+    hub); offline, an empty cache is said at once, without the hub's retries."""
+    try:
+        settings = smp.encoders.encoders[config["encoder_name"]]["pretrained_settings"]
+        repo = settings[str(config["encoder_weights"])]["repo_id"]
+    except (KeyError, TypeError):
+        repo = None  # smp names the unknown weights itself
+    if repo is not None and not hub_online():
+        try:
+            hf_hub_download(repo, "model.safetensors", local_files_only=True)
+        except LocalEntryNotFoundError as error:
+            raise RuntimeError(
+                f"could not obtain encoder weights {config['encoder_weights']!r} for "
+                f"{config.get('encoder_name')!r}: not in the Hugging Face cache, and the hub is "
+                "not reachable. Run once with internet access to fill the cache (HF_HOME), or set "
+                "model.net.encoder_weights=null."
+            ) from error
     try:
         return instantiate(config, classes=num_classes)
     except Exception as err:

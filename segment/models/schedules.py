@@ -9,13 +9,13 @@ __all__ = ["WarmupDecayLR"]
 
 
 class WarmupDecayLR(SequentialLR):
-    """torch's ``LinearLR`` warmup from ``start_factor`` to 1 over ``warmup_steps``, then a decay
-    to 0 at the end.
+    """torch's ``LinearLR`` warmup from ``start_factor`` to 1 over ``warmup_steps``, then a decay to
+    0 at the end.
 
     ``poly``: ``PolynomialLR`` (``(1 - p) ** power``, DeepLab's schedule); ``cosine``:
-    ``CosineAnnealingLR``; chained by ``SequentialLR``. Use it with ``interval: step``. A
-    class rather than a config of the three, because each needs the optimiser the module
-    builds, and a checkpoint may only name classes (its allow-list).
+    ``CosineAnnealingLR``; chained by ``SequentialLR``. Use it with ``interval: step``. A class
+    rather than a config of the three, because each needs the optimiser the module builds, and a
+    checkpoint may only name classes (its allow-list).
 
     Args:
         optimizer: The optimiser.

@@ -3,10 +3,9 @@
 Sources for ``model.net.encoder_weights`` (VGG16 encoders: ``unet_vgg``, ``unet_lab_vgg``):
 
 - ``imagenet``: segmentation_models_pytorch's VGG16 ImageNet weights, from the Hugging
-  Face cache, torchvision's cache (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``) or
-  a download through ``huggingface_hub`` (which honours ``HF_HUB_OFFLINE``, ``HF_ENDPOINT``
-  and proxies); when none works, ``hed`` stands in if ``model.weights_fallback`` allows
-  it, with a warning.
+  Face cache, torchvision's cache (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``) or a download
+  through ``huggingface_hub`` (which honours ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and proxies); when
+  none works, ``hed`` stands in if ``model.weights_fallback`` allows it, with a warning.
 - ``hed``: HED's VGG16 convolutions (:mod:`segment.models.hed`).
 - a ``.pth``/``.pt``/``.safetensors`` file: a torchvision VGG16 or smp encoder state dict.
 - ``null``: random initialisation.
@@ -16,14 +15,18 @@ Sources for ``model.net.encoder_weights`` (VGG16 encoders: ``unet_vgg``, ``unet_
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import socket
+import urllib.parse
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from safetensors import safe_open
@@ -34,7 +37,7 @@ from torch import nn
 from segment.files import sha256
 from segment.models.hed import hed_state_dict
 
-__all__ = ["WeightsRecord", "load_encoder_weights", "resolve_encoder_weights"]
+__all__ = ["WeightsRecord", "hub_online", "load_encoder_weights", "resolve_encoder_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,31 @@ class WeightsRecord:
         return text
 
 
+@functools.cache
+def hub_online() -> bool:
+    """Whether the Hugging Face hub answers, looked at once per process (none with
+    ``HF_HUB_OFFLINE``; through a proxy, the hub's own calls decide). Offline, huggingface_hub
+    retried every download for about 25 s; a failed look is said once, and the process works from
+    the local caches."""
+    if hf_constants.HF_HUB_OFFLINE:
+        return False
+    if any(
+        os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    ):
+        return True
+    host = urllib.parse.urlparse(hf_constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+        return True
+    except OSError as error:
+        log.warning(
+            "the Hugging Face hub (%s) is not reachable (%s): working from the local caches",
+            host,
+            error,
+        )
+        return False
+
+
 def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     """smp's VGG16 ImageNet weights from the HF cache, torchvision's cache, or the hub.
 
@@ -80,6 +108,8 @@ def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     if torchvision_file.is_file():
         return _read_state_file(torchvision_file), torchvision_file
     try:
+        if not hub_online():
+            raise LocalEntryNotFoundError("the hub is not reachable from here")
         path = Path(hf_hub_download(repo, "model.safetensors", revision=revision))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as error:
         raise FileNotFoundError(
