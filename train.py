@@ -3,10 +3,13 @@
 See ``python train.py --help`` for the config groups and README.md for examples.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import segment  # noqa: F401  (registers the config resolvers)
+from segment.config import misspelt
 from segment.training import train
 
 
@@ -18,4 +21,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as exit:  # Hydra printed its error; name a misspelt key's nearest one
+        for hint in misspelt(sys.argv[1:]) if exit.code else ():
+            print(hint, file=sys.stderr)
+        raise

@@ -3,7 +3,7 @@
 # folder, then (a) training throughput, (b) the study at native resolution, several jobs at once
 # on the one GPU, (c) a longer quality run evaluated on CamVid val (and test). Each stage has its
 # own time budget and writes what it has; at most 8 files land in $OUT.
-#   python -m segment.device pack                 # here, once: .device_pack/ (wheels, CamVid, weights)
+#   python -m segment.device pack --camvid <CamVid>  # here, once: .device_pack/ (wheels, CamVid, weights)
 #   bash benchmarks/device_study.sh               # there, with .device_pack carried
 #   bash benchmarks/device_study.sh --dry-run     # here, on the CPU: tiny sizes, a handful of images
 set -uo pipefail
@@ -17,11 +17,11 @@ mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 LOG="$OUT/device_log.txt"
 say() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$LOG"; }
 
-[[ -d "$PACK/wheels" && -d "$PACK/camvid" ]] || { say "no pack at $PACK: run python -m segment.device pack"; exit 1; }
+[[ -d "$PACK/wheels" && -d "$PACK/camvid" ]] || { say "no pack at $PACK: run python -m segment.device pack --camvid <CamVid>"; exit 1; }
 PACKED=$("$PY" -c "import json; print(json.load(open('$PACK/manifest.json'))['python_version'])" 2>/dev/null)
 HERE=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 [[ -z "$PACKED" || "$PACKED" == "$HERE" ]] || { say "the pack holds wheels for Python $PACKED, this machine runs \
-Python $HERE: pack again with python -m segment.device pack --python-version $HERE"; exit 1; }
+Python $HERE: pack again with python -m segment.device pack --camvid <CamVid> --python-version $HERE"; exit 1; }
 SITE="$WORK/site"
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$PACK"/wheels/*.whl \
   >>"$LOG" 2>&1 || { say "installing the packed wheels failed"; exit 1; }

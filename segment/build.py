@@ -60,7 +60,8 @@ def build_callbacks(
 ) -> list[L.Callback]:
     """The config's callbacks; built first, their argument checks fail before data is read."""
     params, swept = hyperparameters(cfg, overrides, choices or {})
-    return instantiate_each(cfg.get("callbacks"), params=params, swept=swept)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)  # text: instantiate would build its _target_s
+    return instantiate_each(cfg.get("callbacks"), params=params, swept=swept, run_config=resolved)
 
 
 def build(

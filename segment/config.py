@@ -10,6 +10,7 @@ identities, resume checks, the study report and the hyperparameter views all lea
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import itertools
 import math
@@ -35,6 +36,7 @@ __all__ = [
     "RESUMABLE",
     "TrainSchema",
     "compose_train",
+    "misspelt",
     "config_dir",
     "identity",
     "is_infrastructure",
@@ -153,8 +155,10 @@ def value_text(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return str(value).lower()
     if isinstance(value, float) and value and abs(value) < 1e-2 and math.isfinite(value):
-        mantissa, exponent = f"{value:e}".split("e")
+        mantissa, exponent = f"{value:.3e}".split("e")  # 4 significant digits: a sampled 2.3457e-4
         return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    if isinstance(value, float) and math.isfinite(value) and value != round(value):
+        return f"{value:.4g}"
     text = str(value)
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
     # two values must not share a name: a lossy replacement carries a hash of what it replaced
@@ -195,11 +199,18 @@ def job_name(
 
     Deterministic, so a continued or extended sweep finds its jobs again; keys in :func:`ordered`
     order, dotted ones by their last part; :data:`INFRASTRUCTURE` left out, except a
-    ``data.root`` the sweep varies (``swept``). Past :data:`MAX_NAME` bytes, whole items are
-    dropped from the end and a hash of the full name is appended.
+    ``data.root`` the sweep varies. In a sweep (``swept``: the keys it varies) a dotted key the
+    sweep holds constant is left out too (``num_train-48__max_epochs-3`` in every name said
+    nothing); config-group choices and top-level keys stay. Past :data:`MAX_NAME` bytes, whole
+    items are dropped from the end and a hash of the full name is appended.
     """
-    parsed = parse_overrides(overrides)
-    values = {key: value for key, value in parsed.items() if not is_infrastructure(key)}
+    parsed, swept = parse_overrides(overrides), set(swept)
+    values = {
+        key: value
+        for key, value in parsed.items()
+        if not is_infrastructure(key)
+        and (not swept or key in swept or "." not in key.replace("/", "."))
+    }
     if "data.root" in swept and parsed.get("data.root"):  # its folder's name, told apart by a hash
         root = str(parsed["data.root"])
         values["data.root"] = f"{Path(root).name}-{hashlib.sha1(root.encode()).hexdigest()[:4]}"
@@ -236,7 +247,10 @@ def _sweep_lists() -> dict[str, list[str]] | None:
     ]
     lists: dict[str, list[str]] = {}
     for override in OverridesParser.create().parse_overrides([*params, *task]):
-        values = override.sweep_string_iterator() if override.is_sweep_override() else None
+        try:
+            values = override.sweep_string_iterator() if override.is_sweep_override() else None
+        except Exception:  # noqa: BLE001 -- a sampled range (Optuna's interval): it varies
+            values = ["sampled", "values"]
         lists[override.key_or_group] = (
             [f"{override.get_key_element()}={v}" for v in values]
             if values is not None
@@ -279,6 +293,27 @@ def compose_train(overrides: Sequence[str], output_dir: str | None = None) -> Di
     paths = [f"paths.root_dir={os.getcwd()}", f"paths.output_dir={output_dir or os.getcwd()}"]
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("train", overrides=[*paths, *overrides])
+
+
+def misspelt(overrides: Sequence[str]) -> list[str]:
+    """``model.optimizer.lrr: did you mean model.optimizer.lr?`` for each override whose key the
+    config does not have (Hydra says only "Key 'lrr' is not in struct"); the config is composed
+    with the overrides' group choices. Never raises: it runs after Hydra has failed."""
+    try:
+        keys = {k: v for k, v in parse_overrides([o for o in overrides if "=" in o]).items()}
+        groups = [f"{k}={v}" for k, v in keys.items() if "." not in k and isinstance(v, str)]
+        cfg = compose_train(groups)
+    except Exception:  # noqa: BLE001 -- a hint, not a second error
+        return []
+    found = []
+    for key in (k for k in keys if "." in k and not k.startswith("hydra.")):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent)
+        if isinstance(node, DictConfig) and leaf not in node:
+            close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
+            hint = f"did you mean {parent}.{close[0]}?" if close else f"{parent} has {list(node)}"
+            found.append(f"{key}: {hint} (a new key takes a +: +{key}=...)")
+    return found
 
 
 def sweep_dir() -> str | None:

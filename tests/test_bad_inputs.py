@@ -401,3 +401,12 @@ def test_unwritable_run_folder_is_named(make_cfg, tmp_path: Path) -> None:
     ):
         train(cfg)
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_misspelt_key_is_named_with_the_nearest_one_with_or_without_a_plus() -> None:
+    """Hydra says only "Key 'lrr' is not in struct"."""
+    from tests.helpers import run_script
+
+    done = run_script(["train.py", "model.optimizer.lrr=0.1"], check=False)
+    assert done.returncode == 1
+    assert "model.optimizer.lrr: did you mean model.optimizer.lr?" in done.stderr

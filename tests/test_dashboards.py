@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -85,11 +86,16 @@ def test_the_hparams_table_puts_the_overrides_first_each_key_once_with_scores(
     assert not any(tag.endswith(("/images_seen", "/seconds")) for tag in metrics)  # each level once
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    final, best = events.Scalars("final/val/loss"), events.Scalars("best/val/loss")
-    assert final[-1].value == pytest.approx(
+    tags = events.Tags()["scalars"]  # the run's own curves: no final/ or best/ series beside val/
+    assert "val/loss" in tags and not any(tag.startswith(("final/", "best/")) for tag in tags)
+    summary = EventAccumulator(str(run / "tensorboard" / "summary"))  # the HPARAMS table's scores
+    summary.Reload()
+    [final], [best] = summary.Scalars("final/val/loss"), summary.Scalars("best/val/loss")
+    assert final.value == pytest.approx(
         json.loads((run / "run.json").read_text())["metrics"]["val/loss"]
     )
-    assert best[-1].value == pytest.approx(min(event.value for event in final if event.step > 0))
+    assert best.value == pytest.approx(min(e.value for e in events.Scalars("val/loss")))
+    assert final.step == best.step == events.Scalars("val/loss")[-1].step + 1
     assert json.loads((run / "run.json").read_text())["tags"] == ["baseline", "tiny"]
 
 
@@ -140,13 +146,19 @@ def test_mlflow_logs_a_run_into_its_sqlite_store(make_cfg, tmp_path: Path) -> No
     import mlflow
 
     logs = tmp_path / "logs"
-    cfg = make_cfg("model=unet_lab", "logger=[csv,mlflow]", f"paths.log_dir={logs}")
+    cfg = make_cfg(
+        "model=unet_lab", "logger=[csv,mlflow]", f"paths.log_dir={logs}", "tags=[baseline,tiny]"
+    )
     train(cfg)
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{logs}/mlflow.db")
     [experiment] = [e for e in client.search_experiments() if e.name == "train"]
     [run] = client.search_runs([experiment.experiment_id])
     assert run.data.params["optimizer"] == "AdamW" and "val/loss" in run.data.metrics
     assert "final/val/loss" in run.data.metrics
+    assert {"baseline", "tiny"} <= set(run.data.tags) and "tags" not in run.data.params
+    [artifact] = [a.path for a in client.list_artifacts(run.info.run_id) if a.path == "config.yaml"]
+    config = yaml.safe_load(open(client.download_artifacts(run.info.run_id, artifact)))
+    assert config["model"]["optimizer"]["_target_"] == "torch.optim.AdamW"
 
 
 def test_the_config_tree_is_printed_when_training_starts(make_cfg, capsys) -> None:

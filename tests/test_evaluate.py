@@ -148,6 +148,10 @@ def test_evaluation_writes_only_into_a_folder_of_its_own(trained: Path, tmp_path
         ValueError, match=r"run is a training run's folder; evaluate.py writes only into a folder"
     ):
         evaluate(_compose(trained, f"paths.output_dir={run}"))
+    nested = run / "checkpoints" / "sub"  # the check used to look at the folder only
+    with pytest.raises(ValueError, match=r"sub is inside a training run's folder \(.*run\)"):
+        evaluate(_compose(trained, f"paths.output_dir={nested}"))
+    assert not nested.exists()
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "metrics.json").write_text("{}")
     with pytest.raises(

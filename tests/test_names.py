@@ -97,3 +97,18 @@ def test_overrides_are_parsed_with_hydras_grammar() -> None:
         "x": "a=b",
         "seed": ["0", "1"],
     }
+
+
+def test_a_sweep_names_its_jobs_by_what_varies_and_rounds_sampled_values() -> None:
+    """Constants of the sweep (num_train-48__num_val-16__max_epochs-3) went into every name, and an
+    Optuna trial's sampled rate made the name long enough to end in a hash."""
+    job = [
+        "model=unet_vgg",
+        "seed=0",
+        "model.optimizer.lr=0.00023456789",
+        "data.num_train=48",
+        "trainer.max_epochs=3",
+    ]
+    name = job_name(job, GROUPS, swept={"seed", "model.optimizer.lr"})
+    assert name == "model-unet_vgg__seed-0__lr-2.346e-4"
+    assert job_name(job, GROUPS) != name  # outside a sweep every override names the run

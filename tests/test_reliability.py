@@ -356,7 +356,7 @@ def test_an_interrupted_sweep_stops_and_names_the_jobs_it_did_not_complete(
     [started] = [p.name for p in sweep.iterdir() if p.is_dir()]  # the second job never started
     assert (
         f"interrupted by SIGTERM: the sweep stops; 2 job(s) not completed: {started}, "
-        "model-unet_lab__seed-1__" in output
+        "model-unet_lab__seed-1." in output
     )
     run_script([*command, "skip_completed=true"])
     jobs = [p for p in sweep.iterdir() if p.is_dir()]

@@ -496,6 +496,15 @@ def test_runs_in_different_precisions_are_flagged(tmp_path: Path) -> None:
         ),
         (lambda f: (f / "run.json").write_text('{"status": "compl'), r"run.json is unreadable"),
         (
+            lambda f: (
+                (f / "csv").mkdir()
+                or (f / "csv" / "metrics.csv").write_text(
+                    "epoch,step,train/loss\n0,1,2.3\n1,2,x.7\n"
+                )
+            ),
+            r"csv/metrics.csv, line 3: train/loss='x.7', epoch='1': not numbers",
+        ),
+        (
             lambda f: (f / "thresholds.json").write_text(
                 json.dumps({"history": [{"epoch": 1, "step": 1, "val/loss": "x"}]})
             ),

@@ -129,11 +129,17 @@ def _read_train_loss(path: Path) -> dict[int, float]:
     if not path.is_file():
         return losses
     with path.open(newline="") as file:
-        for row in csv.DictReader(file):
+        for number, row in enumerate(csv.DictReader(file), start=2):
             if row.get("train/loss") and row.get("epoch"):
-                value = float(row["train/loss"])
+                try:
+                    value, epoch = float(row["train/loss"]), int(float(row["epoch"]))
+                except ValueError:
+                    raise ValueError(
+                        f"{path}, line {number}: train/loss={row['train/loss']!r}, "
+                        f"epoch={row['epoch']!r}: not numbers"
+                    ) from None
                 if math.isfinite(value):
-                    losses[int(float(row["epoch"])) + 1] = value
+                    losses[epoch + 1] = value
     return losses
 
 

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.plugins.hparams import plugin_data_pb2
+from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from segment.callbacks.thresholds import ThresholdTracker
 from segment.config import identity, ordered, short_names, swept_keys, value_text
 
-__all__ = ["HyperparameterTable", "hyperparameters"]
+__all__ = ["SUMMARY", "HyperparameterTable", "hyperparameters"]
+
+SUMMARY = "summary"  # the TensorBoard sub-run holding the final and best scores
 
 
 def hyperparameters(
@@ -59,17 +64,21 @@ def hyperparameters(
 
 class HyperparameterTable(Callback):
     """Log a run's hyperparameters once, with its final and best validation scores and thresholds as
-    metrics.
+    metrics, and give every logger what it shows best.
 
-    The keys come from :func:`hyperparameters` (``train.py`` passes them as ``params``): the run's
-    own overrides first, named as in job folders, each key once; the encoder weights actually loaded
-    and the precision trained in are added here. Metrics: ``final/<name>`` and ``best/<name>`` for
-    each of ``metrics`` (best: lowest loss, highest score) and ``thresholds/<level>``, the
-    fractional epoch at which the threshold tracker found each level reached (NaN until then).
+    The keys come from :func:`hyperparameters` (``build(cfg)`` passes them as ``params``): the
+    run's own overrides first, named as in job folders, each key once; the encoder weights actually
+    loaded and the precision trained in are added here. Metrics: ``final/<name>`` and
+    ``best/<name>`` for each of ``metrics`` (best: lowest loss, highest score), written once, when
+    training ends (in TensorBoard into the run's ``summary`` sub-run, so that the HPARAMS table
+    has them and the run's own scalars do not), and ``thresholds/<level>``. MLflow and W&B get the
+    resolved config (``run_config``: an artifact, W&B's config panel) and the run's tags as tags.
 
     Args:
-        params: The hyperparameters (set by ``train.py``).
+        params: The hyperparameters (passed by ``build(cfg)``).
+        swept: The keys the sweep varies (first in the table).
         metrics: Validation metrics to report, losses first (``*loss*`` is minimised).
+        run_config: The run's resolved config, as YAML.
     """
 
     def __init__(
@@ -77,16 +86,18 @@ class HyperparameterTable(Callback):
         params: Mapping[str, Any] | None = None,
         swept: Sequence[str] = (),
         metrics: Sequence[str] = ("val/loss", "val/miou", "val/pixel_acc"),
+        run_config: str = "",
     ) -> None:
         self.params, self.swept = dict(params or {}), list(swept)
-        self.metrics = list(metrics)
+        self.metrics, self.config = list(metrics), run_config
         self.best: dict[str, float] = {}
+        self.final: dict[str, float] = {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "final": self.final}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best = dict(state.get("best", {}))
+        self.best, self.final = dict(state.get("best", {})), dict(state.get("final", {}))
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         params = {
@@ -100,16 +111,19 @@ class HyperparameterTable(Callback):
             if isinstance(cb, ThresholdTracker)
             for t in cb.thresholds
         ]
-        metrics = {
-            f"{kind}/{name}": math.nan for name in self.metrics for kind in ("final", "best")
-        }
+        summary = [f"{kind}/{name}" for name in self.metrics for kind in ("final", "best")]
+        config = yaml.safe_load(self.config) or {}
+        tags = list(config.get("tags") or [])
         for logger in trainer.loggers:
-            if isinstance(
-                logger, TensorBoardLogger
-            ):  # the HPARAMS tab shows only metrics declared with the params
-                metrics |= dict.fromkeys(levels, math.nan)
-                _write_experiment(logger, params, metrics, self.swept)
-                logger.log_hyperparams(params, metrics=metrics)
+            if isinstance(logger, TensorBoardLogger):  # its table lists only declared metrics
+                _write_experiment(logger, params, [*summary, *levels], self.swept)
+                logger.log_hyperparams(params)
+            elif isinstance(logger, MLFlowLogger):
+                logger.log_hyperparams({k: v for k, v in params.items() if k != "tags"})
+                _mlflow_extras(logger, self.config, tags)
+            elif isinstance(logger, WandbLogger):
+                logger.log_hyperparams(params)
+                logger.experiment.config.update({"config": config}, allow_val_change=True)
             else:
                 logger.log_hyperparams(params)
 
@@ -117,34 +131,59 @@ class HyperparameterTable(Callback):
         if trainer.sanity_checking:
             return
         logged = trainer.callback_metrics
-        found = {name: float(logged[name]) for name in self.metrics if name in logged}
-        for name, value in found.items():
-            lower = "loss" in name
+        self.final = {name: float(logged[name]) for name in self.metrics if name in logged}
+        for name, value in self.final.items():
             previous = self.best.get(name)
-            if previous is None or (value < previous if lower else value > previous):
+            if previous is None or (value < previous if "loss" in name else value > previous):
                 self.best[name] = value
-        scores = {f"final/{name}": value for name, value in found.items()}
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        scores = {f"final/{name}": value for name, value in self.final.items()}
         scores |= {f"best/{name}": value for name, value in self.best.items()}
         for logger in trainer.loggers:
-            logger.log_metrics(scores, step=trainer.global_step)
+            if isinstance(logger, TensorBoardLogger):
+                _write_summary(logger, scores, trainer.global_step)
+            elif scores:
+                logger.log_metrics(scores, step=trainer.global_step)
+
+
+@rank_zero_only
+def _write_summary(logger: TensorBoardLogger, scores: dict[str, float], step: int) -> None:
+    """The final and best scores, once, in the run's ``summary`` sub-run (the HPARAMS table reads
+    them there)."""
+    with SummaryWriter(str(Path(logger.log_dir) / SUMMARY)) as writer:
+        for name, value in scores.items():
+            writer.add_scalar(name, value, step)
+
+
+@rank_zero_only
+def _mlflow_extras(logger: MLFlowLogger, config: str, tags: list[str]) -> None:
+    """The resolved config as an artifact (``config.yaml``) and the run's tags as MLflow tags."""
+    client, run = logger.experiment, logger.run_id
+    client.log_text(run, config, "config.yaml")
+    for tag in tags:
+        client.set_tag(run, str(tag), "")
 
 
 @rank_zero_only  # other DDP ranks have no event writer (as for Lightning's log_hyperparams)
 def _write_experiment(
-    logger: TensorBoardLogger,
-    params: dict[str, Any],
-    metrics: dict[str, float],
-    swept: Sequence[str],
+    logger: TensorBoardLogger, params: dict[str, Any], metrics: Sequence[str], swept: Sequence[str]
 ) -> None:
     """The HPARAMS tab's column list, the swept keys marked as ``differs``: TensorBoard (2.21)
     orders the columns by ``differs``, then by name, and shows the first ones; unmarked,
-    ``batch_size`` and ``data`` came before ``model`` and ``seed``. Written before Lightning's own
-    (TensorBoard keeps a tag's first metadata); the file writer is Lightning's private API, as
-    Lightning itself uses it to write the same summary."""
-    experiment, _, _ = hparams_summary(params, metrics)
+    ``batch_size`` and ``data`` came before ``model`` and ``seed``. The final and best scores are
+    read from the ``summary`` sub-run. Lightning writes these summaries only with metrics, which it
+    also logs as a point at step 0; the file writer is Lightning's private API, as Lightning itself
+    uses it to write the same summaries."""
+    experiment, start, end = hparams_summary(params, dict.fromkeys(metrics, math.nan))
     value = experiment.value[0]
     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
     for info in data.experiment.hparam_infos:
         info.differs = info.name in swept
+    for metric in data.experiment.metric_infos:
+        if metric.name.tag.startswith(("final/", "best/")):
+            metric.name.group = SUMMARY
     value.metadata.plugin_data.content = data.SerializeToString()
-    logger.experiment._get_file_writer().add_summary(experiment)
+    writer = logger.experiment._get_file_writer()
+    for summary in (experiment, start, end):  # Lightning writes them only with metrics (at step 0)
+        writer.add_summary(summary)

@@ -30,13 +30,13 @@ from tqdm import tqdm
 from segment.files import sha256, write_atomic
 from segment.models.hed import HED_CONVERTED, hed_state_dict
 
-__all__ = ["BUDGET", "MISSING_THERE", "PackReport", "main", "pack"]
+__all__ = ["BUDGET", "MISSING_THERE", "PackReport", "PackTooLarge", "main", "pack"]
 
-BUDGET = 64 * 2**20  # what travels: the working tree plus carried paths
-# Python distributions the GPU machine lacks (its package list: /work/.library/device/KINDS.md,
-# 2026-11):
-# ours and their dependencies that are not there. typing-extensions travels too: pydantic needs a
-# newer one than some images hold, and a newer one serves every other package.
+BUDGET = 64 * 2**20  # what travels by default: the working tree plus the pack
+QUALITIES = (90, 85, 80, 75, 70, 60, 50, 40)  # JPEG qualities tried, best first
+# Python distributions an air-gapped GPU machine with a stock CUDA PyTorch image (torch, lightning,
+# torchmetrics, tensorboard, timm) lacks: ours and their dependencies. typing-extensions travels
+# too: pydantic needs a newer one than some images hold, and a newer one serves every other package.
 MISSING_THERE = (
     "segmentation-models-pytorch",
     "albumentations",
@@ -78,7 +78,7 @@ class PackReport:
     def table(self) -> str:
         lines = ["| part | MiB |", "|---|---|"]
         lines += [f"| {name} | {size / 2**20:.1f} |" for name, size in self.parts.items()]
-        lines.append(f"| **total** (budget {BUDGET / 2**20:.0f}) | **{self.total / 2**20:.1f}** |")
+        lines.append(f"| **total** | **{self.total / 2**20:.1f}** |")
         return "\n".join(lines)
 
 
@@ -208,39 +208,80 @@ def pack_weights(target: Path) -> Path:
     return path
 
 
+class PackTooLarge(RuntimeError):
+    """Nothing fits the budget, not even CamVid at the lowest JPEG quality."""
+
+
 def pack(
     output: Path,
     camvid: Path,
     python_version: str = "3.12",
-    quality: int = 85,
+    quality: int | None = None,
     max_images: int | None = None,
     repo: Path | None = None,
+    budget: int = BUDGET,
 ) -> PackReport:
-    """Build the pack in ``output`` and size what travels; see the module docstring."""
-    output = Path(output)
-    report = PackReport()
+    """Build the pack in ``output``: wheels, weights and (given ``repo``) the working tree are
+    sized first; CamVid then takes ``quality``, or the highest of :data:`QUALITIES` that fits what
+    is left of ``budget`` (estimated on every eighth image, checked after packing)."""
+    output, report = Path(output), PackReport()
     wheels = fetch_wheels(output / "wheels", python_version)
     report.parts["wheels"] = sum(w.stat().st_size for w in wheels)
-    samples = pack_camvid(Path(camvid), output / "camvid", quality, max_images)
-    report.parts["camvid"] = _size(output / "camvid")
     report.parts["weights"] = _size(pack_weights(output / "weights"))
     if repo is not None:
         report.parts["working tree"] = _working_tree_size(repo, output.resolve())
+    room = budget - report.total
+    choices = [quality] if quality is not None else list(QUALITIES)
+    choices = [
+        q for q in choices if quality is not None or _estimate(camvid, q, max_images) <= room
+    ]
+    for chosen in choices:
+        shutil.rmtree(output / "camvid", ignore_errors=True)
+        samples = pack_camvid(Path(camvid), output / "camvid", chosen, max_images)
+        report.parts["camvid"] = _size(output / "camvid")
+        if report.total <= budget or quality is not None:
+            break
+    else:
+        sizes = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in report.parts.items())
+        raise PackTooLarge(
+            f"nothing fits {budget / 2**20:.0f} MiB: {sizes}, and CamVid at JPEG "
+            f"quality {QUALITIES[-1]} would not fit the rest; raise --budget or "
+            "pack fewer images (--max-images)"
+        )
+    how = "as asked" if quality is not None else f"the highest that fits {budget / 2**20:.0f} MiB"
     report.notes = [
-        f"{samples} CamVid samples, JPEG quality {quality}, masks byte-identical",
+        f"{samples} CamVid samples, JPEG quality {chosen} ({how}), masks byte-identical",
         f"{len(wheels)} wheels for Python {python_version}",
         "VGG16 (HED) encoder in float16",
     ]
     manifest = {
         "wheels": [w.name for w in wheels],
         "camvid_samples": samples,
-        "jpeg_quality": quality,
+        "jpeg_quality": chosen,
         "python_version": python_version,
         "bytes": report.parts,
+        "budget": budget,
         "notes": report.notes,
     }
     write_atomic(output / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return report
+
+
+def _estimate(camvid: Path, quality: int, max_images: int | None) -> int:
+    """Bytes CamVid would take at ``quality``: every eighth image encoded, the masks as they are."""
+    total = 0
+    for split in SPLITS:
+        images = sorted((Path(camvid) / split).glob("*.png"))[:max_images]
+        sample = images[::8]
+        for image in sample:
+            encoded = cv2.imencode(
+                ".jpg",
+                cv2.imread(str(image), cv2.IMREAD_COLOR),
+                [cv2.IMWRITE_JPEG_QUALITY, quality],
+            )[1]
+            total += len(encoded) * len(images) // max(len(sample), 1)
+        total += sum((Path(camvid) / f"{split}annot" / i.name).stat().st_size for i in images)
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,7 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("pack", help="build .device_pack/ (wheels, CamVid, weights)")
     build.add_argument(
-        "--camvid", type=Path, default=Path("../shared/data/camvid"), help="CamVid, SegNet layout"
+        "--camvid",
+        type=Path,
+        required=True,
+        help="CamVid in its SegNet layout (train/ trainannot/ val/ valannot/)",
     )
     build.add_argument("--output", type=Path, default=Path(".device_pack"))
     build.add_argument(
@@ -261,8 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument(
         "--quality",
         type=int,
-        default=85,
-        help="JPEG quality of the packed images (85: ~45 KB each)",
+        default=None,
+        help="JPEG quality of the packed images (default: the highest that fits)",
+    )
+    build.add_argument(
+        "--budget",
+        type=float,
+        default=BUDGET / 2**20,
+        help="MiB that may travel: the pack and the working tree (default 64)",
     )
     build.add_argument(
         "--max-images", type=int, default=None, help="per split (a dry run packs a handful)"
@@ -271,19 +321,23 @@ def main(argv: list[str] | None = None) -> int:
     repo = Path.cwd()
     try:
         report = pack(
-            args.output, args.camvid, args.python_version, args.quality, args.max_images, repo
+            args.output,
+            args.camvid,
+            args.python_version,
+            args.quality,
+            args.max_images,
+            repo,
+            int(args.budget * 2**20),
         )
     except (OSError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(report.table())
     print("; ".join(report.notes))
-    if report.total > BUDGET:
+    if report.total > args.budget * 2**20:  # a quality given by hand
         print(
-            f"error: {report.total / 2**20:.1f} MiB would travel, over the {BUDGET / 2**20:.0f} "
-            "MiB "
-            "budget: lower "
-            "--quality, or leave out a split's images with --max-images",
+            f"error: {report.total / 2**20:.1f} MiB would travel, over the {args.budget:.0f} MiB "
+            "budget: leave out --quality to have it chosen",
             file=sys.stderr,
         )
         return 1
