@@ -255,7 +255,7 @@ CASES = [
         Exception,
         r"model.init_from=/nowhere/x.ckpt: no such checkpoint file",
     ),
-    # data (the datasets issue)
+    # data
     (
         "missing dataset root",
         _nowhere,
@@ -313,7 +313,7 @@ CASES = [
         ValueError,
         r"0001TP_000000.png: mask values \[17\] are not classes of 'camvid'",
     ),
-    # silent wrong data, refused (the reliability issue)
+    # silent wrong data, refused
     (
         "two files of one sample",
         _camvid(lambda root: write_image(root / "train" / "0001TP_000001.jpg", seed=5)),

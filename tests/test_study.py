@@ -286,6 +286,18 @@ def test_the_protocol_table_says_which_head_the_lab_vgg_net_trained_with(tmp_pat
     assert "| Unet, vgg16 |" in table
 
 
+def test_a_report_with_nothing_to_compare_claims_no_comparison(tmp_path: Path) -> None:
+    """One arm, no partner: the report says there is nothing to compare, not that every speedup
+    holds."""
+    sweep = tmp_path / "study"
+    _write_run(sweep, "unet_vgg", 0, "0.001", [0.95, 0.9, 0.7, 0.6])
+    _write_run(sweep, "unet_vgg", 1, "0.001", [0.9, 0.8, 0.65])
+    assert report_main([str(sweep)]) == 0
+    report = (sweep / "report.md").read_text()
+    assert report.split("\n\n")[1].startswith("No comparison")
+    assert "excludes 1" not in report and "above 1" not in report
+
+
 def test_report_command_on_a_folder_without_runs(tmp_path: Path, capsys) -> None:
     assert report_main([str(tmp_path)]) == 1
     assert "holds no run folders" in capsys.readouterr().err
