@@ -230,13 +230,11 @@ class RunInCheckpoint(Callback):
 
 
 # What a checkpoint may ask to be built. Model parts: classes from these modules (checked by name
-# first, so
-# nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and smp's
-# model factory.
+# first, so nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and
+# smp's model factory.
 # The data config (evaluate.py reads it from the checkpoint): this package's data modules and
-# albumentations
-# transforms. Anything else in a ``_target_`` (``builtins.open``, ``shutil.copyfile``) is refused
-# at any depth.
+# albumentations transforms. Anything else in a ``_target_`` (``builtins.open``,
+# ``shutil.copyfile``) is refused at any depth.
 _ALLOWED = {
     "model": (
         (

@@ -2,9 +2,9 @@
 folder names.
 
 Overrides are parsed here only (:func:`parse_overrides`, Hydra's grammar). :data:`INFRASTRUCTURE`
-lists the keys
-that say where things are or how a run is shown or continued, not what it trains: job names, run
-identities, resume checks, the study report and the hyperparameter views all leave them out.
+lists the keys that say where things are or how a run is shown or continued, not what it trains: job
+names, run identities, resume checks, the study report and the hyperparameter views all leave them
+out.
 """
 
 from __future__ import annotations

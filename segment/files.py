@@ -1,8 +1,8 @@
 """The one way this package writes a result file: a temporary file beside it, then a rename.
 
 A reader never sees half a file, a crash (even SIGKILL) leaves the previous version in place, and
-parallel writers (joblib sweep jobs rewriting one report) never share a
-temporary file: each gets its own unique name from :func:`tempfile.mkstemp`.
+parallel writers (joblib sweep jobs rewriting one report) never share a temporary file: each gets
+its own unique name from :func:`tempfile.mkstemp`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ os.umask(_UMASK)
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a unique temporary file in ``path``'s folder (``mode`` ``"w"`` or ``"wb"``); on success
-    flush, fsync
-    and rename it onto ``path``: the same filesystem, so the rename is atomic. On an error ``path``
-    stays as it was.
+    flush, fsync and rename it onto ``path``: the same filesystem, so the rename is atomic. On an
+    error ``path`` stays as it was.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode={mode!r}; expected 'w' or 'wb'")

@@ -71,9 +71,9 @@ class RunRecord:
     """What a run folder holds: its status, what it trained on and with, and every attempt.
 
     ``status``: ``new`` (no attempt has trained yet), ``running``, ``completed``, ``interrupted`` (a
-    signal) or ``failed``. ``data_order``: what fixes the order and
-    augmentation of its training data (the sampling code's version and the seed): two runs are
-    paired by seed only where both match.
+    signal) or ``failed``. ``data_order``: what fixes the order and augmentation of its training
+    data (the sampling code's version and the seed): two runs are paired by seed only where both
+    match.
     """
 
     status: str = "new"

@@ -3,10 +3,10 @@ signature.
 
 The top level is :class:`segment.config.TrainSchema` (checked by Hydra while composing). The nodes
 with a ``_target_`` are checked here against the parameters of the class they name, which are their
-real schema. Kept rather than left to the libraries because the messages
-are better: a misspelt key is named with its config path and the closest allowed names (a
-class raises ``TypeError: unexpected keyword`` without the path, smp encoders drop unknown keys
-silently), a wrong type with the expected one, before any weights load.
+real schema. Kept rather than left to the libraries because the messages are better: a misspelt key
+is named with its config path and the closest allowed names (a class raises ``TypeError: unexpected
+keyword`` without the path, smp encoders drop unknown keys silently), a wrong type with the expected
+one, before any weights load.
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ import os
 # before anything imports it: a download attempt then fails at once instead of retrying.
 os.environ["HF_HUB_OFFLINE"] = "1"
 # pytest-xdist (pyproject's addopts) runs one worker per core: each worker, and every script it
-# starts, uses one
-# intra-op thread, or two workers of two threads would oversubscribe two cores.
+# starts, uses one intra-op thread, or two workers of two threads would oversubscribe two cores.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 

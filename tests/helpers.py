@@ -83,10 +83,9 @@ def run_script(
     from a server that imported torch, Lightning and this package once per test worker, which
     saves each run the imports a fresh interpreter spends (about 13 s on 2 cores). It is a real
     process (its own pid, exit status, signals, ``atexit``) that runs the script as ``__main__``
-    with ``sys.argv``, cwd and environment set (tests/test_script_runner.py holds it to
-    ``python``). A run whose environment differs from the server's in what libraries read when
-    they are imported (:data:`_IMPORT_TIME`) starts a fresh interpreter; so does ``fresh=True``
-    (entry points, kills,
+    with ``sys.argv``, cwd and environment set (tests/test_script_runner.py holds it to ``python``).
+    A run whose environment differs from the server's in what libraries read when they are imported
+    (:data:`_IMPORT_TIME`) starts a fresh interpreter; so does ``fresh=True`` (entry points, kills,
     signals: what only a process of its own shows).
     """
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -114,10 +113,8 @@ def run_script(
 
 
 # The warm server's imports: what train.py, evaluate.py and the benchmarks need (and these helpers,
-# which callbacks
-# in test configs name). Set before the server starts, at the first warm run of a test worker.
-# Where there is no
-# forkserver (Windows), every run is fresh.
+# which callbacks in test configs name). Set before the server starts, at the first warm run of a
+# test worker. Where there is no forkserver (Windows), every run is fresh.
 _WARM = (
     multiprocessing.get_context("forkserver")
     if "forkserver" in multiprocessing.get_all_start_methods()
@@ -136,8 +133,7 @@ if _WARM is not None:
 
 
 # Variables read when a library is imported (huggingface_hub's HF_HUB_OFFLINE, torch's thread and
-# device
-# settings): a warm process imported them under the server's values.
+# device settings): a warm process imported them under the server's values.
 _IMPORT_TIME = (
     "HF_",
     "HUGGINGFACE_",
@@ -208,9 +204,8 @@ def _warm_main(args: list[str], cwd: str, env: dict[str, str], out: str, err: st
         interrupted = True
     finally:
         # What the interpreter does at exit and multiprocessing's bootstrap skips before its
-        # os._exit: join the
-        # threads (and run their exit hooks: joblib's loky stops its workers there), then the
-        # atexit handlers.
+        # os._exit: join the threads (and run their exit hooks: joblib's loky stops its workers
+        # there), then the atexit handlers.
         # Private API, here only: if a Python release drops it, every warm run fails at this line.
         threading._shutdown()
         atexit._run_exitfuncs()
@@ -321,10 +316,9 @@ class LastCheckpointSpy(Callback):
 
 
 class SignalAt(Callback):
-    """Sends ``signal`` once, at a training batch: to its whole process group (a cluster
-    preemption, a ``kill`` of
-    the job: DataLoader workers included) or to its own process only. Leaves ``marker``, so a
-    rerun trains on."""
+    """Sends ``signal`` once, at a training batch: to its whole process group (a cluster preemption,
+    a ``kill`` of the job: DataLoader workers included) or to its own process only. Leaves
+    ``marker``, so a rerun trains on."""
 
     def __init__(
         self, epoch: int, batch: int, marker: str, signal: str = "SIGTERM", group: bool = True

@@ -4,9 +4,9 @@ run.
 1,000 simulated studies of the study's own design (4 rates x 2 arms, 5 seeds at two rates and 3 at
 the other two, three levels), from a known log-normal model near the committed CamVid study:
 crossings on the quarter-epoch grid of 4 validations per epoch (ties) and runs capped at 25 epochs
-(censored). No
-training: each study is the cells the report's statistics read. benchmarks/interval_coverage.py
-prints the same measurement, and the percentile bootstrap's, which fails it.
+(censored). No training: each study is the cells the report's statistics read.
+benchmarks/interval_coverage.py prints the same measurement, and the percentile bootstrap's, which
+fails it.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ def _true_log_means(means: tuple[float, ...], sd: float) -> np.ndarray:
 
 def _study(generator: np.random.Generator, level: float, rho: float | None):
     """One simulated study at one level: the two arms' cells per rate (paired by seed with
-    correlation
-    ``rho``, or None: independent runs of unknown data order)."""
+    correlation ``rho``, or None: independent runs of unknown data order)."""
     slow_means, fast_means, sd = LEVELS[level]
     slow, fast = [], []
     for rate, n, ms, mf in zip(RATES, SEEDS, slow_means, fast_means, strict=True):

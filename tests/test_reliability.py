@@ -108,9 +108,8 @@ def test_killed_run_resumes_mid_epoch_with_loader_workers_and_matches_an_uninter
     )  # the validation mid-epoch 3, not the epoch's start
 
     # continued from the folder: the run's own overrides are saved in it; the kill callback's
-    # _target_ is typed
-    # again (a saved _target_ outside the allow-list is refused), its marker keeps it from killing
-    # twice
+    # _target_ is typed again (a saved _target_ outside the allow-list is refused), its marker keeps
+    # it from killing twice
     resumed = run_script(["train.py", f"hydra.run.dir={killed}", "ckpt_path=last", *kill])
     output = resumed.stdout + resumed.stderr
     assert "resumed from epoch 2 (global step 15)" in output

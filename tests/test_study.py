@@ -217,10 +217,9 @@ def test_arms_pair_by_seed_within_each_learning_rate(scripted: Path) -> None:
     ]
     assert [c.label for c in study.comparisons] == ["pretraining at 1e-3", "pretraining at 1e-4"]
     low_lr = study.comparisons[1]
-    # loss <= 1.0 held twice in a row: scratch seed 0 from its 5th validation (0.99, 1.01 breaks
-    # the first
-    # streak), epoch 1.25; vgg seed 0 from its 2nd, epoch 0.5; scratch seed 1 from its 4th (1.0);
-    # vgg seed 1 its 1st
+    # loss <= 1.0 held twice in a row: scratch seed 0 from its 5th validation (0.99, 1.01 breaks the
+    # first streak), epoch 1.25; vgg seed 0 from its 2nd, epoch 0.5; scratch seed 1 from its 4th
+    # (1.0); vgg seed 1 its 1st
     estimate = low_lr.estimate(Threshold("val/loss", "min", 1.0))
     assert [(seed, a, b) for seed, a, b in estimate.values] == [(0, 1.25, 0.5), (1, 1.0, 0.25)]
     assert estimate.point == pytest.approx(math.sqrt(2.5 * 4.0)) and estimate.bound == ""

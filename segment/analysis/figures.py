@@ -98,8 +98,8 @@ def speedup_figure(series: Mapping[str, Sequence[tuple[str, float, object]]], pa
 
     Args:
         series: ``{label: [(metric, level, Estimate | None), ...]}``; bounds drawn as open
-        triangles, censored
-            fits as open circles. The legend stands below the panels, over no data.
+            triangles, censored fits as open circles. The legend stands below the panels, over no
+            data.
     """
     metrics = list(dict.fromkeys(metric for points in series.values() for metric, _, _ in points))
     figure, grid = plt.subplots(1, len(metrics), figsize=(6.2 * len(metrics), 4.6), squeeze=False)
@@ -162,8 +162,7 @@ def rate_figure(
 
     Args:
         panels: ``{level name: {arm name: {rate: [(epochs, reached) per seed]}}}``; runs that never
-        reached
-            the level are drawn hollow at their last validation.
+            reached the level are drawn hollow at their last validation.
     """
     figure, grid = plt.subplots(
         1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False, sharey=True

@@ -2,10 +2,9 @@
 intervals whose coverage holds at the 3-5 seeds people run (tests/test_coverage.py proves it by
 simulation).
 
-The model: log-epochs to a level are normal within a cell (an arm at a rate), with a spread that
-is the same for every cell of a family (the arms and rates of one comparison) at that level. The
-spread is estimated once per family and level, pooled over its cells, and every interval uses
-Student's t
+The model: log-epochs to a level are normal within a cell (an arm at a rate), with a spread that is
+the same for every cell of a family (the arms and rates of one comparison) at that level. The spread
+is estimated once per family and level, pooled over its cells, and every interval uses Student's t
 with the pooled degrees of freedom: at 3-5 seeds per cell this is what makes an interval honest
 without being needlessly wide (a percentile bootstrap over 3 seeds is the range of three numbers,
 about 75% coverage).

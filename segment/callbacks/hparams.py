@@ -29,11 +29,9 @@ def hyperparameters(
     cfg: DictConfig, overrides: Sequence[str], choices: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[str]]:
     """The keys a researcher compares runs by (TensorBoard's HPARAMS, csv/hparams.yaml), each once,
-    named as in
-    job folders: the run's own overrides first (what a sweep varies), then model, seed, rate, batch,
-    image size, epochs, optimiser, schedule and loss. Also the names of the keys the sweep varies (a
-    single
-    run: its overrides)."""
+    named as in job folders: the run's own overrides first (what a sweep varies), then model, seed,
+    rate, batch, image size, epochs, optimiser, schedule and loss. Also the names of the keys the
+    sweep varies (a single run: its overrides)."""
     values = identity(overrides)
     keys = ordered(values, choices.keys())
     names = short_names(keys)

@@ -257,10 +257,9 @@ class SegmentationDataModule(LightningDataModule):
             "persistent_workers": self.persistent_workers,
             "multiprocessing_context": _worker_context() if self.num_workers > 0 else None,
             # Each iterator draws its workers' base seed from this generator, not from torch's
-            # global RNG: a
-            # resumed run creates its iterators at other moments than an uninterrupted one, and
-            # dropout draws
-            # from the global RNG (augmentation is seeded per item: segment/data/sampling.py).
+            # global RNG: a resumed run creates its iterators at other moments than an uninterrupted
+            # one, and dropout draws from the global RNG (augmentation is seeded per item:
+            # segment/data/sampling.py).
             "generator": torch.Generator().manual_seed(0),
             "worker_init_fn": _leave_stop_signals_to_the_trainer if self.num_workers > 0 else None,
         }

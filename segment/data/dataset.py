@@ -345,9 +345,9 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         """One item by index, or by ``(index, augmentation seed)`` (what
-        :class:`~segment.data.sampling.EpochSampler`
-        yields: albumentations 2 would otherwise draw from generators seeded by OS entropy,
-        differently in every worker process and in every resumed run)."""
+        :class:`~segment.data.sampling.EpochSampler` yields: albumentations 2 would otherwise draw
+        from generators seeded by OS entropy, differently in every worker process and in every
+        resumed run)."""
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.load(index)
         if self.transform is not None:

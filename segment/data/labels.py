@@ -58,8 +58,8 @@ class DatasetInfo:
         label_map: Raw mask value -> training id (or ``ignore_index``), e.g. Cityscapes'
             34 label ids -> 19 train ids. ``None``: masks already hold training ids. Either way, a
             raw value that is not declared is an error.
-        mask_colors: For colour-coded masks: RGB colour -> training id (or
-            ``ignore_index``). ``None``: masks are single-channel class indices.
+        mask_colors: For colour-coded masks: RGB colour -> training id (or ``ignore_index``).
+            ``None``: masks are single-channel class indices.
     """
 
     name: str

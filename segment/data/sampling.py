@@ -44,8 +44,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
     augmentation seed.
 
     Under DDP each rank takes every ``world_size``-th item of that order (the order padded
-    cyclically to a multiple of the world size, as ``DistributedSampler`` does), so
-    ``trainer=ddp``
+    cyclically to a multiple of the world size, as ``DistributedSampler`` does), so ``trainer=ddp``
     sets ``use_distributed_sampler: false``.
 
     Args:

@@ -101,14 +101,14 @@ def caffe_to_normalized_rgb(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold Caffe preprocessing into a first convolution.
 
-    The original layer sees ``x_bgr255 - caffe_mean``; our models feed
-    ``x_norm = (x_rgb/255 - mean) / std``. Since ``x_bgr255[k] = 255 * (std * x_norm +
-    mean)[rgb(k)]``, the same layer on ``x_norm`` has kernels ``W[:, bgr(c)] * 255 * std[c]`` and
-    bias ``b + sum_k sum_spatial W[:, k] * (255 * mean[rgb(k)] - caffe_mean[k])``.
+    The original layer sees ``x_bgr255 - caffe_mean``; our models feed ``x_norm = (x_rgb/255 - mean)
+    / std``. Since ``x_bgr255[k] = 255 * (std * x_norm + mean)[rgb(k)]``, the same layer on
+    ``x_norm`` has kernels ``W[:, bgr(c)] * 255 * std[c]`` and bias ``b + sum_k sum_spatial W[:, k]
+    * (255 * mean[rgb(k)] - caffe_mean[k])``.
 
     The two agree exactly away from the border. At the border, zero padding of ``x_norm`` stands for
-    the Caffe input ``255 * mean - caffe_mean`` (BGR: -0.1, -0.4, +1.0) rather than
-    0: a deviation of under one grey level, inside the receptive field of the border pixels.
+    the Caffe input ``255 * mean - caffe_mean`` (BGR: -0.1, -0.4, +1.0) rather than 0: a deviation
+    of under one grey level, inside the receptive field of the border pixels.
     """
     rgb = weight.flip(1)  # BGR input channels -> RGB
     std_t = torch.tensor(std, dtype=weight.dtype).view(1, 3, 1, 1)

@@ -121,9 +121,9 @@ class CrossEntropyLoss(nn.Module):
 
     Args:
         ignore_index: Label value excluded.
-        class_weights: One weight per class, or None. (A method name,
-            ``median_frequency`` or ``inverse_log``, is replaced by its weights before the
-            loss is built: :func:`resolve_class_weights`.)
+        class_weights: One weight per class, or None. (A method name, ``median_frequency`` or
+            ``inverse_log``, is replaced by its weights before the loss is built:
+            :func:`resolve_class_weights`.)
         label_smoothing: As in :func:`torch.nn.functional.cross_entropy`.
     """
 
