@@ -42,7 +42,6 @@ __all__ = [
     "find_checkpoint",
     "newest_checkpoint",
     "read_checkpoint",
-    "remove_partial_files",
 ]
 
 log = logging.getLogger(__name__)
@@ -206,12 +205,6 @@ def find_checkpoint(path: str | Path, key: str = "ckpt_path") -> tuple[Path, int
             )
         return found
     return path, int(read_checkpoint(path, key, require=("global_step",), mmap=True)["global_step"])
-
-
-def remove_partial_files(folder: str | Path) -> None:
-    """Delete what killed atomic writes left behind in ``folder`` (``.<name>.*.partial``)."""
-    for path in Path(folder).glob(".*.partial") if Path(folder).is_dir() else ():
-        path.unlink(missing_ok=True)
 
 
 class RunInCheckpoint(Callback):

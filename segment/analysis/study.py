@@ -60,9 +60,6 @@ class Arm:
     runs: list[Run]
     name: str = ""  # short: "scratch 1e-3"
 
-    def by_seed(self) -> dict[Any, Run]:
-        return {run.seed: run for run in self.runs}
-
     def crossings(
         self, level: Threshold, unit: str = "epoch", interpolate: bool = False
     ) -> dict[Any, Crossing]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from segment.analysis.runs import Run
 from segment.analysis.stats import Estimate, mean_std
-from segment.analysis.study import Arm, Comparison, Study, TunedComparison
+from segment.analysis.study import Comparison, Study, TunedComparison
 from segment.analysis.thresholds import Threshold
 from segment.config import value_text
 
@@ -90,15 +90,6 @@ def per_seed(estimate: Estimate | None) -> str:
         return ""
     cell = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731
     return "; ".join(f"{seed}: {cell(a)}/{cell(b)}" for seed, a, b in estimate.values)
-
-
-def _reached_cell(arm: Arm, level: Threshold, unit: str = "epoch", digits: int = 2) -> str:
-    crossings = list(arm.crossings(level, unit).values())
-    times = [c.time for c in crossings if c.reached]
-    if not times:
-        last = max((c.time for c in crossings), default=0.0)
-        return f"not reached ({len(crossings)} runs, up to {last:.{digits}g})"
-    return f"{pm(times, digits)} ({len(times)}/{len(crossings)})"
 
 
 def _fixed(study: Study, tuned: TunedComparison) -> list[Comparison]:
