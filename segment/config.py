@@ -31,6 +31,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from segment.record import RecordError, RunRecord, read_record
+
 __all__ = [
     "INFRASTRUCTURE",
     "RESUMABLE",
@@ -268,11 +270,29 @@ def swept_keys() -> set[str]:
 
 def _job_name_resolver() -> str:
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
-    return (
-        job_name(list(hydra.overrides.task), hydra.runtime.choices.keys(), swept_keys())
-        if hydra
-        else "run"
-    )
+    if hydra is None:
+        return "run"
+    task = list(hydra.overrides.task)
+    return _found_again(job_name(task, hydra.runtime.choices.keys(), swept_keys()), task)
+
+
+def _found_again(name: str, overrides: Sequence[str]) -> str:
+    """``name``, or the folder of the running sweep that holds a run of the same overrides under
+    another name (a sweep begun by an earlier version, or before one of its constants was swept):
+    a continued or extended sweep finds its jobs again instead of training them anew."""
+    sweep = Path(sweep_dir() or "")
+    if sweep_dir() is None or (sweep / name).exists() or not sweep.is_dir():
+        return name
+    found = []
+    for folder in sweep.iterdir():
+        with contextlib.suppress(RecordError, ValueError, IndexError, OSError):  # not a run's
+            theirs = (read_record(folder) or RunRecord()).attempts[0].overrides
+            if identity(theirs) == identity(overrides):
+                found.append((folder.name, parse_overrides(theirs).get("data.root")))
+    if len(found) > 1:  # a sweep over data.root: identities leave it out
+        root = parse_overrides(overrides).get("data.root")
+        found = [(folder, theirs) for folder, theirs in found if theirs == root]
+    return found[0][0] if len(found) == 1 else name
 
 
 def sweep_jobs() -> list[str]:
@@ -282,7 +302,7 @@ def sweep_jobs() -> list[str]:
     if lists is None:
         return [job_name(list(hydra.overrides.task), hydra.runtime.choices.keys())]
     return [
-        job_name(list(job), hydra.runtime.choices.keys(), swept)
+        _found_again(job_name(list(job), hydra.runtime.choices.keys(), swept), job)
         for job in itertools.product(*lists.values())
     ]
 

@@ -24,7 +24,8 @@ GROUPS = ("data", "experiment", "model", "protocol", "loss")
 
 def test_a_study_job_is_named_with_the_swept_keys_first_and_values_made_paste_safe() -> None:
     assert job_name(STUDY, GROUPS) == (
-        "model-unet_vgg__seed-0__image_size-128x160__lr-1e-4__data-camvid__experiment-compare_pretraining"
+        "model-unet_vgg__seed-0__image_size-128x160__lr-1e-4__"
+        "data-camvid__experiment-compare_pretraining"
     )
 
 

@@ -165,7 +165,7 @@ def test_throughput_benchmark_measures_each_precision_and_their_ratio(
     tmp_path: Path, data_dir: Path
 ) -> None:
     """The benchmark that settles a host's precision: both precisions in one run, and the ratio of
-    the two."""
+    the two; built as train.py builds, so a loss weighted by the data's class frequencies runs."""
     out = tmp_path / "throughput.json"
     run_script(
         [
@@ -187,6 +187,7 @@ def test_throughput_benchmark_measures_each_precision_and_their_ratio(
             "--json",
             str(out),
             "model=unet_lab",
+            "loss=ce_balanced",  # class weights from the data: train.py's build, not a copy of it
             "data.image_size=[64,96]",
             "data.batch_size=2",
             *TINY_SYNTHETIC,

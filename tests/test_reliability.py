@@ -256,6 +256,39 @@ def test_a_failing_job_spoils_no_other_and_a_rerun_skips_completed_jobs(
 
 
 @pytest.mark.slow
+def test_a_continued_sweep_finds_its_jobs_under_their_older_names(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """Job names left out a sweep's constants from one version on, so a sweep begun before (the
+    committed study's ``image_size-128x160`` folders) and continued with skip_completed=true
+    trained every job again into new folders."""
+    sweep = tmp_path / "sweep"
+    command = [
+        "train.py",
+        "--multirun",
+        "model=unet_lab",
+        "model.optimizer.lr=0.001",
+        *TINY_OVERRIDES,
+        *TINY_SYNTHETIC,
+        f"paths.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    run_script([*command, "seed=0"])
+    [job] = [folder for folder in sweep.iterdir() if folder.is_dir()]
+    older = job.rename(sweep / f"{job.name}__lr-1e-3__image_size-64x96")
+    metrics = (older / "csv" / "metrics.csv").read_bytes()
+
+    # extended: with the seed swept, its constants leave the names; seed 0 keeps its folder
+    extended = run_script([*command, "seed=0,1", "skip_completed=true"])
+    assert "already completed; not training again" in extended.stdout + extended.stderr
+    assert (older / "csv" / "metrics.csv").read_bytes() == metrics
+    jobs = sorted(folder.name for folder in sweep.iterdir() if folder.is_dir())
+    assert len(jobs) == 2 and older.name in jobs, jobs
+    [new] = [sweep / name for name in jobs if name != older.name]
+    assert json.loads((new / "run.json").read_text())["seed"] == 1
+
+
+@pytest.mark.slow
 def test_skip_completed_continues_a_killed_run(tmp_path: Path, data_dir: Path) -> None:
     run = tmp_path / "run"
     common = [

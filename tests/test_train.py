@@ -260,3 +260,11 @@ def test_the_summary_names_each_loggers_viewer_and_no_command_without_a_checkpoi
     lines = _summary(caplog)
     assert lines["dashboards"].startswith("mlflow ui --backend-store-uri sqlite:///")
     assert "evaluate" not in lines and "train longer" not in lines  # fast_dev_run keeps none
+    caplog.clear()
+    # W&B writes no TensorBoard folder: a wandb-only run used to print `tensorboard --logdir`
+    run = tmp_path / "wandb run"
+    with caplog.at_level("INFO", logger="segment"):
+        hydra_train("model=unet_lab", "debug=fdr", "logger=wandb", f"hydra.run.dir={run}")
+    lines = _summary(caplog)
+    assert lines["dashboards"] == f"wandb sync '{run}'/wandb"
+    assert "tensorboard" not in caplog.text

