@@ -85,6 +85,7 @@ def hydra_train(tmp_path: Path, data_dir: Path) -> Callable[..., dict]:
     ``.hydra/``) run here too. Tiny settings; the run folder is ``tmp_path/run`` unless
     ``hydra.run.dir`` is given."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import open_dict
 
     from segment.training import train
@@ -114,6 +115,7 @@ def hydra_train(tmp_path: Path, data_dir: Path) -> Callable[..., dict]:
             with open_dict(cfg):
                 cfg.hydra.run.dir = cfg.hydra.runtime.output_dir = folder
                 cfg.hydra.job.config_name = "train"
+                cfg.hydra.mode = RunMode.RUN  # what `python train.py` (no -m) runs under
             HydraConfig.instance().set_config(cfg)
             task = cfg.copy()
             with open_dict(task):

@@ -23,7 +23,7 @@ import pytest
 from segment.checkpoints import CheckpointError
 from segment.runfolder import RunFolderError
 from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
-from tests.layouts import stripes, write_camvid, write_mask
+from tests.layouts import stripes, write_camvid, write_image, write_mask
 
 FAST = ["model=unet_lab", "trainer.max_epochs=1", "scheduler=constant"]
 
@@ -43,9 +43,9 @@ def test_a_resume_refused_for_other_data_changes_nothing_and_the_run_continues_l
     ever."""
     first, other = tmp_path / "a" / "camvid", tmp_path / "b" / "camvid"
     write_camvid(first), write_camvid(other)
-    write_mask(
-        other / "trainannot" / "0001TP_000001.png", stripes([0, 5])
-    )  # same names, other labels
+    # one training sample more: other data by any fingerprint
+    write_image(other / "train" / "0001TP_000003.png", seed=3)
+    write_mask(other / "trainannot" / "0001TP_000003.png", stripes([0, 5]))
     hydra_train(*FAST, "data=camvid", f"data.root={first}")
     run = tmp_path / "run"
     before = _hydra_files(run)
@@ -131,18 +131,48 @@ def test_a_run_killed_before_its_first_validation_starts_afresh(
     assert json.loads((archived / "run.json").read_text())["status"] == "running"
 
 
-def test_runs_launched_in_the_same_second_get_folders_of_their_own(tmp_path: Path) -> None:
-    """(f) The timestamped folder is made by the resolver: two processes asking for one name get
-    two."""
-    stamp = tmp_path / "logs" / "train" / "runs" / "2026-12-06_10-00-00"
-    code = f"from segment.config import _own_dir; print(_own_dir({str(stamp)!r}))"
-    starts = [
-        subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True)
-        for _ in range(3)
+# train.py with Hydra's ${now:...} stopped at one second: two launches share the timestamp
+_FROZEN_CLOCK = """
+import datetime, runpy, sys
+import hydra.core.utils
+
+class Frozen(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return cls(2026, 12, 6, 10, 0, 0)
+
+hydra.core.utils.datetime = Frozen
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_runs_launched_in_the_same_second_get_folders_of_their_own(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """(f) Two runs started in the same second got one timestamped folder; the second was
+    refused."""
+    command = [
+        *("model=unet_lab", "debug=fdr", *TINY_OVERRIDES, *TINY_SYNTHETIC),
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path / 'logs'}",
     ]
-    folders = sorted(p.communicate()[0].strip() for p in starts)
-    assert folders == [str(stamp), f"{stamp}-2", f"{stamp}-3"]
-    assert all(Path(folder).is_dir() for folder in folders)
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FROZEN_CLOCK, *command],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [start.communicate(timeout=300)[0] for start in starts]
+    assert [start.returncode for start in starts] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    runs = sorted((tmp_path / "logs" / "debug" / "runs").iterdir())  # debug=fdr's task name
+    assert [run.name for run in runs] == ["2026-12-06_10-00-00", "2026-12-06_10-00-00-2"]
+    assert all(_record(run)["status"] == "completed" for run in runs)
 
 
 def test_result_files_are_written_with_the_umask_like_any_other(
