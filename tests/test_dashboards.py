@@ -161,6 +161,42 @@ def test_mlflow_logs_a_run_into_its_sqlite_store(make_cfg, tmp_path: Path) -> No
     assert config["model"]["optimizer"]["_target_"] == "torch.optim.AdamW"
 
 
+@pytest.mark.slow
+def test_weights_and_biases_gets_the_config_the_tags_and_the_checkpoint_asked_for(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    """W&B got scalars and masks, but no config and no model."""
+    import wandb
+    from wandb.sdk.wandb_run import Run
+
+    logged = []
+    log_artifact = Run.log_artifact
+
+    def spy(self, artifact, *args, **kwargs):
+        logged.append((artifact.type, sorted(artifact.manifest.entries)))
+        return log_artifact(self, artifact, *args, **kwargs)
+
+    monkeypatch.setattr(Run, "log_artifact", spy)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    # Lightning refuses log_model in the logger's offline mode; W&B's own stays offline here
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg(
+        "model=unet_lab",
+        "logger=wandb",
+        "tags=[baseline,tiny]",
+        "logger.wandb.offline=false",
+        "logger.wandb.log_model=true",
+    )
+    try:
+        train(cfg)
+        run = wandb.run
+        assert run.config["config"]["model"]["optimizer"]["_target_"] == "torch.optim.AdamW"
+        assert {"baseline", "tiny"} <= set(run.tags)
+        assert ("model", ["model.ckpt"]) in logged  # the checkpoint, as the logger's option says
+    finally:
+        wandb.finish()
+
+
 def test_the_config_tree_is_printed_when_training_starts(make_cfg, capsys) -> None:
     train(make_cfg("model=unet_lab", "debug=fdr"))
     out = capsys.readouterr().out

@@ -207,3 +207,21 @@ def test_the_run_folder_names_are_defined_once() -> None:
             ):
                 found[node.value].add(path.name)
     assert found == {name: {home} for name, home in homes.items()}
+
+
+def test_no_file_names_a_path_of_the_machine_it_was_made_on() -> None:
+    """Committed results used to carry the training machine's folders (``/work/...`` sweeps, a
+    home folder's weight cache); the export replaces them by their role."""
+    machine = re.compile(r"(?<![\w.<~])(/work|/root|/home/[\w.-]+|/Users/[\w.-]+)/")
+    found = []
+    for top in ("README.md", "pyproject.toml", "conf", "docs", "segment", "benchmarks", ".ci"):
+        paths = [REPO / top] if (REPO / top).is_file() else sorted((REPO / top).rglob("*"))
+        for path in paths:
+            if not path.is_file() or "__pycache__" in path.parts:
+                continue
+            try:
+                text = path.read_text()
+            except UnicodeDecodeError:  # figures
+                continue
+            found += [f"{path.relative_to(REPO)}: {m.group(0)}" for m in machine.finditer(text)]
+    assert not found, found[:10]

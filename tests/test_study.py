@@ -349,8 +349,8 @@ def test_sweep_writes_the_report_and_prints_the_headline(sweep: tuple[Path, str]
     assert all([row["epoch"] for row in run.validations] == [0.5, 1.0] for run in runs)
     # the Hydra callback printed the answer: every run at the loose level's first validation,
     # none at the strict one; both arms of a seed saw the same data order (recorded): paired
-    for effect in ("pretraining", "architecture"):
-        assert f"- at {effect} (2/2 seeds, paired): 1.00x [1.00, 1.00] p=1.00 | n/a" in stdout
+    for label in ("pretraining, scratch / pretrained", "architecture, lab net / scratch"):
+        assert f"- {label} (2/2 seeds, paired): 1.00x [1.00, 1.00] p=1.00 | n/a" in stdout
     report = (folder / "report.md").read_text()
     assert "| pretraining | val_loss<=1000 | scratch / pretrained | 1.00x [1.00, 1.00] | " in report
     assert "| architecture | val_loss<=1000 | lab net / scratch | 1.00x [1.00, 1.00] | " in report

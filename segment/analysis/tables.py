@@ -161,7 +161,12 @@ def answer(study: Study) -> str:
             if first
             else ""
         )
-        lines.append(f"- at {where}{f' ({how})' if how else ''}: {_row(estimates)}")
+        label = (  # a rate of the title's arms, or another effect, named with its own arms
+            f"at {comparison.context}"
+            if comparison.context
+            else f"{comparison.effect}, {comparison.slower.name} / {comparison.faster.name}"
+        )
+        lines.append(f"- {label}{f' ({how})' if how else ''}: {_row(estimates)}")
         weak += [
             f"{where} at {lv.level:g}"
             for lv, e in zip(levels, estimates, strict=True)
