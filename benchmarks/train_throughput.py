@@ -237,9 +237,8 @@ def main() -> None:
     )
     print(
         f"# {' '.join(overrides) or 'train.py defaults'}: {height}x{width}, batch "
-        f"{cfg.data.batch_size}, "
-        f"{cfg.trainer.precision}, channels_last={cfg.model.channels_last}, {device} "
-        f"({os.cpu_count()} "
+        f"{cfg.data.batch_size}, {cfg.trainer.precision}, channels_last={cfg.model.channels_last}, "
+        f"{device} ({os.cpu_count()} "
         f"cores{', ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''})\n"
     )
     rows = []

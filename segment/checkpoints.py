@@ -78,9 +78,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 raise
             raise OSError(
                 errno.ENOSPC,
-                f"No space left on device: writing checkpoint {path} "
-                f"failed with {free / 2**20:.1f} MiB free; the previous checkpoint is "
-                "intact. Free space (or point paths.log_dir elsewhere), then continue: "
+                f"No space left on device: writing checkpoint {path} failed with "
+                f"{free / 2**20:.1f} MiB free; the previous checkpoint is intact. Free space (or "
+                "point paths.log_dir elsewhere), then continue: "
                 "ckpt_path=last",
             ) from None
 
@@ -131,13 +131,13 @@ def read_checkpoint(
         place = where.replace(":.", ": ")
         if isinstance(node, str) and "${" in node:  # OmegaConf would resolve it
             raise CheckpointError(
-                f"{place}={node!r}: a checkpoint's strings may not hold "
-                "interpolations or resolvers ('${...}'); refusing the checkpoint"
+                f"{place}={node!r}: a checkpoint's strings may not hold interpolations or "
+                "resolvers ('${...}'); refusing the checkpoint"
             )
         if isinstance(node, dict) and "_args_" in node:
             raise CheckpointError(
-                f"{place}._args_: a checkpoint's config may not give positional "
-                "arguments (they could ask for a download); refusing it"
+                f"{place}._args_: a checkpoint's config may not give positional arguments (they "
+                "could ask for a download); refusing it"
             )
     return checkpoint
 
@@ -150,17 +150,15 @@ def _load(path: Path, key: str, mmap: bool) -> dict[str, Any]:
         )
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
-            f"{key}={path} is not a checkpoint: not a torch archive "
-            f"({path.stat().st_size} bytes; truncated, or another kind of "
-            "file). Pass a .ckpt written by train.py"
+            f"{key}={path} is not a checkpoint: not a torch archive ({path.stat().st_size} bytes; "
+            "truncated, or another kind of file). Pass a .ckpt written by train.py"
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:  # torch advises loading unchecked: a checkpoint is never code
         raise CheckpointError(
-            f"{key}={path} holds objects other than tensors and plain values, "
-            "so it was not written by train.py (or was altered); refusing to "
-            "load it"
+            f"{key}={path} holds objects other than tensors and plain values, so it was not "
+            "written by train.py (or was altered); refusing to load it"
         ) from None
     except Exception as error:  # noqa: BLE001 -- zip, storage and mmap errors come in many types
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -244,8 +242,7 @@ _ALLOWED = {
             torch.optim.lr_scheduler.ReduceLROnPlateau,
         ),
         "nets, losses, optimisers and LR schedulers of segment.models, "
-        "segmentation_models_pytorch, "
-        "torch.nn, "
+        "segmentation_models_pytorch, torch.nn, "
         "torch.optim and torchvision.models",
     ),
     "data": (
@@ -313,8 +310,8 @@ def check_saved_overrides(items: list[Any], where: str) -> None:
             if specials - {"_target_"} or (specials and kind not in _ALLOWED):
                 raise CheckpointError(
                     refuse + f"{', '.join(sorted(specials))} (only model and "
-                    "data may name a _target_, from the allow-list). If it is "
-                    "yours, type it again: typed overrides replace saved ones"
+                    "data may name a _target_, from the allow-list). If it is yours, type it "
+                    "again: typed overrides replace saved ones"
                 )
             if specials:
                 check_trusted_targets(tree[kind], f"{where}: {item}", kind)

@@ -104,9 +104,8 @@ def _read_rows(path: Path, resume_at: Mapping[str, int]) -> tuple[list[dict], li
                 step = int(float(row["step"]))
             except (TypeError, ValueError):
                 raise ValueError(
-                    f"{path}, line {number}: step={row.get('step')!r} is not a "
-                    "number; correct or delete that line (every validation is also "
-                    "in thresholds.json)"
+                    f"{path}, line {number}: step={row.get('step')!r} is not a number; correct or "
+                    "delete that line (every validation is also in thresholds.json)"
                 ) from None
             if number - 2 < rows_before or step < before_step:
                 rows.append(row)

@@ -131,8 +131,8 @@ def read_record(folder: str | Path) -> RunRecord | None:
         return None
     except (OSError, ValueError) as error:
         raise RecordError(
-            f"{path} is unreadable ({error}); move it aside (its run is then "
-            "continued from its newest checkpoint, or started afresh)"
+            f"{path} is unreadable ({error}); move it aside (its run is then continued from its "
+            "newest checkpoint, or started afresh)"
         ) from None
     if not isinstance(values, dict):
         raise RecordError(
@@ -141,8 +141,8 @@ def read_record(folder: str | Path) -> RunRecord | None:
     version = values.pop("schema", 1)
     if not isinstance(version, int) or version > SCHEMA:
         raise RecordError(
-            f"{path} is a run record of schema {version!r}, newer than this package "
-            f"reads ({SCHEMA}): upgrade road-segment-unet to read it"
+            f"{path} is a run record of schema {version!r}, newer than this package reads "
+            f"({SCHEMA}): upgrade road-segment-unet to read it"
         )
     values = _upgrade(values) if version == 1 else values
     known, extra = _split(RunRecord, values)

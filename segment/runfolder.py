@@ -171,8 +171,8 @@ def resume_differences(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     if length and (follows_length(saved) or any(k.endswith(_LENGTH_KEYS) for k in keys)):
         found += [
             f"{k}: {old[k]} -> {new[k]} (the schedule follows the run's length: cosine, "
-            "warmup_poly and warmup_cosine cannot train longer; constant, "
-            "warmup_constant and plateau can)"
+            "warmup_poly and warmup_cosine cannot train longer; constant, warmup_constant and "
+            "plateau can)"
             for k in length
         ]
     return found
@@ -400,10 +400,9 @@ def check_same_data(path: Path, recorded: dict | None, fingerprint: dict, skip: 
     have: a fingerprint of an older version has fewer)."""
     if any(recorded[key] != fingerprint[key] for key in set(recorded or {}) & set(fingerprint)):
         raise RunFolderError(
-            f"{path} trained on other data than data.root now holds ({recorded} vs "
-            f"{fingerprint}); refusing to {'skip it as completed' if skip else 'continue it'}."
-            " Point data.root at the data it trained on, or start a new run (another "
-            "folder, or overwrite=true)"
+            f"{path} trained on other data than data.root now holds ({recorded} vs {fingerprint}); "
+            f"refusing to {'skip it as completed' if skip else 'continue it'}. Point data.root at "
+            "the data it trained on, or start a new run (another folder, or overwrite=true)"
         )
 
 
@@ -444,11 +443,11 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
     elif differences := resume_differences(saved, cfg):
         shown = "\n  ".join(differences[:12]) + ("\n  ..." if len(differences) > 12 else "")
         raise RunFolderError(
-            f"cannot resume from {path} under a different config; it differs in:\n  {shown}\n"
-            "A resume continues the same run: drop these overrides (only where files are, how "
-            "training is shown and, under a schedule that does not follow it, how long it goes "
-            "on may change). To train on from these weights with other settings, start a new "
-            "run with model.init_from=<checkpoint>"
+            f"cannot resume from {path} under a different config; it differs in:\n  {shown}\nA "
+            "resume continues the same run: drop these overrides (only where files are, how "
+            "training is shown and, under a schedule that does not follow it, how long it goes on "
+            "may change). To train on from these weights with other settings, start a new run "
+            "with model.init_from=<checkpoint>"
         )
     if "log_position" not in checkpoint:  # written before positions were: by step alone
         return {"step": step, "global_step": step + 1}, checkpoint.get("data")
@@ -501,9 +500,9 @@ def busy_message(path: Path) -> str:
     except RecordError:
         holder = Attempt()
     return (
-        f"run folder {path} is in use by pid {holder.pid} on {holder.host} since "
-        f"{holder.started}: two runs in one folder would mix their logs. Wait for it to "
-        "finish, or choose another folder (hydra.run.dir=<new folder>)"
+        f"run folder {path} is in use by pid {holder.pid} on {holder.host} since {holder.started}: "
+        "two runs in one folder would mix their logs. Wait for it to finish, or choose another "
+        "folder (hydra.run.dir=<new folder>)"
     )
 
 
@@ -514,14 +513,14 @@ def refusal(path: Path, record: RunRecord, reason: str) -> str:
     why = reason.removeprefix("occupied").lstrip(": ")
     loss = record.metrics.get("val/loss")
     held = (
-        f"a {record.status} run started {record.started} (seed {record.seed}"
-        f"{f', val/loss {loss:.4f}' if isinstance(loss, int | float) else ''})"
+        f"a {record.status} run started {record.started} (seed "
+        f"{record.seed}{f', val/loss {loss:.4f}' if isinstance(loss, int | float) else ''})"
         if record.status != "new"
         else "results of an earlier run (no run.json)"
     )
     return (
-        f"{why + ', and ' if why else ''}run folder {path} already holds {held}; it is "
-        "never silently reused. To continue that run: ckpt_path=last; to keep it and start "
-        "another: choose a new folder (hydra.run.dir=<folder>); to replace it: "
-        f"overwrite=true (its files move to {path / 'archive'}/<start time>/)"
+        f"{why + ', and ' if why else ''}run folder {path} already holds {held}; it is never "
+        "silently reused. To continue that run: ckpt_path=last; to keep it and start another: "
+        "choose a new folder (hydra.run.dir=<folder>); to replace it: overwrite=true (its files "
+        f"move to {path / 'archive'}/<start time>/)"
     )

@@ -55,19 +55,19 @@ def validate(cfg: DictConfig) -> None:
         _check_node(path, node)
     if "classes" in (cfg.model.get("net") or {}):
         raise ConfigError(
-            "model.net.classes: the number of classes comes from the dataset (its "
-            "class names); remove the key, or choose another data config"
+            "model.net.classes: the number of classes comes from the dataset (its class names); "
+            "remove the key, or choose another data config"
         )
     lr = OmegaConf.select(cfg, "model.optimizer.lr")
     if isinstance(lr, int | float) and not 0 < lr < 3.4e38:  # torch keeps rates in float32 too
         raise ConfigError(
-            f"model.optimizer.lr={lr}: must be above 0 (0 trains nothing) and below "
-            "3.4e38 (float32's largest number)"
+            f"model.optimizer.lr={lr}: must be above 0 (0 trains nothing) and below 3.4e38 "
+            "(float32's largest number)"
         )
     if cfg.trainer.get("max_epochs") == 0:
         raise ConfigError(
-            "trainer.max_epochs=0: trains nothing and keeps no checkpoint; give "
-            "1 or more (or -1 with trainer.max_steps)"
+            "trainer.max_epochs=0: trains nothing and keeps no checkpoint; give 1 or more (or -1 "
+            "with trainer.max_steps)"
         )
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None and not clip > 0:  # Lightning takes any number and clips to it
@@ -158,8 +158,8 @@ def _target(path: str, node: DictConfig) -> Any:
     if arch not in names:
         close = difflib.get_close_matches(arch, list(names), n=3)
         raise ConfigError(
-            f"{path}.arch={node.get('arch')!r} is not an smp architecture; did you "
-            f"mean {' or '.join(close) or '?'}? ({', '.join(names)})"
+            f"{path}.arch={node.get('arch')!r} is not an smp architecture; did you mean "
+            f"{' or '.join(close) or '?'}? ({', '.join(names)})"
         )
     return names[arch]
 

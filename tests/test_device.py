@@ -122,8 +122,7 @@ def test_a_pack_for_another_python_is_named_with_the_fix(tmp_path: Path) -> None
     assert run.returncode == 1
     assert (
         f"the pack holds wheels for Python 3.9, this machine runs Python {here}: pack again with "
-        "python -m "
-        f"segment.device pack --camvid <CamVid> --python-version {here}"
+        f"python -m segment.device pack --camvid <CamVid> --python-version {here}"
     ) in run.stdout
 
 

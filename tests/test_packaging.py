@@ -130,8 +130,7 @@ def test_importing_the_package_stays_light() -> None:
     """``import segment`` (what train.py does first) loads neither smp nor the Hugging Face hub."""
     code = (
         "import sys, segment; print(sorted(m for m in ('segmentation_models_pytorch', "
-        "'huggingface_hub') "
-        "if m in sys.modules))"
+        "'huggingface_hub') if m in sys.modules))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
@@ -161,8 +160,8 @@ def test_the_report_needs_no_lightning_and_the_schema_no_nets() -> None:
     segment.analysis, the layout in segment.layout), and the config checks import nothing of
     segment.models (one signature checker, in segment.schema)."""
     code = (
-        "import sys, segment.analysis.report, segment.analysis.export; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning'))"
+        "import sys, segment.analysis.report, segment.analysis.export; print(sorted(m for m in "
+        "sys.modules if m.split('.')[0] == 'lightning'))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120

@@ -433,9 +433,9 @@ def test_an_unreachable_hub_is_looked_at_once_and_said_in_one_line(
     import sys
 
     code = (
-        "import warnings; warnings.simplefilter('ignore')\n"
-        "from segment.models.weights import resolve_encoder_weights\n"
-        "for _ in range(2): print(resolve_encoder_weights('imagenet', fallback=True)[1].source)\n"
+        "import warnings; warnings.simplefilter('ignore')\nfrom segment.models.weights import "
+        "resolve_encoder_weights\nfor _ in range(2): print(resolve_encoder_weights('imagenet', "
+        "fallback=True)[1].source)\n"
     )
     env = {**os.environ, "HF_ENDPOINT": "https://hub.invalid", "HF_HOME": str(tmp_path / "hf")}
     env.pop("HF_HUB_OFFLINE", None)

@@ -192,8 +192,8 @@ def _limits(study: Study) -> str:
             )
     if not study.comparisons:
         return (
-            "No comparison to make: the runs declare none (`study.comparisons`), or no arm "
-            "has a partner."
+            "No comparison to make: the runs declare none (`study.comparisons`), or no arm has a "
+            "partner."
         )
     return (
         "\n".join(lines) or "Every comparison's interval excludes 1 at every level of the ladder."
@@ -223,10 +223,8 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         f"# Study report: {tables.title(study)}",
         answer,
         f"{len(study.usable)} usable runs of {len(study.runs)} in {len(study.arms)} arms "
-        "(protocol: "
-        "the end of this "
-        "report). Epochs are fractional (4 validations per epoch in the study protocol); a loss "
-        "threshold is "
+        "(protocol: the end of this report). Epochs are fractional (4 validations per epoch in "
+        "the study protocol); a loss threshold is "
         "reached at `<=`, an mIoU one at `>=`. Ratios: slower arm's epochs / faster arm's.",
         "## Figures\n\n" + figure_links,
         "## Seeds\n\n" + tables.more_seeds(study, str(sweep)),
@@ -243,17 +241,14 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         + "\n\nWhere the answer does not hold (the interval reaches 1):\n\n"
         + _limits(study),
         "## In epochs, optimiser steps, images and seconds\n\nThe headline ratios in each unit "
-        "(arms with "
-        "another batch size differ between epochs and steps).\n\n"
+        "(arms with another batch size differ between epochs and steps).\n\n"
         + tables.units_table(study)
         + "\n\n"
         + tables.contention(study),
         "## Sensitivity\n\nThe headline ratios with the level moved by +-0.02, and with the "
-        "crossing "
-        "interpolated between validations.\n\n" + tables.sensitivity_table(study),
+        "crossing interpolated between validations.\n\n" + tables.sensitivity_table(study),
         "## Epochs, steps, images and seconds to each threshold\n\nMean +- std over the runs that "
-        "reached "
-        "it.\n\n" + tables.cost_table(study),
+        "reached it.\n\n" + tables.cost_table(study),
         "## Best scores\n\n" + tables.best_table(study),
         "## Loss-to-quality calibration\n\n" + "\n".join(f"- {line}" for line in summary) + "\n\n"
         "Mask quality at each loss level, over every validation of every run (mean +- std):\n\n"

@@ -37,19 +37,12 @@ UNITS = {"epoch": "epochs", "step": "steps", "images_seen": "images", "seconds":
 LOSS_BINS = (float("inf"), 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0)
 EVIDENCE = (
     "Each cell: slower arm's epochs / faster arm's epochs to the level, a ratio of geometric "
-    "means, "
-    "with its 95% "
-    "interval (Student's t on log-epochs, the spread pooled over the arms and rates of the "
-    "comparison: "
-    "docs/study.md), the exact two-sided permutation test (p, every relabelling of the seeds), "
-    "whether the seeds "
-    "were paired (the same data order in both arms) and the seeds per arm that 80% power to "
-    "exclude "
-    "1 and a "
-    "+-25% interval would need. `>=`: the slower arm never reached the level (counted at its last "
-    "validation): "
-    "a bound; `~`: some runs never reached it, a censored log-normal fit (model-based, no "
-    "interval)."
+    "means, with its 95% interval (Student's t on log-epochs, the spread pooled over the arms and "
+    "rates of the comparison: docs/study.md), the exact two-sided permutation test (p, every "
+    "relabelling of the seeds), whether the seeds were paired (the same data order in both arms) "
+    "and the seeds per arm that 80% power to exclude 1 and a +-25% interval would need. `>=`: the "
+    "slower arm never reached the level (counted at its last validation): a bound; `~`: some runs "
+    "never reached it, a censored log-normal fit (model-based, no interval)."
 )
 
 
@@ -202,8 +195,8 @@ def more_seeds(study: Study, sweep: str) -> str:
     parts = [f"{key}={','.join(found)}" for key, found in values.items()]
     parts += [f"seed={','.join(map(str, new))}", f"hydra.sweep.dir={sweep}", "skip_completed=true"]
     return (
-        f"80% power at every headline level needs {needed} seeds per arm; to add them to "
-        f"this sweep:\n\n```bash\npython train.py -m {' '.join(map(shlex.quote, parts))}\n```"
+        f"80% power at every headline level needs {needed} seeds per arm; to add them to this "
+        f"sweep:\n\n```bash\npython train.py -m {' '.join(map(shlex.quote, parts))}\n```"
     )
 
 
@@ -218,8 +211,7 @@ def comparison_table(study: Study, comparisons: Sequence[Comparison]) -> str:
         for level in study.headline:
             e = comparison.estimate(level)
             lines.append(
-                f"| {comparison.label} | {level.name} | "
-                f"{comparison.slower.name} / "
+                f"| {comparison.label} | {level.name} | {comparison.slower.name} / "
                 f"{comparison.faster.name} | {ratio(e)} | {evidence(e)} | {per_seed(e)} |"
             )
     return "\n".join(lines)
@@ -230,14 +222,12 @@ def tuned_table(study: Study) -> str:
     each seed's own best rate."""
     if not study.tuned:
         return (
-            "No tuned comparison: the runs declare none (`study.tuned`), or no arm has more "
-            "than one rate."
+            "No tuned comparison: the runs declare none (`study.tuned`), or no arm has more than "
+            "one rate."
         )
     lines = [
-        "| comparison | level | rates (slower / faster) | ratio [95% CI] | p, seeds; seeds "
-        "needed | "
-        ""
-        "per seed at the chosen rates | each seed's own best rate (slower / faster) |",
+        "| comparison | level | rates (slower / faster) | ratio [95% CI] | p, seeds; seeds needed "
+        "| per seed at the chosen rates | each seed's own best rate (slower / faster) |",
         "|---|---|---|---|---|---|---|",
     ]
     for tuned in study.tuned:
@@ -265,13 +255,10 @@ def tuned_table(study: Study) -> str:
             *lines,
             "",
             "The best rate of an arm: the lowest mean log-epochs over its seeds (the geometric "
-            "mean), ties to the rate "
-            "with more seeds, then the lower rate. The interval holds for every pair of candidate "
-            "rates at once (the "
-            "max-|t| over all pairs), so choosing the pair on the same runs costs no coverage; it "
-            "is wider than a "
-            "fixed-rate interval by that much (docs/study.md). Each seed's own best rate shows how "
-            "much the choice "
+            "mean), ties to the rate with more seeds, then the lower rate. The interval holds for "
+            "every pair of candidate rates at once (the max-|t| over all pairs), so choosing the "
+            "pair on the same runs costs no coverage; it is wider than a fixed-rate interval by "
+            "that much (docs/study.md). Each seed's own best rate shows how much the choice "
             "varies.",
         ]
     )
@@ -311,8 +298,7 @@ def rate_table(study: Study) -> str:
     if lines:
         lines.append(
             "Bold: each arm's best rate at the level. `~`: a censored log-normal fit (some runs "
-            "never got "
-            "there)."
+            "never got there)."
         )
     return "\n".join(lines)
 
@@ -366,8 +352,7 @@ def units_table(study: Study) -> str:
     if notes:
         text += (
             "\n\nSeconds compare only between runs on machines of one speed (each run records its "
-            "CPU and the "
-            "probe's step time, its speed index). Not compared:\n\n"
+            "CPU and the probe's step time, its speed index). Not compared:\n\n"
             + "\n".join(f"- {n}" for n in notes)
         )
     return text
@@ -404,8 +389,7 @@ def ladder_table(rows: list[dict]) -> str:
     for row in rows:
         slow_runs, fast_runs = row["runs"]
         lines.append(
-            f"| {row['comparison'].label} | {row['name']} | "
-            f"{row['reached']['slower']}/{slow_runs} "
+            f"| {row['comparison'].label} | {row['name']} | {row['reached']['slower']}/{slow_runs} "
             f"| {row['reached']['faster']}/{fast_runs} | {ratio(row['estimate'])} | "
             f"{evidence(row['estimate'], False)} |"
         )
@@ -436,8 +420,7 @@ def protocol_section(study: Study) -> str:
     """
     lines = [
         "| arm | overrides | seeds | net | encoder weights | optimizer, lr | schedule | batch | "
-        "image | "
-        "validations/epoch | clip | precision | cap (epochs) | code | speed index (ms) |",
+        "image | validations/epoch | clip | precision | cap (epochs) | code | speed index (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in study.arms:
@@ -470,12 +453,12 @@ def protocol_section(study: Study) -> str:
         commits = ", ".join(f"{commit} ({seeds})" for commit, seeds in _commits(arm.runs).items())
         speeds = sorted({f"{speed(r):.1f}" for r in arm.runs if speed(r) is not None})
         lines.append(
-            f"| {arm.name} | `{arm.label}` | {', '.join(str(r.seed) for r in arm.runs)} "
-            f"| {', '.join(part for part in net if part)} | {weights} | {optimizer} | {scheduler} "
-            f"| {run.value('data.batch_size')} | {image} | "
-            f"{round(1 / float(interval)) if interval <= 1 else 1} "
-            f"| {run.value('trainer.gradient_clip_val') or '-'} | {precision} | {caps} | {commits} "
-            f"| {', '.join(speeds) or '-'} |"
+            f"| {arm.name} | `{arm.label}` | {', '.join(str(r.seed) for r in arm.runs)} | "
+            f"{', '.join(part for part in net if part)} | {weights} | {optimizer} | {scheduler} | "
+            f"{run.value('data.batch_size')} | {image} | "
+            f"{round(1 / float(interval)) if interval <= 1 else 1} | "
+            f"{run.value('trainer.gradient_clip_val') or '-'} | {precision} | {caps} | {commits} | "
+            f"{', '.join(speeds) or '-'} |"
         )
     run = study.usable[0]
     thresholds = run.value("callbacks.thresholds") or {}
@@ -493,14 +476,11 @@ def protocol_section(study: Study) -> str:
     lines += [
         "",
         f"A threshold counts once it has held for {run.patience} validations in a row and is "
-        "credited to the first "
-        "of them (its fractional epoch, optimiser step, images seen and seconds). "
-        f"Training stopped once `{thresholds.get('stop_when_reached')}` had held, or at the cap. "
-        f"Versions: torch {versions.get('torch')}, lightning {versions.get('lightning')}. Code: "
-        "the "
-        "commits that "
-        "trained each arm's seeds. Speed index: the fp32 step time of the precision probe on the "
-        "run's machine (seconds compare only within 10% of it). CPUs: "
+        "credited to the first of them (its fractional epoch, optimiser step, images seen and "
+        f"seconds). Training stopped once `{thresholds.get('stop_when_reached')}` had held, or at "
+        f"the cap. Versions: torch {versions.get('torch')}, lightning {versions.get('lightning')}. "
+        "Code: the commits that trained each arm's seeds. Speed index: the fp32 step time of the "
+        "precision probe on the run's machine (seconds compare only within 10% of it). CPUs: "
         f"{', '.join(cpus)}.",
     ]
     mixed = [
@@ -511,8 +491,7 @@ def protocol_section(study: Study) -> str:
     if mixed:
         lines.append(
             f"\n**Warning: the arms of {', '.join(mixed)} trained in different precisions** (see "
-            "the "
-            "precision column): their seconds, and possibly their epochs, are not comparable."
+            "the precision column): their seconds, and possibly their epochs, are not comparable."
         )
     return "\n".join(lines)
 
@@ -546,17 +525,15 @@ def cost_table(study: Study) -> str:
             ]
             lines.append(
                 f"| {arm.name} | {level.name} | {len(parts[0])}/{len(arm.runs)} | "
-                f"{pm(parts[0], 2)} "
-                f"| {pm(parts[1], 0)} | {pm(parts[2], 0)} | {pm(parts[3], 0)} |"
+                f"{pm(parts[0], 2)} | {pm(parts[1], 0)} | {pm(parts[2], 0)} | {pm(parts[3], 0)} |"
             )
     return "\n".join(lines)
 
 
 def best_table(study: Study) -> str:
     lines = [
-        "| arm | encoder weights | epochs trained | best loss | at epoch | best val/miou | at "
-        "epoch "
-        "|",
+        "| arm | encoder weights | epochs trained | best loss | at epoch | best val/miou "
+        "| at epoch |",
         "|---|---|---|---|---|---|---|",
     ]
     for arm in study.arms:
@@ -564,9 +541,9 @@ def best_table(study: Study) -> str:
         mious = [run.best("val/miou", False) for run in arm.runs]
         weights = ", ".join(sorted({run.weights or "?" for run in arm.runs}))
         lines.append(
-            f"| {arm.name} | {weights} | {pm([run.last_epoch for run in arm.runs])} "
-            f"| {pm([v for v, _ in losses], 3)} | {pm([e for _, e in losses])} "
-            f"| {pm([v for v, _ in mious], 3)} | {pm([e for _, e in mious])} |"
+            f"| {arm.name} | {weights} | {pm([run.last_epoch for run in arm.runs])} | "
+            f"{pm([v for v, _ in losses], 3)} | {pm([e for _, e in losses])} | "
+            f"{pm([v for v, _ in mious], 3)} | {pm([e for _, e in mious])} |"
         )
     return "\n".join(lines)
 
@@ -643,14 +620,13 @@ def contention(study: Study) -> str:
     contended = [(run, share) for run, share in shares if share < 0.8]
     if not contended:
         return (
-            "Every run had its CPU cores to itself (CPU share >= 0.8 at every validation, "
-            "where measured)."
+            "Every run had its CPU cores to itself (CPU share >= 0.8 at every validation, where "
+            "measured)."
         )
     names = ", ".join(f"{run.folder.name} ({share:.2f})" for run, share in contended)
     return (
         f"Seconds are inflated where another job shared the CPU: {len(contended)} run(s) had a CPU "
-        "share "
-        f"below 0.8 at some validation ({names}). Epochs, steps and images are unaffected."
+        f"share below 0.8 at some validation ({names}). Epochs, steps and images are unaffected."
     )
 
 

@@ -203,7 +203,7 @@ class ThresholdTracker(Callback):
                 lines.append(f"| {name} | not reached | | | |")
             else:
                 lines.append(
-                    f"| {name} | {point['epoch']:g} | {point['step']} | {point['images_seen']} "
-                    f"| {point['seconds']:.0f} |"
+                    f"| {name} | {point['epoch']:g} | {point['step']} | {point['images_seen']} | "
+                    f"{point['seconds']:.0f} |"
                 )
         return "\n".join(lines)

@@ -111,9 +111,7 @@ def _exif_problems(samples: Sequence[Sample]) -> list[str]:
         if orientation != 1:
             found.append(
                 f"{sample.image} has EXIF orientation {orientation}: viewers rotate it, training "
-                "reads the "
-                "stored pixels (as for its mask). If the mask was drawn on the rotated view, save "
-                "the image "
-                "rotated, without the tag"
+                "reads the stored pixels (as for its mask). If the mask was drawn on the rotated "
+                "view, save the image rotated, without the tag"
             )
     return found

@@ -127,10 +127,9 @@ class SegmentationDataModule(LightningDataModule):
             if checked is not None and not checked.pixels.any():
                 raise ValueError(
                     f"{self.info.name}: no validation mask has a labelled pixel (every pixel is "
-                    "void, ignored): "
-                    "val/loss would be 0 and every threshold reached at once. Check the val masks "
-                    "and the "
-                    "dataset's label mapping (python -m segment.data check ...)"
+                    "void, ignored): val/loss would be 0 and every threshold reached at once. "
+                    "Check the val masks and the dataset's label mapping (python -m segment.data "
+                    "check ...)"
                 )
             cached = self.train_dataset.cache_bytes + self.val_dataset.cache_bytes
             log.info(

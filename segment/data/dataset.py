@@ -97,8 +97,7 @@ def pair_files(
             if key in found:  # s0.png and s0.jpg: which one is the sample?
                 raise ValueError(
                     f"{found[key]} and {path} have the same name {key!r}: one would be dropped "
-                    "silently. "
-                    "Keep one file per sample (remove or rename the other)"
+                    "silently. Keep one file per sample (remove or rename the other)"
                 )
             found[key] = path
         return found
@@ -112,9 +111,8 @@ def pair_files(
     if lossy:
         raise ValueError(
             f"{len(lossy)} mask(s) in {masks_dir} are JPEG files, e.g. {lossy[0]}: JPEG "
-            "compression "
-            "changes label "
-            "values at edges into other classes. Save masks losslessly (PNG)"
+            "compression changes label values at edges into other classes. Save masks losslessly "
+            "(PNG)"
         )
     if not images:
         raise FileNotFoundError(
@@ -149,8 +147,8 @@ def read_image(path: Path) -> np.ndarray:
         raise OSError(f"cannot read image {path} (missing, unreadable or not an image)")
     if _truncated_jpeg(path):  # libjpeg decodes the half it has, grey below, and only warns
         raise OSError(
-            f"{path} is a truncated JPEG (no end-of-image marker): copy it again, or "
-            "remove it and its mask"
+            f"{path} is a truncated JPEG (no end-of-image marker): copy it again, or remove it and "
+            "its mask"
         )
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 

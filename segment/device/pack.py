@@ -200,8 +200,8 @@ def pack_weights(target: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     path = target / HED_CONVERTED
     note = (
-        f"float16 copy of {source.name} (sha256 {sha256(source)[:12]}), halved for "
-        "transport to the GPU machine"
+        f"float16 copy of {source.name} (sha256 {sha256(source)[:12]}), halved for transport to "
+        "the GPU machine"
     )
     write_atomic(path, save(half, metadata={"note": note}))
     write_atomic(path.with_suffix(".sha256"), sha256(path) + "\n")
@@ -244,9 +244,9 @@ def pack(
     else:
         sizes = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in report.parts.items())
         raise PackTooLarge(
-            f"nothing fits {budget / 2**20:.0f} MiB: {sizes}, and CamVid at JPEG "
-            f"quality {QUALITIES[-1]} would not fit the rest; raise --budget or "
-            "pack fewer images (--max-images)"
+            f"nothing fits {budget / 2**20:.0f} MiB: {sizes}, and CamVid at JPEG quality "
+            f"{QUALITIES[-1]} would not fit the rest; raise --budget or pack fewer images "
+            "(--max-images)"
         )
     how = "as asked" if quality is not None else f"the highest that fits {budget / 2**20:.0f} MiB"
     report.notes = [

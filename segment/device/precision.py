@@ -231,10 +231,8 @@ def resolve_precision(
         if not _on_gpu(accelerator) and requested in _REFUSED_ON_CPU:
             raise ValueError(
                 f"trainer.precision={requested} cannot train on a CPU (fp16 autocast has no CPU "
-                "kernels and "
-                "half-precision weights break the fp32 input normalisation); use "
-                "trainer.precision="
-                f"{_REFUSED_ON_CPU[requested]} or 32-true"
+                "kernels and half-precision weights break the fp32 input normalisation); use "
+                f"trainer.precision={_REFUSED_ON_CPU[requested]} or 32-true"
             )
         return requested, {"precision": requested, "chosen_by": "trainer.precision"}
     if _on_gpu(accelerator):

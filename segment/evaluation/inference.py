@@ -57,9 +57,8 @@ class Predictor:
             ):
                 raise ValueError(
                     f"sliding_window.stride={list(window_stride)}: two steps between 1 and the "
-                    "window size "
-                    f"{list(self.window)}, e.g. stride: {[w // 2 for w in self.window]} "
-                    "(half-window overlap)"
+                    f"window size {list(self.window)}, e.g. stride: "
+                    f"{[w // 2 for w in self.window]} (half-window overlap)"
                 )
             self.window_stride = stride
         else:
@@ -105,8 +104,8 @@ class Predictor:
             raise MemoryError(
                 f"out of memory predicting {images.shape[0]} image(s) of {height}x{width} at once "
                 f"({str(error).splitlines()[0][:200]}). Use sliding windows, e.g. "
-                "'sliding_window={size:[512,512],stride:[384,384]}', or resize: input_size=[h,w], "
-                "or batch_size=1"
+                "'sliding_window={size:[512,512],stride:[384,384]}', or resize: "
+                "input_size=[h,w], or batch_size=1"
             ) from error
 
     def _padded(self, images: torch.Tensor) -> torch.Tensor:
@@ -154,7 +153,6 @@ def _size(key: str, size: Sequence[int] | None, multiple: int) -> tuple[int, int
         fixed = [max(multiple, -(-v // multiple) * multiple) for v in values]
         raise ValueError(
             f"{key}={list(size)}: height and width must be positive multiples of {multiple} (the "
-            "net downsamples "
-            f"{multiple}x); try {key}={fixed}"
+            f"net downsamples {multiple}x); try {key}={fixed}"
         )
     return values

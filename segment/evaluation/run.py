@@ -124,8 +124,8 @@ def _own_folder(folder: Path, names: Iterable[str]) -> Path:
         )
         raise ValueError(
             f"{folder} is {'inside ' if run.resolve() != folder.resolve() else ''}{where}; "
-            "evaluate.py writes only into a folder of its own "
-            "(logs/evaluate/runs/<time> by default; or hydra.run.dir=<new folder>)"
+            "evaluate.py writes only into a folder of its own (logs/evaluate/runs/<time> by "
+            "default; or hydra.run.dir=<new folder>)"
         )
     taken = [name for name in names if (folder / name).exists()]
     if taken:
@@ -141,9 +141,9 @@ def _check_classes(module: SegmentationModule, info: DatasetInfo, ckpt_path: str
     if list(module.class_names) != list(info.class_names):
         raise ValueError(
             f"ckpt_path={ckpt_path} predicts {len(module.class_names)} classes "
-            f"{module.class_names[:4]}... but "
-            f"data={info.name} has {info.num_classes} classes {list(info.class_names[:4])}...; "
-            "evaluate with the data config the model was trained on"
+            f"{module.class_names[:4]}... but data={info.name} has {info.num_classes} classes "
+            f"{list(info.class_names[:4])}...; evaluate with the data config the model was trained "
+            "on"
         )
 
 
@@ -276,8 +276,8 @@ def _markdown(report: dict) -> str:
 
     head = (
         f"Checkpoint `{report['checkpoint']}` on {report['dataset']}/{report['split']} "
-        f"({report['num_images']} images, {report['resolution']} resolution"
-        f"{', flip TTA' if report['tta_flip'] else ''}, {report['precision']}, "
+        f"({report['num_images']} images, {report['resolution']} "
+        f"resolution{', flip TTA' if report['tta_flip'] else ''}, {report['precision']}, "
         f"{report['images_per_s']:.1f} images/s on {report['device']})"
     )
     weights = report.get("encoder_weights_used") or {}
@@ -334,8 +334,7 @@ def _input_images(path: Path) -> list[Path]:
         if image.stem in stems:  # outputs are named by stem: one would overwrite the other
             raise ValueError(
                 f"input={path}: {stems[image.stem]} and {image} have the same name; their "
-                "predictions "
-                f"({image.stem}_mask.png, ...) would overwrite each other. Rename one"
+                f"predictions ({image.stem}_mask.png, ...) would overwrite each other. Rename one"
             )
         stems[image.stem] = image
     if not images:
@@ -356,8 +355,7 @@ def predict(cfg: DictConfig) -> dict:
     if output.resolve() == folder or folder in output.resolve().parents:
         raise ValueError(
             f"output={output} is inside input={source}: predictions would mix with (or overwrite) "
-            "the "
-            "images they come from; choose a folder outside it"
+            "the images they come from; choose a folder outside it"
         )
     names = [f"{path.stem}_{kind}.png" for path in inputs for kind in ("labels", "mask", "overlay")]
     output = _own_folder(output, names)

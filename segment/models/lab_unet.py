@@ -134,8 +134,7 @@ class LabVGGUNet(nn.Module):
         if encoder_weights is not None:
             raise ValueError(
                 f"LabVGGUNet(encoder_weights={encoder_weights!r}): build it through "
-                "SegmentationModule "
-                "(model=unet_lab_vgg), which resolves and records the weights"
+                "SegmentationModule (model=unet_lab_vgg), which resolves and records the weights"
             )
         if not 0 <= frozen_blocks <= 4:
             raise ValueError(

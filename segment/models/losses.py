@@ -137,8 +137,8 @@ class CrossEntropyLoss(nn.Module):
         if isinstance(class_weights, str):
             raise ValueError(
                 f"loss.class_weights={class_weights!r} must be resolved from the training split's "
-                "label counts "
-                "first (train.py does it); pass a list of weights to build the loss directly"
+                "label counts first (train.py does it); pass a list of weights to build the loss "
+                "directly"
             )
         self.ignore_index = ignore_index
         self.label_smoothing = label_smoothing

@@ -104,9 +104,8 @@ class SegmentationModule(LightningModule):
         if scheduler is not None and "scheduler" not in scheduler:
             raise ValueError(
                 "model.scheduler must be Lightning's lr-scheduler dict: {scheduler: {_target_: "
-                "..., "
-                "_partial_: true}, "
-                f"interval: epoch|step, ...}}; got keys {sorted(scheduler)} (see conf/scheduler/)"
+                "..., _partial_: true}, interval: epoch|step, ...}; got keys "
+                f"{sorted(scheduler)} (see conf/scheduler/)"
             )
         self.save_hyperparameters(
             {
@@ -134,9 +133,7 @@ class SegmentationModule(LightningModule):
         if encoder_lr_mult != 1.0 and getattr(self.net, "encoder", None) is None:
             raise ValueError(
                 f"model.encoder_lr_mult={encoder_lr_mult}: {type(self.net).__name__} has no "
-                "encoder "
-                ""
-                "(net.encoder) to give another rate; remove the key"
+                "encoder (net.encoder) to give another rate; remove the key"
             )
         # not recursive: a SumOfLosses builds its terms itself, each with the ignore index
         self.criterion = instantiate(
@@ -177,8 +174,8 @@ class SegmentationModule(LightningModule):
             raise ValueError(
                 f"model.init_from: {path} does not fit this model: {len(missing)} missing and "
                 f"{len(mismatched)} differently shaped tensors (first: "
-                f"{(missing + mismatched)[0]}); "
-                "was it trained with another net or number of classes?"
+                f"{(missing + mismatched)[0]}); was it trained with another net or number of "
+                "classes?"
             )
         self.load_state_dict({**self._running_state(), **{k: state[k] for k in ours}})
         log.info("weights initialised from %s (training starts at epoch 0)", path)
@@ -233,9 +230,7 @@ class SegmentationModule(LightningModule):
         raise FloatingPointError(
             f"non-finite training loss at epoch {first_bad // per_epoch + 1}, step {first_bad} "
             f"(last finite loss: {float(self._last_finite_loss):.6g}). The checkpoints saved so "
-            "far "
-            "are intact; "
-            "try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0"
+            "far are intact; try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0"
         )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -41,9 +41,9 @@ def _check_net(config: dict[str, Any]) -> None:
         if encoder not in smp.encoders.encoders:
             close = difflib.get_close_matches(str(encoder), list(smp.encoders.encoders), n=3)
             raise ValueError(
-                f"model.net.encoder_name={encoder!r} is not an smp encoder"
-                f"{'; did you mean ' + ' or '.join(close) if close else ''} "
-                "(list: smp.encoders.get_encoder_names())"
+                f"model.net.encoder_name={encoder!r} is not an smp "
+                f"encoder{'; did you mean ' + ' or '.join(close) if close else ''} (list: "
+                "smp.encoders.get_encoder_names())"
             )
 
 
@@ -134,7 +134,6 @@ def _instantiate_smp(config: dict[str, Any], num_classes: int) -> nn.Module:
             raise
         raise RuntimeError(
             f"could not obtain encoder weights {config['encoder_weights']!r} for "
-            f"{config.get('encoder_name')!r}: "
-            f"{cause}. Run once with internet access to fill the Hugging Face cache (HF_HOME), "
-            "or set model.net.encoder_weights=null."
+            f"{config.get('encoder_name')!r}: {cause}. Run once with internet access to fill the "
+            "Hugging Face cache (HF_HOME), or set model.net.encoder_weights=null."
         ) from err

@@ -40,9 +40,7 @@ class WarmupDecayLR(SequentialLR):
         if total_steps is None or total_steps <= warmup_steps:
             raise ValueError(
                 f"scheduler total_steps={total_steps} must exceed warmup_steps={warmup_steps} "
-                "(null "
-                "in a config: "
-                "the run's optimiser steps, filled in by the module)"
+                "(null in a config: the run's optimiser steps, filled in by the module)"
             )
         if decay not in ("poly", "cosine"):
             raise ValueError(f"scheduler decay={decay!r}; expected 'poly' or 'cosine'")

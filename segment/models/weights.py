@@ -114,8 +114,7 @@ def _imagenet_state_dict() -> tuple[dict[str, torch.Tensor], Path]:
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, HfHubHTTPError, OSError) as error:
         raise FileNotFoundError(
             f"VGG16 ImageNet weights are neither in the Hugging Face cache ({repo}) nor at "
-            f"{torchvision_file}, "
-            f"and the hub did not provide them ({type(error).__name__}: "
+            f"{torchvision_file}, and the hub did not provide them ({type(error).__name__}: "
             f"{(str(error).splitlines() or [''])[0]})"
         ) from error
     return load_file(path), path
@@ -191,16 +190,15 @@ def resolve_encoder_weights(
             if not fallback:
                 raise RuntimeError(
                     f"ImageNet VGG16 weights unavailable: {err}. Fix: run `python -m "
-                    "segment.models "
-                    "fetch "
-                    "imagenet` with internet access, put torchvision's vgg16-397923af.pth in "
-                    "$TORCH_HOME/hub/checkpoints/, set model.net.encoder_weights=<file> or =hed, "
-                    "or allow model.weights_fallback=true."
+                    "segment.models fetch imagenet` with internet access, put torchvision's "
+                    "vgg16-397923af.pth in $TORCH_HOME/hub/checkpoints/, set "
+                    "model.net.encoder_weights=<file> or =hed, or allow "
+                    "model.weights_fallback=true."
                 ) from err
             message = (
                 f"ImageNet VGG16 weights unavailable ({err}); FALLING BACK to HED-BSDS500 VGG16 "
-                "weights "
-                "(ImageNet VGG16 fine-tuned for edges). Results will be recorded as hed-bsds500."
+                "weights (ImageNet VGG16 fine-tuned for edges). Results will be recorded as "
+                "hed-bsds500."
             )
             warnings.warn(message, stacklevel=2)
             log.warning(message)
@@ -219,8 +217,8 @@ def load_encoder_weights(
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"encoder weights from {source} do not fit a VGG16 encoder: missing {missing[:8]}"
-            f"{'...' if len(missing) > 8 else ''}, unexpected "
+            f"encoder weights from {source} do not fit a VGG16 encoder: missing "
+            f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected "
             f"{unexpected[:8]}{'...' if len(unexpected) > 8 else ''}"
         )
     wrong = [
