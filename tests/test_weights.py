@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import cv2
@@ -226,9 +227,13 @@ def test_bad_weight_files_say_what_is_wrong(tmp_path: Path) -> None:
         load_encoder_weights(encoder, state, "x.pth")
 
 
-def test_offline_imagenet_falls_back_to_hed_loudly(hed_cache) -> None:
-    with pytest.warns(UserWarning, match="FALLING BACK to HED-BSDS500"):
+def test_offline_imagenet_falls_back_to_hed_loudly_in_one_line(hed_cache, caplog) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         state, record = resolve_encoder_weights("imagenet", fallback=True)
+    [line] = [r.getMessage() for r in caplog.records if "FALLING BACK" in r.getMessage()]
+    assert line.startswith("ImageNet VGG16 weights unavailable (") and "\n" not in line
+    assert not [w for w in caught if "FALLING BACK" in str(w.message)]  # said once, not twice
     assert record.source == "hed-bsds500" and record.requested == "imagenet"
     torch.testing.assert_close(state["features.0.weight"], hed_cache["features.0.weight"])
 

@@ -20,7 +20,6 @@ import logging
 import os
 import socket
 import urllib.parse
-import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -195,13 +194,13 @@ def resolve_encoder_weights(
                     "model.net.encoder_weights=<file> or =hed, or allow "
                     "model.weights_fallback=true."
                 ) from err
-            message = (
-                f"ImageNet VGG16 weights unavailable ({err}); FALLING BACK to HED-BSDS500 VGG16 "
+            # one line, once: a Python warning beside it printed it twice on the console
+            log.warning(
+                "ImageNet VGG16 weights unavailable (%s); FALLING BACK to HED-BSDS500 VGG16 "
                 "weights (ImageNet VGG16 fine-tuned for edges). Results will be recorded as "
-                "hed-bsds500."
+                "hed-bsds500.",
+                err,
             )
-            warnings.warn(message, stacklevel=2)
-            log.warning(message)
             state, path = hed_state_dict()
             return state, WeightsRecord("hed-bsds500", _described(path), sha256(path), "imagenet")
     return _from_file(str(spec))
