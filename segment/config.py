@@ -281,13 +281,13 @@ def _found_again(name: str, overrides: Sequence[str]) -> str:
     another name (a sweep begun by an earlier version, or before one of its constants was swept):
     a continued or extended sweep finds its jobs again instead of training them anew."""
     sweep = Path(sweep_dir() or "")
-    if sweep_dir() is None or (sweep / name).exists() or not sweep.is_dir():
+    if sweep == Path() or (sweep / name).exists() or not sweep.is_dir():
         return name
-    found = []
+    mine, found = identity(overrides), []
     for folder in sweep.iterdir():
         with contextlib.suppress(RecordError, ValueError, IndexError, OSError):  # not a run's
             theirs = (read_record(folder) or RunRecord()).attempts[0].overrides
-            if identity(theirs) == identity(overrides):
+            if identity(theirs) == mine:
                 found.append((folder.name, parse_overrides(theirs).get("data.root")))
     if len(found) > 1:  # a sweep over data.root: identities leave it out
         root = parse_overrides(overrides).get("data.root")
