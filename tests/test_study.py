@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,8 +19,8 @@ from scipy import stats
 
 from segment.analysis import Study, kaplan_meier, load_runs, mean_std
 from segment.analysis.report import main as report_main
-from segment.analysis.stats import Cell, Family, compare, tuned
-from segment.analysis.tables import protocol_section
+from segment.analysis.stats import Cell, compare, seeds_needed, tuned
+from segment.analysis.tables import p_text, protocol_section, ratio
 from segment.analysis.thresholds import Threshold
 from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
@@ -52,7 +53,7 @@ def _cell(
 
 def test_a_paired_comparison_is_a_t_interval_on_per_seed_log_ratios() -> None:
     slower, faster = _cell([4.0, 6.0, 9.0]), _cell([2.0, 2.0, 3.0])  # per-seed ratios 2, 3, 3
-    estimate = compare(slower, faster, Family([slower, faster]))
+    estimate = compare(slower, faster)
     logs = np.log([2.0, 3.0, 3.0])
     half = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / math.sqrt(3)
     assert estimate.paired and estimate.point == pytest.approx(math.exp(logs.mean()))
@@ -62,58 +63,134 @@ def test_a_paired_comparison_is_a_t_interval_on_per_seed_log_ratios() -> None:
     assert estimate.values == ((0, 4.0, 2.0), (1, 6.0, 2.0), (2, 9.0, 3.0))
     # another seed order pairs other runs: the same ratio of geometric means, another interval
     shuffled = _cell([3.0, 2.0, 2.0])
-    other = compare(slower, shuffled, Family([slower, shuffled]))
+    other = compare(slower, shuffled)
     assert other.point == pytest.approx(estimate.point)
     assert other.high - other.low > 2 * (estimate.high - estimate.low)
 
 
-def test_runs_of_other_data_orders_are_compared_as_independent_samples() -> None:
-    """Pairing needs both runs of every seed to have seen the same data order."""
+def test_runs_of_other_data_orders_are_compared_by_welch_t() -> None:
+    """Pairing needs both runs of every seed to have seen the same data order; otherwise each
+    cell keeps its own spread (Welch-Satterthwaite degrees of freedom)."""
     slower, faster = _cell([4.0, 6.0, 9.0], order="v2"), _cell([2.0, 2.0, 3.0], order="v1")
-    estimate = compare(slower, faster, Family([slower, faster]))
+    estimate = compare(slower, faster)
     x, y = np.log([4.0, 6.0, 9.0]), np.log([2.0, 2.0, 3.0])
-    pooled = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
-    half = stats.t.ppf(0.975, 4) * pooled * math.sqrt(2 / 3)
+    a, b = x.var(ddof=1) / 3, y.var(ddof=1) / 3
+    df = (a + b) ** 2 / (a**2 / 2 + b**2 / 2)
+    half = stats.t.ppf(0.975, df) * math.sqrt(a + b)
     assert not estimate.paired
     assert math.log(estimate.high) - math.log(estimate.point) == pytest.approx(half)
-    assert estimate.p == pytest.approx(0.1)  # 2 of the 20 splits of 3+3 runs are as extreme
-    unknown = compare(_cell([4.0, 6.0, 9.0], order=None), faster, Family([slower, faster]))
+    expected = stats.ttest_ind(x, y, equal_var=False).pvalue
+    assert estimate.p == pytest.approx(expected)  # the interval's own model
+    assert estimate.exact_p == pytest.approx(0.1)  # 2 of the 20 splits of 3+3 runs
+    unknown = compare(_cell([4.0, 6.0, 9.0], order=None), faster)
     assert not unknown.paired
 
 
-def test_the_spread_is_pooled_over_the_family_and_gives_its_degrees_of_freedom() -> None:
-    cells = [
-        _cell([4.0, 6.0, 9.0], order=None),
-        _cell([2.0, 2.0, 3.0], order=None),
-        _cell([1.0, 1.5, 1.2, 1.1, 1.3], order=None),
+def test_each_interval_uses_its_own_cells_through_the_report_path(tmp_path: Path) -> None:
+    """A fixed-rate interval from the study (the report's path) is the paired t of its own two
+    cells: no other rate or arm moves it, however noisy."""
+    sweep = _bracket(tmp_path)
+    for folder in sweep.iterdir():  # one data order for every run: the cells pair by seed
+        record = json.loads((folder / "run.json").read_text())
+        seed = int(folder.name.split("seed-")[1].split("__")[0])
+        record["data_order"] = {"version": 2, "seed": seed}
+        (folder / "run.json").write_text(json.dumps(record))
+    study = Study(load_runs(sweep))
+    level = Threshold("val/loss", "min", 0.9)
+    assert len(study.comparisons) == 3
+    for comparison in study.comparisons:
+        estimate = comparison.estimate(level)
+        slow = comparison.slower.cell(level)
+        fast = comparison.faster.cell(level)
+        d = slow.logs - fast.logs
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        assert estimate.paired and slow.rate == float(comparison.slower.value("model.optimizer.lr"))
+        assert math.log(estimate.high / estimate.low) == pytest.approx(2 * half)
+        assert estimate.p == pytest.approx(stats.ttest_rel(slow.logs, fast.logs).pvalue)
+
+
+def test_the_interval_and_its_p_agree() -> None:
+    """p < 0.05 exactly where the 95% interval excludes 1, at a fixed rate and at the best
+    rates."""
+    generator = np.random.default_rng(3)
+    for _ in range(100):
+        shift = generator.normal(0, 0.4)
+        slow = [
+            _cell(list(np.exp(generator.normal(1 + shift, 0.3, 4))), rate=r) for r in (1e-4, 1e-3)
+        ]
+        fast = [_cell(list(np.exp(generator.normal(1, 0.3, 4))), rate=r) for r in (1e-4, 1e-3)]
+        for estimate in (compare(slow[0], fast[0]), tuned(slow, fast)):
+            assert estimate.holds == (estimate.p < 0.05), (estimate.low, estimate.high, estimate.p)
+
+
+def test_ties_on_the_validation_grid_never_give_a_zero_width_interval() -> None:
+    """Two seeds whose ratios tie on the grid (the quick study's 1.60x [1.60, 1.60]): an interval
+    as wide as the grid's rounding allows, or none with the reason."""
+    slow = Cell({0: (2.0, True), 1: (2.0, True)}, {0: 0, 1: 1}, resolution=0.5)
+    fast = Cell({0: (1.25, True), 1: (1.25, True)}, {0: 0, 1: 1}, resolution=0.5)
+    estimate = compare(slow, fast)
+    assert estimate.low < 1.6 / 1.2 and estimate.high > 1.6 * 1.2
+    exact = compare(_cell([2.0, 2.0]), _cell([1.25, 1.25]))  # no grid known: no interval
+    assert math.isnan(exact.low)
+    assert ratio(exact) == "1.60x (no interval: every seed ties: no spread)"
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_seeds_needed_is_monotone_and_never_nan(paired: bool) -> None:
+    """At effects 1.1-4x and spreads 0.05-0.6: fewer seeds for a larger effect, more for a larger
+    spread, always a number (scipy's noncentral t gives NaN far in its tails)."""
+    effects = np.geomspace(1.1, 4.0, 25)
+    spreads = np.linspace(0.05, 0.6, 23)
+    table = np.array(
+        [[seeds_needed(sd, 4, paired, effect)[0] for effect in effects] for sd in spreads]
+    )
+    assert np.all(np.isfinite(table)) and table.min() >= 2
+    assert np.all(np.diff(table, axis=1) <= 0) and np.all(np.diff(table, axis=0) >= 0)
+    assert seeds_needed(0.147, 4, True, 2.04)[0] <= 4  # a large effect at a small spread
+    # a spread estimated from fewer degrees of freedom asks for more seeds (its upper bound)
+    assert seeds_needed(0.3, 2, paired)[0] > seeds_needed(0.3, 20, paired)[0]
+
+
+def test_p_is_printed_rounded_up_never_below_its_floor() -> None:
+    assert p_text(2 / 2**5) == "p=0.063"  # 5 pairs: the floor 0.0625
+    assert p_text(2 / 252) == "p=0.0080" and p_text(0.0499) == "p=0.0499"
+    assert p_text(3e-5) == "p<0.0001"
+
+
+def test_the_tuned_permutation_p_repeats_the_choice_of_rates() -> None:
+    """The permutation p of the best rates relabels the arms within each rate and chooses again:
+    two arms drawn alike give a large p however the best pair looks, a real gap a small one."""
+    generator = np.random.default_rng(5)
+    rates = (1e-4, 3e-4, 1e-3, 3e-3)
+    alike = [
+        [_cell(list(np.exp(generator.normal(1, 0.3, 5))), rate=r) for r in rates] for _ in range(2)
     ]
-    sd, df = Family(cells).spread
-    squares = sum(((c.logs - c.logs.mean()) ** 2).sum() for c in cells)
-    assert df == 2 + 2 + 4 and sd == pytest.approx(math.sqrt(squares / 8))
-    wide = compare(cells[0], cells[1], Family(cells[:2]))
-    pooled = compare(cells[0], cells[1], Family(cells))
-    assert pooled.point == wide.point and pooled.sd == pytest.approx(sd)
+    assert tuned(*alike).exact_p > 0.05
+    gap = [
+        [_cell(list(np.exp(generator.normal(m, 0.1, 5))), rate=r) for r in rates] for m in (2, 1)
+    ]
+    assert tuned(*gap).exact_p < 0.001
 
 
 def test_censoring_gives_a_bound_or_a_censored_fit() -> None:
     never = _cell([30.0, 30.0], [False, False])
     some = _cell([10.0, 30.0], [True, False])
     fast = _cell([5.0, 10.0])
-    at_least = compare(never, fast, Family([never, fast]))
+    at_least = compare(never, fast)
     assert at_least.bound == ">=" and at_least.point == pytest.approx(30 / math.sqrt(50))
     assert math.isnan(at_least.low)
-    fitted = compare(some, fast, Family([some, fast]))
+    fitted = compare(some, fast)
     assert fitted.model == "censored fit" and math.isnan(fitted.low)
-    assert compare(never, never, Family([never])) is None  # neither got there
+    assert compare(never, never) is None  # neither got there
 
 
 def test_the_permutation_test_stands_beside_every_interval() -> None:
     """Exact, two-sided: every sign flip of 5 pairs (32), every split of 3+5 runs (56)."""
     five = _cell([2.0, 3.0, 2.5, 2.2, 2.8])
     ones = _cell([1.0, 1.1, 0.9, 1.05, 0.95])
-    assert compare(five, ones, Family([five, ones])).p == pytest.approx(2 / 32)
+    assert compare(five, ones).exact_p == pytest.approx(2 / 32)
     three = _cell([2.0, 2.2, 2.1], order=None)
-    assert compare(three, ones, Family([three, ones])).p == pytest.approx(2 / 56)
+    assert compare(three, ones).exact_p == pytest.approx(2 / 56)
 
 
 def test_kaplan_meier_fraction_reached_with_censoring() -> None:
@@ -348,12 +425,18 @@ def test_sweep_writes_the_report_and_prints_the_headline(sweep: tuple[Path, str]
     ]
     assert all([row["epoch"] for row in run.validations] == [0.5, 1.0] for run in runs)
     # the Hydra callback printed the answer: every run at the loose level's first validation,
-    # none at the strict one; both arms of a seed saw the same data order (recorded): paired
+    # none at the strict one; both arms of a seed saw the same data order (recorded): paired. The
+    # ratios tie on the grid: the interval is as wide as its rounding, never zero-width
     for label in ("pretraining, scratch / pretrained", "architecture, lab net / scratch"):
-        assert f"- {label} (2/2 seeds, paired): 1.00x [1.00, 1.00] p=1.00 | n/a" in stdout
+        found = re.search(
+            rf"- {re.escape(label)} \(2/2 seeds, paired\): 1\.00x \[([\d.]+), ([\d.]+)\] "
+            r"p=1\.0 \| n/a",
+            stdout,
+        )
+        assert found and float(found[1]) < 0.5 and float(found[2]) > 2, stdout
     report = (folder / "report.md").read_text()
-    assert "| pretraining | val_loss<=1000 | scratch / pretrained | 1.00x [1.00, 1.00] | " in report
-    assert "| architecture | val_loss<=1000 | lab net / scratch | 1.00x [1.00, 1.00] | " in report
+    assert "| pretraining | val_loss<=1000 | scratch / pretrained | 1.00x [" in report
+    assert "| architecture | val_loss<=1000 | lab net / scratch | 1.00x [" in report
     assert "None: every run completed." in report
     for figure in (
         "speedup_vs_threshold.png",
@@ -465,7 +548,7 @@ def test_each_arm_at_its_best_rate_by_the_stated_rule_with_an_interval_for_every
     assert estimate.rates == (best[0].rate, best[1].rate)
     assert estimate.point == pytest.approx(math.exp(best[0].logs.mean() - best[1].logs.mean()))
     # valid for every pair at once: wider than the fixed-rate interval of the chosen pair
-    fixed = compare(best[0], best[1], Family([*slow, *fast]))
+    fixed = compare(best[0], best[1])
     assert estimate.low < fixed.low and estimate.high > fixed.high
     # ties go to the rate with more seeds, then to the lower rate
     tie = [
@@ -474,7 +557,7 @@ def test_each_arm_at_its_best_rate_by_the_stated_rule_with_an_interval_for_every
         _cell([2.0, 2.0, 2.0], rate=1e-2),
     ]
     other = [_cell([1.0, 1.1], rate=1e-3)]
-    assert tuned(tie, other, Family([*tie, *other])).rates[0] == 3e-3
+    assert tuned(tie, other).rates[0] == 3e-3
 
 
 def test_the_report_gives_the_tuned_speedup_its_rate_table_and_figure(tmp_path: Path) -> None:
@@ -533,7 +616,6 @@ def test_a_damaged_run_file_is_listed_by_name_not_a_crash(tmp_path: Path, damage
         f"| {bad.name} | None | failed | unreadable run folder:" in report
         and good.name not in report.split("## Failed")[1]
     )
-    import re
 
     assert re.search(message, report)
 

@@ -7,13 +7,12 @@ imports this package). Nothing here imports Lightning.
 """
 
 from segment.analysis.runs import Run, load_run, load_runs
-from segment.analysis.stats import Cell, Estimate, Family, compare, kaplan_meier, mean_std, tuned
+from segment.analysis.stats import Cell, Estimate, compare, kaplan_meier, mean_std, tuned
 from segment.analysis.study import Study
 
 __all__ = [
     "Cell",
     "Estimate",
-    "Family",
     "Run",
     "Study",
     "compare",

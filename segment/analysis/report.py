@@ -181,6 +181,20 @@ def _caption(study: Study, run: Run, step: int) -> str:
     return f"step {step}"
 
 
+def _grid(study: Study) -> str:
+    """``4 validations per epoch``: the runs' validation grid, as their configs set it."""
+    counts = sorted(
+        {
+            round(1 / float(run.value("trainer.val_check_interval") or 1.0))
+            for run in study.usable
+            if float(run.value("trainer.val_check_interval") or 1.0) <= 1
+        }
+    )
+    if not counts:
+        return "validations on a grid of steps"
+    return f"{' or '.join(map(str, counts))} validation{'s' if counts != [1] else ''} per epoch"
+
+
 def _limits(study: Study) -> str:
     """Where each comparison's answer does not hold along the loss ladder."""
     lines = []
@@ -223,9 +237,9 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         f"# Study report: {tables.title(study)}",
         answer,
         f"{len(study.usable)} usable runs of {len(study.runs)} in {len(study.arms)} arms "
-        "(protocol: the end of this report). Epochs are fractional (4 validations per epoch in "
-        "the study protocol); a loss threshold is "
-        "reached at `<=`, an mIoU one at `>=`. Ratios: slower arm's epochs / faster arm's.",
+        f"(protocol: the end of this report). Epochs are fractional ({_grid(study)}); a loss "
+        "threshold is reached at `<=`, an mIoU one at `>=`. Ratios: slower arm's epochs / faster "
+        "arm's.",
         "## Figures\n\n" + figure_links,
         "## Seeds\n\n" + tables.more_seeds(study, str(sweep)),
         "## Each arm at its best rate\n\n"

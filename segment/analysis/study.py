@@ -7,18 +7,20 @@ An *arm* is the set of runs that share every command-line override but the seed.
 agree on every other override. A length cap (``trainer.max_epochs``) is not a treatment: arms that
 differ only in it still pair, their censoring says what the cap cost. A tuned comparison
 (``study.tuned``) takes the same two sides over a swept ``rate`` key and compares each side at its
-own best rate. The statistics are :mod:`segment.analysis.stats`; the cells of one tuned comparison
-form the family whose spread every interval of those arms uses.
+own best rate. The statistics are :mod:`segment.analysis.stats`: every interval uses only its own
+cells, each carrying its rate and its validation grid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from segment.analysis.runs import Run
-from segment.analysis.stats import Cell, Estimate, Family, compare, tuned
+from segment.analysis.stats import Cell, Estimate, compare, tuned
 from segment.analysis.thresholds import Crossing, Threshold
 from segment.config import short_names, value_text
 from segment.data.labels import THIN_CLASSES
@@ -35,6 +37,26 @@ NAMES = {
     "lab_small": "lab small",
     "lab_vgg": "lab VGG",
 }
+
+
+def _number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def resolution(runs: Sequence[Run], unit: str) -> float:
+    """The step of the runs' validation grid in ``unit``: the median spacing of their validations
+    (a crossing is known only to within it)."""
+    gaps = [
+        gap
+        for run in runs
+        for gap in np.diff([row[unit] for row in run.validations if unit in row])
+        if gap > 0
+    ]
+    return float(np.median(gaps)) if gaps else 0.0
 
 
 def order_key(run: Run) -> Any:
@@ -59,6 +81,7 @@ class Arm:
     key: frozenset[tuple[str, str]]
     runs: list[Run]
     name: str = ""  # short: "scratch 1e-3"
+    rate_key: str = "model.optimizer.lr"  # the key whose value is the arm's rate
 
     def crossings(
         self, level: Threshold, unit: str = "epoch", interpolate: bool = False
@@ -73,13 +96,19 @@ class Arm:
         """``{seed: (time, reached)}``."""
         return {seed: (c.time, c.reached) for seed, c in self.crossings(level, unit).items()}
 
-    def cell(
-        self, level: Threshold, unit: str = "epoch", rate: Any = None, interpolate: bool = False
-    ) -> Cell:
+    def cell(self, level: Threshold, unit: str = "epoch", interpolate: bool = False) -> Cell:
+        """The arm's runs at one level: their times, data orders, the arm's rate and the step of
+        its validation grid in ``unit``."""
         times = {
             s: (c.time, c.reached) for s, c in self.crossings(level, unit, interpolate).items()
         }
-        return Cell(times, {run.seed: order_key(run) for run in self.runs}, rate)
+        rate = self.value(self.rate_key)
+        return Cell(
+            times,
+            {run.seed: order_key(run) for run in self.runs},
+            float(rate) if isinstance(rate, int | float | str) and _number(rate) else None,
+            resolution(self.runs, unit),
+        )
 
     def value(self, key: str) -> Any:
         return self.runs[0].value(key)
@@ -87,13 +116,12 @@ class Arm:
 
 @dataclass
 class Comparison:
-    """Two arms whose ratio of time to a level measures one effect, and the arms of its family."""
+    """Two arms whose ratio of time to a level measures one effect."""
 
     effect: str
     context: str
     slower: Arm
     faster: Arm
-    family: list[Arm] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -107,11 +135,9 @@ class Comparison:
     def estimate(
         self, level: Threshold, unit: str = "epoch", interpolate: bool = False
     ) -> Estimate | None:
-        cells = [arm.cell(level, unit, interpolate=interpolate) for arm in self.family]
+        """The slower arm's time to ``level`` over the faster arm's, from their two cells alone."""
         return compare(
-            self.slower.cell(level, unit, interpolate=interpolate),
-            self.faster.cell(level, unit, interpolate=interpolate),
-            Family(cells),
+            self.slower.cell(level, unit, interpolate), self.faster.cell(level, unit, interpolate)
         )
 
 
@@ -137,13 +163,13 @@ class TunedComparison:
 
     def cells(self, level: Threshold, unit: str = "epoch") -> tuple[list[Cell], list[Cell]]:
         return (
-            [arm.cell(level, unit, float(rate)) for rate, arm in self.slower.items()],
-            [arm.cell(level, unit, float(rate)) for rate, arm in self.faster.items()],
+            [arm.cell(level, unit) for arm in self.slower.values()],
+            [arm.cell(level, unit) for arm in self.faster.values()],
         )
 
     def estimate(self, level: Threshold, unit: str = "epoch") -> Estimate | None:
-        slow, fast = self.cells(level, unit)
-        return tuned(slow, fast, Family([*slow, *fast]))
+        """Each side at its own best rate at ``level`` (:func:`~segment.analysis.stats.tuned`)."""
+        return tuned(*self.cells(level, unit))
 
 
 def ladder(spec: dict) -> list[float]:
@@ -166,6 +192,11 @@ class Study:
         self.usable = [run for run in runs if run.usable]
         self.spec = self._spec()
         self.loss_metric = self.spec.get("loss_metric", "val/loss")
+        # the smallest speedup worth knowing: what "seeds needed" plans for
+        self.plan_ratio = float((self.spec.get("plan") or {}).get("ratio", 1.25))
+        self.rate_key = next(
+            (str(t["rate"]) for t in self.spec["tuned"].values()), "model.optimizer.lr"
+        )
         self.arms = self._arms()
         self.tuned = self._tuned()
         self.comparisons = [c for c in self._pairs(self.spec["comparisons"]) if self._seeds(c)]
@@ -223,7 +254,8 @@ class Study:
         arms: dict[frozenset, Arm] = {}
         for run in sorted(self.usable, key=lambda r: str(r.seed)):
             key = keys[run.folder] - shared
-            arms.setdefault(key, Arm(self._label(key), key, [], self._short(key))).runs.append(run)
+            arm = Arm(self._label(key), key, [], self._short(key), self.rate_key)
+            arms.setdefault(key, arm).runs.append(run)
         return sorted(arms.values(), key=lambda arm: arm.label)
 
     def _short(self, key: frozenset) -> str:
@@ -256,16 +288,12 @@ class Study:
                 for faster in (a for a in self.arms if _matches(a, sides["faster"])):
                     context = self._context(slower, ignore)
                     if slower is not faster and context == self._context(faster, ignore):
-                        family = next(
-                            (t.arms for t in self.tuned if slower in t.arms and faster in t.arms),
-                            [slower, faster],
-                        )
                         label = " ".join(
                             self.spec["names"].get(v, v)
                             for _, v in sorted(context)
                             if _ != "experiment"
                         )
-                        found.append(Comparison(effect, label, slower, faster, family))
+                        found.append(Comparison(effect, label, slower, faster))
         return found
 
     def _tuned(self) -> list[TunedComparison]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from segment.analysis.runs import Run
-from segment.analysis.stats import Estimate, mean_std
+from segment.analysis.stats import MAX_SEEDS, Estimate, mean_std
 from segment.analysis.study import Comparison, Study, TunedComparison
 from segment.analysis.thresholds import Threshold
 from segment.config import value_text
@@ -27,7 +29,8 @@ __all__ = [
     "protocol_section",
     "rate_table",
     "sensitivity_table",
-    "speed",
+    "seconds_runs",
+    "step_ms",
     "tuned_table",
     "units_table",
 ]
@@ -37,13 +40,40 @@ UNITS = {"epoch": "epochs", "step": "steps", "images_seen": "images", "seconds":
 LOSS_BINS = (float("inf"), 1.2, 1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.0)
 EVIDENCE = (
     "Each cell: slower arm's epochs / faster arm's epochs to the level, a ratio of geometric "
-    "means, with its 95% interval (Student's t on log-epochs, the spread pooled over the arms and "
-    "rates of the comparison: docs/study.md), the exact two-sided permutation test (p, every "
-    "relabelling of the seeds), whether the seeds were paired (the same data order in both arms) "
-    "and the seeds per arm that 80% power to exclude 1 and a +-25% interval would need. `>=`: the "
-    "slower arm never reached the level (counted at its last validation): a bound; `~`: some runs "
-    "never reached it, a censored log-normal fit (model-based, no interval)."
+    "means, with its 95% interval from the two cells alone (a paired t on the per-seed log ratios "
+    "where both runs of every seed saw the same data order, else Welch's t; each log-time's "
+    "variance never below the validation grid's rounding: docs/study.md), its p from the same t, "
+    "and beside it the exact two-sided permutation p (every relabelling of the seeds; its "
+    "smallest possible value is 2/2^n for n pairs, 2/C(n1+n2, n1) for independent runs), whether "
+    "the seeds were paired and the seeds per arm needed for 80% power at a true speedup of "
+    "`study.plan.ratio` and for a +-25% interval, at the upper 80% bound of the cell's spread. "
+    "`>=`: the slower arm never reached the level (counted at its last validation): a bound; `~`: "
+    "some runs never reached it, a censored log-normal fit (model-based, no interval)."
 )
+
+
+def p_text(p: float, name: str = "p") -> str:
+    """``p=0.063``: two significant digits, rounded up (never below the true p, so never below a
+    permutation test's floor), more where rounding up would carry p < 0.05 to 0.05; ``p<0.0001``
+    below that."""
+    if not np.isfinite(p):
+        return f"{name}=n/a"
+    if p < 1e-4:
+        return f"{name}<0.0001"
+    for significant in range(2, 6):
+        digits = significant - 1 - math.floor(math.log10(p))
+        shown = math.ceil(p * 10**digits - 1e-9) / 10**digits
+        if not p < 0.05 <= shown:
+            break
+    return f"{name}={shown:.{max(digits, 0)}f}"
+
+
+def seeds_text(needed: tuple[int, int] | None) -> str:
+    """``needs 4/7`` (power / precision), ``>100`` past the search."""
+    if not needed:
+        return ""
+    shown = [f">{MAX_SEEDS}" if n > MAX_SEEDS else str(n) for n in needed]
+    return f"needs {shown[0]}/{shown[1]}"
 
 
 def pm(values: Sequence[float], digits: int = 1) -> str:
@@ -56,24 +86,36 @@ def rate(value: object) -> str:
 
 
 def ratio(estimate: Estimate | None, interval: bool = True) -> str:
-    """``1.34x [1.11, 1.61]``, ``>=5.22x``, ``~2.1x`` or ``n/a``."""
+    """``1.34x [1.11, 1.61]``, ``>=5.22x``, ``~2.1x``, ``1.60x (no interval: ...)`` or ``n/a``."""
     if estimate is None:
         return "n/a"
     mark = estimate.bound or ("~" if estimate.model else "")
     text = f"{mark}{estimate.point:.2f}x"
     if interval and np.isfinite(estimate.low):
         text += f" [{estimate.low:.2f}, {estimate.high:.2f}]"
+    elif interval and estimate.reason and not estimate.model:
+        text += f" (no interval: {estimate.reason})"
     return text
 
 
-def evidence(estimate: Estimate | None, needed: bool = True) -> str:
-    """``p=0.031, paired, 5/5 seeds; needs 4/7``: beside every interval."""
+def evidence(estimate: Estimate | None, plan: float | None = 1.25) -> str:
+    """``p=0.019; exact p=0.063; paired, 5/5 seeds; needs 4/7``: beside every interval (the seeds
+    needed for a true speedup of ``plan``; None: left out)."""
     if estimate is None or not np.isfinite(estimate.low):
         return ""
-    pairing = "paired" if estimate.paired else "unpaired"
-    text = f"p={estimate.p:.3f}, {pairing}, {estimate.seeds[0]}/{estimate.seeds[1]} seeds"
-    if needed and estimate.needed:
-        text += f"; needs {estimate.needed[0]}/{estimate.needed[1]}"
+    if estimate.tuned:
+        text = (
+            f"{p_text(estimate.p)}; {p_text(estimate.exact_p, 'permutation p')} (rates chosen "
+            f"again); {estimate.seeds[0]}/{estimate.seeds[1]} seeds"
+        )
+    else:
+        pairing = "paired" if estimate.paired else "unpaired"
+        text = (
+            f"{p_text(estimate.p)}; {p_text(estimate.exact_p, 'exact p')}; {pairing}, "
+            f"{estimate.seeds[0]}/{estimate.seeds[1]} seeds"
+        )
+    if plan is not None and estimate.needed(plan):
+        text += f"; {seeds_text(estimate.needed(plan))}"
     return text
 
 
@@ -111,13 +153,13 @@ def title(study: Study) -> str:
 
 
 def _row(estimates: Sequence[Estimate | None], bold: bool = False) -> str:
-    """``1.34x [0.96, 1.86] p=0.06 | ...``: one level after another."""
+    """``1.34x [0.96, 1.86] p=0.019 | ...``: one level after another (p: the interval's own)."""
     cells = []
     for e in estimates:
         text = ratio(e)
         if bold and e is not None:
             text = text.replace(f"{e.point:.2f}x", f"**{e.point:.2f}x**", 1)
-        cells.append(text + (f" p={e.p:.2f}" if e is not None and np.isfinite(e.low) else ""))
+        cells.append(text + (f" {p_text(e.p)}" if e is not None and np.isfinite(e.low) else ""))
     return " | ".join(cells)
 
 
@@ -168,24 +210,49 @@ def answer(study: Study) -> str:
     lines.append(
         "- not established (the 95% interval holds 1): "
         + ("; ".join(weak) if weak else "nowhere here")
-        + ". Interval: pooled t; p: exact permutation test; seeds needed: the tables below."
+        + ". Interval and p: each cell's own t (best rates: holding for every pair of rates at "
+        "once); exact permutation p and seeds needed: the tables below."
     )
     return "\n".join(lines)
 
 
+def _answer_rows(study: Study) -> list[tuple[str, Comparison | TunedComparison]]:
+    """The comparisons the answer states, by name: the best rates and each fixed rate, or the
+    declared comparisons."""
+    if study.tuned:
+        tuned = study.tuned[0]
+        return [("the best rates", tuned)] + [(f"at {c.context}", c) for c in _fixed(study, tuned)]
+    return [(c.label, c) for c in study.comparisons[:5]]
+
+
 def more_seeds(study: Study, sweep: str) -> str:
-    """The command that adds to ``sweep`` the seeds the answer's comparison needs for 80% power
-    at every headline level (completed jobs are skipped)."""
-    first = study.tuned[0] if study.tuned else (study.comparisons[0] if study.comparisons else None)
-    if first is None:
+    """The command that adds to ``sweep`` the seeds every cell of the answer needs for 80% power
+    at a true speedup of ``study.plan_ratio`` (completed jobs are skipped)."""
+    rows = _answer_rows(study)
+    if not rows:
         return ""
-    estimates = [first.estimate(level) for level in study.headline]
-    needed = max((e.needed[0] for e in estimates if e is not None and e.needed), default=0)
-    arms = first.arms if isinstance(first, TunedComparison) else [first.slower, first.faster]
-    runs = [run for arm in arms for run in arm.runs]
+    needs = [
+        (e.needed(study.plan_ratio)[0], f"{name} at {level.level:g}")
+        for name, comparison in rows
+        for level in study.headline
+        if (e := comparison.estimate(level)) is not None and e.needed(study.plan_ratio)
+    ]
+    needed, where = max(needs, default=(0, ""), key=lambda n: n[0])
+    arms = {id(a): a for _, c in rows for a in getattr(c, "arms", None) or [c.slower, c.faster]}
+    runs = [run for arm in arms.values() for run in arm.runs]
     seeds = sorted({int(run.seed) for run in runs if run.seed is not None})
+    plan = f"80% power to tell a true speedup of {study.plan_ratio:g}x from none"
     if not seeds or needed <= len(seeds):
-        return f"Every headline level has the seeds 80% power needs ({len(seeds)} per arm)."
+        return (
+            f"Every cell of the answer has the seeds {plan} needs ({len(seeds)} per arm)."
+            if needs
+            else "No cell of the answer has an interval to plan from."
+        )
+    if needed > MAX_SEEDS:
+        return (
+            f"{plan} would need more than {MAX_SEEDS} seeds per arm ({where}): at its spread this "
+            "design cannot resolve so small an effect there."
+        )
     values: dict[str, list[str]] = {}
     for item in (item for run in runs for item in run.typed):
         key, _, value = item.partition("=")
@@ -195,15 +262,17 @@ def more_seeds(study: Study, sweep: str) -> str:
     parts = [f"{key}={','.join(found)}" for key, found in values.items()]
     parts += [f"seed={','.join(map(str, new))}", f"hydra.sweep.dir={sweep}", "skip_completed=true"]
     return (
-        f"80% power at every headline level needs {needed} seeds per arm; to add them to this "
-        f"sweep:\n\n```bash\npython train.py -m {' '.join(map(shlex.quote, parts))}\n```"
+        f"{plan} needs {needed} seeds per arm in the answer's most demanding cell ({where}; each "
+        "cell's need is in the tables below); to add them to this sweep:\n\n"
+        f"```bash\npython train.py -m {' '.join(map(shlex.quote, parts))}\n```"
     )
 
 
 def comparison_table(study: Study, comparisons: Sequence[Comparison]) -> str:
     """Each comparison at each headline level: ratio and interval, evidence, per-seed epochs."""
     lines = [
-        "| comparison | level | slower / faster | ratio [95% CI] | p, pairing, seeds; seeds needed "
+        "| comparison | level | slower / faster | ratio [95% CI] | p; exact p; pairing, seeds; "
+        "seeds needed "
         "| per seed (slower/faster epochs) |",
         "|---|---|---|---|---|---|",
     ]
@@ -212,7 +281,8 @@ def comparison_table(study: Study, comparisons: Sequence[Comparison]) -> str:
             e = comparison.estimate(level)
             lines.append(
                 f"| {comparison.label} | {level.name} | {comparison.slower.name} / "
-                f"{comparison.faster.name} | {ratio(e)} | {evidence(e)} | {per_seed(e)} |"
+                f"{comparison.faster.name} | {ratio(e)} | {evidence(e, study.plan_ratio)} | "
+                f"{per_seed(e)} |"
             )
     return "\n".join(lines)
 
@@ -226,7 +296,8 @@ def tuned_table(study: Study) -> str:
             "one rate."
         )
     lines = [
-        "| comparison | level | rates (slower / faster) | ratio [95% CI] | p, seeds; seeds needed "
+        "| comparison | level | rates (slower / faster) | ratio [95% CI] | p; permutation p; "
+        "seeds; seeds needed "
         "| per seed at the chosen rates | each seed's own best rate (slower / faster) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -247,7 +318,8 @@ def tuned_table(study: Study) -> str:
                 own.append(f"{seed}: " + " / ".join(rate(c.rate) if c else "never" for c in picks))
             lines.append(
                 f"| {tuned.name} | {level.name} | {rate(e.rates[0]) if e else ''} / "
-                f"{rate(e.rates[1]) if e else ''} | {ratio(e)} | {evidence(e)} | {per_seed(e)} | "
+                f"{rate(e.rates[1]) if e else ''} | {ratio(e)} | {evidence(e, study.plan_ratio)} | "
+                f"{per_seed(e)} | "
                 f"{'; '.join(own)} |"
             )
     return "\n".join(
@@ -256,10 +328,12 @@ def tuned_table(study: Study) -> str:
             "",
             "The best rate of an arm: the lowest mean log-epochs over its seeds (the geometric "
             "mean), ties to the rate with more seeds, then the lower rate. The interval holds for "
-            "every pair of candidate rates at once (the max-|t| over all pairs), so choosing the "
-            "pair on the same runs costs no coverage; it is wider than a fixed-rate interval by "
-            "that much (docs/study.md). Each seed's own best rate shows how much the choice "
-            "varies.",
+            "every pair of candidate rates at once (Sidak over all slower x faster pairs, each "
+            "with its cells' own spreads), so choosing the pair on the same runs costs no "
+            "coverage; it is wider than a fixed-rate interval by that much (docs/study.md). Its p "
+            "is the level at which that interval just reaches 1; the permutation p relabels the "
+            "arms within each rate and chooses the rates again in every relabelling. Each seed's "
+            "own best rate shows how much the choice varies.",
         ]
     )
 
@@ -280,7 +354,7 @@ def rate_table(study: Study) -> str:
             for value, arm in sorted(getattr(tuned, side).items(), key=lambda kv: float(kv[0])):
                 row = []
                 for level in study.headline:
-                    cell = arm.cell(level, rate=float(value))
+                    cell = arm.cell(level)
                     reached = len(cell.times) - cell.censored
                     text = (
                         "never"
@@ -303,56 +377,103 @@ def rate_table(study: Study) -> str:
     return "\n".join(lines)
 
 
-def speed(run: Run) -> float | None:
-    """A run's speed index: its machine's fp32 probe step time in ms (the precision probe,
-    measured once per host). Of the probe's two times it is the one that tracked the study's step
-    times across hosts (docs/study.md)."""
+def step_ms(run: Run) -> float | None:
+    """A run's speed index: its own median milliseconds per optimiser step between consecutive
+    validations (validation included), so a run slowed by another job shows it."""
+    rows = [row for row in run.validations if "seconds" in row and "step" in row]
+    times = [
+        1000 * (b["seconds"] - a["seconds"]) / (b["step"] - a["step"])
+        for a, b in zip(rows, rows[1:], strict=False)
+        if b["step"] > a["step"]
+    ]
+    return float(np.median(times)) if times else None
+
+
+def machine(run: Run) -> str:
+    """The machine a run's record names: its CPU or GPU model (else its host) and the precision
+    probe's fp32 time, which is measured once per host and cached, so two hosts with one CPU name
+    tell apart; ``?`` if none."""
     trained = run.record.trained
     if trained is None:
-        return None
-    value = ((trained.machine or {}).get("speed") or trained.precision or {}).get("fp32_ms")
-    return float(value) if isinstance(value, int | float) else None
+        return "?"
+    found = (trained.machine or {}).get("cpu") or {}
+    name = found.get("model") if isinstance(found, dict) else None
+    name = str(name or (trained.precision or {}).get("host") or trained.host or "?")
+    probe = ((trained.machine or {}).get("speed") or trained.precision or {}).get("fp32_ms")
+    return name.split(" | ")[0] + (f" (probe {probe:.1f} ms)" if isinstance(probe, float) else "")
 
 
-def _seconds_comparable(comparison: Comparison) -> str:
-    """Empty where every run of both arms has a speed index within 10% of the others; else why
-    not."""
+def _cpu_share(run: Run) -> float:
+    """The least CPU share the run had at a validation (1.0 where not measured)."""
+    return min((row.get("cpu_share") or 1.0 for row in run.validations), default=1.0)
+
+
+def seconds_runs(comparison: Comparison) -> tuple[Comparison | None, list[str]]:
+    """The comparison on the runs whose seconds compare: one machine (the one most of its runs
+    name), never sharing its CPU with another job (a CPU share below 0.8), each run's step time
+    within 25% of its arm's median there. Returns it (None where an arm keeps fewer than 2 runs)
+    and a note per run left out."""
     runs = comparison.slower.runs + comparison.faster.runs
-    indices = [speed(run) for run in runs]
-    if any(i is None for i in indices):
-        return "withheld: some runs record no speed index"
-    if max(indices) > 1.1 * min(indices):
-        return f"withheld: speed index {min(indices):.1f}-{max(indices):.1f} ms"
-    return ""
+    names = [machine(run) for run in runs]
+    common = max(sorted(set(names)), key=names.count)
+    notes, kept = [], []
+    for arm in (comparison.slower, comparison.faster):
+        here = [run for run in arm.runs if machine(run) == common and step_ms(run) is not None]
+        median = float(np.median([step_ms(run) for run in here])) if here else 0.0
+        for run in arm.runs:
+            why = (
+                f"on {machine(run)}"
+                if run not in here
+                else f"a CPU share of {_cpu_share(run):.2f}"
+                if _cpu_share(run) < 0.8
+                else f"{step_ms(run):.0f} ms a step, its arm's median {median:.0f} ms"
+                if abs(step_ms(run) - median) > 0.25 * median
+                else ""
+            )
+            if why:
+                notes.append(f"{arm.name} seed {run.seed} ({why})")
+        kept.append(
+            [r for r in here if abs(step_ms(r) - median) <= 0.25 * median and _cpu_share(r) >= 0.8]
+        )
+    if min(len(k) for k in kept) < 2:
+        return None, notes
+    sides = (comparison.slower, comparison.faster)
+    arms = [replace(arm, runs=k) for arm, k in zip(sides, kept, strict=True)]
+    return replace(comparison, slower=arms[0], faster=arms[1]), notes
 
 
 def units_table(study: Study) -> str:
     """Every comparison's headline speedups counted in epochs, optimiser steps, images and
-    seconds; seconds only between runs of one speed (the probe's step time within 10%)."""
+    seconds; seconds only between runs of one machine at their arm's usual speed."""
     lines = [
         "| comparison | level | " + " | ".join(UNITS.values()) + " |",
         "|---|---|" + "---|" * len(UNITS),
     ]
     notes = []
     for comparison in study.comparisons:
-        why = _seconds_comparable(comparison)
-        if why:
-            notes.append(
-                f"{comparison.label} ({comparison.slower.name} vs {comparison.faster.name}): {why}"
-            )
+        timed, left = seconds_runs(comparison)
+        name = f"{comparison.label} ({comparison.slower.name} vs {comparison.faster.name})"
+        if timed is None:
+            left.append("seconds withheld: fewer than 2 comparable runs in an arm")
+        if left:
+            notes.append(f"{name}: {'; '.join(left)}")
         for level in study.headline:
             cells = [
                 ratio(comparison.estimate(level, unit=unit))
-                if unit != "seconds" or not why
-                else "withheld"
+                if unit != "seconds"
+                else (ratio(timed.estimate(level, unit=unit)) if timed else "withheld")
                 for unit in UNITS
             ]
             lines.append(f"| {comparison.label} | {level.name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     if notes:
         text += (
-            "\n\nSeconds compare only between runs on machines of one speed (each run records its "
-            "CPU and the probe's step time, its speed index). Not compared:\n\n"
+            "\n\nSeconds compare only between runs on one machine (as each run's record names "
+            "it) whose own step time is within 25% of their arm's median there (a run slowed by "
+            "another job, or a host of another speed, is left out; a machine is its CPU name and "
+            "the precision probe's fp32 time, measured once per host). Where seconds are "
+            "withheld, the epochs ratio times the two nets' per-epoch cost measured side by side "
+            "(`python benchmarks/train_throughput.py`) estimates them. Left out:\n\n"
             + "\n".join(f"- {n}" for n in notes)
         )
     return text
@@ -391,7 +512,7 @@ def ladder_table(rows: list[dict]) -> str:
         lines.append(
             f"| {row['comparison'].label} | {row['name']} | {row['reached']['slower']}/{slow_runs} "
             f"| {row['reached']['faster']}/{fast_runs} | {ratio(row['estimate'])} | "
-            f"{evidence(row['estimate'], False)} |"
+            f"{evidence(row['estimate'], None)} |"
         )
     return "\n".join(lines)
 
@@ -451,14 +572,15 @@ def protocol_section(study: Study) -> str:
                 else "corrected head"
             )
         commits = ", ".join(f"{commit} ({seeds})" for commit, seeds in _commits(arm.runs).items())
-        speeds = sorted({f"{speed(r):.1f}" for r in arm.runs if speed(r) is not None})
+        speeds = [step_ms(r) for r in arm.runs if step_ms(r) is not None]
+        speed = f"{min(speeds):.0f}-{max(speeds):.0f}" if speeds else "-"
         lines.append(
             f"| {arm.name} | `{arm.label}` | {', '.join(str(r.seed) for r in arm.runs)} | "
             f"{', '.join(part for part in net if part)} | {weights} | {optimizer} | {scheduler} | "
             f"{run.value('data.batch_size')} | {image} | "
             f"{round(1 / float(interval)) if interval <= 1 else 1} | "
             f"{run.value('trainer.gradient_clip_val') or '-'} | {precision} | {caps} | {commits} | "
-            f"{', '.join(speeds) or '-'} |"
+            f"{speed} |"
         )
     run = study.usable[0]
     thresholds = run.value("callbacks.thresholds") or {}
@@ -479,8 +601,9 @@ def protocol_section(study: Study) -> str:
         "credited to the first of them (its fractional epoch, optimiser step, images seen and "
         f"seconds). Training stopped once `{thresholds.get('stop_when_reached')}` had held, or at "
         f"the cap. Versions: torch {versions.get('torch')}, lightning {versions.get('lightning')}. "
-        "Code: the commits that trained each arm's seeds. Speed index: the fp32 step time of the "
-        "precision probe on the run's machine (seconds compare only within 10% of it). CPUs: "
+        "Code: the commits that trained each arm's seeds. Speed index: the range of the runs' own "
+        "median milliseconds per optimiser step, validations included (seconds compare only "
+        "between runs of one machine within 25% of their arm's median). CPUs: "
         f"{', '.join(cpus)}.",
     ]
     mixed = [
@@ -614,9 +737,7 @@ def calibration(study: Study) -> tuple[str, str, list[str]]:
 
 
 def contention(study: Study) -> str:
-    shares = [
-        (run, min((row.get("cpu_share") or 1.0) for row in run.validations)) for run in study.usable
-    ]
+    shares = [(run, _cpu_share(run)) for run in study.usable]
     contended = [(run, share) for run, share in shares if share < 0.8]
     if not contended:
         return (
