@@ -604,7 +604,7 @@ def protocol_section(study: Study) -> str:
         "Code: the commits that trained each arm's seeds. Speed index: the range of the runs' own "
         "median milliseconds per optimiser step, validations included (seconds compare only "
         "between runs of one machine within 25% of their arm's median). CPUs: "
-        f"{', '.join(cpus)}.",
+        f"{', '.join(cpus)}. Pairing: {_ordered(study)}",
     ]
     mixed = [
         c.name
@@ -617,6 +617,17 @@ def protocol_section(study: Study) -> str:
             "the precision column): their seconds, and possibly their epochs, are not comparable."
         )
     return "\n".join(lines)
+
+
+def _ordered(study: Study) -> str:
+    """How the runs' data orders are known: recorded, or from the commit that trained them."""
+    recorded = sum(bool(run.record.data_order) for run in study.usable)
+    if recorded == len(study.usable):
+        return "every run records its data order (`data_order`)."
+    return (
+        f"{recorded} of {len(study.usable)} runs record their data order (`data_order`); the "
+        "others pair by seed only where one clean commit trained both runs."
+    )
 
 
 def _commits(runs: Sequence[Run]) -> dict[str, str]:
