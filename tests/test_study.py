@@ -20,8 +20,9 @@ from scipy import stats
 from segment.analysis import Study, kaplan_meier, load_runs, mean_std
 from segment.analysis.report import main as report_main
 from segment.analysis.stats import Cell, compare, seeds_needed, tuned
-from segment.analysis.tables import p_text, protocol_section, ratio
+from segment.analysis.tables import p_text, protocol_section, ratio, seconds_runs, units_table
 from segment.analysis.thresholds import Threshold
+from segment.record import Attempt
 from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 # A module-scoped fixture trains once for this file: pytest-xdist keeps the file on one worker.
@@ -666,3 +667,32 @@ def test_the_report_prints_the_command_that_adds_the_seeds_it_needs(tmp_path: Pa
     assert f"hydra.sweep.dir={sweep}" in words and "model=unet_scratch,unet_vgg" in words
     [seeds] = [w for w in words if w.startswith("seed=")]
     assert seeds.startswith("seed=2,") or seeds == "seed=2"
+
+
+def test_seconds_compare_only_runs_of_one_machine_at_their_usual_speed(tmp_path: Path) -> None:
+    """A run on another host, one that shared its CPU and one slowed past 25% of its arm's median
+    step time are left out of the seconds ratio, by name; the rest compare."""
+    for model in ("unet_scratch", "unet_vgg"):
+        for seed in range(4):
+            _write_run(tmp_path, model, seed, "0.001", [1.1, 0.95, 0.9, 0.8, 0.7])
+    study = Study(load_runs(tmp_path))
+    [comparison] = study.comparisons
+    for run in study.usable:
+        host = {"cpu": {"model": "Xeon"}, "speed": {"fp32_ms": 20.0}}
+        if run.model == "unet_vgg" and run.seed == 3:
+            host = {"cpu": {"model": "Xeon"}, "speed": {"fp32_ms": 31.0}}  # another host
+        run.record.attempts = [Attempt(action="fresh", outcome="completed", machine=host)]
+        for row in run.validations:
+            if run.model == "unet_scratch" and run.seed == 1:
+                row["seconds"] *= 1.5  # a slower run
+            if run.model == "unet_scratch" and run.seed == 2:
+                row["cpu_share"] = 0.5  # another job shared its cores
+    timed, notes = seconds_runs(comparison)
+    assert sorted(run.seed for run in timed.slower.runs) == [0, 3]
+    assert sorted(run.seed for run in timed.faster.runs) == [0, 1, 2]
+    assert any("scratch seed 1 (750 ms a step, its arm's median 500 ms)" in n for n in notes)
+    assert any("scratch seed 2 (a CPU share of 0.50)" in n for n in notes)
+    assert any("pretrained seed 3 (on Xeon (probe 31.0 ms))" in n for n in notes)
+    level = Threshold("val/loss", "min", 0.9)
+    assert timed.estimate(level, "seconds").point == pytest.approx(1.0)
+    assert "seconds withheld" not in units_table(study)
