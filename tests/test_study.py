@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from segment.analysis import Study, kaplan_meier, load_runs, mean_std
+from segment.analysis.__main__ import main as analysis_main
 from segment.analysis.report import main as report_main
 from segment.analysis.stats import Cell, compare, seeds_needed, tuned
 from segment.analysis.tables import p_text, protocol_section, ratio, seconds_runs, units_table
@@ -328,7 +329,10 @@ def test_report_of_scripted_runs(scripted: Path, capsys) -> None:
     assert "| 0: 1.25/0.50; 1: 1.00/0.25 |" in report  # each seed's epochs beside the interval
     assert report.startswith("# Study report: scratch / pretrained, epochs to val/loss <= 1 | 0.7")
     answer = report.split("\n\n")[1].splitlines()
-    assert len(answer) <= 6 and answer[-1].startswith("- not established")
+    assert len(answer) <= 7 and answer[-1].startswith("- not established")
+    assert answer[0].startswith("In plain words: the pretrained 1e-3 arm reaches val/loss ")
+    assert "## Each arm at its best rate" not in report  # no rates bracketed: no empty section
+    assert "(2 validations per epoch" not in report and "(4 validations per epoch)" in report
     assert "| model-unet_vgg__seed-1__model.optimizer.lr-0.001 | 1 | failed |" in report
     for figure in (
         "speedup_vs_threshold.png",
@@ -563,8 +567,10 @@ def test_each_arm_at_its_best_rate_by_the_stated_rule_with_an_interval_for_every
 
 def test_the_report_gives_the_tuned_speedup_its_rate_table_and_figure(tmp_path: Path) -> None:
     sweep = _bracket(tmp_path)
-    assert report_main([str(sweep)]) == 0
+    assert analysis_main(["report", str(sweep)]) == 0  # python -m segment.analysis report
     report = (sweep / "report.md").read_text()
+    first = report.split("\n\n")[1].splitlines()[0]
+    assert first.startswith("In plain words: each at its best rate, the pretrained arm reaches ")
     assert "| pretraining at each arm's best rate | val_loss<=0.9 |" in report
     assert "holds for every pair of candidate rates at once" in report
     assert "each seed's own best rate" in report

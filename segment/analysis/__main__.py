@@ -1,5 +1,7 @@
-"""``python -m segment.analysis export <sweep> <dest>``: a sweep's run files, ready to travel
-(segment/analysis/export.py). The report is ``python -m segment.analysis.report <sweep>``."""
+"""``python -m segment.analysis report <sweep>``: (re)write a study's report
+(segment/analysis/report.py; also ``python -m segment.analysis.report <sweep>``), and ``python -m
+segment.analysis export <sweep> <dest>``: a sweep's run files, ready to travel
+(segment/analysis/export.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +10,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from segment.analysis import report
 from segment.analysis.export import export
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segment.analysis")
     commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("report", help="(re)write a study's report.md and figures")
+    command.add_argument("sweep", type=Path, help="a multirun folder")
     command = commands.add_parser("export", help="copy a sweep's run files, machine paths replaced")
     command.add_argument("sweep", type=Path, help="a multirun folder")
     command.add_argument("dest", type=Path, help="where the copy goes")
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return report.main([str(args.sweep)])
     try:
         folders = export(args.sweep, args.dest)
     except (FileNotFoundError, ValueError) as error:

@@ -12,9 +12,11 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from segment.analysis.runs import Run  # noqa: E402
+from segment.analysis.thresholds import LOSS_METRICS  # noqa: E402
 from segment.files import atomic_open  # noqa: E402
 
 __all__ = [
@@ -45,6 +47,14 @@ def _band(runs: Sequence[Run], metric: str, unit: str) -> tuple[np.ndarray, np.n
     mean = np.array([v.mean() for v in values])
     std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
     return times, mean, std
+
+
+def _log_axis(axis, set_scale) -> None:
+    """A log scale whose ticks read as plain numbers (0.5, 0.7, 1), not powers of ten."""
+    set_scale("log")
+    axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _save(figure: plt.Figure, path: Path, layout: bool = True) -> Path:
@@ -87,7 +97,11 @@ def curves_figure(
         ylabel=metric,
         title=title,
     )
-    axes.grid(alpha=0.3)
+    if metric in LOSS_METRICS:  # a loss falls by factors: 1.2 to 0.4 spread evenly
+        _log_axis(axes.yaxis, axes.set_yscale)
+        if hlines:  # the first validations' losses (up to 20 here) would squash the levels
+            axes.set_ylim(top=2.5 * max(hlines))
+    axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=7)
     return _save(figure, path)
 
@@ -257,7 +271,13 @@ def calibration_figure(
         for level in loss_levels:
             axes.axvline(level, color="grey", ls=":", lw=1)
         axes.set(xlabel=loss_metric, ylabel=ylabel)
-        axes.invert_xaxis()  # training moves right
+        _log_axis(axes.xaxis, axes.set_xscale)
+        losses = [r[loss_metric] for r in rows]
+        if losses and loss_levels:  # training moves right; the first validations' losses, up to
+            # 20 on CamVid, would squash the levels
+            axes.set_xlim(2.5 * max(loss_levels), 0.9 * min(losses))
+        else:
+            axes.invert_xaxis()
         axes.grid(alpha=0.3)
     for level in miou_levels:
         left.axhline(level, color="grey", ls="--", lw=0.8)

@@ -242,10 +242,14 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         "arm's.",
         "## Figures\n\n" + figure_links,
         "## Seeds\n\n" + tables.more_seeds(study, str(sweep)),
-        "## Each arm at its best rate\n\n"
-        + tables.tuned_table(study)
-        + "\n\nEpochs to each level by rate:\n\n"
-        + tables.rate_table(study),
+        (
+            "## Each arm at its best rate\n\n"
+            + tables.tuned_table(study)
+            + "\n\nEpochs to each level by rate:\n\n"
+            + tables.rate_table(study)
+        )
+        if study.tuned
+        else "",
         "## Every comparison at the headline levels\n\n"
         + tables.comparison_table(study, study.comparisons)
         + "\n\n"
@@ -274,7 +278,7 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         "## Failed or incomplete runs\n\n" + tables.problems(study),
     ]
     path = sweep / "report.md"
-    write_atomic(path, "\n\n".join(sections) + "\n")
+    write_atomic(path, "\n\n".join(section for section in sections if section) + "\n")
     return path, answer
 
 

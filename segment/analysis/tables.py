@@ -163,13 +163,46 @@ def _row(estimates: Sequence[Estimate | None], bold: bool = False) -> str:
     return " | ".join(cells)
 
 
+def plain_answer(study: Study) -> str:
+    """The answer in one sentence of plain words: how much sooner the faster side got to each
+    headline level (each at its best rate where rates were bracketed), where that holds."""
+    rows = _answer_rows(study)
+    if not rows:
+        return ""
+    name, comparison = rows[0]
+    if isinstance(comparison, TunedComparison):
+        names = study.spec["names"]
+        declared = study.spec["tuned"][comparison.effect]
+        slow, fast = (
+            " ".join(names.get(str(v), str(v)) for v in declared[side].values())
+            for side in ("slower", "faster")
+        )
+        how = "each at its best rate, "
+    else:
+        slow, fast, how = comparison.slower.name, comparison.faster.name, ""
+    held, open_ = [], []
+    for level in study.headline:
+        e = comparison.estimate(level)
+        if e is not None and (e.holds or e.bound):
+            at_least = "at least " if e.bound else ""
+            speed = f"{e.point:.1f}x sooner" if e.point >= 1 else f"{1 / e.point:.1f}x later"
+            held.append(f"<= {level.level:g} {at_least}{speed}")
+        elif e is not None:
+            open_.append(f"<= {level.level:g} its {e.point:.2f}x")
+    text = f"In plain words: {how}the {fast} arm reaches {study.loss_metric} "
+    text += " and ".join(held) if held else "no headline level measurably sooner"
+    text += f" than the {slow} arm"
+    return text + (f"; at {' and '.join(open_)} is not established." if open_ else ".")
+
+
 def answer(study: Study) -> str:
-    """The report's first lines (at most 6), columns as in :func:`title`: each arm at its best
-    rate, each fixed rate in a line, and where the answer does not hold."""
+    """The report's first lines (at most 7), columns as in :func:`title`: the answer in plain
+    words, each arm at its best rate, each fixed rate in a line, and where the answer does not
+    hold."""
     levels = study.headline
     if not study.tuned and not study.comparisons:
         return "No comparison: the runs declare none (`study.comparisons`)."
-    lines, weak = [], []
+    lines, weak = [plain_answer(study)], []
     comparisons = study.comparisons
     if study.tuned:
         tuned = study.tuned[0]
@@ -187,10 +220,11 @@ def answer(study: Study) -> str:
             if e is not None and not e.holds
         ]
         comparisons = _fixed(study, tuned)
-    for comparison in comparisons[: 5 - len(lines)]:
+    for comparison in comparisons[: 6 - len(lines)]:
         estimates = [comparison.estimate(level) for level in levels]
         where = comparison.context or comparison.effect
-        first = next((e for e in estimates if e is not None), None)
+        first = next((e for e in estimates if e is not None and np.isfinite(e.low)), None)
+        first = first or next((e for e in estimates if e is not None), None)
         how = (
             f"{first.seeds[0]}/{first.seeds[1]} seeds, {'paired' if first.paired else 'unpaired'}"
             if first
