@@ -169,6 +169,13 @@ CASES = [
         r"model.optimizer.lr=1e\+39: must be above 0 .* below 3.4e38",
     ),
     (
+        "a training subset of no images",
+        _nowhere,
+        ["data.train_size=0"],
+        Exception,
+        r"data.train_size=0: must be >= 1",
+    ),
+    (
         "zero epochs",
         _nowhere,
         ["trainer.max_epochs=0"],
@@ -314,6 +321,14 @@ CASES = [
         r"0001TP_000000.png: mask values \[17\] are not classes of 'camvid'",
     ),
     # silent wrong data, refused
+    (
+        "a training subset larger than the split",
+        _camvid(lambda root: None),
+        ["data.train_size=50"],
+        ValueError,
+        r"data.train_size=50: the camvid training split has only \d+ samples; give "
+        r"data.train_size <= \d+, or null for all",
+    ),
     (
         "two files of one sample",
         _camvid(lambda root: write_image(root / "train" / "0001TP_000001.jpg", seed=5)),

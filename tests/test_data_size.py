@@ -1,0 +1,78 @@
+"""Training-set size: nested, seeded subsets of the training split (``data.train_size``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from segment.runfolder import RunFolderError, check_same_data
+
+# A training split of 24 scenes, 4 for validation.
+SPLIT = ["data.num_train=24", "data.num_val=4"]
+# The smallest net, a schedule that does not follow the run's length.
+FAST = ["model=unet_lab", "scheduler=warmup_constant"]
+
+
+def _images(make_cfg, *overrides: str) -> tuple[list[str], list[str], dict]:
+    """The training and validation images a data module built from the config loads, and its
+    fingerprint."""
+    datamodule = instantiate(make_cfg(*SPLIT, *overrides).data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    names = [
+        [sample.image.name for sample in dataset.samples]
+        for dataset in (datamodule.train_dataset, datamodule.val_dataset)
+    ]
+    return names[0], names[1], datamodule.fingerprint()
+
+
+def test_subsets_are_nested_and_the_same_for_every_model_and_training_seed(make_cfg) -> None:
+    everything, val, whole = _images(make_cfg)
+    assert len(everything) == 24
+    drawn, fingerprints = set(), {whole["files"]}
+    for model, seed in (("unet_scratch", 0), ("unet_vgg", 1), ("unet_lab", 7)):
+        arm = (f"model={model}", f"seed={seed}")
+        small, small_val, small_print = _images(make_cfg, *arm, "data.train_size=8")
+        large, large_val, large_print = _images(make_cfg, *arm, "data.train_size=16")
+        assert (len(small), len(large)) == (8, 16)
+        assert set(small) < set(large) < set(everything)
+        assert small_val == large_val == val  # validation is never subset
+        drawn.add((tuple(small), tuple(large)))
+        fingerprints |= {small_print["files"], large_print["files"]}
+        assert (small_print["train"], small_print["train_size"]) == (8, 8)
+    assert len(drawn) == 1  # the same images whatever the model and the training seed
+    assert len(fingerprints) == 3  # all, 16 and 8 images: three fingerprints
+    # the subset seed, not the run's, picks the images; the whole split is not reordered
+    other = _images(make_cfg, "data.train_size=8", "data.subset_seed=1")[0]
+    assert len(other) == 8 and set(other) != set(next(iter(drawn))[0])
+    assert _images(make_cfg, "data.train_size=24")[0] == everything
+
+
+def test_a_train_size_beyond_the_split_or_below_one_is_refused(make_cfg) -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"data.train_size=25: the synthetic training split has only 24 samples; give "
+        r"data.train_size <= 24, or null",
+    ):
+        _images(make_cfg, "data.train_size=25")
+    with pytest.raises(Exception, match=r"data.train_size=0: must be >= 1"):  # by instantiate
+        _images(make_cfg, "data.train_size=0")
+
+
+def test_the_size_is_recorded_and_a_run_is_not_continued_under_another(
+    hydra_train, make_cfg, tmp_path: Path
+) -> None:
+    hydra_train(*FAST, *SPLIT, "data.train_size=8")
+    run = tmp_path / "run"
+    recorded = json.loads((run / "run.json").read_text())["data"]
+    assert (recorded["train"], recorded["train_size"], recorded["subset_seed"]) == (8, 8, 0)
+    with pytest.raises(RunFolderError, match=r"data.train_size: 8 -> 16"):
+        hydra_train("ckpt_path=last", "trainer.max_epochs=2", "data.train_size=16")
+    assert json.loads((run / "run.json").read_text())["attempts"][-1]["outcome"] == "refused"
+    # the data check refuses it too, as it would a data.root holding other files
+    check_same_data(run, recorded, _images(make_cfg, "data.train_size=8")[2], skip=False)
+    with pytest.raises(RunFolderError, match="trained on other data"):
+        check_same_data(run, recorded, _images(make_cfg, "data.train_size=16")[2], skip=False)
