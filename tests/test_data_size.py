@@ -1,7 +1,9 @@
-"""Training-set size: nested, seeded subsets of the training split (``data.train_size``)."""
+"""Training-set size: nested, seeded subsets of the training split (``data.train_size``), and the
+measurement on a grid of training images seen (``measurement=images``)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from hydra.utils import instantiate
 
 from segment.runfolder import RunFolderError, check_same_data
+from segment.schema import ConfigError
 
 # A training split of 24 scenes, 4 for validation.
 SPLIT = ["data.num_train=24", "data.num_val=4"]
@@ -76,3 +79,44 @@ def test_the_size_is_recorded_and_a_run_is_not_continued_under_another(
     check_same_data(run, recorded, _images(make_cfg, "data.train_size=8")[2], skip=False)
     with pytest.raises(RunFolderError, match="trained on other data"):
         check_same_data(run, recorded, _images(make_cfg, "data.train_size=16")[2], skip=False)
+
+
+def test_validation_every_n_images_crosses_epochs_and_the_image_budget_ends_training(
+    hydra_train, tmp_path: Path
+) -> None:
+    """12 images in batches of 4: 3 steps an epoch; a validation every 8 images (2 steps), 36
+    images at most (9 steps, off the grid: no validation at the last step)."""
+    hydra_train(
+        *FAST,
+        "measurement=images",
+        "data.num_train=12",
+        "measurement.val_every_images=8",
+        "measurement.max_images=36",
+        "trainer.max_epochs=4",  # 12 steps: past the budget, short of a hang if it is ignored
+        "trainer.log_every_n_steps=1",
+        "callbacks.thresholds.stop_when_reached=null",
+    )
+    run = tmp_path / "run"
+    history = json.loads((run / "thresholds.json").read_text())["history"]
+    assert [row["images_seen"] for row in history] == [8, 16, 24, 32]
+    assert [row["step"] for row in history] == [2, 4, 6, 8]
+    assert [row["epoch"] for row in history] == [0.6667, 1.3333, 2.0, 2.6667]
+    with (run / "csv" / "metrics.csv").open() as file:
+        trained = [int(row["step"]) for row in csv.DictReader(file) if row["train/loss_step"]]
+    assert trained == list(range(9))  # 9 optimiser steps, then the budget stopped it
+
+
+def test_an_image_count_that_is_not_whole_steps_is_refused_before_data_is_read(
+    hydra_train, tmp_path: Path
+) -> None:
+    data = tmp_path / "untouched"
+    with pytest.raises(
+        ConfigError,
+        match=r"measurement.val_every_images=10 is not a whole number of optimiser steps: a step "
+        r"takes 4 images \(data.batch_size=4 x 1 device\(s\)\); give a multiple of 4: "
+        r"measurement.val_every_images=8 or measurement.val_every_images=12",
+    ):
+        hydra_train(
+            *FAST, "measurement=images", "measurement.val_every_images=10", f"paths.data_dir={data}"
+        )
+    assert not data.exists()
