@@ -1,5 +1,6 @@
-"""Training-set size: nested, seeded subsets of the training split (``data.train_size``), and the
-measurement on a grid of training images seen (``measurement=images``)."""
+"""Training-set size: nested, seeded subsets of the training split (``data.train_size``), the
+measurement on a grid of training images seen (``measurement=images``), and the data-size study's
+sweep."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
+from segment.analysis import load_runs
 from segment.runfolder import RunFolderError, check_same_data
 from segment.schema import ConfigError
+from tests.helpers import run_script, sweep_jobs
 
 # A training split of 24 scenes, 4 for validation.
 SPLIT = ["data.num_train=24", "data.num_val=4"]
@@ -120,3 +123,53 @@ def test_an_image_count_that_is_not_whole_steps_is_refused_before_data_is_read(
             *FAST, "measurement=images", "measurement.val_every_images=10", f"paths.data_dir={data}"
         )
     assert not data.exists()
+
+
+@pytest.mark.slow
+def test_the_quick_data_size_sweep_gives_each_size_its_folders_and_a_report(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """experiment=quick_data_size at one seed, 32 images each (2 validations): 4 runs."""
+    folder = tmp_path / "sweep"
+    run_script(
+        [
+            "train.py",
+            "--multirun",
+            "experiment=quick_data_size",
+            "seed=0",
+            "measurement.max_images=32",
+            "data.num_workers=0",
+            "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            # the report reads run files, not checkpoints
+            "~callbacks.model_checkpoint",
+            "~callbacks.last_checkpoint",
+            "+trainer.enable_checkpointing=false",
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={folder}",
+        ],
+        timeout=900,
+    )
+    jobs = sweep_jobs(folder)
+    assert sorted(jobs) == [
+        f"data.train_size={size},model={model}"
+        for size in (16, 8)
+        for model in ("unet_scratch", "unet_vgg")
+    ]
+    for key, job in jobs.items():
+        size = int(key.split(",")[0].split("=")[1])
+        assert f"train_size-{size}__" in job.name
+        record = json.loads((job / "run.json").read_text())
+        assert (record["status"], record["data"]["train"]) == ("completed", size)
+        history = json.loads((job / "thresholds.json").read_text())["history"]
+        assert [row["images_seen"] for row in history] == [16, 32]
+    # both models trained on the same images at each size
+    for size in (8, 16):
+        records = [
+            json.loads((jobs[f"data.train_size={size},model={m}"] / "run.json").read_text())
+            for m in ("unet_scratch", "unet_vgg")
+        ]
+        assert records[0]["data"] == records[1]["data"]
+    assert len(load_runs(folder)) == 4
+    assert (folder / "report.md").stat().st_size > 1000
