@@ -41,6 +41,7 @@ __all__ = [
     "misspelt",
     "config_dir",
     "identity",
+    "images_to_steps",
     "is_infrastructure",
     "job_name",
     "loader_workers",
@@ -80,6 +81,7 @@ RESUMABLE = (
     *INFRASTRUCTURE,
     "trainer.max_epochs",
     "trainer.max_steps",
+    "measurement.max_images",
     "callbacks.thresholds.stop_when_reached",
 )
 MAX_NAME = 120  # bytes of a job folder name (filesystems allow 255)
@@ -106,6 +108,7 @@ class TrainSchema:
     logger: Any = None
     trainer: Any = None
     paths: Any = None
+    measurement: Any = None
     study: Any = None
 
 
@@ -361,6 +364,38 @@ def print_config_tree(cfg: DictConfig) -> None:
     rich.print(tree)
 
 
+def images_to_steps(key: str, *, _root_: DictConfig) -> int:
+    """The optimiser steps in which a run sees the number of training images at ``key``
+    (``${images_to_steps:measurement.max_images}``): that number / (``data.batch_size`` x
+    ``trainer.devices`` x ``trainer.num_nodes``). The one place images become what Lightning counts,
+    so runs with other batch sizes or training sets are measured on one grid of images seen.
+
+    Raises:
+        ValueError: naming ``key`` and its value, where it is not a positive whole number of steps.
+    """
+    images, batch = OmegaConf.select(_root_, key), OmegaConf.select(_root_, "data.batch_size")
+    devices = OmegaConf.select(_root_, "trainer.devices", default=1)
+    devices = len(devices) if isinstance(devices, ListConfig | list) else devices
+    nodes = OmegaConf.select(_root_, "trainer.num_nodes", default=1)
+    if not all(type(v) is int and v > 0 for v in (devices, nodes)):
+        raise ValueError(
+            f"{key} counts images, so it needs the number of devices: give trainer.devices (and "
+            f"trainer.num_nodes) as whole numbers (got {devices!r} and {nodes!r})"
+        )
+    if type(images) is not int or images < 1:
+        raise ValueError(f"{key}={images!r}: give a whole number of training images (>= 1)")
+    per_step = batch * devices * nodes
+    if images % per_step:
+        below = images // per_step * per_step
+        nearest = " or ".join(f"{key}={n}" for n in (below, below + per_step) if n)
+        raise ValueError(
+            f"{key}={images} is not a whole number of optimiser steps: a step takes {per_step} "
+            f"images (data.batch_size={batch} x {devices * nodes} device(s)); give a multiple of "
+            f"{per_step}: {nearest}"
+        )
+    return images // per_step
+
+
 def loader_workers() -> int:
     """DataLoader workers: the cores this process may use less one (for training itself), 1 to 8."""
     cores = (
@@ -401,11 +436,12 @@ def _own_dir(path: str) -> str:
 
 
 def register() -> None:
-    """Register the resolvers ``job_name``, ``loader_workers``, ``not``, and :class:`TrainSchema`
-    (``train_schema``)."""
+    """Register the resolvers ``job_name``, ``loader_workers``, ``images_to_steps``, ``not``, and
+    :class:`TrainSchema` (``train_schema``)."""
     for name, function in (
         ("job_name", _job_name_resolver),
         ("loader_workers", loader_workers),
+        ("images_to_steps", images_to_steps),
         ("own_dir", _own_dir),
         ("not", lambda value: not value),
     ):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 __all__ = ["ConfigError", "validate"]
 
@@ -64,10 +65,25 @@ def validate(cfg: DictConfig) -> None:
             f"model.optimizer.lr={lr}: must be above 0 (0 trains nothing) and below 3.4e38 "
             "(float32's largest number)"
         )
+    try:  # the trainer's resolvers (images_to_steps) check their values: their message, as ours
+        OmegaConf.to_container(cfg.trainer, resolve=True)
+    except InterpolationResolutionError as error:
+        cause: BaseException = error  # OmegaConf wraps the resolver's error, unchained
+        while isinstance(cause, InterpolationResolutionError) and cause.__context__ is not None:
+            cause = cause.__context__
+        raise ConfigError(f"{error.full_key}: {cause}") from None
     if cfg.trainer.get("max_epochs") == 0:
         raise ConfigError(
             "trainer.max_epochs=0: trains nothing and keeps no checkpoint; give 1 or more (or -1 "
             "with trainer.max_steps)"
+        )
+    t_max = OmegaConf.select(cfg, "model.scheduler.scheduler.T_max")
+    if isinstance(t_max, int) and t_max < 1:
+        raise ConfigError(
+            f"model.scheduler.scheduler.T_max={t_max}: the cosine schedule decays over 1 or "
+            "more epochs (trainer.max_epochs; -1 where a run is counted in steps, e.g. "
+            "measurement=images): choose a schedule that does not follow the run's length, "
+            "scheduler=warmup_constant, or give T_max"
         )
     clip = cfg.trainer.get("gradient_clip_val")
     if clip is not None and not clip > 0:  # Lightning takes any number and clips to it

@@ -169,6 +169,30 @@ CASES = [
         r"model.optimizer.lr=1e\+39: must be above 0 .* below 3.4e38",
     ),
     (
+        "an image grid that is not whole batches",
+        _nowhere,
+        ["measurement=images", "scheduler=warmup_constant", "measurement.val_every_images=90"],
+        ValueError,
+        r"trainer.val_check_interval: measurement.val_every_images=90 is not a whole number of "
+        r"optimiser steps: a step takes 4 images \(data.batch_size=4 x 1 device\(s\)\); give a "
+        r"multiple of 4: measurement.val_every_images=88 or measurement.val_every_images=92",
+    ),
+    (
+        "a cosine schedule over a run counted in steps",
+        _nowhere,
+        ["measurement=images", "trainer.max_epochs=-1"],
+        ValueError,
+        r"model.scheduler.scheduler.T_max=-1: the cosine schedule decays over 1 or more epochs "
+        r".*scheduler=warmup_constant",
+    ),
+    (
+        "a training subset of no images",
+        _nowhere,
+        ["data.train_size=0"],
+        Exception,
+        r"data.train_size=0: must be >= 1",
+    ),
+    (
         "zero epochs",
         _nowhere,
         ["trainer.max_epochs=0"],
@@ -314,6 +338,14 @@ CASES = [
         r"0001TP_000000.png: mask values \[17\] are not classes of 'camvid'",
     ),
     # silent wrong data, refused
+    (
+        "a training subset larger than the split",
+        _camvid(lambda root: None),
+        ["data.train_size=50"],
+        ValueError,
+        r"data.train_size=50: the camvid training split has only \d+ samples; give "
+        r"data.train_size <= \d+, or null for all",
+    ),
     (
         "two files of one sample",
         _camvid(lambda root: write_image(root / "train" / "0001TP_000001.jpg", seed=5)),

@@ -117,16 +117,17 @@ def test_option_composes_and_instantiates(make_cfg, tmp_path, group: str, option
             scheduler.step(loss.item()) if config["lr_scheduler"].get(
                 "monitor"
             ) else scheduler.step()
-    elif (
-        group == "measurement"
-    ):  # the study's measuring builds: validations 4x per epoch, counted after 2
+    elif group == "measurement":  # the study's measuring builds: thresholds counted after 2
         callbacks = instantiate_each(cfg.callbacks)
         trainer = instantiate(
             cfg.trainer, callbacks=callbacks, precision="32-true"
         )  # "auto": resolved at fit
-        assert trainer.val_check_interval == 0.25 and any(
-            getattr(cb, "patience", 0) == 2 for cb in callbacks
-        )
+        assert any(getattr(cb, "patience", 0) == 2 for cb in callbacks)
+        if option == "images":  # every 96 images, at most 11,040, in the tiny preset's batches of 4
+            assert (trainer.val_check_interval, trainer.check_val_every_n_epoch) == (24, None)
+            assert trainer.max_steps == 2760
+        else:  # validations 4x per epoch
+            assert trainer.val_check_interval == 0.25
     elif group == "callbacks":
         assert all(isinstance(cb, Callback) for cb in instantiate_each(cfg.get("callbacks")))
     elif group == "logger":

@@ -113,3 +113,16 @@ def test_a_sweep_names_its_jobs_by_what_varies_and_rounds_sampled_values() -> No
     name = job_name(job, GROUPS, swept={"seed", "model.optimizer.lr"})
     assert name == "model-unet_vgg__seed-0__lr-2.346e-4"
     assert job_name(job, GROUPS) != name  # outside a sweep every override names the run
+
+
+def test_a_sweep_over_training_set_sizes_names_each_size() -> None:
+    swept = {"seed", "model", "data.train_size"}
+    names = {
+        size: job_name(["model=unet_vgg", "seed=0", f"data.train_size={size}"], GROUPS, swept)
+        for size in ("46", "122", "null")
+    }
+    assert names == {
+        "46": "model-unet_vgg__seed-0__train_size-46",
+        "122": "model-unet_vgg__seed-0__train_size-122",
+        "null": "model-unet_vgg__seed-0__train_size-none",  # the whole split
+    }

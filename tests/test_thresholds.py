@@ -51,6 +51,7 @@ def _run(
     steps: int = 3,
     val_every: int | None = None,
     epochs: int | None = None,
+    across_epochs: bool = False,
     **tracker_args,
 ) -> tuple[ThresholdTracker, Trainer]:
     batches = [
@@ -67,6 +68,8 @@ def _run(
         enable_model_summary=False,
         num_sanity_val_steps=0,
         val_check_interval=val_every,
+        # validation every `val_every` steps of the whole run, not of each epoch
+        check_val_every_n_epoch=None if across_epochs else 1,
         accelerator="cpu",
     )
     loader = DataLoader(batches, batch_size=None)
@@ -175,6 +178,37 @@ def test_several_validations_per_epoch_give_fractional_epochs(tmp_path: Path) ->
     assert [row["epoch"] for row in tracker.history] == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
     point = tracker.reached["val_loss<=1"]
     assert (point["epoch"], point["step"], point["images_seen"]) == (2.0, 8, 16)
+
+
+@pytest.mark.parametrize(
+    ("val_every", "epochs"), [(12, [2.0, 4.0, 6.0]), (9, [1.5, 3.0, 4.5])], ids=["12", "9"]
+)
+def test_validation_every_n_steps_across_epochs_keeps_fractional_epochs_right(
+    tmp_path: Path, val_every: int, epochs: list[float]
+) -> None:
+    """The image grid (measurement=images): 6 steps of 2 images per epoch, validated every
+    `val_every` steps of the run, across epoch boundaries."""
+    tracker, _ = _run(
+        tmp_path,
+        losses=[1.2, 0.9, 0.8],
+        mious=[0] * 3,
+        val_loss=[1.0],
+        val_miou=[],
+        steps=6,
+        val_every=val_every,
+        epochs=int(epochs[-1]) + 1,
+        across_epochs=True,
+    )
+    steps = [val_every * (i + 1) for i in range(3)]
+    assert [row["epoch"] for row in tracker.history] == epochs
+    assert [row["step"] for row in tracker.history] == steps
+    assert [row["images_seen"] for row in tracker.history] == [2 * step for step in steps]
+    point = tracker.reached["val_loss<=1"]  # in epochs, steps and images alike
+    assert (point["epoch"], point["step"], point["images_seen"]) == (
+        epochs[1],
+        steps[1],
+        4 * val_every,
+    )
 
 
 def test_loss_thresholds_can_apply_to_plain_cross_entropy(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from segment.data.dataset import Sample, SegmentationDataset
+from segment.data.dataset import Sample, SegmentationDataset, seeded_order
 from segment.data.labels import DatasetInfo
 from segment.data.sampling import EpochSampler, ResumableLoader
 
@@ -58,6 +58,12 @@ class SegmentationDataModule(LightningDataModule):
             decoding. Implies ``verify``.
         seed: Fixes the training order and augmentation per epoch (the run's ``seed``;
             :mod:`segment.data.sampling`); None: a random one, still resumable.
+        train_size: Train on this many samples of the training split (None: all of them): the
+            first of the split in the order ``subset_seed`` fixes (:func:`seeded_order`), so a
+            smaller subset lies inside every larger one, whatever the run's ``seed``. The
+            validation split is never subset.
+        subset_seed: Which subset ``train_size`` takes; independent of the run's ``seed``, so
+            every model and training seed trains on the same images.
     """
 
     info: DatasetInfo
@@ -76,6 +82,8 @@ class SegmentationDataModule(LightningDataModule):
         verify: bool = True,
         cache: bool = False,
         seed: int | None = None,
+        train_size: int | None = None,
+        subset_seed: int = 0,
     ) -> None:
         super().__init__()
         if len(image_size) != 2 or any(int(s) <= 0 for s in image_size):
@@ -99,8 +107,15 @@ class SegmentationDataModule(LightningDataModule):
                 f"data.train_repeats={train_repeats} and data.overfit_samples={overfit_samples} "
                 "must be >= 1"
             )
+        if train_size is not None and train_size < 1:
+            raise ValueError(
+                f"data.train_size={train_size}: must be >= 1 (the training images to use), or null "
+                "for the whole training split"
+            )
         self.train_repeats = train_repeats
         self.overfit_samples = overfit_samples
+        self.train_size = train_size
+        self.subset_seed = subset_seed
         self.load_size = tuple(int(v) for v in load_size) if load_size is not None else None
         self.verify = verify
         self.cache = cache
@@ -115,6 +130,20 @@ class SegmentationDataModule(LightningDataModule):
     def samples(self, split: str) -> list[Sample]:
         """The labelled files of ``split`` (one of :attr:`splits`)."""
         raise NotImplementedError
+
+    def training_samples(self) -> list[Sample]:
+        """The samples a run trains on: the training split, or its ``train_size`` subset (in the
+        split's order)."""
+        samples = self.samples("train")
+        if self.train_size is None:
+            return samples
+        if self.train_size > len(samples):
+            raise ValueError(
+                f"data.train_size={self.train_size}: the {self.info.name} training split has only "
+                f"{len(samples)} samples; give data.train_size <= {len(samples)}, or null for all"
+            )
+        chosen = set(seeded_order(samples, self.subset_seed)[: self.train_size])
+        return [sample for sample in samples if sample in chosen]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:
@@ -144,11 +173,12 @@ class SegmentationDataModule(LightningDataModule):
 
     def fingerprint(self) -> dict[str, Any]:
         """What a run trains and validates on, wherever the files lie (``run.json``, every
-        checkpoint): the dataset, its split sizes, a hash of the file names relative to their
-        common folder, and one of the content (every file's size, every mask's bytes: a mask
-        rewritten under its old name changes it). A continued or skipped run is refused on other
-        data."""
-        files = {split: self.samples(split) for split in ("train", "val")}
+        checkpoint): the dataset, the number of samples it trains and validates on, a hash of the
+        file names relative to their common folder, one of the content (every file's size, every
+        mask's bytes: a mask rewritten under its old name changes it), and the training subset
+        (``train_size``, null: all; ``subset_seed``). A continued or skipped run is refused on
+        other data."""
+        files = {"train": self.training_samples(), "val": self.samples("val")}
         paths = [
             path
             for samples in files.values()
@@ -167,15 +197,17 @@ class SegmentationDataModule(LightningDataModule):
             "val": len(files["val"]),
             "files": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16],
             "content": content.hexdigest()[:16],
+            "train_size": self.train_size,
+            "subset_seed": None if self.train_size is None else self.subset_seed,
         }
 
     def dataset(self, split: str) -> SegmentationDataset:
         """A dataset of ``split`` with this module's transforms (augmentation for ``train``
         only)."""
         if self.overfit_samples:
-            samples = self.samples("train")[: self.overfit_samples]
+            samples = self.training_samples()[: self.overfit_samples]
         else:
-            samples = self.samples(split)
+            samples = self.training_samples() if split == "train" else self.samples(split)
         if not samples:
             raise ValueError(f"{self.info.name}: the {split} split is empty")
         transform = self.transforms["train" if split == "train" else "val"]

@@ -26,6 +26,7 @@ __all__ = [
     "pair_files",
     "read_image",
     "read_mask",
+    "seeded_order",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,17 @@ class Sample:
 
     image: Path
     mask: Path
+
+
+def seeded_order(samples: Sequence[Sample], seed: int) -> list[Sample]:
+    """``samples`` in an order fixed by ``seed`` alone: their image paths sorted, then permuted.
+
+    Whatever order the files were listed in, the same seed gives the same order: the first *n*
+    form a seeded subset, and each such subset lies inside every larger one (a validation split
+    drawn from a folder, ``data.train_size``).
+    """
+    ordered = sorted(samples, key=lambda s: s.image.as_posix())
+    return [ordered[int(i)] for i in np.random.default_rng(seed).permutation(len(ordered))]
 
 
 def pair_files(

@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 from torchvision.datasets.utils import download_and_extract_archive
 
 from segment.data.datamodule import SegmentationDataModule
-from segment.data.dataset import Sample, pair_files
+from segment.data.dataset import Sample, pair_files, seeded_order
 from segment.data.labels import (
     CAMVID_INFO,
     CITYSCAPES_ALL_INFO,
@@ -62,12 +61,10 @@ def split_by_fraction(
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction={val_fraction} must be strictly between 0 and 1")
     ordered = sorted(samples, key=lambda s: s.image.as_posix())
-    order = np.random.default_rng(seed).permutation(len(ordered))
-    num_val = max(1, round(val_fraction * len(ordered)))
-    val = {int(i) for i in order[:num_val]}
+    val = set(seeded_order(ordered, seed)[: max(1, round(val_fraction * len(ordered)))])
     return {
-        "train": [s for i, s in enumerate(ordered) if i not in val],
-        "val": [s for i, s in enumerate(ordered) if i in val],
+        "train": [s for s in ordered if s not in val],
+        "val": [s for s in ordered if s in val],
     }
 
 
