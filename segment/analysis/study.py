@@ -28,7 +28,12 @@ from segment.data.labels import THIN_CLASSES
 __all__ = ["Arm", "Comparison", "Study", "TunedComparison", "order_key"]
 
 # Keys that bound a run's length or its measurement, not what it trains: ignored when pairing arms.
-_CAPS = ("trainer.max_epochs", "trainer.max_steps", "callbacks.thresholds.stop_when_reached")
+_CAPS = (
+    "trainer.max_epochs",
+    "trainer.max_steps",
+    "measurement.max_images",
+    "callbacks.thresholds.stop_when_reached",
+)
 # Short names of the study's arms (study.names in a run's config adds or replaces them).
 NAMES = {
     "unet_scratch": "scratch",
