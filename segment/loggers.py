@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
+from lightning.pytorch.loggers import MLFlowLogger as _MLFlowLogger
 from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
@@ -24,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from segment.files import write_atomic
 from segment.layout import METRICS
 
-__all__ = ["CSVLogger", "TensorBoardLogger", "log_position"]
+__all__ = ["CSVLogger", "MLFlowLogger", "TensorBoardLogger", "log_position"]
 
 
 def log_position(loggers: Any) -> dict[str, int]:
@@ -131,3 +133,43 @@ class TensorBoardLogger(_TensorBoardLogger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         super().log_metrics(metrics, step)
         self._step = max(self._step, step or 0)
+
+
+class MLFlowLogger(_MLFlowLogger):
+    """Lightning's MLFlowLogger whose ``log_model`` uploads the best checkpoint by the monitored
+    metric under ``best/`` and the newest one under ``latest/`` when training ends (``"all"``: also
+    after every checkpoint). Lightning's own upload scans only the checkpoint callback that saved
+    last, so with a best and a ``last.ckpt`` callback it uploaded ``last.ckpt`` under both names.
+    """
+
+    def __init__(self, *args: Any, log_model: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(*args, log_model=False, **kwargs)
+        self._upload = log_model
+        self._callbacks: list[ModelCheckpoint] = []
+
+    def after_save_checkpoint(self, checkpoint_callback: ModelCheckpoint) -> None:
+        if checkpoint_callback not in self._callbacks:
+            self._callbacks.append(checkpoint_callback)
+        if self._upload == "all":
+            self._log_checkpoints()
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if self._upload and self._initialized:
+            self._log_checkpoints()
+        super().finalize(status)
+
+    def _log_checkpoints(self) -> None:
+        """``best/<file>``: the monitored callback's best; ``latest/<file>``: the newest file any
+        callback wrote."""
+        best = [c.best_model_path for c in self._callbacks if c.monitor and c.best_model_path]
+        written = [
+            path
+            for c in self._callbacks
+            for path in (c.last_model_path, c.best_model_path)
+            if path and Path(path).is_file()
+        ]
+        for folder, paths in (("best", best), ("latest", written)):
+            if paths:
+                newest = max(paths, key=lambda p: Path(p).stat().st_mtime)
+                self.experiment.log_artifact(self.run_id, newest, artifact_path=folder)

@@ -147,7 +147,12 @@ def test_mlflow_logs_a_run_into_its_sqlite_store(make_cfg, tmp_path: Path) -> No
 
     logs = tmp_path / "logs"
     cfg = make_cfg(
-        "model=unet_lab", "logger=[csv,mlflow]", f"paths.log_dir={logs}", "tags=[baseline,tiny]"
+        "model=unet_lab",
+        "logger=[csv,mlflow]",
+        f"paths.log_dir={logs}",
+        "tags=[baseline,tiny]",
+        "logger.mlflow.log_model=true",
+        "trainer.max_epochs=2",
     )
     train(cfg)
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{logs}/mlflow.db")
@@ -159,6 +164,14 @@ def test_mlflow_logs_a_run_into_its_sqlite_store(make_cfg, tmp_path: Path) -> No
     [artifact] = [a.path for a in client.list_artifacts(run.info.run_id) if a.path == "config.yaml"]
     config = yaml.safe_load(open(client.download_artifacts(run.info.run_id, artifact)))
     assert config["model"]["optimizer"]["_target_"] == "torch.optim.AdamW"
+    # log_model: the best checkpoint by val/loss under best/, the newest under latest/
+    [best] = [a.path for a in client.list_artifacts(run.info.run_id, "best")]
+    [latest] = [a.path for a in client.list_artifacts(run.info.run_id, "latest")]
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    kept = [p.name for p in checkpoints.glob("epoch*.ckpt")]
+    assert [best] == [f"best/{name}" for name in kept] and latest == "latest/last.ckpt"
+    uploaded = client.download_artifacts(run.info.run_id, best)
+    assert Path(uploaded).read_bytes() == (checkpoints / kept[0]).read_bytes()
 
 
 @pytest.mark.slow
