@@ -318,19 +318,45 @@ def compose_train(overrides: Sequence[str], output_dir: str | None = None) -> Di
         return compose("train", overrides=[*paths, *overrides])
 
 
-def misspelt(overrides: Sequence[str]) -> list[str]:
-    """``model.optimizer.lrr: did you mean model.optimizer.lr?`` for each override whose key the
-    config does not have (Hydra says only "Key 'lrr' is not in struct"); the config is composed
-    with the overrides' group choices. Never raises: it runs after Hydra has failed."""
+def misspelt(overrides: Sequence[str], config: str = "train") -> list[str]:
+    """A hint for each override Hydra could not use, with the nearest valid name: a group option
+    (``model=unet_vg: did you mean model=unet_vgg?``), a top-level key or group (``modle: did you
+    mean model?``), a nested key (``model.optimizer.lrr: did you mean model.optimizer.lr?``; the
+    config is composed with the overrides' valid group choices). Never raises: it runs after Hydra
+    has failed."""
     try:
-        keys = {k: v for k, v in parse_overrides([o for o in overrides if "=" in o]).items()}
-        groups = [f"{k}={v}" for k, v in keys.items() if "." not in k and isinstance(v, str)]
-        cfg = compose_train(groups)
+        keys = parse_overrides([o for o in overrides if "=" in o and not o.startswith("-")])
+        tree = config_dir()
+        with initialize_config_dir(config_dir=str(tree), version_base="1.3"):
+            top = {str(key) for key in compose(config)}
     except Exception:  # noqa: BLE001 -- a hint, not a second error
         return []
-    found = []
-    for key in (k for k in keys if "." in k and not k.startswith("hydra.")):
-        parent, _, leaf = key.rpartition(".")
+    found, groups = [], []
+    names = sorted(top | {p.name for p in tree.iterdir() if p.is_dir()})
+    for key, value in keys.items():
+        name = key.lstrip("+~").split("@")[0]
+        if "." in name or name.startswith("hydra"):
+            continue
+        if (tree / name).is_dir():
+            options = sorted(p.stem for p in (tree / name).glob("*.yaml"))
+            chosen = value if isinstance(value, list) else [value]
+            for option in (str(v) for v in chosen if v is not None):
+                if option in options:
+                    groups.append(f"{name}={option}")
+                    continue
+                close = difflib.get_close_matches(option, options, n=1)
+                hint = f"did you mean {name}={close[0]}?" if close else "no such option"
+                found.append(f"{name}={option}: {hint} ({name} options: {', '.join(options)})")
+        elif name not in top:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"did you mean {close[0]}?" if close else "no such key or group"
+            found.append(f"{name}: {hint} (`--help` lists the groups)")
+    try:
+        cfg = compose_train(groups) if config == "train" else None
+    except Exception:  # noqa: BLE001
+        cfg = None
+    for key in (k for k in keys if "." in k and not k.startswith("hydra.") and cfg is not None):
+        parent, _, leaf = key.lstrip("+~").rpartition(".")
         node = OmegaConf.select(cfg, parent)
         if isinstance(node, DictConfig) and leaf not in node:
             close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
@@ -443,6 +469,7 @@ def register() -> None:
         ("loader_workers", loader_workers),
         ("images_to_steps", images_to_steps),
         ("own_dir", _own_dir),
+        ("abspath", os.path.abspath),
         ("not", lambda value: not value),
     ):
         if not OmegaConf.has_resolver(name):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -356,6 +357,14 @@ class RunFolder:
             self._save()
         if name and sweep_dir() is not None:
             _sweep_stopped(message)
+        elif name:
+            log.error(
+                "%s. Continue it: %s",
+                message,
+                shlex.join(
+                    ["segment-train", f"hydra.run.dir={self.path.resolve()}", "ckpt_path=last"]
+                ),
+            )
 
     def _stop(self, number: int, frame: Any) -> None:
         """A stop signal: end training where it is (Lightning shuts down on KeyboardInterrupt)."""
@@ -407,13 +416,18 @@ def check_same_data(path: Path, recorded: dict | None, fingerprint: dict, skip: 
 
 
 def _sweep_stopped(message: str) -> None:
-    pending = [job for job in sweep_jobs() if _status(Path(sweep_dir()) / job) != "completed"]
+    """Name the jobs a stopped sweep did not complete, and the command that continues it: the
+    same overrides into the same folder, completed jobs skipped."""
+    sweep = Path(sweep_dir()).resolve()
+    pending = [job for job in sweep_jobs() if _status(sweep / job) != "completed"]
+    typed = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "skip_completed="))]
+    command = ["segment-train", *typed, f"hydra.sweep.dir={sweep}", "skip_completed=true"]
     log.error(
-        "%s: the sweep stops; %d job(s) not completed: %s. Continue it: the same command "
-        "with skip_completed=true",
+        "%s: the sweep stops; %d job(s) not completed: %s. Continue it: %s",
         message,
         len(pending),
         ", ".join(pending),
+        shlex.join(command),
     )
 
 

@@ -117,10 +117,10 @@ def summary(cfg: DictConfig, run: RunFolder, built: Built, metrics: dict[str, fl
         elif kind == "WandbLogger":
             lines.append(f"  dashboards:      wandb sync {shlex.quote(str(logger.save_dir))}/wandb")
     if best:
-        lines.append(f"  evaluate:        python evaluate.py ckpt_path={shlex.quote(best)}")
+        lines.append(f"  evaluate:        segment-evaluate ckpt_path={shlex.quote(best)}")
     if best and (trainer.max_epochs or 0) > 0 and not follows_length(cfg):
         lines.append(
-            f"  train longer:    python train.py hydra.run.dir={path} ckpt_path=last "
+            f"  train longer:    segment-train hydra.run.dir={path} ckpt_path=last "
             f"trainer.max_epochs={2 * trainer.max_epochs}"
         )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shlex
 import signal
 from importlib import metadata
 from pathlib import Path
@@ -354,6 +355,9 @@ def test_an_interrupted_run_is_recorded_as_such_and_continued(
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "interrupted" and record["error"] == f"interrupted by {name}"
     assert record["attempts"][-1]["signal"] == name
+    # the command that continues it, as printed: the folder by its absolute path
+    output = attempt.stdout + attempt.stderr
+    assert f"Continue it: segment-train hydra.run.dir={run} ckpt_path=last" in output
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 9  # the validation after batch 3 of epoch 2 (6 batches per epoch)
     if group:
@@ -390,7 +394,16 @@ def test_an_interrupted_sweep_stops_and_names_the_jobs_it_did_not_complete(
         f"interrupted by SIGTERM: the sweep stops; 2 job(s) not completed: {started}, "
         "model-unet_lab__seed-1." in output
     )
-    run_script([*command, "skip_completed=true"])
+    # the command it prints continues the sweep in its folder, as printed (bash's words)
+    [printed] = [
+        line.split("Continue it: ")[1] for line in output.splitlines() if "Continue it" in line
+    ]
+    words = shlex.split(printed)
+    assert words[0] == "segment-train" and words[-2:] == [
+        f"hydra.sweep.dir={sweep}",
+        "skip_completed=true",
+    ]
+    run_script(["train.py", *words[1:]])
     jobs = [p for p in sweep.iterdir() if p.is_dir()]
     assert len(jobs) == 2 and all(
         json.loads((job / "run.json").read_text())["status"] == "completed" for job in jobs

@@ -659,17 +659,17 @@ def test_the_report_prints_the_command_that_adds_the_seeds_it_needs(tmp_path: Pa
             shutil.rmtree(folder)
     assert report_main([str(sweep)]) == 0
     report = (sweep / "report.md").read_text()
-    [command] = [line for line in report.splitlines() if line.startswith("python train.py -m ")]
+    [command] = [line for line in report.splitlines() if line.startswith("segment-train -m ")]
     words = (
         subprocess.run(
-            ["bash", "-c", f"printf '%s\\0' {command[len('python ') :]}"],
+            ["bash", "-c", f"printf '%s\\0' {command}"],
             capture_output=True,
             check=True,
         )
         .stdout.decode()
         .split("\0")[:-1]
     )
-    assert words[:2] == ["train.py", "-m"] and "skip_completed=true" in words
+    assert words[:2] == ["segment-train", "-m"] and "skip_completed=true" in words
     assert f"hydra.sweep.dir={sweep}" in words and "model=unet_scratch,unet_vgg" in words
     [seeds] = [w for w in words if w.startswith("seed=")]
     assert seeds.startswith("seed=2,") or seeds == "seed=2"

@@ -294,11 +294,15 @@ def more_seeds(study: Study, sweep: str) -> str:
             values[key].append(value)
     new = range(seeds[-1] + 1, seeds[-1] + 1 + needed - len(seeds))
     parts = [f"{key}={','.join(found)}" for key, found in values.items()]
-    parts += [f"seed={','.join(map(str, new))}", f"hydra.sweep.dir={sweep}", "skip_completed=true"]
+    parts += [
+        f"seed={','.join(map(str, new))}",
+        f"hydra.sweep.dir={sweep}",
+        "skip_completed=true",
+    ]
     return (
         f"{plan} needs {needed} seeds per arm in the answer's most demanding cell ({where}; each "
         "cell's need is in the tables below); to add them to this sweep:\n\n"
-        f"```bash\npython train.py -m {' '.join(map(shlex.quote, parts))}\n```"
+        f"```bash\nsegment-train -m {' '.join(map(shlex.quote, parts))}\n```"
     )
 
 

@@ -1,0 +1,87 @@
+"""The command-line entry points: ``segment-train`` and ``segment-evaluate`` (in a checkout also
+``python train.py`` and ``python evaluate.py``), the same from any working folder.
+
+Torch and Lightning load only once Hydra has composed a config, so ``--help`` and a misspelt key
+or option answer at once, with the nearest valid name. An error that refuses a run (a config, a
+folder, a file or data that cannot be used) prints its message alone and exits 1; a refusal inside
+a sweep is recorded in its job's ``run.json`` and the sweep goes on. ``HYDRA_FULL_ERROR=1`` shows
+the traceback of any error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from segment.config import config_dir, misspelt
+
+__all__ = ["evaluate", "train"]
+
+log = logging.getLogger("segment")
+
+# Errors that say what the user must change: their message is the whole answer.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _train(cfg: DictConfig) -> float | None:
+    from segment.training import train  # torch and Lightning: after Hydra has composed
+
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric"))  # what a sweeper (Optuna) optimises
+
+
+def _evaluate(cfg: DictConfig) -> None:
+    from segment.evaluation import run  # torch and Lightning: after Hydra has composed
+
+    run(cfg)
+
+
+def _refusing(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """``task``, with the message alone for an error a user fixes, in a single run."""
+
+    def wrapped(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except USER_ERRORS + _run_errors() as error:
+            single = HydraConfig.initialized() and HydraConfig.get().mode.name == "RUN"
+            if not single or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            log.error("%s (HYDRA_FULL_ERROR=1 shows the traceback)", error)
+            sys.exit(1)
+
+    return wrapped
+
+
+def _run_errors() -> tuple[type[BaseException], ...]:
+    from segment.record import RecordError
+    from segment.runfolder import RunFolderError
+
+    return (RunFolderError, RecordError)
+
+
+def _main(name: str, task: Callable[[DictConfig], Any]) -> None:
+    main = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=name)
+    try:
+        main(_refusing(task))()
+    except SystemExit as exit:  # Hydra printed its error: name a misspelt key's nearest one
+        for hint in misspelt(sys.argv[1:], name) if exit.code else ():
+            print(hint, file=sys.stderr)
+        raise
+
+
+def train() -> None:
+    """``segment-train [group=option ...] [key=value ...]``: one run, or a sweep with ``-m``."""
+    _main("train", _train)
+
+
+def evaluate() -> None:
+    """``segment-evaluate ckpt_path=... [mode=...]``: score, predict with or export a
+    checkpoint."""
+    _main("evaluate", _evaluate)
