@@ -9,7 +9,9 @@ target and renames instead.
 
 from __future__ import annotations
 
+import copy
 import errno
+import inspect
 import logging
 import pickle
 import re
@@ -42,6 +44,7 @@ __all__ = [
     "find_checkpoint",
     "newest_checkpoint",
     "read_checkpoint",
+    "without_pretrained",
 ]
 
 log = logging.getLogger(__name__)
@@ -285,6 +288,36 @@ def check_trusted_targets(config: Any, where: str, kind: str = "model") -> None:
                 f"{place}: refusing to build _target_={node['_target_']!r} from a checkpoint; a "
                 f"checkpoint may only name {_ALLOWED[kind][2]}"
             )
+
+
+# Arguments by which an allow-listed class fetches pretrained weights, and the value that fetches
+# none: smp's nets (and create_model) default to encoder_weights="imagenet", its timm encoders to
+# pretrained=True. (A checkpoint's data config never downloads: evaluate.py skips prepare_data.)
+_PRETRAINED = {"encoder_weights": None, "pretrained": False}
+
+
+def without_pretrained(config: Any) -> Any:
+    """A copy of ``config`` (plain containers from a checkpoint, ``_target_``s already checked) in
+    which every node, at any depth, that could fetch pretrained weights is told not to: a switch of
+    :data:`_PRETRAINED` is turned off where the node has it, and added where its ``_target_`` takes
+    it, since the class's own default fetches (smp's ``Unet`` without ``encoder_weights``)."""
+    config = copy.deepcopy(config)
+    for _, node in list(_nodes(config, "")):
+        if not isinstance(node, dict):
+            continue
+        takes = _parameters(node.get("_target_"))
+        node.update({key: off for key, off in _PRETRAINED.items() if key in node or key in takes})
+    return config
+
+
+def _parameters(target: Any) -> set[str]:
+    """The argument names of a ``_target_``'s callable (none for anything not importable)."""
+    if not isinstance(target, str):
+        return set()
+    try:
+        return set(inspect.signature(get_object(target)).parameters)
+    except Exception:  # noqa: BLE001 -- not importable or no signature: it takes nothing by name
+        return set()
 
 
 def check_saved_overrides(items: list[Any], where: str) -> None:

@@ -3,6 +3,8 @@ and an allow-list for what a checkpoint may build."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import random
 import subprocess
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from segmentation_models_pytorch.encoders import TimmUniversalEncoder
+from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
 
 from segment.checkpoints import (
     AtomicCheckpointIO,
@@ -21,6 +25,7 @@ from segment.checkpoints import (
     newest_checkpoint,
     read_checkpoint,
 )
+from segment.evaluation import load_checkpoint
 from segment.models import SegmentationModule
 from tests.helpers import REPO, run_script
 
@@ -324,3 +329,122 @@ def test_positional_arguments_in_a_checkpoint_are_refused_before_anything_is_bui
         r"not give positional arguments",
     ):
         read_checkpoint(tmp_path / "crafted.ckpt")
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The encoders built (``built``) and what smp's and timm's pretrained-weight loaders were
+    asked for (``fetched``; each ask fails, as offline)."""
+    seen: dict[str, list[str]] = {"built": [], "fetched": []}
+
+    def fetch(*args, **kwargs):
+        seen["fetched"].append(str(args[0] if args else kwargs))
+        raise OSError("a test fetched pretrained weights")
+
+    monkeypatch.setattr("segmentation_models_pytorch.encoders.hf_hub_download", fetch)
+    monkeypatch.setattr("timm.models._builder.load_pretrained", fetch)
+    for encoder in (ResNetEncoder, TimmUniversalEncoder):
+
+        @functools.wraps(encoder.__init__)  # its signature stays the encoder's
+        def counted(self, *args, _init=encoder.__init__, _name=encoder.__name__, **kwargs):
+            _init(self, *args, **kwargs)
+            seen["built"].append(_name)
+
+        monkeypatch.setattr(encoder, "__init__", counted)
+    return seen
+
+
+# Nets that fetch pretrained weights by their class's default (smp's nets and create_model:
+# encoder_weights="imagenet"; smp's timm encoder: pretrained=True) or by asking.
+_SMALL = {"encoder_name": "resnet18", "encoder_depth": 3, "decoder_channels": [8, 8, 8]}
+_FETCHING_NETS = {
+    "Unet-default": {"_target_": "segmentation_models_pytorch.Unet", **_SMALL},
+    "Unet-imagenet": {
+        "_target_": "segmentation_models_pytorch.Unet",
+        **_SMALL,
+        "encoder_weights": "imagenet",
+    },
+    "create_model-default": {
+        "_target_": "segmentation_models_pytorch.create_model",
+        "arch": "Unet",
+        **_SMALL,
+    },
+    "timm-default": {
+        "_target_": "segmentation_models_pytorch.encoders.TimmUniversalEncoder",
+        "name": "resnet18",
+    },
+}
+_LAB = {"_target_": "segment.models.LabUNet", "channels": [4, 8, 16]}
+_LOSS = {"_target_": "torch.nn.CrossEntropyLoss"}
+_SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+# Where a checkpoint's module config may hold such a net: the hyperparameters it sets.
+_PLACES = {
+    "net": lambda net: {"net": net},
+    "loss": lambda net: {"net": _LAB, "loss": net},
+    "ModuleDict": lambda net: {"net": {"_target_": "torch.nn.ModuleDict", "modules": {"a": net}}},
+    "ModuleList-in-ModuleDict": lambda net: {
+        "net": {
+            "_target_": "torch.nn.ModuleDict",
+            "modules": {"a": {"_target_": "torch.nn.ModuleList", "modules": [net]}},
+        }
+    },
+    "SegmentationModule": lambda net: {
+        "net": {
+            "_target_": "segment.models.SegmentationModule",
+            "net": net,
+            "loss": _LOSS,
+            "optimizer": _SGD,
+            "class_names": ["a", "b"],
+        }
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("net", "place"),
+    [
+        (net, place)
+        for net in _FETCHING_NETS
+        for place in _PLACES
+        # smp's timm encoder takes no classes or ignore_index: it is built only when nested
+        if not (net.startswith("timm") and place in ("net", "loss"))
+    ],
+)
+def test_no_net_in_a_checkpoint_fetches_weights_at_any_depth(
+    tmp_path: Path, loads: dict[str, list[str]], net: str, place: str
+) -> None:
+    """Every allow-listed net a checkpoint names, at any depth, asking for weights or leaving the
+    key to its class's default, is built by evaluate.py's loader without pretrained weights: its
+    encoder was built (whether the module then loads or is refused) and nothing was fetched."""
+    module = SegmentationModule(net=_LAB, loss=_LOSS, optimizer=_SGD, class_names=["a", "b"])
+    hparams = {**module.hparams, **_PLACES[place](_FETCHING_NETS[net])}
+    path = tmp_path / "crafted.ckpt"
+    torch.save(
+        {"state_dict": module.state_dict(), "hyper_parameters": hparams, "global_step": 1}, path
+    )
+    with contextlib.suppress(Exception):  # a net in a ModuleDict is no segmentation net
+        load_checkpoint(path)
+    assert loads["built"] and loads["fetched"] == []
+
+
+def test_an_smp_checkpoint_without_encoder_weights_restores_its_own_weights_offline(
+    tmp_path: Path, loads: dict[str, list[str]]
+) -> None:
+    """smp's default (imagenet) for an absent encoder_weights key is not fetched: the
+    checkpoint's weights are the net's."""
+    trained = SegmentationModule(
+        net={**_FETCHING_NETS["Unet-default"], "encoder_weights": None},
+        loss=_LOSS,
+        optimizer=_SGD,
+        class_names=["a", "b"],
+    )
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.01)
+    hparams = {**trained.hparams, "net": _FETCHING_NETS["Unet-default"]}
+    checkpoint = {"state_dict": trained.state_dict(), "hyper_parameters": hparams, "global_step": 1}
+    torch.save(checkpoint, tmp_path / "a.ckpt")
+    restored = load_checkpoint(tmp_path / "a.ckpt")
+    assert loads["fetched"] == []
+    for name, tensor in trained.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], tensor, msg=name)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import albumentations as A
@@ -13,6 +16,7 @@ from hydra.utils import instantiate
 
 from segment.data import DatasetInfo, SegmentationDataset, colorize, pair_files
 from segment.data.synthetic import SYNTHETIC_INFO
+from tests.helpers import REPO
 
 INFO = DatasetInfo(
     name="toy", class_names=("a", "b", "c"), palette=((255, 0, 0), (0, 255, 0), (0, 0, 255))
@@ -101,3 +105,37 @@ def test_repeats_and_overfit_subset(make_cfg) -> None:
     dm.setup("fit")
     assert len(dm.train_dataset) == 6 and len(dm.val_dataset) == 2
     assert dm.val_dataset.samples == dm.train_dataset.samples[:2]  # validates on what it trains on
+
+
+# `python -m segment.data` (its usage line), recording every name lookup and connection (each
+# refused) from before the first import: train.py and evaluate.py, like it, import segment first.
+_CONNECTIONS = """
+import runpy, socket, sys
+asked = []
+def refuse(*args, **kwargs):
+    asked.append(repr(args))
+    raise OSError("no network here")
+socket.getaddrinfo = socket.socket.connect = socket.socket.connect_ex = refuse
+sys.argv = ["segment.data"]
+try:
+    runpy.run_module("segment.data", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+assert "albumentations" in sys.modules
+print(asked)
+"""
+
+
+def test_starting_a_command_contacts_no_server() -> None:
+    """albumentations asked PyPI for a newer version each time it was imported."""
+    env = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run(
+        [sys.executable, "-c", _CONNECTIONS],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -6,6 +6,7 @@ import ast
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import zipfile
@@ -224,3 +225,16 @@ def test_no_file_names_a_path_of_the_machine_it_was_made_on() -> None:
                 continue
             found += [f"{path.relative_to(REPO)}: {m.group(0)}" for m in machine.finditer(text)]
     assert not found, found[:10]
+
+
+@pytest.mark.filterwarnings("ignore:A test tried to use socket:UserWarning")
+def test_a_test_cannot_open_a_network_socket() -> None:
+    """pytest-socket (the dev extra, pyproject's addopts): a connection a test would open fails at
+    once, instead of passing where a server answers; local Unix sockets stay (the warm script
+    server, asyncio). A test that needs the network says so: @pytest.mark.enable_socket."""
+    from pytest_socket import SocketBlockedError
+
+    with pytest.raises(SocketBlockedError):
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    for end in socket.socketpair():
+        end.close()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import segmentation_models_pytorch as smp
 import torch
+from hydra.utils import instantiate
 from safetensors.torch import save_file
 from segmentation_models_pytorch.encoders import get_encoder
 
@@ -456,3 +457,61 @@ def test_an_unreachable_hub_is_looked_at_once_and_said_in_one_line(
     assert done.stdout.split() == ["hed-bsds500", "hed-bsds500"]
     assert done.stderr.count("the Hugging Face hub (hub.invalid) is not reachable") == 1
     assert "Retrying" not in done.stderr
+
+
+def test_a_vgg_net_without_encoder_weights_gets_and_records_the_default_offline(
+    hed_cache, monkeypatch
+) -> None:
+    """smp's Unet loads imagenet when the key is absent: the resolver treats the absence as that
+    default, so the offline fallback and its record apply, and smp fetches nothing itself."""
+
+    def fetch(*args, **kwargs):
+        raise AssertionError(f"smp fetched {args}")
+
+    monkeypatch.setattr("segmentation_models_pytorch.encoders.hf_hub_download", fetch)
+    module = SegmentationModule(
+        net=VGG_NET,  # no encoder_weights key
+        loss={"_target_": "torch.nn.CrossEntropyLoss"},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3},
+        class_names=list(SYNTHETIC_INFO.class_names),
+    )
+    assert (module.weights_record.source, module.weights_record.requested) == (
+        "hed-bsds500",
+        "imagenet",
+    )
+    torch.testing.assert_close(
+        module.net.encoder.state_dict()["features.5.weight"], hed_cache["features.5.weight"]
+    )
+
+
+def test_smp_without_encoder_weights_records_the_weights_smp_loaded(
+    make_cfg, tmp_path: Path, monkeypatch
+) -> None:
+    """``model=smp '~model.net.encoder_weights'``: smp loads its default (imagenet, here from a
+    Hugging Face cache of random weights), and the record says so, with the file's checksum."""
+    settings = smp.encoders.encoders["mobilenet_v2"]["pretrained_settings"]["imagenet"]
+    snapshot = (
+        tmp_path
+        / "hub"
+        / f"models--{settings['repo_id'].replace('/', '--')}"
+        / "snapshots"
+        / settings["revision"]
+    )
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    torch.manual_seed(0)
+    state = {
+        k: torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in get_encoder("mobilenet_v2", weights=None).state_dict().items()
+    }
+    save_file(state, str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = make_cfg(  # not tiny: that sets encoder_weights=null, which Hydra cannot delete
+        "model=smp", "model.net.encoder_name=mobilenet_v2", "~model.net.encoder_weights", tiny=False
+    )
+    module = instantiate(cfg.model, class_names=list(SYNTHETIC_INFO.class_names))
+    record = module.weights_record
+    assert (record.source, record.requested) == ("smp:imagenet", "imagenet")
+    assert record.sha256 == sha256(snapshot / "model.safetensors")
+    name = "features.1.conv.0.0.weight"
+    torch.testing.assert_close(module.net.encoder.state_dict()[name], state[name])

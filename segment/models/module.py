@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
-from segment.checkpoints import check_trusted_targets, read_checkpoint
+from segment.checkpoints import check_trusted_targets, read_checkpoint, without_pretrained
 from segment.models.metrics import confusion_metric, confusion_scores
 from segment.models.nets import build_net, size_multiple
 from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD
@@ -374,19 +374,21 @@ class SegmentationModule(LightningModule):
         """Rebuild a trained module from its checkpoint alone, without downloading anything.
 
         A checkpoint is data, not code: its net, loss, optimiser and scheduler configs are rebuilt
-        only from allow-listed targets (:func:`~segment.checkpoints.check_trusted_targets`), and its
-        encoder weights come from its own state dict (``load_from_checkpoint`` would fetch
+        only from allow-listed targets (:func:`~segment.checkpoints.check_trusted_targets`), every
+        pretrained switch at any depth is off (:func:`~segment.checkpoints.without_pretrained`), and
+        its encoder weights come from its own state dict (``load_from_checkpoint`` would fetch
         pretrained weights the checkpoint already holds).
         """
         checkpoint = read_checkpoint(path, "ckpt_path", require=("hyper_parameters", "state_dict"))
         hparams = dict(checkpoint["hyper_parameters"])
+        # the checkpoint's own weights replace any pretrained ones: build nothing else, and fetch
+        # nothing, whatever sits where (a net in a ModuleDict, in the loss, a key left to smp's
+        # default)
         for key in ("net", "loss", "optimizer", "scheduler"):
             check_trusted_targets(hparams.get(key), f"{path}: hyper_parameters.{key}")
-        # the checkpoint's own weights replace any pretrained ones: build nothing else, fetch
-        # nothing
+            if key in hparams:
+                hparams[key] = without_pretrained(hparams[key])
         hparams |= {"init_from": None, "compile": False}
-        if "encoder_weights" in hparams["net"]:
-            hparams["net"] = {**hparams["net"], "encoder_weights": None}
         scheduler = hparams.get("scheduler")
         if (
             scheduler and "scheduler" not in scheduler

@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 from typing import Any
 
 import segmentation_models_pytorch as smp
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from torch import nn
 
 from segment.files import sha256
@@ -68,6 +69,10 @@ def build_net(
         The net and a record of the encoder weights it started from.
     """
     _check_net(config)
+    if "encoder_weights" not in config and (default := _default_weights(config)) is not None:
+        # what the class loads when the key is absent (smp's nets: imagenet): resolved and
+        # recorded as if the config had said it
+        config = {**config, "encoder_weights": default}
     spec = config.get("encoder_weights")
     if spec is None:
         return instantiate(config, classes=num_classes), WeightsRecord("none", requested="none")
@@ -80,6 +85,15 @@ def build_net(
         log.info("encoder weights: %s", record)
         return net, record
     return _instantiate_smp(config, num_classes), _smp_record(config.get("encoder_name"), str(spec))
+
+
+def _default_weights(config: dict[str, Any]) -> str | None:
+    """The ``encoder_weights`` default of the net's class, or None where it takes none."""
+    try:
+        parameter = inspect.signature(get_object(config["_target_"])).parameters["encoder_weights"]
+    except (KeyError, ImportError, ValueError, TypeError):
+        return None
+    return None if parameter.default is inspect.Parameter.empty else parameter.default
 
 
 def _smp_record(encoder: str | None, spec: str) -> WeightsRecord:
@@ -108,12 +122,17 @@ def _instantiate_smp(config: dict[str, Any], num_classes: int) -> nn.Module:
     hub); offline, an empty cache is said at once, without the hub's retries."""
     try:
         settings = smp.encoders.encoders[config["encoder_name"]]["pretrained_settings"]
-        repo = settings[str(config["encoder_weights"])]["repo_id"]
+        weights = settings[str(config["encoder_weights"])]
     except (KeyError, TypeError):
-        repo = None  # smp names the unknown weights itself
-    if repo is not None and not hub_online():
-        try:
-            hf_hub_download(repo, "model.safetensors", local_files_only=True)
+        weights = None  # smp names the unknown weights itself
+    if weights is not None and not hub_online():
+        try:  # at smp's revision: smp caches a snapshot of it, with no ref to "main"
+            hf_hub_download(
+                weights["repo_id"],
+                "model.safetensors",
+                revision=weights.get("revision"),
+                local_files_only=True,
+            )
         except LocalEntryNotFoundError as error:
             raise RuntimeError(
                 f"could not obtain encoder weights {config['encoder_weights']!r} for "
