@@ -10,7 +10,6 @@ the traceback of any error.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -23,8 +22,6 @@ from omegaconf import DictConfig
 from segment.config import config_dir, misspelt
 
 __all__ = ["evaluate", "train"]
-
-log = logging.getLogger("segment")
 
 # Errors that say what the user must change: their message is the whole answer.
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -53,7 +50,7 @@ def _refusing(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
             single = HydraConfig.initialized() and HydraConfig.get().mode.name == "RUN"
             if not single or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            log.error("%s (HYDRA_FULL_ERROR=1 shows the traceback)", error)
+            print(f"error: {error}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
             sys.exit(1)
 
     return wrapped
