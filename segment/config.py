@@ -155,7 +155,7 @@ def identity(overrides: Iterable[str]) -> dict[str, Any]:
 def value_text(value: Any) -> str:
     """A value as a name: ``[128, 160]`` -> ``128x160``, ``0.0003`` -> ``3e-4``, ``/a/b`` ->
     ``a_b-<hash4>``."""
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | ListConfig):  # a config's own list too: 96x128
         return "x".join(value_text(item) for item in value) or "empty"
     if isinstance(value, bool) or value is None:
         return str(value).lower()

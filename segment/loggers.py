@@ -131,7 +131,8 @@ class TensorBoardLogger(_TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        super().log_metrics(metrics, step)
+        # Lightning adds the epoch to every row: in TensorBoard a card of its own, before train/val
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
         self._step = max(self._step, step or 0)
 
 

@@ -463,9 +463,25 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
             "may change). To train on from these weights with other settings, start a new run "
             "with model.init_from=<checkpoint>"
         )
+    _check_longer(path, checkpoint, cfg)
     if "log_position" not in checkpoint:  # written before positions were: by step alone
         return {"step": step, "global_step": step + 1}, checkpoint.get("data")
     return {**checkpoint["log_position"], "global_step": step}, checkpoint.get("data")
+
+
+def _check_longer(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
+    """Refuse a continuation that would train nothing: the checkpoint already holds the epochs
+    (or steps) asked for, as when an old "train longer" line is pasted again."""
+    loop = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
+    epochs, steps = (loop.get("current") or {}).get("completed"), int(checkpoint["global_step"])
+    for key, done in (("max_epochs", epochs), ("max_steps", steps)):
+        limit = cfg.trainer.get(key)
+        if isinstance(done, int) and isinstance(limit, int) and 0 < limit <= done:
+            unit = key.removeprefix("max_")
+            raise RunFolderError(
+                f"{path} is already at {done} {unit}: trainer.{key}={limit} trains nothing more; "
+                f"give trainer.{key}={2 * done} (or any number above {done})"
+            )
 
 
 def holds_results(path: Path, layout: RunLayout) -> bool:

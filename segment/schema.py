@@ -25,6 +25,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
+from segment.models.nets import input_multiple
+
 __all__ = ["ConfigError", "validate"]
 
 
@@ -72,6 +74,14 @@ def validate(cfg: DictConfig) -> None:
         while isinstance(cause, InterpolationResolutionError) and cause.__context__ is not None:
             cause = cause.__context__
         raise ConfigError(f"{error.full_key}: {cause}") from None
+    _check_input_size(cfg)
+    accelerator = str(cfg.trainer.get("accelerator"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} (trainer=gpu) needs a CUDA GPU, and none is "
+            "visible here: train on the CPU with the default trainer (accelerator auto) or "
+            "trainer=cpu"
+        )
     if cfg.trainer.get("max_epochs") == 0:
         raise ConfigError(
             "trainer.max_epochs=0: trains nothing and keeps no checkpoint; give 1 or more (or -1 "
@@ -89,6 +99,19 @@ def validate(cfg: DictConfig) -> None:
     if clip is not None and not clip > 0:  # Lightning takes any number and clips to it
         raise ConfigError(
             f"trainer.gradient_clip_val={clip}: must be > 0 (the largest gradient norm), or null"
+        )
+
+
+def _check_input_size(cfg: DictConfig) -> None:
+    """``data.image_size`` against what the net's downsampling takes, before any image is read."""
+    size = OmegaConf.select(cfg, "data.image_size")
+    net = OmegaConf.select(cfg, "model.net")
+    multiple = input_multiple(OmegaConf.to_container(net)) if isinstance(net, DictConfig) else None
+    if multiple and size is not None and any(int(s) % multiple for s in size):
+        fitting = [-(-int(s) // multiple) * multiple for s in size]
+        raise ConfigError(
+            f"data.image_size={list(size)}: this net downsamples {multiple}x, so height and width "
+            f"must be multiples of {multiple}; try data.image_size={fitting}"
         )
 
 

@@ -107,8 +107,11 @@ def summary(cfg: DictConfig, run: RunFolder, built: Built, metrics: dict[str, fl
         *(f"  {name:14s} {metrics[name]:.4f}" for name in names if name in metrics),
         f"  best checkpoint: {best or 'none kept'}",
     ]
+    logging = {type(logger).__name__ for logger in trainer.loggers}  # debug=fdr: none at all
     for logger in (cfg.get("logger") or {}).values():
         kind = str(logger.get("_target_")).rsplit(".", 1)[-1]
+        if kind not in logging:
+            continue
         if kind == "TensorBoardLogger":
             lines.append(f"  dashboards:      tensorboard --logdir {path}")
         elif kind == "MLFlowLogger":

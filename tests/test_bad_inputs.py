@@ -442,3 +442,52 @@ def test_a_misspelt_key_is_named_with_the_nearest_one_with_or_without_a_plus() -
     done = run_script(["train.py", "model.optimizer.lrr=0.1"], check=False)
     assert done.returncode == 1
     assert "model.optimizer.lrr: did you mean model.optimizer.lr?" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("typed", "hint"),
+    [
+        ("model=unet_vg", "model=unet_vg: did you mean model=unet_vgg? (model options: "),
+        ("modle=unet_vgg", "modle: did you mean model?"),
+    ],
+)
+def test_a_misspelt_option_or_top_level_key_is_named_with_the_nearest_one(
+    typed: str, hint: str
+) -> None:
+    from tests.helpers import run_script
+
+    done = run_script(["train.py", typed], check=False)
+    assert done.returncode == 1 and hint in done.stderr, done.stderr[-2000:]
+
+
+def test_an_image_size_the_net_cannot_take_is_refused_before_any_image_is_read(
+    hydra_train, tmp_path: Path
+) -> None:
+    """It was refused after the whole dataset had been rendered (357 s for CamVid at its size)."""
+    data = tmp_path / "untouched"
+    data.mkdir()
+    with pytest.raises(
+        ValueError,
+        match=r"data.image_size=\[100, 130\]: this net downsamples 32x, so height and width must "
+        r"be multiples of 32; try data.image_size=\[128, 160\]",
+    ):
+        hydra_train("model=unet_scratch", "data.image_size=[100,130]", f"paths.data_dir={data}")
+    assert not any(data.iterdir())  # nothing rendered, nothing read
+
+
+def test_a_gpu_trainer_without_a_gpu_and_evaluate_without_a_checkpoint_are_said_plainly(
+    make_cfg, tmp_path: Path
+) -> None:
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from segment.config import config_dir
+    from segment.evaluation import run
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"accelerator=gpu \(trainer=gpu\) needs a CUDA GPU"):
+            train(make_cfg("trainer=gpu"))
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("evaluate", overrides=[f"paths.root_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"ckpt_path is required: the checkpoint to use"):
+        run(cfg)

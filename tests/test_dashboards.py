@@ -84,13 +84,14 @@ def test_the_hparams_table_puts_the_overrides_first_each_key_once_with_scores(
         assert {f"{kind}/val/loss", f"{kind}/val/miou", f"{kind}/val/pixel_acc"} <= set(metrics)
     assert {"thresholds/val_loss<=1", "thresholds/val_miou>=0.3"} <= set(metrics)
     assert not any(tag.endswith(("/images_seen", "/seconds")) for tag in metrics)  # each level once
+    # one TensorBoard run per job: every event file in the run's own folder, no sub-run
+    files = list((run / "tensorboard").rglob("events.out.tfevents*"))
+    assert files and {f.parent for f in files} == {run / "tensorboard"}
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    tags = events.Tags()["scalars"]  # the run's own curves: no final/ or best/ series beside val/
-    assert "val/loss" in tags and not any(tag.startswith(("final/", "best/")) for tag in tags)
-    summary = EventAccumulator(str(run / "tensorboard" / "summary"))  # the HPARAMS table's scores
-    summary.Reload()
-    [final], [best] = summary.Scalars("final/val/loss"), summary.Scalars("best/val/loss")
+    tags = events.Tags()["scalars"]
+    assert "val/loss" in tags and "epoch" not in tags  # no single-point epoch card
+    [final], [best] = events.Scalars("final/val/loss"), events.Scalars("best/val/loss")
     assert final.value == pytest.approx(
         json.loads((run / "run.json").read_text())["metrics"]["val/loss"]
     )

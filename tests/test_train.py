@@ -256,21 +256,44 @@ def test_the_summary_prints_commands_that_run_as_printed(
     assert (
         yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
     )
+    # the same line pasted again: the run is already that long; said without a traceback
+    again = subprocess.run(
+        ["bash", "-c", lines["train longer"]],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = again.stdout + again.stderr
+    assert again.returncode == 1 and "Traceback" not in output, output[-2000:]
+    assert "is already at 2 epochs: trainer.max_epochs=2 trains nothing more" in output
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
 
 
 def test_the_summary_names_each_loggers_viewer_and_no_command_without_a_checkpoint(
-    hydra_train, tmp_path: Path, caplog
+    hydra_train, tmp_path: Path, caplog, monkeypatch
 ) -> None:
     with caplog.at_level("INFO", logger="segment"):
-        hydra_train("model=unet_lab", "debug=fdr", "logger=[csv,mlflow]")
+        hydra_train("model=unet_lab", "debug=fdr", "logger=[tensorboard,csv]")
     lines = _summary(caplog)
-    assert lines["dashboards"].startswith("mlflow ui --backend-store-uri sqlite:///")
-    assert "evaluate" not in lines and "train longer" not in lines  # fast_dev_run keeps none
+    # fast_dev_run logs nothing and keeps no checkpoint: no viewer, no command
+    assert not {"dashboards", "evaluate", "train longer"} & set(lines)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="segment"):
+        hydra_train("model=unet_lab", "logger=[csv,mlflow]", f"hydra.run.dir={tmp_path / 'ml'}")
+    store = _summary(caplog)["dashboards"].removeprefix("mlflow ui --backend-store-uri sqlite:///")
+    assert Path(store).is_absolute() and Path(store).is_file()  # opens from any folder
     caplog.clear()
     # W&B writes no TensorBoard folder: a wandb-only run used to print `tensorboard --logdir`
+    monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "wandb run"
-    with caplog.at_level("INFO", logger="segment"):
-        hydra_train("model=unet_lab", "debug=fdr", "logger=wandb", f"hydra.run.dir={run}")
+    import wandb
+
+    try:
+        with caplog.at_level("INFO", logger="segment"):
+            hydra_train("model=unet_lab", "logger=wandb", f"hydra.run.dir={run}")
+    finally:
+        wandb.finish()
     lines = _summary(caplog)
     assert lines["dashboards"] == f"wandb sync '{run}'/wandb"
     assert "tensorboard" not in caplog.text

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -14,15 +13,12 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from tensorboard.plugins.hparams import plugin_data_pb2
-from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from segment.callbacks.thresholds import ThresholdTracker
 from segment.config import identity, ordered, short_names, swept_keys, value_text
 
-__all__ = ["SUMMARY", "HyperparameterTable", "hyperparameters"]
-
-SUMMARY = "summary"  # the TensorBoard sub-run holding the final and best scores
+__all__ = ["HyperparameterTable", "hyperparameters"]
 
 
 def hyperparameters(
@@ -68,8 +64,8 @@ class HyperparameterTable(Callback):
     run's own overrides first, named as in job folders, each key once; the encoder weights actually
     loaded and the precision trained in are added here. Metrics: ``final/<name>`` and
     ``best/<name>`` for each of ``metrics`` (best: lowest loss, highest score), written once, when
-    training ends (in TensorBoard into the run's ``summary`` sub-run, so that the HPARAMS table
-    has them and the run's own scalars do not), and ``thresholds/<level>``. MLflow and W&B get the
+    training ends (in TensorBoard into the run's own event file, where the HPARAMS table reads
+    them), and ``thresholds/<level>``. MLflow and W&B get the
     resolved config (``run_config``: an artifact, W&B's config panel) and the run's tags as tags.
 
     Args:
@@ -147,11 +143,11 @@ class HyperparameterTable(Callback):
 
 @rank_zero_only
 def _write_summary(logger: TensorBoardLogger, scores: dict[str, float], step: int) -> None:
-    """The final and best scores, once, in the run's ``summary`` sub-run (the HPARAMS table reads
-    them there)."""
-    with SummaryWriter(str(Path(logger.log_dir) / SUMMARY)) as writer:
-        for name, value in scores.items():
-            writer.add_scalar(name, value, step)
+    """The final and best scores, once, in the run's own event file (the HPARAMS table reads them
+    there): one TensorBoard run per job."""
+    for name, value in scores.items():
+        logger.experiment.add_scalar(name, value, step)
+    logger.experiment.flush()
 
 
 @rank_zero_only
@@ -169,18 +165,14 @@ def _write_experiment(
 ) -> None:
     """The HPARAMS tab's column list, the swept keys marked as ``differs``: TensorBoard (2.21)
     orders the columns by ``differs``, then by name, and shows the first ones; unmarked,
-    ``batch_size`` and ``data`` came before ``model`` and ``seed``. The final and best scores are
-    read from the ``summary`` sub-run. Lightning writes these summaries only with metrics, which it
-    also logs as a point at step 0; the file writer is Lightning's private API, as Lightning itself
-    uses it to write the same summaries."""
+    ``batch_size`` and ``data`` came before ``model`` and ``seed``. Lightning writes these
+    summaries only with metrics, which it also logs as a point at step 0; the file writer is
+    Lightning's private API, as Lightning itself uses it to write the same summaries."""
     experiment, start, end = hparams_summary(params, dict.fromkeys(metrics, math.nan))
     value = experiment.value[0]
     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
     for info in data.experiment.hparam_infos:
         info.differs = info.name in swept
-    for metric in data.experiment.metric_infos:
-        if metric.name.tag.startswith(("final/", "best/")):
-            metric.name.group = SUMMARY
     value.metadata.plugin_data.content = data.SerializeToString()
     writer = logger.experiment._get_file_writer()
     for summary in (experiment, start, end):  # Lightning writes them only with metrics (at step 0)

@@ -47,6 +47,11 @@ _EVALUATION_FILES = (
 
 def run(cfg: DictConfig) -> dict:
     """Dispatch on ``cfg.mode``."""
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise ValueError(
+            "ckpt_path is required: the checkpoint to use, e.g. segment-evaluate "
+            "ckpt_path=<run folder>/checkpoints/last.ckpt (or the run folder: its newest)"
+        )
     modes = {"evaluate": evaluate, "predict": predict, "export": export}
     if cfg.mode not in modes:
         raise ValueError(f"mode={cfg.mode!r}; expected one of {sorted(modes)}")
