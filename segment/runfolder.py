@@ -295,6 +295,9 @@ class RunFolder:
         if self.decision.checkpoint is None:
             return None
         position, self._data = resume_point(self.decision.checkpoint, cfg)
+        if self.record.status == "completed":  # asked to train on: refused if it would not
+            checkpoint = read_checkpoint(self.decision.checkpoint, "ckpt_path", mmap=True)
+            _check_longer(self.decision.checkpoint, checkpoint, cfg)
         return position
 
     def check_data(self, fingerprint: dict[str, Any]) -> None:
@@ -463,7 +466,6 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
             "may change). To train on from these weights with other settings, start a new run "
             "with model.init_from=<checkpoint>"
         )
-    _check_longer(path, checkpoint, cfg)
     if "log_position" not in checkpoint:  # written before positions were: by step alone
         return {"step": step, "global_step": step + 1}, checkpoint.get("data")
     return {**checkpoint["log_position"], "global_step": step}, checkpoint.get("data")
@@ -472,8 +474,12 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
 def _check_longer(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
     """Refuse a continuation that would train nothing: the checkpoint already holds the epochs
     (or steps) asked for, as when an old "train longer" line is pasted again."""
-    loop = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
-    epochs, steps = (loop.get("current") or {}).get("completed"), int(checkpoint["global_step"])
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    progress = (fit.get("epoch_progress") or {}).get("current") or {}
+    # saved after the last batch of an epoch (its validation), that epoch's training is done
+    last = (fit.get("epoch_loop.batch_progress") or {}).get("is_last_batch")
+    epochs = progress.get("processed" if last else "completed")
+    steps = int(checkpoint["global_step"])
     for key, done in (("max_epochs", epochs), ("max_steps", steps)):
         limit = cfg.trainer.get(key)
         if isinstance(done, int) and isinstance(limit, int) and 0 < limit <= done:

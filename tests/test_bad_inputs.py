@@ -486,7 +486,9 @@ def test_a_gpu_trainer_without_a_gpu_and_evaluate_without_a_checkpoint_are_said_
 
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"accelerator=gpu \(trainer=gpu\) needs a CUDA GPU"):
-            train(make_cfg("trainer=gpu"))
+            cfg = make_cfg("trainer=gpu")
+            cfg.trainer.accelerator = "gpu"  # the tiny preset trains on the CPU
+            train(cfg)
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("evaluate", overrides=[f"paths.root_dir={tmp_path}"])
     with pytest.raises(ValueError, match=r"ckpt_path is required: the checkpoint to use"):
