@@ -126,3 +126,12 @@ def test_a_sweep_over_training_set_sizes_names_each_size() -> None:
         "122": "model-unet_vgg__seed-0__train_size-122",
         "null": "model-unet_vgg__seed-0__train_size-none",  # the whole split
     }
+
+
+def test_a_list_from_the_config_reads_as_in_folder_names_in_every_logger(make_cfg) -> None:
+    """data.image_size showed as 96_128-c1f3 in TensorBoard, MLflow, W&B and the CSV."""
+    from segment.callbacks.hparams import hyperparameters
+
+    cfg = make_cfg("data.image_size=[96,128]")
+    params, _ = hyperparameters(cfg, [], {"model": "unet_scratch"})
+    assert params["image_size"] == "96x128"

@@ -341,5 +341,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"{args.output}: ready; name it in the device run's carry")
+    print(
+        f"{args.output}: ready; copy it, with this checkout, to the GPU machine and run "
+        "`bash benchmarks/device_study.sh` there (docs/gpu.md)"
+    )
     return 0
