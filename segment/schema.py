@@ -25,8 +25,6 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from segment.models.nets import input_multiple
-
 __all__ = ["ConfigError", "validate"]
 
 
@@ -100,6 +98,32 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.gradient_clip_val={clip}: must be > 0 (the largest gradient norm), or null"
         )
+
+
+def input_multiple(config: Any) -> int | None:
+    """What a net config's input height and width must be multiples of, from the config alone
+    (what ``segment.models.nets.size_multiple`` says of the net it builds): a class's own
+    ``size_multiple``, else smp's ``encoder_output_stride`` or ``2 ** encoder_depth`` (given, or
+    the class's default). None where only the built net can tell."""
+    try:
+        target = get_object(config["_target_"])
+    except Exception:  # noqa: BLE001 -- the target check names an unimportable target itself
+        return None
+    if isinstance(getattr(target, "size_multiple", None), int):
+        return target.size_multiple
+    try:
+        parameters = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return None
+    given = {
+        key: config.get(key, parameters[key].default)
+        for key in ("encoder_output_stride", "encoder_depth")
+        if key in parameters
+    }
+    if isinstance(given.get("encoder_output_stride"), int):
+        return given["encoder_output_stride"]
+    depth = given.get("encoder_depth")
+    return 2**depth if isinstance(depth, int) else None
 
 
 def _check_input_size(cfg: DictConfig) -> None:

@@ -75,3 +75,31 @@ def test_each_net_says_what_its_input_must_be_a_multiple_of() -> None:
     )  # multiples of 4 are enough for it
     with pytest.raises(RuntimeError):
         net(torch.zeros(1, 3, 34, 44))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"_target_": "segment.models.LabUNet"},
+        {"_target_": "segment.models.LabVGGUNet", "encoder_weights": None},
+        {"_target_": "segmentation_models_pytorch.Unet", "encoder_name": "vgg16"},
+        {
+            "_target_": "segmentation_models_pytorch.Unet",
+            "encoder_depth": 4,
+            "decoder_channels": [64, 32, 16, 8],
+        },
+        {"_target_": "segmentation_models_pytorch.FPN", "encoder_name": "resnet18"},
+        {"_target_": "segmentation_models_pytorch.DeepLabV3", "encoder_name": "resnet18"},
+    ],
+    ids=["lab", "lab_vgg", "unet_vgg16", "unet_depth4", "fpn", "deeplabv3"],
+)
+def test_the_config_alone_tells_the_input_multiple_of_the_net_it_builds(config: dict) -> None:
+    """The schema refuses an image size before any data is read, from the config alone: it must
+    say what the built net says."""
+    from hydra.utils import instantiate
+
+    from segment.schema import input_multiple
+
+    smp = config["_target_"].startswith("segmentation_models_pytorch")
+    net = instantiate({**config, "classes": 3, **({"encoder_weights": None} if smp else {})})
+    assert input_multiple(config) == size_multiple(net)

@@ -179,12 +179,13 @@ def test_multirun_writes_one_folder_per_job(tmp_path: Path, data_dir: Path) -> N
             )
         )
         assert json.loads((out / "metrics.json").read_text())["num_images"] == 4
-    run_script(_as_bash_reads(f"train.py hydra.run.dir={job} ckpt_path=last"))
+    # continuing the completed run by its folder: it is found, and it is already that long
+    done = run_script(_as_bash_reads(f"train.py hydra.run.dir={job} ckpt_path=last"), check=False)
+    assert done.returncode == 1 and "is already at 1 epochs" in done.stderr, done.stderr[-2000:]
     record = json.loads((job / "run.json").read_text())
-    assert [a["outcome"] for a in record["attempts"]] == ["completed", "completed"]
-    assert record["attempts"][1]["overrides"] == [
-        "ckpt_path=last"
-    ]  # typed; the rest came from the folder
+    assert [a["outcome"] for a in record["attempts"]] == ["completed", "refused"]
+    assert record["status"] == "completed"
+    assert record["attempts"][1]["overrides"] == ["ckpt_path=last"]  # typed; the rest: the folder
 
 
 def _as_bash_reads(line: str) -> list[str]:

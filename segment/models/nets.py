@@ -29,7 +29,7 @@ from segment.models.weights import (
     resolve_encoder_weights,
 )
 
-__all__ = ["build_net", "input_multiple", "size_multiple"]
+__all__ = ["build_net", "size_multiple"]
 
 log = logging.getLogger(__name__)
 
@@ -53,32 +53,6 @@ def size_multiple(net: nn.Module) -> int:
     downsampling."""
     encoder = getattr(net, "encoder", None)
     return int(getattr(encoder, "output_stride", None) or getattr(net, "size_multiple", 1))
-
-
-def input_multiple(config: Any) -> int | None:
-    """What a net config's input height and width must be multiples of, from the config alone
-    (the same as :func:`size_multiple` of the net it builds): a class's own ``size_multiple``,
-    else smp's ``encoder_output_stride`` or ``2 ** encoder_depth`` (given, or the class's
-    default). None where only the built net can tell."""
-    try:
-        target = get_object(config["_target_"])
-    except Exception:  # noqa: BLE001 -- the schema names an unimportable target itself
-        return None
-    if isinstance(getattr(target, "size_multiple", None), int):
-        return target.size_multiple
-    try:
-        parameters = inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return None
-    given = {
-        key: config.get(key, parameters[key].default)
-        for key in ("encoder_output_stride", "encoder_depth")
-        if key in parameters
-    }
-    if isinstance(given.get("encoder_output_stride"), int):
-        return given["encoder_output_stride"]
-    depth = given.get("encoder_depth")
-    return 2**depth if isinstance(depth, int) else None
 
 
 def build_net(
