@@ -169,7 +169,7 @@ def plain_answer(study: Study) -> str:
     rows = _answer_rows(study)
     if not rows:
         return ""
-    name, comparison = rows[0]
+    _, comparison = rows[0]
     if isinstance(comparison, TunedComparison):
         names = study.spec["names"]
         declared = study.spec["tuned"][comparison.effect]
@@ -183,7 +183,9 @@ def plain_answer(study: Study) -> str:
     held, open_ = [], []
     for level in study.headline:
         e = comparison.estimate(level)
-        if e is not None and (e.holds or e.bound):
+        if e is not None and e.bound == "<=":  # the faster arm never got there
+            held.append(f"<= {level.level:g} never, where the {slow} arm did")
+        elif e is not None and (e.holds or e.bound):
             at_least = "at least " if e.bound else ""
             speed = f"{e.point:.1f}x sooner" if e.point >= 1 else f"{1 / e.point:.1f}x later"
             held.append(f"<= {level.level:g} {at_least}{speed}")
