@@ -245,26 +245,17 @@ def test_the_summary_prints_commands_that_run_as_printed(
     assert words[0] == "segment-evaluate" and Path(words[1].split("=", 1)[1]).is_file()
     elsewhere = tmp_path / "elsewhere"  # printed commands run from any folder
     elsewhere.mkdir()
-    done = subprocess.run(
-        ["bash", "-c", lines["train longer"]],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    paste = lambda line: subprocess.run(  # noqa: E731
+        ["bash", "-c", line], cwd=elsewhere, capture_output=True, text=True, timeout=600
     )
+    done = paste(lines["train longer"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
     assert (
         yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["trainer"]["max_epochs"] == 2
     )
     # the same line pasted again: the run is already that long; said without a traceback
-    again = subprocess.run(
-        ["bash", "-c", lines["train longer"]],
-        cwd=elsewhere,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = paste(lines["train longer"])
     output = again.stdout + again.stderr
     assert again.returncode == 1 and "Traceback" not in output, output[-2000:]
     assert "is already at 2 epochs: trainer.max_epochs=2 trains nothing more" in output
