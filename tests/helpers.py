@@ -46,6 +46,12 @@ TINY_SMP = ["model.net.encoder_weights=null"]
 
 # The real CamVid, beside the repository (read-only in CI).
 CAMVID_ROOT = REPO.parent / "shared" / "data" / "camvid"
+# A sweep whose report is the point: no checkpoint written (the report reads run files only).
+NO_CHECKPOINTS = [
+    "~callbacks.model_checkpoint",
+    "~callbacks.last_checkpoint",
+    "+trainer.enable_checkpointing=false",
+]
 
 
 def sweep_jobs(sweep: Path) -> dict[str, Path]:

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from segment.analysis import load_runs
 from segment.runfolder import RunFolderError, check_same_data
 from segment.schema import ConfigError
-from tests.helpers import run_script, sweep_jobs
+from tests.helpers import NO_CHECKPOINTS, run_script, sweep_jobs
 
 # A training split of 24 scenes, 4 for validation.
 SPLIT = ["data.num_train=24", "data.num_val=4"]
@@ -142,10 +142,7 @@ def test_the_quick_data_size_sweep_gives_each_size_its_folders_and_a_report(
             "trainer.accelerator=cpu",
             "trainer.enable_progress_bar=false",
             "trainer.enable_model_summary=false",
-            # the report reads run files, not checkpoints
-            "~callbacks.model_checkpoint",
-            "~callbacks.last_checkpoint",
-            "+trainer.enable_checkpointing=false",
+            *NO_CHECKPOINTS,  # the report reads run files, not checkpoints
             f"paths.data_dir={data_dir}",
             f"hydra.sweep.dir={folder}",
         ],

@@ -24,7 +24,7 @@ from segment.analysis.stats import Cell, compare, seeds_needed, tuned
 from segment.analysis.tables import p_text, protocol_section, ratio, seconds_runs, units_table
 from segment.analysis.thresholds import Threshold
 from segment.record import Attempt
-from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
+from tests.helpers import NO_CHECKPOINTS, TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 # A module-scoped fixture trains once for this file: pytest-xdist keeps the file on one worker.
 pytestmark = pytest.mark.xdist_group("study")
@@ -408,9 +408,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Pat
             "study.headline=[1000,0.01]",
             # the report reads run files, not checkpoints: six VGG16 U-Net checkpoints would only
             # cost time
-            "~callbacks.model_checkpoint",
-            "~callbacks.last_checkpoint",
-            "+trainer.enable_checkpointing=false",
+            *NO_CHECKPOINTS,
             f"paths.data_dir={data_dir}",
             f"hydra.sweep.dir={folder}",
         ],
