@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ import torch
 import yaml
 from filelock import FileLock
 
+from segment.layout import RunLayout
+from segment.record import RecordError, read_record
 from segment.runfolder import RunFolderError
 from segment.training import train
 from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
@@ -78,6 +81,34 @@ def test_overwrite_archives_the_earlier_run_first(make_cfg, finished: Path) -> N
     assert not list(
         (finished / "checkpoints").glob("last-v*.ckpt")
     )  # no second "last" beside the old one
+
+
+@pytest.mark.parametrize(
+    "layout", [{"csv": "../csv"}, {"log": "/var/log/train.log"}, {"masks": ""}, {"hydra": 3}]
+)
+def test_a_record_whose_layout_leaves_its_folder_is_refused_naming_the_file(
+    tmp_path: Path, layout: dict
+) -> None:
+    """Every reader takes the run's file names from its record: one naming a file outside the run
+    folder is refused where the record is read, naming the file and the entry."""
+    (tmp_path / "run.json").write_text(json.dumps({"status": "completed", "layout": layout}))
+    [(key, value)] = layout.items()
+    with pytest.raises(
+        RecordError,
+        match=rf"run\.json is not a run record \(layout {key}={re.escape(repr(value))} \(from "
+        r"[\w. ]+\) is not a path in the run folder",
+    ):
+        read_record(tmp_path)
+
+
+def test_a_config_that_puts_a_run_file_outside_its_folder_is_refused(make_cfg) -> None:
+    cfg = make_cfg("callbacks.last_checkpoint.dirpath=/elsewhere/checkpoints")
+    with pytest.raises(
+        ValueError,
+        match=r"layout checkpoints='/elsewhere/checkpoints' \(from "
+        r"callbacks.last_checkpoint.dirpath\) is not a path in the run folder",
+    ):
+        RunLayout.from_config(cfg)
 
 
 def test_a_refused_attempt_never_changes_the_status_of_the_run_it_refused(
