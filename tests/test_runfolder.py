@@ -4,6 +4,7 @@ data, and resumable from whatever checkpoint survived."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -16,7 +17,7 @@ from filelock import FileLock
 
 from segment.layout import RunLayout
 from segment.record import RecordError, read_record
-from segment.runfolder import RunFolderError
+from segment.runfolder import RunFolderError, archive
 from segment.training import train
 from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 from tests.layouts import stripes, write_camvid, write_image, write_mask
@@ -81,6 +82,47 @@ def test_overwrite_archives_the_earlier_run_first(make_cfg, finished: Path) -> N
     assert not list(
         (finished / "checkpoints").glob("last-v*.ckpt")
     )  # no second "last" beside the old one
+
+
+def _outside(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_archiving_moves_links_as_links_and_changes_nothing_outside(tmp_path: Path) -> None:
+    """overwrite=true's archive used to truncate a linked train.log's target, outside the run
+    folder; a linked log, result file or result folder now moves into the archive as a link."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    (outside / "csv").mkdir(parents=True)
+    (outside / "csv" / "metrics.csv").write_text("epoch,step\n0,1\n")
+    (outside / "train.log").write_text("another run's log\n")
+    (outside / "thresholds.json").write_text("{}")
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    for name in ("train.log", "thresholds.json", "csv"):
+        (run / name).symlink_to(outside / name)
+    before = _outside(outside)
+    target = archive(run, RunLayout(), "2024-01-01T00:00:00")
+    assert _outside(outside) == before
+    for name in ("train.log", "thresholds.json", "csv"):
+        assert (target / name).readlink() == outside / name and not (run / name).is_symlink()
+    assert (target / "run.json").read_text() == "{}"
+
+
+def test_archiving_never_writes_through_a_linked_archive_folder(tmp_path: Path) -> None:
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    outside.mkdir()
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / "archive").symlink_to(outside)
+    with contextlib.suppress(RunFolderError):
+        archive(run, RunLayout(), "2024-01-01T00:00:00")
+    assert not any(outside.iterdir()) and (run / "run.json").read_text() == "{}"
+    with pytest.raises(
+        RunFolderError, match=r"archive is a symbolic link: .*replace it by a folder"
+    ):
+        archive(run, RunLayout(), "2024-01-01T00:00:00")
 
 
 @pytest.mark.parametrize(
