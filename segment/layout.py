@@ -18,11 +18,18 @@ from segment.record import FILE as RECORD
 __all__ = ["METRICS", "RunLayout"]
 
 METRICS = "metrics.csv"  # the CSV logger's file in its folder (Lightning's name)
+_CONFIG_KEYS = {  # the layout's parts that the config names
+    "checkpoints": "callbacks.last_checkpoint.dirpath",
+    "thresholds": "callbacks.thresholds.filename",
+    "csv": "logger.csv.name",
+    "tensorboard": "logger.tensorboard.name",
+    "masks": "callbacks.mask_snapshots.dirname",
+}
 
 
 @dataclass(frozen=True)
 class RunLayout:
-    """File and folder names inside a run folder (relative to it)."""
+    """File and folder names inside a run folder, relative to it (any other: ValueError)."""
 
     record: str = RECORD
     hydra: str = ".hydra"
@@ -33,25 +40,27 @@ class RunLayout:
     masks: str = "masks"
     log: str = "train.log"
 
+    def __post_init__(self) -> None:
+        # every reader joins these to the run folder: an absolute or ".." name would leave it
+        for key, value in asdict(self).items():
+            parts = Path(value).parts if isinstance(value, str) else ("..",)
+            if not parts or parts[0] == "/" or ".." in parts:
+                raise ValueError(
+                    f"layout {key}={value!r} (from {_CONFIG_KEYS.get(key, 'the run record')}) is "
+                    f"not a path in the run folder: name it relative to it, without '..' (default "
+                    f"{getattr(type(self), key)!r})"
+                )
+
     @classmethod
     def from_config(cls, cfg: DictConfig) -> RunLayout:
         """The names ``cfg`` gives (defaults where a callback or logger is not configured)."""
         folder = Path(str(cfg.paths.output_dir))
 
         def name(key: str, default: str) -> str:
-            value = OmegaConf.select(cfg, key, default=None)
-            if value is None:
-                return default
-            path = Path(str(value))
+            path = Path(str(OmegaConf.select(cfg, key) or default))
             return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
 
-        return cls(
-            checkpoints=name("callbacks.last_checkpoint.dirpath", cls.checkpoints),
-            thresholds=name("callbacks.thresholds.filename", cls.thresholds),
-            csv=name("logger.csv.name", cls.csv),
-            tensorboard=name("logger.tensorboard.name", cls.tensorboard),
-            masks=name("callbacks.mask_snapshots.dirname", cls.masks),
-        )
+        return cls(**{k: name(key, getattr(cls, k)) for k, key in _CONFIG_KEYS.items()})
 
     @classmethod
     def of(cls, saved: dict[str, Any] | None) -> RunLayout:
@@ -78,12 +87,4 @@ class RunLayout:
     @property
     def results(self) -> tuple[str, ...]:
         """What a run leaves besides its log: moved to ``archive/`` when the folder is reused."""
-        return (
-            self.record,
-            self.hydra,
-            self.thresholds,
-            self.checkpoints,
-            self.csv,
-            self.tensorboard,
-            self.masks,
-        )
+        return tuple(name for part, name in asdict(self).items() if part != "log")

@@ -147,10 +147,13 @@ def read_record(folder: str | Path) -> RunRecord | None:
     values = _upgrade(values) if version == 1 else values
     known, extra = _split(RunRecord, values)
     try:
+        from segment.layout import RunLayout  # here: it imports this module's FILE
+
+        RunLayout.of(known.get("layout"))  # checked once for every reader: names inside the folder
         attempts = [Attempt(**_split(Attempt, item)[0]) for item in known.pop("attempts", [])]
         extra = {**known.pop("extra", {}), **extra}
         return RunRecord(**known, attempts=attempts, extra=extra)
-    except TypeError as error:
+    except (TypeError, ValueError, AttributeError) as error:  # AttributeError: layout no dict
         raise RecordError(f"{path} is not a run record ({error}); move it aside") from None
 
 

@@ -514,14 +514,18 @@ def remove_partial_files(path: Path) -> None:
 
 
 def archive(path: Path, layout: RunLayout, started: str) -> Path:
-    """Move the earlier run's files to ``archive/<its start time>/``."""
+    """Move the earlier run's files to ``archive/<its start time>/``; a symbolic link moves as a
+    link, never followed: nothing outside ``path`` changes."""
+    if (path / "archive").is_symlink():  # archiving would write where it points
+        raise RunFolderError(f"{path / 'archive'} is a symbolic link: replace it by a folder")
     stamp = started.replace(":", "-")
     target, suffix = path / "archive" / stamp, 1
     while target.exists():
         target, suffix = path / "archive" / f"{stamp}-{suffix}", suffix + 1
     target.mkdir(parents=True)
-    for name in layout.results:
-        if (path / name).exists():
+    linked_log = (layout.log,) if (path / layout.log).is_symlink() else ()  # its target not emptied
+    for name in (*layout.results, *linked_log):
+        if os.path.lexists(path / name):  # a rename: a link is moved, not what it points to
             shutil.move(str(path / name), str(target / name))
     if (log_file := path / layout.log).is_file():  # Hydra appends to it: copy, then truncate
         shutil.copy2(log_file, target / layout.log)

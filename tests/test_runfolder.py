@@ -4,8 +4,10 @@ data, and resumable from whatever checkpoint survived."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,9 @@ import torch
 import yaml
 from filelock import FileLock
 
-from segment.runfolder import RunFolderError
+from segment.layout import RunLayout
+from segment.record import RecordError, read_record
+from segment.runfolder import RunFolderError, archive
 from segment.training import train
 from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 from tests.layouts import stripes, write_camvid, write_image, write_mask
@@ -78,6 +82,75 @@ def test_overwrite_archives_the_earlier_run_first(make_cfg, finished: Path) -> N
     assert not list(
         (finished / "checkpoints").glob("last-v*.ckpt")
     )  # no second "last" beside the old one
+
+
+def _outside(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_archiving_moves_links_as_links_and_changes_nothing_outside(tmp_path: Path) -> None:
+    """overwrite=true's archive used to truncate a linked train.log's target, outside the run
+    folder; a linked log, result file or result folder now moves into the archive as a link."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    (outside / "csv").mkdir(parents=True)
+    (outside / "csv" / "metrics.csv").write_text("epoch,step\n0,1\n")
+    (outside / "train.log").write_text("another run's log\n")
+    (outside / "thresholds.json").write_text("{}")
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    for name in ("train.log", "thresholds.json", "csv"):
+        (run / name).symlink_to(outside / name)
+    before = _outside(outside)
+    target = archive(run, RunLayout(), "2024-01-01T00:00:00")
+    assert _outside(outside) == before
+    for name in ("train.log", "thresholds.json", "csv"):
+        assert (target / name).readlink() == outside / name and not (run / name).is_symlink()
+    assert (target / "run.json").read_text() == "{}"
+
+
+def test_archiving_never_writes_through_a_linked_archive_folder(tmp_path: Path) -> None:
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    outside.mkdir()
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / "archive").symlink_to(outside)
+    with contextlib.suppress(RunFolderError):
+        archive(run, RunLayout(), "2024-01-01T00:00:00")
+    assert not any(outside.iterdir()) and (run / "run.json").read_text() == "{}"
+    with pytest.raises(
+        RunFolderError, match=r"archive is a symbolic link: .*replace it by a folder"
+    ):
+        archive(run, RunLayout(), "2024-01-01T00:00:00")
+
+
+@pytest.mark.parametrize(
+    "layout", [{"csv": "../csv"}, {"log": "/var/log/train.log"}, {"masks": ""}, {"hydra": 3}]
+)
+def test_a_record_whose_layout_leaves_its_folder_is_refused_naming_the_file(
+    tmp_path: Path, layout: dict
+) -> None:
+    """Every reader takes the run's file names from its record: one naming a file outside the run
+    folder is refused where the record is read, naming the file and the entry."""
+    (tmp_path / "run.json").write_text(json.dumps({"status": "completed", "layout": layout}))
+    [(key, value)] = layout.items()
+    with pytest.raises(
+        RecordError,
+        match=rf"run\.json is not a run record \(layout {key}={re.escape(repr(value))} \(from "
+        r"[\w. ]+\) is not a path in the run folder",
+    ):
+        read_record(tmp_path)
+
+
+def test_a_config_that_puts_a_run_file_outside_its_folder_is_refused(make_cfg) -> None:
+    cfg = make_cfg("callbacks.last_checkpoint.dirpath=/elsewhere/checkpoints")
+    with pytest.raises(
+        ValueError,
+        match=r"layout checkpoints='/elsewhere/checkpoints' \(from "
+        r"callbacks.last_checkpoint.dirpath\) is not a path in the run folder",
+    ):
+        RunLayout.from_config(cfg)
 
 
 def test_a_refused_attempt_never_changes_the_status_of_the_run_it_refused(

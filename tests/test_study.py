@@ -700,3 +700,119 @@ def test_seconds_compare_only_runs_of_one_machine_at_their_usual_speed(tmp_path:
     level = Threshold("val/loss", "min", 0.9)
     assert timed.estimate(level, "seconds").point == pytest.approx(1.0)
     assert "seconds withheld" not in units_table(study)
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every entry under ``folder`` (itself too): its modification time and bytes (a link: where it
+    points; a folder: nothing)."""
+    return {
+        str(p.relative_to(folder)): (
+            p.lstat().st_mtime_ns,
+            str(p.readlink()).encode()
+            if p.is_symlink()
+            else p.read_bytes()
+            if p.is_file()
+            else b"",
+        )
+        for p in [folder, *folder.rglob("*")]
+    }
+
+
+def _as_written_now(folder: Path, **fields: object) -> Path:
+    """``folder`` with its record as train.py writes it now (schema 2, its attempts listed), and
+    ``fields``."""
+    record = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**record, "schema": 2, "attempts": [], **fields}))
+    return folder
+
+
+def test_export_trusts_no_layout_that_names_files_outside_the_run(tmp_path: Path) -> None:
+    """A record's layout naming its record ``../../secret.txt`` and its log by an absolute path used
+    to read a file outside the sweep, write one outside the export and rewrite the log in place; the
+    record is now refused when read (the run listed as unreadable, naming the file and the entry)
+    and nothing outside the sweep is read, nothing outside the export written."""
+    sweep, dest = tmp_path / "study", tmp_path / "out" / "export"
+    folder = _write_run(sweep, "unet_scratch", 0, "0.001", [1.0, 0.9])
+    _as_written_now(_write_run(sweep, "unet_vgg", 0, "0.001", [1.0, 0.9]))
+    (tmp_path / "secret.txt").write_text("SECRET of the machine")
+    canary = tmp_path / "canary.log"
+    canary.write_text("a log of /home/someone/elsewhere\n")
+    before = _tree(canary)
+    _as_written_now(folder, layout={"record": "../../secret.txt", "log": str(canary)})
+    assert analysis_main(["export", str(sweep), str(dest)]) == 0
+    assert _tree(canary) == before
+    assert [p.name for p in dest.parent.iterdir()] == ["export"]
+    assert not any("SECRET" in p.read_text() for p in dest.rglob("*") if p.is_file())
+    [run] = [run for run in load_runs(sweep) if run.folder == folder]
+    assert run.status == "failed" and re.search(
+        r"run\.json is not a run record \(layout record='\.\./\.\./secret\.txt' \(from the run "
+        r"record\) is not a path in the run folder",
+        str(run.error),
+    )
+
+
+@pytest.mark.parametrize(
+    "link", ["csv/notes.txt", ".hydra/notes.yaml", "masks/input.png", "train.log", "csv"]
+)
+def test_export_never_follows_a_link_out_of_the_run_folder(
+    tmp_path: Path, link: str, capsys
+) -> None:
+    """A symbolic link among the files an export copies (or a linked folder of them) used to copy
+    what it points to; the export is now refused before writing anything, naming the link."""
+    sweep, dest, outside = tmp_path / "study", tmp_path / "export", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "notes.txt").write_text("SECRET of the machine")
+    for model in ("unet_scratch", "unet_vgg"):
+        folder = _as_written_now(_write_run(sweep, model, 0, "0.001", [1.0, 0.9]))
+        (folder / link).parent.mkdir(parents=True, exist_ok=True)
+        (folder / link).symlink_to(outside if link == "csv" else outside / "notes.txt")
+    code = analysis_main(["export", str(sweep), str(dest)])
+    assert not any(b"SECRET" in p.read_bytes() for p in dest.rglob("*") if p.is_file())
+    assert code == 1 and not dest.exists()
+    assert re.search(
+        rf"{re.escape(link)}(/notes\.txt)? is a symbolic link or in a linked folder: an export "
+        "never follows one",
+        capsys.readouterr().err,
+    )
+
+
+@pytest.mark.parametrize("merge", [False, True])
+@pytest.mark.parametrize("held", ["a run.json", "a linked run folder"])
+def test_export_never_replaces_a_file_nor_writes_through_a_link_in_its_destination(
+    tmp_path: Path, held: str, merge: bool, capsys
+) -> None:
+    """An existing destination's run.json used to be replaced, and a linked folder in it written
+    through; a destination that holds files is now refused (or, merging, each file that exists
+    or lies behind a link), leaving it as it was."""
+    sweep, dest, outside = tmp_path / "study", tmp_path / "export", tmp_path / "outside"
+    folder = _as_written_now(_write_run(sweep, "unet_scratch", 0, "0.001", [1.0, 0.9]))
+    outside.mkdir()
+    dest.mkdir()
+    if held == "a run.json":
+        (dest / folder.name).mkdir()
+        (dest / folder.name / "run.json").write_text("the destination's own record")
+    else:
+        (dest / folder.name).symlink_to(outside)
+    before = _tree(dest)
+    code = analysis_main(["export", str(sweep), str(dest), *(["--merge"] if merge else [])])
+    assert _tree(dest) == before and not any(outside.iterdir())
+    expected = (
+        f"{dest / folder.name / 'run.json'} exists: a merge never replaces a file"
+        if held == "a run.json"
+        else f"{dest / folder.name / 'run.json'} is a symbolic link or in a linked folder"
+    )
+    assert (
+        code == 1 and (expected if merge else "is not an empty folder") in capsys.readouterr().err
+    )
+
+
+def test_export_merges_the_runs_of_another_sweep_into_its_destination(tmp_path: Path) -> None:
+    """Records of schema 1 (no attempts) export too."""
+    first = _write_run(tmp_path / "one", "unet_scratch", 0, "0.001", [1.0, 0.9])
+    second = _write_run(tmp_path / "two", "unet_vgg", 0, "0.001", [1.0, 0.8])
+    dest = tmp_path / "export"
+    assert analysis_main(["export", str(tmp_path / "one"), str(dest)]) == 0
+    kept = _tree(dest / first.name)
+    assert analysis_main(["export", str(tmp_path / "two"), str(dest), "--merge"]) == 0
+    assert _tree(dest / first.name) == kept
+    assert sorted(run.folder.name for run in load_runs(dest)) == sorted([first.name, second.name])

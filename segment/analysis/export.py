@@ -7,6 +7,11 @@ which each headline level was first reached, and the last); no checkpoints and n
 events. Paths of the machine that trained them are replaced by their role (``<data.root>``,
 ``<sweep.dir>``, ...), so nothing names the machine, and ``python -m segment.analysis.report
 <dest>`` writes the same report from the export as from the sweep.
+
+It reads only inside the sweep and writes only inside ``dest`` (new or empty, or ``--merge``: added
+to, never a file replaced): a symbolic link among the files to copy, or on the way to one, refuses
+the export before anything is written, naming it (a run record naming files outside its folder is
+refused when read: that run is exported under the default names and listed as unreadable).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ def roles(run: Run, sweep: Path) -> dict[str, str]:
     typed = {
         item.split("=", 1)[0]: item.split("=", 1)[1]
         for a in run.record.attempts
-        for item in a.command
+        for item in a.command or ()  # a schema-1 record may hold none
         if item.startswith(("hydra.sweep.dir=", "hydra.run.dir="))
     }
     sweeps = {str(sweep.resolve()), setting("sweep.dir"), typed.get("hydra.sweep.dir", "")}
@@ -71,37 +76,56 @@ def _clean(text: str, replace: dict[str, str]) -> str:
     return _HOME.sub("~", _SITE.sub("<site-packages>/", text))
 
 
-def export(sweep: str | Path, dest: str | Path) -> list[Path]:
-    """Copy ``sweep``'s run files into ``dest`` (see the module's text); returns the run folders."""
+def export(sweep: str | Path, dest: str | Path, merge: bool = False) -> list[Path]:
+    """Copy ``sweep``'s run files into ``dest`` (see the module's text); returns the run folders.
+
+    ``dest`` must be new or empty unless ``merge``; nothing is written unless every file can be:
+    a link on the way to a file to copy or to write, or (merging) a file already there, refuses
+    the export (ValueError naming it), leaving ``dest`` as it was."""
     sweep, dest = Path(sweep), Path(dest)
     if dest.resolve() == sweep.resolve() or sweep.resolve() in dest.resolve().parents:
         raise ValueError(f"{dest} is inside the sweep {sweep}; export into a folder of its own")
+    if dest.exists() and not (dest.is_dir() and (merge or not any(dest.iterdir()))):
+        raise ValueError(
+            f"{dest} is not an empty folder: export into a new one, or add to it with --merge "
+            "(merge=True), which never replaces a file"
+        )
     study = Study(load_runs(sweep))
     shown = {id(arm.runs[0]) for arm in study.arms}  # the mask sheet's run of each arm
-    exported = []
+    copies: list[tuple[Run, Path, bool]] = []  # (run, file, text to clean: else copied as is)
     for run in study.runs:
         layout = RunLayout.of(run.record.layout)
-        target = dest / run.folder.relative_to(sweep)
-        replace = roles(run, sweep)
-        names = [layout.record, layout.thresholds, layout.log]
-        names += [
-            str(p.relative_to(run.folder))
-            for part in (layout.hydra, layout.csv)
-            for p in sorted((run.folder / part).rglob("*"))
-            if p.is_file()
+        files = [run.folder / name for name in (layout.record, layout.thresholds, layout.log)]
+        files += [
+            p for part in (layout.hydra, layout.csv) for p in sorted((run.folder / part).rglob("*"))
         ]
-        for name in names:
-            if (run.folder / name).is_file():
-                (target / name).parent.mkdir(parents=True, exist_ok=True)
-                text = _clean((run.folder / name).read_text(errors="replace"), replace)
-                if Path(name).name == "overrides.yaml":  # a role is no override value: quote it
-                    text = re.sub(r"^(- [^=\n]+=)(<[^'\n]*)$", r"\1'\2'", text, flags=re.M)
-                write_atomic(target / name, text)
-        for snapshot in _snapshots(study, run, layout) if id(run) in shown else ():
-            (target / layout.masks).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(snapshot, target / layout.masks / snapshot.name)
-        exported.append(target)
-    return exported
+        copies += [(run, p, True) for p in files if p.is_file() or p.is_symlink()]
+        copies += [
+            (run, p, False) for p in (_snapshots(study, run, layout) if id(run) in shown else ())
+        ]
+    for _, source, _ in copies:
+        target = dest / source.relative_to(sweep)
+        for path, top in ((source, sweep), (target, dest)):  # a link is never followed
+            if path.resolve() != top.resolve() / path.relative_to(top):
+                raise ValueError(
+                    f"{path} is a symbolic link or in a linked folder: an export never follows one "
+                    "(it would read or write outside the sweep or the destination); replace it "
+                    "by a copy of what it points to, or remove it"
+                )
+        if target.exists() or target.is_symlink():
+            raise ValueError(f"{target} exists: a merge never replaces a file; remove it first")
+    replace = {id(run): roles(run, sweep) for run in study.runs}
+    for run, source, text in copies:
+        target = dest / source.relative_to(sweep)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not text:
+            shutil.copyfile(source, target)
+            continue
+        cleaned = _clean(source.read_text(errors="replace"), replace[id(run)])
+        if source.name == "overrides.yaml":  # a role is no override value: quote it
+            cleaned = re.sub(r"^(- [^=\n]+=)(<[^'\n]*)$", r"\1'\2'", cleaned, flags=re.M)
+        write_atomic(target, cleaned)
+    return [dest / run.folder.relative_to(sweep) for run in study.runs]
 
 
 def _snapshots(study: Study, run: Run, layout: RunLayout) -> list[Path]:
