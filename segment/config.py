@@ -142,13 +142,15 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return parsed
 
 
-def identity(overrides: Iterable[str]) -> dict[str, Any]:
+def identity(overrides: Iterable[str], swept: Iterable[str] = ()) -> dict[str, Any]:
     """The overrides that say what a run trains: :func:`parse_overrides` without
-    :data:`INFRASTRUCTURE`."""
+    :data:`INFRASTRUCTURE`, but with any key of ``swept`` (a sweep over ``data.root`` trains on
+    each root, and names each)."""
+    swept = set(swept)
     return {
         key: value
         for key, value in parse_overrides(overrides).items()
-        if not is_infrastructure(key)
+        if key in swept or not is_infrastructure(key)
     }
 
 
@@ -275,27 +277,24 @@ def _job_name_resolver() -> str:
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
     if hydra is None:
         return "run"
-    task = list(hydra.overrides.task)
-    return _found_again(job_name(task, hydra.runtime.choices.keys(), swept_keys()), task)
+    task, swept = list(hydra.overrides.task), swept_keys()
+    return _found_again(job_name(task, hydra.runtime.choices.keys(), swept), task, swept)
 
 
-def _found_again(name: str, overrides: Sequence[str]) -> str:
-    """``name``, or the folder of the running sweep that holds a run of the same overrides under
-    another name (a sweep begun by an earlier version, or before one of its constants was swept):
-    a continued or extended sweep finds its jobs again instead of training them anew."""
+def _found_again(name: str, overrides: Sequence[str], swept: Iterable[str]) -> str:
+    """``name``, or the running sweep's folder whose run has this job's :func:`identity` (with the
+    ``swept`` keys, as names have) under another name (a sweep begun by an earlier version, or
+    before a constant was swept): a continued sweep finds its jobs again, two jobs never one."""
     sweep = Path(sweep_dir() or "")
     if sweep == Path() or (sweep / name).exists() or not sweep.is_dir():
         return name
-    mine, found = identity(overrides), []
+    mine, found = identity(overrides, swept), []
     for folder in sweep.iterdir():
         with contextlib.suppress(RecordError, ValueError, IndexError, OSError):  # not a run's
             theirs = (read_record(folder) or RunRecord()).attempts[0].overrides
-            if identity(theirs) == mine:
-                found.append((folder.name, parse_overrides(theirs).get("data.root")))
-    if len(found) > 1:  # a sweep over data.root: identities leave it out
-        root = parse_overrides(overrides).get("data.root")
-        found = [(folder, theirs) for folder, theirs in found if theirs == root]
-    return found[0][0] if len(found) == 1 else name
+            if identity(theirs, swept) == mine:
+                found.append(folder.name)
+    return found[0] if len(found) == 1 else name
 
 
 def sweep_jobs() -> list[str]:
@@ -305,7 +304,7 @@ def sweep_jobs() -> list[str]:
     if lists is None:
         return [job_name(list(hydra.overrides.task), hydra.runtime.choices.keys())]
     return [
-        _found_again(job_name(list(job), hydra.runtime.choices.keys(), swept), job)
+        _found_again(job_name(list(job), hydra.runtime.choices.keys(), swept), job, swept)
         for job in itertools.product(*lists.values())
     ]
 

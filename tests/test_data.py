@@ -107,6 +107,29 @@ def test_repeats_and_overfit_subset(make_cfg) -> None:
     assert dm.val_dataset.samples == dm.train_dataset.samples[:2]  # validates on what it trains on
 
 
+def test_an_image_rewritten_at_its_old_size_refuses_the_continuation(
+    make_cfg, tmp_path: Path
+) -> None:
+    """The fingerprint hashed every image's size, not its bytes: other pixels at the same size
+    passed, and ``ckpt_path=last`` continued (``skip_completed`` skipped) on other images. A record
+    from before the ``images`` key still verifies on the keys it has."""
+    from segment.runfolder import RunFolderError, check_same_data
+    from tests.layouts import write_camvid
+
+    overrides = write_camvid(tmp_path / "camvid")
+    image = tmp_path / "camvid" / "train" / "0001TP_000001.png"
+    uncompressed = [cv2.IMWRITE_PNG_COMPRESSION, 0]  # the file's size is the pixels' count
+    cv2.imwrite(str(image), cv2.imread(str(image)), uncompressed)
+    datamodule = instantiate(make_cfg(*overrides).data)
+    recorded, size = datamodule.fingerprint(), image.stat().st_size
+    older = {key: value for key, value in recorded.items() if key != "images"}
+    check_same_data(tmp_path, older, datamodule.fingerprint(), skip=False)
+    cv2.imwrite(str(image), 255 - cv2.imread(str(image)), uncompressed)
+    assert image.stat().st_size == size
+    with pytest.raises(RunFolderError, match="trained on other data than data.root now holds"):
+        check_same_data(tmp_path, recorded, datamodule.fingerprint(), skip=False)
+
+
 # `python -m segment.data` (its usage line), recording every name lookup and connection (each
 # refused) from before the first import: train.py and evaluate.py, like it, import segment first.
 _CONNECTIONS = """

@@ -338,3 +338,46 @@ def test_an_exif_rotated_jpeg_is_read_as_stored_like_its_mask_and_the_check_flag
     )  # cv2 default: turned
     assert check_main(["check", "data=camvid", f"data.root={tmp_path / 'camvid'}"]) == 1
     assert f"{jpg} has EXIF orientation 3: viewers rotate it" in capsys.readouterr().out
+
+
+def test_a_truncated_jpeg_with_an_exif_thumbnail_is_reported_by_the_check(
+    tmp_path: Path, capsys
+) -> None:
+    """The thumbnail's own end marker lay in the last 4,096 bytes of a file cut after it: the check
+    passed, and training read the lower rows grey."""
+    import io
+    import struct
+
+    from PIL import ExifTags, Image
+
+    from segment.data.dataset import read_image
+
+    def jpeg(image: Image.Image) -> bytes:
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=95)
+        return out.getvalue()
+
+    write_camvid(tmp_path / "camvid")
+    png = tmp_path / "camvid" / "train" / "0001TP_000001.png"
+    image = Image.open(png).convert("RGB")
+    whole, thumbnail = jpeg(image), jpeg(image.resize((12, 8)))
+    # EXIF (TIFF, little-endian): an empty IFD0, then IFD1 with the thumbnail's offset and length
+    tiff = struct.pack("<2sHIHI", b"II", 42, 8, 0, 14) + struct.pack(
+        "<H2HII2HIII", 2, 0x0201, 4, 1, 44, 0x0202, 4, 1, len(thumbnail), 0
+    )
+    app1 = b"Exif\0\0" + tiff + thumbnail
+    data = whole[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + whole[2:]
+    cut = data[: len(data) - len(whole) // 2]  # a copy that stopped halfway through the image
+    assert b"\xff\xd9" in cut[-4096:]  # the thumbnail's end marker
+    jpg = png.with_suffix(".jpg")
+    jpg.write_bytes(cut)
+    png.unlink()
+    # a well-formed EXIF block: PIL finds the thumbnail where IFD1 says
+    ifd1 = Image.open(jpg).getexif().get_ifd(ExifTags.IFD.IFD1)
+    assert (ifd1[0x0201], ifd1[0x0202]) == (44, len(thumbnail))
+    with pytest.raises(OSError, match=f"{jpg} is a truncated JPEG"):
+        read_image(jpg)  # what training reads through
+    assert check_main(["check", "data=camvid", f"data.root={tmp_path / 'camvid'}"]) == 1
+    assert f"{jpg} is a truncated JPEG" in capsys.readouterr().out
+    jpg.write_bytes(data)  # the whole file, thumbnail and all, passes
+    assert read_image(jpg).shape == (H, W, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import re
+from pathlib import Path
 
 from segment.config import job_name, parse_overrides
 
@@ -80,6 +81,27 @@ def test_a_swept_data_root_names_its_folder() -> None:
     assert (
         first.startswith("root-camvid-") and second.startswith("root-camvid-") and first != second
     )
+
+
+def test_a_sweep_over_two_data_roots_sends_each_job_to_its_own_folder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``data.root=/a/camvid,/b/camvid``: the second job's folder did not exist yet, and the lookup
+    of older names, blind to data.root, sent the job to the first one's folder, which refused it."""
+    from segment import config
+    from segment.record import Attempt, RunRecord, write_record
+
+    monkeypatch.setattr(config, "sweep_dir", lambda: str(tmp_path))
+    swept = {"data.root"}
+    jobs = [["model=unet_vgg", f"data.root=/{disk}/camvid", "skip_completed=true"] for disk in "ab"]
+    first, second = (job_name(job, GROUPS, swept) for job in jobs)
+    (tmp_path / first).mkdir()
+    write_record(tmp_path / first, RunRecord(attempts=[Attempt(overrides=jobs[0])]))
+    assert config._found_again(second, jobs[1], swept) == second
+    # a continued sweep still finds each job under an older name, and only its own
+    older = (tmp_path / first).rename(tmp_path / "model-unet_vgg__older")
+    assert config._found_again(first, jobs[0], swept) == older.name
+    assert config._found_again(second, jobs[1], swept) == second
 
 
 def test_overrides_are_parsed_with_hydras_grammar() -> None:

@@ -174,10 +174,15 @@ class SegmentationDataModule(LightningDataModule):
     def fingerprint(self) -> dict[str, Any]:
         """What a run trains and validates on, wherever the files lie (``run.json``, every
         checkpoint): the dataset, the number of samples it trains and validates on, a hash of the
-        file names relative to their common folder, one of the content (every file's size, every
-        mask's bytes: a mask rewritten under its old name changes it), and the training subset
-        (``train_size``, null: all; ``subset_seed``). A continued or skipped run is refused on
-        other data."""
+        file names relative to their common folder, one of the content (``content``: every file's
+        size, every mask's bytes: a mask rewritten under its old name changes it; ``images``: every
+        image's bytes, so an image rewritten at its old size changes it too), and the training
+        subset (``train_size``, null: all; ``subset_seed``). A continued or skipped run is refused
+        on other data; a record from before ``images`` existed is checked on the keys it has.
+
+        Hashing every image costs about a second once per run: CamVid train+val (468 pairs, 123 MB
+        of images) 0.6-1.0 s with its files in the page cache, 1.1-1.7 s without (0.2-0.6 s before
+        ``images``), on a 2-core AMD EPYC VM shared with a training run."""
         files = {"train": self.training_samples(), "val": self.samples("val")}
         paths = [
             path
@@ -187,16 +192,18 @@ class SegmentationDataModule(LightningDataModule):
         ]
         base = os.path.commonpath([str(path) for path in paths]) if paths else ""
         names = sorted(os.path.relpath(path, base) for path in paths)
-        content = hashlib.sha1()
+        content, images = hashlib.sha1(), hashlib.sha1()
         for sample in (s for samples in files.values() for s in samples):
             content.update(f"{os.path.getsize(sample.image)}:".encode())
             content.update(Path(sample.mask).read_bytes())
+            images.update(hashlib.sha1(Path(sample.image).read_bytes()).digest())
         return {
             "dataset": self.info.name,
             "train": len(files["train"]),
             "val": len(files["val"]),
             "files": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16],
             "content": content.hexdigest()[:16],
+            "images": images.hexdigest()[:16],  # a new key: older records verify on the rest
             "train_size": self.train_size,
             "subset_seed": None if self.train_size is None else self.subset_seed,
         }
