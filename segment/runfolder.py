@@ -532,14 +532,24 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
         shown = "\n  ".join(differences[:12]) + ("\n  ..." if len(differences) > 12 else "")
         raise RunFolderError(
             f"cannot resume from {path} under a different config; it differs in:\n  {shown}\nA "
-            "resume continues the same run: drop these overrides (only where files are, how "
-            "training is shown and, under a schedule that does not follow it, how long it goes on "
-            "may change). To train on from these weights with other settings, start a new run "
-            "with model.init_from=<checkpoint>"
+            "resume continues the same run under its config (only where files are, how training "
+            "is shown and, under a schedule that does not follow it, how long it goes on may "
+            "change): leave out what changes these keys. To train on from these weights with "
+            "other settings, start a new run with model.init_from=<checkpoint>"
+            + _continue_there(path)
         )
     if "log_position" not in checkpoint:  # written before positions were: by step alone
         return {"step": step, "global_step": step + 1}, checkpoint.get("data")
     return {**checkpoint["log_position"], "global_step": step}, checkpoint.get("data")
+
+
+def _continue_there(checkpoint: Path) -> str:
+    """For a checkpoint of a run folder: the command that continues that run in its own folder."""
+    owner = next((p for p in checkpoint.resolve().parents if (p / "run.json").is_file()), None)
+    if owner is None:
+        return ""
+    command = shlex.join(["segment-train", f"hydra.run.dir={owner}", "ckpt_path=last"])
+    return f". To continue the run it belongs to, in its own folder: {command}"
 
 
 def _check_longer(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:

@@ -73,3 +73,16 @@ def test_a_saved_file_cannot_send_the_output_elsewhere(
     hydra_train("ckpt_path=last", "trainer.max_epochs=2")
     assert list(elsewhere.iterdir()) == []
     assert (run / "checkpoints").is_dir()
+
+
+def test_a_run_folder_given_as_ckpt_path_names_the_command_that_continues_it(
+    hydra_train, tmp_path: Path
+) -> None:
+    """It used to tell the user to drop overrides they never typed (the other run's)."""
+    from segment.runfolder import RunFolderError
+
+    hydra_train(*FAST, "model.optimizer.lr=0.01")
+    run = tmp_path / "run"
+    with pytest.raises(RunFolderError, match="continue the run it belongs to") as refused:
+        hydra_train(*FAST, f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'other'}")
+    assert f"segment-train hydra.run.dir={run} ckpt_path=last" in str(refused.value)
