@@ -27,6 +27,7 @@ from albumentations.core.transforms_interface import BasicTransform
 from hydra.utils import get_object
 from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segment.config import parse_overrides
@@ -39,6 +40,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "CheckpointError",
     "RunInCheckpoint",
+    "check_composed_targets",
     "check_saved_overrides",
     "check_trusted_targets",
     "find_checkpoint",
@@ -294,6 +296,28 @@ def check_trusted_targets(config: Any, where: str, kind: str = "model") -> None:
 # none: smp's nets (and create_model) default to encoder_weights="imagenet", its timm encoders to
 # pretrained=True. (A checkpoint's data config never downloads: evaluate.py skips prepare_data.)
 _PRETRAINED = {"encoder_weights": None, "pretrained": False}
+
+
+def check_composed_targets(config: DictConfig, reference: DictConfig, where: str) -> None:
+    """Refuse a ``_target_`` of a composed ``config``, at any depth, that ``reference`` (the
+    project's and the command line's config) does not hold at the same place, unless it is an
+    allow-listed class of the part it lies in (``model``, ``data``)."""
+    theirs = dict(_targets(OmegaConf.to_container(reference)))
+    for place, target in _targets(OmegaConf.to_container(config)):
+        kind = place.lstrip(".").split(".")[0].split("[")[0]
+        if theirs.get(place) != target and not (kind in _ALLOWED and _trusted(target, kind)):
+            raise CheckpointError(
+                f"{where}: refusing to build _target_={target!r} at {place.lstrip('.')}: a saved "
+                "folder may only name the project's own classes there"
+            )
+
+
+def _targets(config: Any) -> Iterator[tuple[str, Any]]:
+    return (
+        (place, node["_target_"])
+        for place, node in _nodes(config, "")
+        if isinstance(node, dict) and "_target_" in node
+    )
 
 
 def without_pretrained(config: Any) -> Any:

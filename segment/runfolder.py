@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segment.checkpoints import (
     CheckpointError,
+    check_composed_targets,
     check_saved_overrides,
     find_checkpoint,
     newest_checkpoint,
@@ -42,6 +43,7 @@ from segment.checkpoints import (
 )
 from segment.config import (
     RESUMABLE,
+    config_dir,
     identity,
     is_infrastructure,
     parse_overrides,
@@ -68,6 +70,8 @@ log = logging.getLogger(__name__)
 # Signals that end a run: a preemption or kill (TERM), Ctrl-C (INT), a closed terminal (HUP).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _ATTEMPT_KEYS = ("ckpt_path", "skip_completed", "overwrite")  # how one attempt treats the folder
+_INPUTS = ("data.root", "paths.data_dir")  # places a saved override may name: where data is read
+_ABSENT = object()
 # Keys that give a schedule's length; null: the run's own length (it follows trainer.max_epochs).
 _LENGTH_KEYS = ("T_max", "total_steps", "total_iters")
 
@@ -281,13 +285,23 @@ class RunFolder:
             log.warning("%s: %s", self.path, self.decision.reason)
 
     def own_config(self, cfg: DictConfig) -> DictConfig:
-        """A continued run's own config: its saved overrides (checked as data), then those typed
-        now; ``cfg`` itself for any other attempt."""
+        """A continued run's own config: its saved overrides (checked as data, see
+        :func:`saved_overrides`), then those typed now; ``cfg`` itself for any other attempt. A
+        saved file that is refused leaves the folder byte-identical (the attempt goes unrecorded).
+        """
         saved = self.path / self.layout.hydra / "overrides.yaml"
         if not (self.decision.own_config and HydraConfig.initialized() and saved.is_file()):
             return cfg
-        self.overrides = [*saved_overrides(saved, self.overrides), *self.overrides]
-        return compose(HydraConfig.get().job.config_name, overrides=self.overrides)
+        name = HydraConfig.get().job.config_name
+        try:
+            kept, reference = saved_overrides(saved, self.overrides, name)
+            own = _compose(name, [*kept, *self.overrides], saved)
+            check_composed_targets(own, reference, str(saved))
+        except CheckpointError:
+            self.enabled = False
+            raise
+        self.overrides = [*kept, *self.overrides]
+        return own
 
     def check_resume(self, cfg: DictConfig) -> dict[str, int] | None:
         """Refuse to continue from a checkpoint under another config; returns its log position (None
@@ -434,20 +448,77 @@ def _sweep_stopped(message: str) -> None:
     )
 
 
-def saved_overrides(saved: Path, typed: list[str]) -> list[str]:
-    """The run's saved overrides that the typed ones do not replace, checked as data."""
+def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[str], DictConfig]:
+    """The saved overrides a continued run composes from, and the config they are checked against.
+
+    Only what defines the run comes from the file: lines the typed ones replace, and how one attempt
+    treats the folder (``ckpt_path`` ...), are left out; a Hydra key (a search path, a launcher)
+    is refused; where output and traffic go comes from this command line or the folder itself, so
+    a line setting a place (``paths.*`` but the data's, a logger's settings, any key whose default
+    in the project's config lies under ``paths``), deleting a key, or adding one with a text value
+    is left out, named. Groups are chosen from the project's own config groups only. The reference
+    is the config of the typed overrides and the file's group choices alone.
+    """
     items = yaml.safe_load(saved.read_text())  # plain strings: OmegaConf would resolve them
-    if not isinstance(items, list):
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
         raise CheckpointError(f"{saved}: not a list of overrides; move it aside")
-    keys = set(parse_overrides(typed))
-    kept = [
-        str(item)
-        for item in items
-        if not set(parse_overrides([str(item)])) & keys
-        and not is_infrastructure(next(iter(parse_overrides([str(item)]))), _ATTEMPT_KEYS)
+    mine = set(parse_overrides(typed))
+    lines = [(item, *next(iter(parse_overrides([item]).items()))) for item in items]
+    for item, key, _ in lines:
+        if key.replace("/", ".").split(".")[0] == "hydra":
+            raise CheckpointError(
+                f"{saved}: {item!r}: a saved override may not set Hydra's own keys (search paths, "
+                "launchers); refusing the folder. Type it on the command line if it is yours"
+            )
+    lines = [
+        line
+        for line in lines
+        if line[1] not in mine and not is_infrastructure(line[1], _ATTEMPT_KEYS)
     ]
-    check_saved_overrides(kept, str(saved))  # typed ones are the user's; saved ones are data
-    return kept
+    check_saved_overrides([item for item, *_ in lines], str(saved))  # the typed: the user's
+    groups = [item for item, key, _ in lines if _is_group(key) and not item.startswith("~")]
+    reference = _compose(config, [*groups, *typed], saved)
+    places = ("paths", "logger", *_path_keys(OmegaConf.to_container(reference)))
+    kept, dropped = [], []
+    for item, key, value in lines:
+        new = (
+            OmegaConf.select(reference, key, default=_ABSENT, throw_on_resolution_failure=False)
+            is _ABSENT
+        )
+        where = key not in _INPUTS and (
+            is_infrastructure(key, places) or any(p.startswith(f"{key}.") for p in places)
+        )
+        if item in groups or not (
+            where or item.startswith("~") or (new and isinstance(value, str))
+        ):
+            kept.append(item)
+        else:
+            dropped.append(item)
+    if dropped:
+        log.warning(
+            "%s: left out (where output and traffic go comes from the command line, never from a "
+            "saved file; type them again to keep them): %s",
+            saved,
+            " ".join(dropped),
+        )
+    return kept, reference
+
+
+def _is_group(key: str) -> bool:
+    """Whether an override's key is one of the project's config groups (``data/transforms``)."""
+    return "." not in key and (config_dir() / key.split("@")[0]).is_dir()
+
+
+def _compose(config: str, overrides: list[str], saved: Path) -> DictConfig:
+    """``config`` composed with ``overrides``: one that does not compose (an option from outside the
+    project's config groups) refuses the folder."""
+    try:
+        return compose(config, overrides=overrides)
+    except Exception as error:  # noqa: BLE001 -- Hydra's own exceptions, any of them
+        raise CheckpointError(
+            f"{saved}: the run's saved overrides do not compose from this project's config groups "
+            f"({error}); a saved folder adds no search paths. Type the overrides again to continue"
+        ) from None
 
 
 def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str, Any] | None]:
@@ -461,14 +532,24 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
         shown = "\n  ".join(differences[:12]) + ("\n  ..." if len(differences) > 12 else "")
         raise RunFolderError(
             f"cannot resume from {path} under a different config; it differs in:\n  {shown}\nA "
-            "resume continues the same run: drop these overrides (only where files are, how "
-            "training is shown and, under a schedule that does not follow it, how long it goes on "
-            "may change). To train on from these weights with other settings, start a new run "
-            "with model.init_from=<checkpoint>"
+            "resume continues the same run under its config (only where files are, how training "
+            "is shown and, under a schedule that does not follow it, how long it goes on may "
+            "change): leave out what changes these keys. To train on from these weights with "
+            "other settings, start a new run with model.init_from=<checkpoint>"
+            + _continue_there(path)
         )
     if "log_position" not in checkpoint:  # written before positions were: by step alone
         return {"step": step, "global_step": step + 1}, checkpoint.get("data")
     return {**checkpoint["log_position"], "global_step": step}, checkpoint.get("data")
+
+
+def _continue_there(checkpoint: Path) -> str:
+    """For a checkpoint of a run folder: the command that continues that run in its own folder."""
+    owner = next((p for p in checkpoint.resolve().parents if (p / "run.json").is_file()), None)
+    if owner is None:
+        return ""
+    command = shlex.join(["segment-train", f"hydra.run.dir={owner}", "ckpt_path=last"])
+    return f". To continue the run it belongs to, in its own folder: {command}"
 
 
 def _check_longer(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:

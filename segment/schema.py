@@ -80,11 +80,13 @@ def validate(cfg: DictConfig) -> None:
             "visible here: train on the CPU with the default trainer (accelerator auto) or "
             "trainer=cpu"
         )
-    if cfg.trainer.get("max_epochs") == 0:
-        raise ConfigError(
-            "trainer.max_epochs=0: trains nothing and keeps no checkpoint; give 1 or more (or -1 "
-            "with trainer.max_steps)"
-        )
+    for key in ("max_epochs", "max_steps", "limit_train_batches", "val_check_interval"):
+        value, limit = cfg.trainer.get(key), key.startswith("max_")  # a limit of -1: none
+        if isinstance(value, int | float) and (value == 0 or not limit and value < 0):
+            raise ConfigError(
+                f"trainer.{key}={value}: trains (or validates) nothing and keeps no checkpoint; "
+                "give a number above 0 (-1: no limit, for max_epochs with trainer.max_steps)"
+            )
     t_max = OmegaConf.select(cfg, "model.scheduler.scheduler.T_max")
     if isinstance(t_max, int) and t_max < 1:
         raise ConfigError(

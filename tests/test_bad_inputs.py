@@ -197,7 +197,21 @@ CASES = [
         _nowhere,
         ["trainer.max_epochs=0"],
         ValueError,
-        r"trainer.max_epochs=0: trains nothing and keeps no checkpoint",
+        r"trainer.max_epochs=0: trains \(or validates\) nothing and keeps no checkpoint",
+    ),
+    (
+        "no validation",
+        _nowhere,
+        ["trainer.val_check_interval=0"],
+        ValueError,
+        r"trainer.val_check_interval=0: trains \(or validates\) nothing",
+    ),
+    (
+        "no training batches",
+        _nowhere,
+        ["+trainer.limit_train_batches=0"],
+        ValueError,
+        r"trainer.limit_train_batches=0: trains \(or validates\) nothing",
     ),
     (
         "a truncated JPEG",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from datetime import datetime
 from pathlib import Path
@@ -212,3 +213,34 @@ def test_optuna_search_runs_three_trials_and_reports_the_best(
         for t in trials
     }
     assert batch_sizes <= {4, 8, 16}
+
+
+@pytest.mark.slow
+def test_optuna_search_goes_on_past_a_diverged_trial_and_a_repeated_one(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """A NaN metric, or a configuration proposed twice (its folder then held a completed run),
+    used to end the whole search at that trial."""
+    sweep = tmp_path / "sweep"
+    searched = [o for o in FAST if not o.startswith("data.batch_size=")] + ["data.num_train=8"]
+    run_script(
+        [
+            "train.py",
+            "-m",
+            "hparams_search=optuna_lr",
+            "hydra.sweeper.n_trials=4",
+            "optimized_metric=val/loss",
+            "hydra.sweeper.direction=minimize",
+            'hydra.sweeper.params={model.optimizer.lr:"choice(0.001,1e20)",'
+            'data.batch_size:"choice(8)"}',
+            *searched,
+            f"paths.data_dir={data_dir}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        timeout=600,
+    )
+    trials = [p for p in sweep.iterdir() if (p / "run.json").is_file()]
+    losses = [json.loads((t / "run.json").read_text())["metrics"]["val/loss"] for t in trials]
+    assert len(trials) == 2 and any(math.isnan(loss) for loss in losses), losses
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_params"]["model.optimizer.lr"] == 0.001
