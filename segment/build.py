@@ -36,10 +36,12 @@ class Built:
     trainer: L.Trainer
 
 
-def build_data(cfg: DictConfig) -> SegmentationDataModule:
-    """The data module, its files present (``prepare_data``: downloads, renders, checks)."""
+def build_data(cfg: DictConfig, prepare: bool = True) -> SegmentationDataModule:
+    """The data module, its files present (``prepare``: ``prepare_data`` downloads, renders,
+    checks; a run continued from its folder reads its data and never fetches or writes it)."""
     datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
+    if prepare:
+        datamodule.prepare_data()
     return datamodule
 
 

@@ -57,10 +57,9 @@ def _refusing(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
 
 
 def _run_errors() -> tuple[type[BaseException], ...]:
-    from segment.record import RecordError
-    from segment.runfolder import RunFolderError
+    from segment.runfolder import REFUSALS
 
-    return (RunFolderError, RecordError)
+    return REFUSALS
 
 
 def _main(name: str, task: Callable[[DictConfig], Any]) -> None:

@@ -53,7 +53,6 @@ from segment.config import (
 from segment.files import write_atomic
 from segment.layout import RunLayout
 from segment.record import Attempt, RecordError, RunRecord, read_record, write_record
-from segment.schema import ConfigError
 
 __all__ = [
     "Asked",
@@ -91,8 +90,16 @@ class RunFolderError(RuntimeError):
     """A run folder that cannot be used as asked; the message says why and what to do."""
 
 
-# Errors that refuse an attempt before it trains: the folder, the config, a file handed in.
-REFUSALS = (RunFolderError, ConfigError, CheckpointError)
+# Errors that refuse an attempt before it trains: the folder, its record, the config (ConfigError
+# and CheckpointError are ValueErrors), a file or folder handed in that is missing or unreadable.
+REFUSALS = (
+    RunFolderError,
+    RecordError,
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+)
 
 
 @dataclass(frozen=True)
@@ -478,7 +485,7 @@ def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[st
     check_saved_overrides([item for item, *_ in lines], str(saved))  # the typed: the user's
     groups = [item for item, key, _ in lines if _is_group(key) and not item.startswith("~")]
     reference = _compose(config, [*groups, *typed], saved)
-    places = ("paths", "logger", *_path_keys(OmegaConf.to_container(reference)))
+    places = ("paths", "logger", "data.download", *_path_keys(OmegaConf.to_container(reference)))
     kept, dropped = [], []
     for item, key, value in lines:
         new = (

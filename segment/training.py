@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg, chosen, resume_at = _configure(run, cfg)
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         callbacks = build_callbacks(cfg, run.overrides, choices)  # their checks before the data
-        datamodule = build_data(cfg)
+        datamodule = build_data(cfg, prepare=not run.decision.own_config)
         fingerprint = datamodule.fingerprint()
         run.check_data(fingerprint)
         if run.decision.action == "skip":
