@@ -25,6 +25,8 @@ __all__ = [
     "mask_sheet_figure",
     "rate_figure",
     "reached_figure",
+    "size_curves_figure",
+    "size_speedup_figure",
     "speedup_figure",
 ]
 
@@ -334,3 +336,79 @@ def mask_sheet_figure(
             rect=(0, 0.35 / (2.2 * len(rows) + 0.6) * (1 + len(patches) // 8), 1, 1)
         )
     return _save(figure, path, layout=not classes)
+
+
+def size_speedup_figure(
+    series: Mapping[str, Sequence[tuple[float, object]]], path: Path, unit: str = "images"
+) -> Path:
+    """Speedup against training-set size, both on log axes: one series per level, its 95% interval
+    as error bars; bounds as open triangles, censored fits as open circles.
+
+    Args:
+        series: ``{level name: [(training images, Estimate)]}``.
+    """
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
+    shifts = np.linspace(-0.012, 0.012, max(len(series), 1))  # side by side, in log10 units
+    sizes = sorted({n for points in series.values() for n, _ in points})
+    for index, (label, points) in enumerate(series.items()):
+        color, factor = _color(index), 10 ** shifts[index]
+        exact = [(n, e) for n, e in points if np.isfinite(e.low)]
+        if exact:
+            x = np.array([n for n, _ in exact]) * factor
+            y = np.array([e.point for _, e in exact])
+            low, high = np.array([e.low for _, e in exact]), np.array([e.high for _, e in exact])
+            axes.errorbar(x, y, yerr=[y - low, high - y], fmt="o-", color=color, ms=4, capsize=3)
+        for n, e in (p for p in points if not np.isfinite(p[1].low)):
+            marker = {">=": "^", "<=": "v"}.get(e.bound, "o")
+            axes.plot([n * factor], [e.point], marker, color=color, ms=6, mfc="none")
+        axes.plot([], [], "o-", color=color, label=label)  # every level in the legend
+    axes.axhline(1.0, color="grey", lw=0.8)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xticks(sizes, [f"{n:g}" for n in sizes])
+    axes.minorticks_off()
+    axes.set(
+        xlabel="training images",
+        ylabel=f"speedup (slower / faster, {unit} seen)",
+        title="speedup by training-set size (triangles: bounds; open circles: censored fits)",
+    )
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def size_curves_figure(
+    panels: Mapping[str, Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]]],
+    metric: str,
+    path: Path,
+    hlines: Sequence[float] = (),
+) -> Path:
+    """A metric against images seen, one panel per training-set size: every run a thin line,
+    coloured by arm.
+
+    Args:
+        panels: ``{panel title: {arm name: [(images seen, values) per run]}}``.
+        hlines: Threshold levels drawn as dotted lines.
+    """
+    figure, grid = plt.subplots(
+        1, len(panels), figsize=(4.4 * len(panels), 4.0), squeeze=False, sharey=True
+    )
+    arms = list(dict.fromkeys(name for per_arm in panels.values() for name in per_arm))
+    for axes, (title, per_arm) in zip(grid[0], panels.items(), strict=True):
+        for name, curves in per_arm.items():
+            color = _color(arms.index(name))
+            for k, (x, y) in enumerate(curves):
+                axes.plot(x, y, color=color, lw=0.8, alpha=0.8, label=None if k else name)
+        for level in hlines:
+            axes.axhline(level, color="grey", ls=":", lw=1)
+        axes.set(xlabel="training images seen", title=title)
+        if metric in LOSS_METRICS:
+            _log_axis(axes.yaxis, axes.set_yscale)
+            values = [v for curves in per_arm.values() for _, y in curves for v in y]
+            if hlines and values:  # the first validations' losses would squash the levels
+                axes.set_ylim(top=max(2.5 * max(hlines), 1.2 * np.quantile(values, 0.75)))
+        axes.grid(alpha=0.3, which="both")
+        if any(per_arm.values()):
+            axes.legend(fontsize=7)
+    grid[0][0].set_ylabel(f"{metric} (each run a line)")
+    return _save(figure, path)

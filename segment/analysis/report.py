@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segment.analysis import figures, tables
+from segment.analysis import figures, size_tables, sizes, tables
 from segment.analysis.runs import Run, load_runs
 from segment.analysis.stats import kaplan_meier
 from segment.analysis.study import Study
@@ -122,7 +122,25 @@ def _figures(study: Study, sweep: Path) -> list[str]:
     )
     if _mask_sheet(study, sweep) is not None:
         names.append("masks_at_thresholds.png")
-    return names
+    return _size_figures(study, sweep) + names
+
+
+def _size_figures(study: Study, sweep: Path) -> list[str]:
+    """The speedup against training-set size and the loss curves per size, in a study of sizes."""
+    if not sizes.applies(study):
+        return []
+    found, names = sizes.sizes(study), []
+    series = sizes.speedup_series(study, found)
+    if any(series.values()):
+        figures.size_speedup_figure(series, sweep / "speedup_vs_train_size.png")
+        names.append("speedup_vs_train_size.png")
+    figures.size_curves_figure(
+        sizes.loss_curves(study, found, sizes.side_names(study)),
+        study.loss_metric,
+        sweep / "loss_by_train_size.png",
+        [level.level for level in study.headline],
+    )
+    return [*names, "loss_by_train_size.png"]
 
 
 def _mask_sheet(study: Study, folder: Path) -> Path | None:
@@ -242,6 +260,7 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         "arm's.",
         "## Figures\n\n" + figure_links,
         "## Seeds\n\n" + tables.more_seeds(study, str(sweep)),
+        size_tables.section(study),
         (
             "## Each arm at its best rate\n\n"
             + tables.tuned_table(study)

@@ -56,6 +56,9 @@ class Run:
     patience: int = 1
     record: RunRecord = field(default_factory=RunRecord)
     typed: list[str] = field(default_factory=list)  # the overrides as typed (.hydra/overrides.yaml)
+    # the sweep's parameters ({"seed": "0,1,2", ...}: hydra.sweeper.params), so a report can name
+    # the runs still to come
+    swept: dict[str, str] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
@@ -201,11 +204,13 @@ def load_run(folder: str | Path) -> Run:
     record = found or RunRecord(status="completed")
     layout = RunLayout.of(record.layout)
     hydra = layout.path(folder, "hydra")
-    choices = (
-        OmegaConf.load(hydra / "hydra.yaml").hydra.runtime.choices
+    settings = (
+        OmegaConf.load(hydra / "hydra.yaml").hydra
         if (hydra / "hydra.yaml").is_file()
-        else {}
+        else OmegaConf.create()
     )
+    choices = OmegaConf.select(settings, "runtime.choices", default=None) or {}
+    swept = OmegaConf.select(settings, "sweeper.params", default=None) or {}
     saved = hydra / "config.yaml"  # none where the first attempt failed before training
     config = record.config or (
         OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else {}
@@ -229,6 +234,7 @@ def load_run(folder: str | Path) -> Run:
         patience=int(tracked.get("patience", 1)),
         record=record,
         typed=_typed(hydra / "overrides.yaml"),
+        swept={str(k): str(v) for k, v in swept.items()},
     )
 
 

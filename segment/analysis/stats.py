@@ -27,6 +27,9 @@ the noisy cells' intervals too narrow and the quiet cells' too wide.
   fit (model-based, no interval); one where none did gives a bound.
 - Seeds needed (:func:`seeds_needed`): for a stated effect (``study.plan.ratio``, the smallest
   speedup worth knowing), at the upper 80% confidence bound of the cell's own spread.
+- The trend over training-set sizes (:func:`size_trend`): the least-squares slope of the per-size
+  log-ratios on log-size, a fixed linear combination of the per-size estimates, each with its own
+  standard error (recovered from its interval), and Welch-Satterthwaite degrees of freedom.
 """
 
 from __future__ import annotations
@@ -45,11 +48,15 @@ __all__ = [
     "CONFIDENCE",
     "Cell",
     "Estimate",
+    "Trend",
     "compare",
+    "mean_difference",
+    "mean_interval",
     "kaplan_meier",
     "mean_std",
     "permutation_floor",
     "seeds_needed",
+    "size_trend",
     "tuned",
 ]
 
@@ -447,3 +454,96 @@ def kaplan_meier(times: Sequence[float], reached: Sequence[bool]) -> tuple[np.nd
         np.append(0.0, survival.quantiles[at_events]),
         np.append(0.0, 1 - survival.probabilities[at_events]),
     )
+
+
+def _t(df: float) -> float:
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, df))
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and its 95% t interval (n - 1 degrees of freedom); NaN limits below two values or
+    without spread."""
+    mean, sd = mean_std(values)
+    if len(values) < 2 or not sd > 0:
+        return mean, float("nan"), float("nan")
+    half = _t(len(values) - 1) * sd / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def mean_difference(
+    first: Mapping[Any, float], second: Mapping[Any, float], paired: bool
+) -> tuple[float, float, float]:
+    """``mean(second) - mean(first)`` with its 95% interval: a paired t on the per-seed
+    differences (the seeds both hold), else Welch's t; NaN limits where a side has one value or
+    nothing varies."""
+    if paired:
+        seeds = sorted(set(first) & set(second), key=str)
+        return mean_interval([second[s] - first[s] for s in seeds])
+    a, b = np.asarray(list(first.values()), float), np.asarray(list(second.values()), float)
+    difference = float(b.mean() - a.mean()) if len(a) and len(b) else float("nan")
+    if min(len(a), len(b)) < 2:
+        return difference, float("nan"), float("nan")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if not va + vb > 0:
+        return difference, float("nan"), float("nan")
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = _t(df) * math.sqrt(va + vb)
+    return difference, difference - half, difference + half
+
+
+@dataclass(frozen=True)
+class Trend:
+    """The least-squares slope of log-speedup on log training-set size and its 95% interval.
+
+    ``slope < 0``: the speedup grows as the training set shrinks. ``df``: Welch-Satterthwaite;
+    ``sizes``: the sizes whose estimates had an interval and entered the fit.
+    """
+
+    slope: float
+    low: float
+    high: float
+    df: float
+    sizes: tuple[float, ...]
+
+    @property
+    def holds(self) -> bool:
+        """The interval excludes 0: the direction of the trend is established."""
+        return bool(self.low > 0 or self.high < 0)
+
+    @property
+    def per_halving(self) -> tuple[float, float, float]:
+        """The factor the speedup is multiplied by when the training set halves, with limits."""
+        return 2.0**-self.slope, 2.0**-self.high, 2.0**-self.low
+
+
+def log_se(estimate: Estimate) -> tuple[float, float]:
+    """Standard error and degrees of freedom of an estimate's log-ratio, read back from its t
+    interval (so the grid's rounding floor and the pairing it used come with it)."""
+    df = estimate.spread[1]
+    return math.log(estimate.high / estimate.low) / (2 * _t(df)), df
+
+
+def size_trend(points: Sequence[tuple[float, Estimate | None]]) -> Trend | None:
+    """The slope of log-speedup on log training-set size from per-size estimates ``[(size,
+    estimate)]``; None with fewer than two sizes whose estimate has an interval.
+
+    The slope is the ordinary least-squares one, ``b = sum_i c_i log r_i`` with ``c_i = (x_i -
+    mean x) / sum_j (x_j - mean x)**2`` and ``x_i = log size_i``: coefficients fixed by the design,
+    not weights estimated from the seeds (an inverse-variance weight from 2 degrees of freedom is
+    itself noisy, and would make the combination random). Its variance is ``sum_i c_i**2 se_i**2``
+    from each size's own standard error, nothing pooled, with Welch-Satterthwaite degrees of
+    freedom, as a Welch interval of two cells. It estimates the least-squares line through the
+    true per-size log-ratios at the sizes measured, whether or not they lie on a line.
+    """
+    usable = [(n, e) for n, e in points if e is not None and np.isfinite(e.low) and e.spread[1] > 0]
+    x = np.log([float(n) for n, _ in usable])
+    if len(usable) < 2 or not np.ptp(x) > 0:
+        return None
+    y = np.log([e.point for _, e in usable])
+    se, df = np.array([log_se(e) for _, e in usable]).T
+    c = (x - x.mean()) / np.sum((x - x.mean()) ** 2)
+    slope, parts = float(c @ y), c**2 * se**2
+    variance = float(parts.sum())
+    dof = variance**2 / float(np.sum(parts**2 / df))
+    half = _t(dof) * math.sqrt(variance)
+    return Trend(slope, slope - half, slope + half, dof, tuple(float(n) for n, _ in usable))

@@ -25,7 +25,7 @@ from segment.analysis.thresholds import Crossing, Threshold
 from segment.config import short_names, value_text
 from segment.data.labels import THIN_CLASSES
 
-__all__ = ["Arm", "Comparison", "Study", "TunedComparison", "order_key"]
+__all__ = ["Arm", "Comparison", "Study", "TunedComparison", "matches", "order_key", "resolution"]
 
 # Keys that bound a run's length or its measurement, not what it trains: ignored when pairing arms.
 _CAPS = (
@@ -185,7 +185,8 @@ def ladder(spec: dict) -> list[float]:
     return [round(start + sign * i * step, 6) for i in range(count)]
 
 
-def _matches(arm: Arm, side: dict) -> bool:
+def matches(arm: Arm | Run, side: dict) -> bool:
+    """Whether an arm (or a run) has every choice or value of a comparison's side."""
     return all(str(arm.value(k)) == str(v) for k, v in side.items())
 
 
@@ -289,8 +290,8 @@ class Study:
         found = []
         for effect, sides in declared.items():
             ignore = set(sides["slower"]) | set(sides["faster"])
-            for slower in (a for a in self.arms if _matches(a, sides["slower"])):
-                for faster in (a for a in self.arms if _matches(a, sides["faster"])):
+            for slower in (a for a in self.arms if matches(a, sides["slower"])):
+                for faster in (a for a in self.arms if matches(a, sides["faster"])):
                     context = self._context(slower, ignore)
                     if slower is not faster and context == self._context(faster, ignore):
                         label = " ".join(
@@ -308,7 +309,7 @@ class Study:
             ignore = set(sides["slower"]) | set(sides["faster"]) | {rate}
             groups: dict[frozenset, dict[str, dict[str, Arm]]] = {}
             for side in ("slower", "faster"):
-                for arm in (a for a in self.arms if _matches(a, sides[side])):
+                for arm in (a for a in self.arms if matches(a, sides[side])):
                     cells = groups.setdefault(
                         self._context(arm, ignore), {"slower": {}, "faster": {}}
                     )[side]
