@@ -71,6 +71,8 @@ def _lines(outside: Path, canary: Path) -> list[str]:
         "model=unet_vgg",
         "model=smp",
         f"data.root={outside}",
+        "data.download=true",
+        "data=camvid",
         "model.optimizer.lr=0.5",
         "trainer.max_epochs=3",
         "logger=[csv,wandb]",
