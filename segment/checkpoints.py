@@ -281,6 +281,11 @@ def check_trusted_targets(config: Any, where: str, kind: str = "model") -> None:
     is not an allow-listed class of ``kind`` (``model`` or ``data``), naming it and where it was
     found."""
     for place, node in _nodes(config, where):
+        if isinstance(node, str) and re.match(r"(hf[-_]hub:|[a-z0-9+]+://)", node, re.I):
+            raise CheckpointError(
+                f"{place}={node!r}: a checkpoint may not name a hub or a URL (building from it "
+                "would fetch); refusing it"
+            )
         if (
             isinstance(node, dict)
             and node.get("_target_") is not None
@@ -350,9 +355,10 @@ def check_saved_overrides(items: list[Any], where: str) -> None:
     ``data`` (anyone can append a line to ``.hydra/overrides.yaml``)."""
     for item in items:
         refuse = f"{where}: {str(item)!r}: a saved override may not hold "
-        if "${" in str(item):
+        parsed = parse_overrides([str(item)])  # Hydra's grammar unescapes "$\\{" to "${"
+        if "${" in str(item) or any("${" in str(n) for _, n in _nodes(list(parsed.values()), "")):
             raise CheckpointError(refuse + "interpolations or resolvers ('${...}'); refusing it")
-        for key, value in parse_overrides([str(item)]).items():
+        for key, value in parsed.items():
             tree: Any = value
             for part in reversed(key.split(".")):
                 tree = {part: tree}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -35,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from segment.checkpoints import (
     CheckpointError,
+    _nodes,
     check_composed_targets,
     check_saved_overrides,
     find_checkpoint,
@@ -52,6 +54,7 @@ from segment.config import (
 )
 from segment.files import write_atomic
 from segment.layout import RunLayout
+from segment.record import FILE as RECORD
 from segment.record import Attempt, RecordError, RunRecord, read_record, write_record
 
 __all__ = [
@@ -70,6 +73,8 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _ATTEMPT_KEYS = ("ckpt_path", "skip_completed", "overwrite")  # how one attempt treats the folder
 _INPUTS = ("data.root", "paths.data_dir")  # places a saved override may name: where data is read
+# Config groups a saved file may choose: what is trained (loggers, trainer: the command line's)
+_TRAINED = "model data loss optimizer scheduler measurement protocol experiment callbacks".split()
 _ABSENT = object()
 # Keys that give a schedule's length; null: the run's own length (it follows trainer.max_epochs).
 _LENGTH_KEYS = ("T_max", "total_steps", "total_iters")
@@ -281,6 +286,12 @@ class RunFolder:
         except RecordError as error:
             self.enabled = False  # a damaged record is left as it is, this attempt unrecorded
             raise RunFolderError(str(error)) from None
+        if links := _links_out(self.path):
+            self.enabled = False  # refused for what the folder holds: left as it is
+            raise RunFolderError(
+                f"{links[0]} is a symbolic link out of the run folder (or to nothing): a run would "
+                "write through it. Replace it by a copy of what it points to, or remove it"
+            )
         self.record = known or RunRecord()
         found, inside = _asked_checkpoint(self.asked, self.path, self.layout)
         holds = holds_results(self.path, self.layout)
@@ -304,7 +315,7 @@ class RunFolder:
             kept, reference = saved_overrides(saved, self.overrides, name)
             own = _compose(name, [*kept, *self.overrides], saved)
             check_composed_targets(own, reference, str(saved))
-        except CheckpointError:
+        except Exception:  # the folder's own file, unusable however: the folder stays as it was
             self.enabled = False
             raise
         self.overrides = [*kept, *self.overrides]
@@ -417,6 +428,18 @@ def _lock(path: Path) -> FileLock:
     return lock
 
 
+def _links_out(path: Path) -> list[Path]:
+    """Symbolic links in a run folder (``archive/`` aside) that lead out of it or nowhere."""
+    root = path.resolve()
+    return [
+        link
+        for link in path.rglob("*")
+        if link.is_symlink()
+        and link.relative_to(path).parts[0] != "archive"
+        and root not in link.resolve().parents
+    ]
+
+
 def _asked_checkpoint(asked: Asked, path: Path, layout: RunLayout) -> tuple[Path | None, bool]:
     """The checkpoint an attempt asks for (``ckpt_path=last`` or ``skip_completed``: the folder's
     newest; a path: that file) and whether it lies in the run folder."""
@@ -466,11 +489,14 @@ def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[st
     is left out, named. Groups are chosen from the project's own config groups only. The reference
     is the config of the typed overrides and the file's group choices alone.
     """
-    items = yaml.safe_load(saved.read_text())  # plain strings: OmegaConf would resolve them
-    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
-        raise CheckpointError(f"{saved}: not a list of overrides; move it aside")
+    try:  # plain strings: OmegaConf would resolve them
+        items = yaml.safe_load(saved.read_text())
+        if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+            raise ValueError("not a list of overrides")
+        lines = [(item, *next(iter(parse_overrides([item]).items()))) for item in items]
+    except (ValueError, yaml.YAMLError) as error:  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"{saved}: {error}; move it aside") from None
     mine = set(parse_overrides(typed))
-    lines = [(item, *next(iter(parse_overrides([item]).items()))) for item in items]
     for item, key, _ in lines:
         if key.replace("/", ".").split(".")[0] == "hydra":
             raise CheckpointError(
@@ -483,7 +509,11 @@ def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[st
         if line[1] not in mine and not is_infrastructure(line[1], _ATTEMPT_KEYS)
     ]
     check_saved_overrides([item for item, *_ in lines], str(saved))  # the typed: the user's
-    groups = [item for item, key, _ in lines if _is_group(key) and not item.startswith("~")]
+    groups = [
+        item
+        for item, key, _ in lines
+        if _is_group(key) and key.split("/")[0] in _TRAINED and not item.startswith("~")
+    ]
     reference = _compose(config, [*groups, *typed], saved)
     places = ("paths", "logger", "data.download", *_path_keys(OmegaConf.to_container(reference)))
     kept, dropped = [], []
@@ -493,10 +523,14 @@ def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[st
             is _ABSENT
         )
         where = key not in _INPUTS and (
-            is_infrastructure(key, places) or any(p.startswith(f"{key}.") for p in places)
+            is_infrastructure(key, places)
+            or any(p.startswith(f"{key}.") for p in places)
+            or _names_a_place(key, value)
         )
-        if item in groups or not (
-            where or item.startswith("~") or (new and isinstance(value, str))
+        if (
+            item in groups
+            or not _is_group(key)
+            and not (where or item.startswith("~") or (new and isinstance(value, str)))
         ):
             kept.append(item)
         else:
@@ -509,6 +543,14 @@ def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[st
             " ".join(dropped),
         )
     return kept, reference
+
+
+def _names_a_place(key: str, value: Any) -> bool:
+    """Whether an override names a file or folder: by its key's last word, or by a text value that
+    is absolute, starts at home or climbs (``..``) anywhere in it."""
+    text = [str(n) for _, n in _nodes(value, "") if isinstance(n, str)]
+    named = re.search(r"(file|dir|path|uri|url|root)(name)?$", key.split(".")[-1], re.I)
+    return bool(named) or any(t.startswith(("/", "~")) or ".." in Path(t).parts for t in text)
 
 
 def _is_group(key: str) -> bool:
@@ -552,7 +594,7 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
 
 def _continue_there(checkpoint: Path) -> str:
     """For a checkpoint of a run folder: the command that continues that run in its own folder."""
-    owner = next((p for p in checkpoint.resolve().parents if (p / "run.json").is_file()), None)
+    owner = next((p for p in checkpoint.resolve().parents if (p / RECORD).is_file()), None)
     if owner is None:
         return ""
     command = shlex.join(["segment-train", f"hydra.run.dir={owner}", "ckpt_path=last"])
@@ -606,7 +648,7 @@ def archive(path: Path, layout: RunLayout, started: str) -> Path:
     link, never followed: nothing outside ``path`` changes."""
     if (path / "archive").is_symlink():  # archiving would write where it points
         raise RunFolderError(f"{path / 'archive'} is a symbolic link: replace it by a folder")
-    stamp = started.replace(":", "-")
+    stamp = re.sub(r"[^\w+.-]", "-", str(started)).strip(".") or "earlier"  # one name, in archive/
     target, suffix = path / "archive" / stamp, 1
     while target.exists():
         target, suffix = path / "archive" / f"{stamp}-{suffix}", suffix + 1

@@ -22,6 +22,10 @@ def _files(folder: Path) -> dict[str, bytes]:
     }
 
 
+def _lines(*lines: str) -> bytes:
+    return "".join(f"- {line}\n" for line in lines).encode()
+
+
 def _append(run: Path, *lines: str) -> None:
     with (run / ".hydra" / "overrides.yaml").open("a") as file:
         file.writelines(f"- {line}\n" for line in lines)
@@ -38,18 +42,22 @@ def test_a_saved_search_path_cannot_bring_code_and_the_folder_stays_byte_identic
     (plugins / "logger" / "evil.yaml").write_text(
         f"evil:\n  _target_: builtins.open\n  file: {canary}\n  mode: w\n"
     )
-    for lines in (
-        [f"hydra.searchpath=[file://{plugins}]", "logger=[csv,evil]"],
-        ["logger=[csv,evil]"],
-        [f"+hydra.searchpath=[file://{plugins}]"],
+    overrides = (run / ".hydra" / "overrides.yaml").read_bytes()
+    for added in (
+        _lines(f"hydra.searchpath=[file://{plugins}]", "logger=[csv,evil]"),
+        _lines(f"+hydra.searchpath=[file://{plugins}]"),
+        _lines(f"task_name=$\\{{own_dir:{canary}\\}}"),  # Hydra unescapes it to ${...}
+        b"---\n- seed=1\n",
+        b"- !!python/object/apply:os.system [touch " + str(canary).encode() + b"]\n",
+        b"- 'seed=[1'\n",
+        b"- seed=\xff\xfe\n",
     ):
-        overrides = (run / ".hydra" / "overrides.yaml").read_bytes()
-        _append(run, *lines)
+        (run / ".hydra" / "overrides.yaml").write_bytes(overrides + added)
         before = _files(run)
-        with pytest.raises(CheckpointError, match="Hydra's own keys|do not compose"):
+        with pytest.raises(CheckpointError, match="Hydra's own keys|do not compose|saved|move it"):
             hydra_train("ckpt_path=last", "trainer.max_epochs=2")
-        assert _files(run) == before and not canary.exists()
-        (run / ".hydra" / "overrides.yaml").write_bytes(overrides)
+        assert _files(run) == before and not canary.exists(), added
+    (run / ".hydra" / "overrides.yaml").write_bytes(overrides)
 
 
 @pytest.mark.parametrize(
@@ -60,6 +68,10 @@ def test_a_saved_search_path_cannot_bring_code_and_the_folder_stays_byte_identic
         "logger.csv.save_dir={elsewhere}",
         "callbacks.model_checkpoint.dirpath={elsewhere}",
         "+trainer.default_root_dir={elsewhere}",
+        "callbacks.last_checkpoint.filename=../../escaped",
+        "logger=[csv,wandb]",
+        "logger=[csv,evil]",  # a logger is chosen on the command line: left out, never composed
+        "trainer=ddp",
     ],
 )
 def test_a_saved_file_cannot_send_the_output_elsewhere(
@@ -70,9 +82,10 @@ def test_a_saved_file_cannot_send_the_output_elsewhere(
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     elsewhere.mkdir()
     _append(run, line.format(elsewhere=elsewhere))
+    parts = {p.name for p in run.iterdir()}
     hydra_train("ckpt_path=last", "trainer.max_epochs=2")
-    assert list(elsewhere.iterdir()) == []
-    assert (run / "checkpoints").is_dir()
+    assert list(elsewhere.iterdir()) == [] and not list(tmp_path.glob("escaped*"))
+    assert {p.name for p in run.iterdir()} == parts  # no wandb/ either
 
 
 def test_a_run_folder_given_as_ckpt_path_names_the_command_that_continues_it(
@@ -86,3 +99,66 @@ def test_a_run_folder_given_as_ckpt_path_names_the_command_that_continues_it(
     with pytest.raises(RunFolderError, match="continue the run it belongs to") as refused:
         hydra_train(*FAST, f"ckpt_path={run}", f"hydra.run.dir={tmp_path / 'other'}")
     assert f"segment-train hydra.run.dir={run} ckpt_path=last" in str(refused.value)
+
+
+def test_a_link_out_of_the_run_folder_refuses_it_as_it_is(hydra_train, tmp_path: Path) -> None:
+    """A continued run used to write its config, checkpoints and logs through linked parts."""
+    from segment.runfolder import RunFolderError
+
+    hydra_train(*FAST)
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    (run / ".hydra").rename(outside)
+    (run / ".hydra").symlink_to(outside)
+    before, theirs = _files(run), _files(outside)
+    with pytest.raises(RunFolderError, match="symbolic link out of the run folder"):
+        hydra_train("ckpt_path=last", "trainer.max_epochs=2")
+    assert _files(run) == before and _files(outside) == theirs
+
+
+def test_a_start_time_in_the_record_cannot_move_the_archive_out(
+    hydra_train, tmp_path: Path
+) -> None:
+    """overwrite=true used to archive the earlier run under the record's "started", as a path."""
+    import json
+
+    hydra_train(*FAST)
+    run = tmp_path / "run"
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "started": "../../escaped"}))
+    hydra_train(*FAST, "overwrite=true")
+    assert not list(tmp_path.rglob("escaped")) or all(
+        run in p.parents for p in tmp_path.rglob("*escaped*")
+    )
+    assert [p.name for p in (run / "archive").iterdir()]
+
+
+def test_export_and_the_report_resolve_nothing_from_a_run_s_files(tmp_path: Path) -> None:
+    """An interpolation in a job's hydra.yaml used to run the project's resolvers (a folder made
+    anywhere) when the sweep was exported."""
+    import json
+
+    from segment.analysis.export import export
+
+    job, canary = tmp_path / "sweep" / "job", tmp_path / "made"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "hydra.yaml").write_text(
+        f"hydra:\n  runtime:\n    output_dir: ${{own_dir:{canary}}}\n    choices:\n"
+        f"      model: ${{own_dir:{canary}2}}\n"
+    )
+    (job / ".hydra" / "config.yaml").write_text(f"seed: ${{own_dir:{canary}3}}\n")
+    (job / "run.json").write_text(json.dumps({"status": "completed", "schema": 2}))
+    export(tmp_path / "sweep", tmp_path / "out")
+    assert not list(tmp_path.glob("made*"))
+
+
+def test_a_checkpoint_naming_a_hub_or_a_url_is_refused() -> None:
+    """An allow-listed timm encoder named "hf-hub:..." fetched its config even without weights."""
+    from segment.checkpoints import check_trusted_targets
+
+    for name in ("hf-hub:timm/resnet18.a1_in1k", "https://example.org/x.pth"):
+        net = {
+            "_target_": "segmentation_models_pytorch.encoders.timm_universal.TimmUniversalEncoder",
+            "name": name,
+        }
+        with pytest.raises(CheckpointError, match="may not name a hub or a URL"):
+            check_trusted_targets({"net": net}, "checkpoint", "model")

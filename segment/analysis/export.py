@@ -19,10 +19,9 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
-
-from segment.analysis.runs import Run, load_runs
+from segment.analysis.runs import Run, load_runs, plain_yaml
 from segment.analysis.study import Study
 from segment.files import write_atomic
 from segment.layout import RunLayout
@@ -37,11 +36,13 @@ def roles(run: Run, sweep: Path) -> dict[str, str]:
     """The machine paths a run's files hold, each with its role, longest first: a run folder inside
     its sweep keeps its own name (``<sweep.dir>/<job>``)."""
     hydra = run.folder / RunLayout.of(run.record.layout).hydra / "hydra.yaml"
-    settings = OmegaConf.load(hydra).hydra if hydra.is_file() else OmegaConf.create()
+    settings = plain_yaml(hydra).get("hydra") or {}
 
     def setting(key: str) -> str:
-        value = OmegaConf.select(settings, key, default=None, throw_on_resolution_failure=False)
-        return str(value) if value and str(value).startswith("/") else ""
+        value: Any = settings
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        return value if isinstance(value, str) and value.startswith("/") else ""
 
     typed = {
         item.split("=", 1)[0]: item.split("=", 1)[1]

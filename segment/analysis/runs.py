@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
 
 from segment.analysis.thresholds import Crossing, Threshold, first_crossing
 from segment.config import identity, value_text
@@ -196,6 +195,13 @@ def _history(path: Path, tracked: dict) -> list[dict[str, Any]]:
     return list(rows)
 
 
+def plain_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file of a run as plain data (``{}`` if absent): nothing in it is resolved, so an
+    interpolation written into a run's files is text, never run."""
+    data = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return data if isinstance(data, dict) else {}
+
+
 def load_run(folder: str | Path) -> Run:
     """Read one run folder written by ``train.py`` (its record, ``.hydra/``, thresholds, CSV
     log)."""
@@ -204,17 +210,11 @@ def load_run(folder: str | Path) -> Run:
     record = found or RunRecord(status="completed")
     layout = RunLayout.of(record.layout)
     hydra = layout.path(folder, "hydra")
-    settings = (
-        OmegaConf.load(hydra / "hydra.yaml").hydra
-        if (hydra / "hydra.yaml").is_file()
-        else OmegaConf.create()
-    )
-    choices = OmegaConf.select(settings, "runtime.choices", default=None) or {}
-    swept = OmegaConf.select(settings, "sweeper.params", default=None) or {}
-    saved = hydra / "config.yaml"  # none where the first attempt failed before training
-    config = record.config or (
-        OmegaConf.to_container(OmegaConf.load(saved)) if saved.is_file() else {}
-    )
+    settings = plain_yaml(hydra / "hydra.yaml").get("hydra") or {}
+    choices = (settings.get("runtime") or {}).get("choices") or {}
+    swept = (settings.get("sweeper") or {}).get("params") or {}
+    # none where the first attempt failed before training
+    config = record.config or plain_yaml(hydra / "config.yaml")
     tracked_file = layout.path(folder, "thresholds")
     tracked = _json(tracked_file, dict) if tracked_file.is_file() else {}
     status = {"running": "incomplete", "new": "incomplete"}.get(record.status, record.status)
