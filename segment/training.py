@@ -10,9 +10,11 @@ from lightning import seed_everything
 from omegaconf import DictConfig, OmegaConf
 
 from segment.build import Built, build, build_callbacks, build_data
+from segment.checkpoints import without_pretrained
 from segment.config import print_config_tree, sweep_dir
 from segment.data.sampling import data_order
 from segment.device.precision import machine, resolve_precision
+from segment.models.weights import WeightsRecord
 from segment.record import versions
 from segment.runfolder import RunFolder, follows_length
 from segment.schema import validate
@@ -43,7 +45,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
             print_config_tree(cfg)
         if cfg.get("seed") is not None:
             seed_everything(cfg.seed, workers=True)
-        built = build(cfg, datamodule, callbacks=callbacks, resume_at=resume_at, data=fingerprint)
+        continuing = run.decision.checkpoint is not None  # its weights: the checkpoint's
+        built = build(
+            _fetching_none(cfg) if continuing else cfg,
+            datamodule,
+            callbacks=callbacks,
+            resume_at=resume_at,
+            data=fingerprint,
+        )
+        if continuing and run.record.encoder_weights_used:
+            built.module.weights_record = WeightsRecord(**run.record.encoder_weights_used)
         run.attempt.precision, run.attempt.machine = chosen, machine(cfg.trainer.accelerator)
         run.start(cfg, **_recorded(cfg, built, fingerprint))
         trainer = built.trainer
@@ -54,6 +65,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.finish(metrics)
         log.info("%s", summary(cfg, run, built, metrics))
         return metrics
+
+
+def _fetching_none(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with every net, at any depth, told to fetch no pretrained weights."""
+    built = cfg.copy()
+    built.model = without_pretrained(OmegaConf.to_container(cfg.model))
+    return built
 
 
 def _recorded(cfg: DictConfig, built: Built, fingerprint: dict) -> dict:

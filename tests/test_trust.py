@@ -162,3 +162,26 @@ def test_a_checkpoint_naming_a_hub_or_a_url_is_refused() -> None:
         }
         with pytest.raises(CheckpointError, match="may not name a hub or a URL"):
             check_trusted_targets({"net": net}, "checkpoint", "model")
+
+
+def test_a_continued_run_fetches_no_weights_and_keeps_the_record_of_those_it_started_from(
+    hydra_train, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A continued pretrained run used to look its encoder weights up again (the hub, when they
+    were not cached), although the checkpoint holds them."""
+    import json
+
+    import segment.models.nets as nets
+
+    hydra_train("model=unet_vgg", "trainer.max_epochs=1", "scheduler=constant")
+    run = tmp_path / "run"
+    used = json.loads((run / "run.json").read_text())["encoder_weights_used"]
+    assert used["source"] != "none"
+
+    def fetch(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a continued run looked its encoder weights up")
+
+    monkeypatch.setattr(nets, "resolve_encoder_weights", fetch)
+    hydra_train("ckpt_path=last", "trainer.max_epochs=2")
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed" and record["encoder_weights_used"] == used
