@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -198,9 +198,10 @@ def _path_keys(node: Any, prefix: str = "") -> tuple[str, ...]:
 
 def _status(folder: Path) -> str | None:
     try:
-        return (read_record(folder) or RunRecord(status="")).status
+        record = read_record(folder)
     except RecordError:
         return None
+    return record.status if record else None
 
 
 def _now() -> str:
@@ -235,7 +236,12 @@ class RunFolder:
         asked = (cfg.get("ckpt_path"), bool(cfg.get("skip_completed")), bool(cfg.get("overwrite")))
         self.asked = Asked(*asked, tuple(self.overrides))
         self.attempt = Attempt(
-            _now(), socket.gethostname(), os.getpid(), list(sys.argv), _git(), list(self.overrides)
+            started=_now(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            command=list(sys.argv),
+            git=_git(),
+            overrides=list(self.overrides),
         )
         self.record, self.decision, self.seed = RunRecord(), Decision("refuse"), cfg.get("seed")
         self.started, self.signal = False, None
@@ -265,11 +271,14 @@ class RunFolder:
             lock.release()
 
     def _decide(self) -> None:
+        # Until the record is read nothing is written: a damaged one is left byte for byte as it
+        # is, this attempt unrecorded, whatever the reader raised.
+        enabled, self.enabled = self.enabled, False
         try:
             known = read_record(self.path)
         except RecordError as error:
-            self.enabled = False  # a damaged record is left as it is, this attempt unrecorded
             raise RunFolderError(str(error)) from None
+        self.enabled = enabled
         self.record = known or RunRecord()
         found, inside = _asked_checkpoint(self.asked, self.path, self.layout)
         holds = holds_results(self.path, self.layout)
@@ -316,24 +325,29 @@ class RunFolder:
             remove_partial_files(self.path)
             write_hydra(self.path / self.layout.hydra, config, self.overrides)
         self.started = True
-        self.record = replace(
-            self.record,
-            status="running",
-            error=None,
-            ended=None,
-            started=self.record.started or self.attempt.started,
-            layout=self.layout.as_dict(),
-            **fields,
-        )
+        update = {
+            "status": "running",
+            "error": None,
+            "ended": None,
+            "layout": self.layout.as_dict(),
+        }
+        started = self.record.started or self.attempt.started
+        self.record = self.record.model_copy(update={**update, "started": started, **fields})
         self._save()
 
     def finish(self, metrics: dict[str, float]) -> None:
         """Record a completed run and its final metrics."""
         self.attempt.ended, self.attempt.outcome = _now(), "completed"
-        self.record = replace(
-            self.record, status="completed", ended=self.attempt.ended, metrics=metrics
-        )
+        update = {"status": "completed", "ended": self.attempt.ended, "metrics": metrics}
+        self.record = self.record.model_copy(update=update)
         self._save()
+
+    def skip(self) -> dict[str, float]:
+        """Record the attempt as skipped (the run is completed, and stays as it is); its
+        metrics."""
+        self.attempt.ended, self.attempt.outcome = _now(), "skipped"
+        self._save()
+        return dict(self.record.metrics)
 
     def _save(self) -> None:
         if not self.enabled:
@@ -354,8 +368,8 @@ class RunFolder:
             self.path, self.layout
         )
         if self.started or nothing:
-            status = outcome if self.started else "failed"
-            self.record = replace(self.record, status=status, error=message, seed=self.seed)
+            update = {"status": outcome if self.started else "failed", "error": message}
+            self.record = self.record.model_copy(update={**update, "seed": self.seed})
         with contextlib.suppress(OSError):
             self._save()
         if name and sweep_dir() is not None:

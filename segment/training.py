@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.check_data(fingerprint)
         if run.decision.action == "skip":
             log.info("skip_completed: %s already completed; not training again", run.path)
-            return dict(run.record.metrics)
+            return run.skip()
         if OmegaConf.select(cfg, "extras.print_config"):
             print_config_tree(cfg)
         if cfg.get("seed") is not None:
