@@ -20,7 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ import yaml
 from filelock import FileLock, Timeout
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -50,6 +51,7 @@ from segment.config import (
 )
 from segment.files import write_atomic
 from segment.layout import RunLayout
+from segment.loggers import log_position
 from segment.record import Attempt, RecordError, RunRecord, read_record, write_record
 from segment.schema import ConfigError
 
@@ -246,6 +248,9 @@ class RunFolder:
         self.record, self.decision, self.seed = RunRecord(), Decision("refuse"), cfg.get("seed")
         self.started, self.signal = False, None
         self._data: dict[str, Any] | None = None  # the continued checkpoint's data fingerprint
+        self._found = self.record  # the record as found, kept by an attempt that changes nothing
+        self._loggers: Sequence[Logger] = ()
+        self._held: tuple = ()  # where the run's results stood when training began
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[RunFolder]:
@@ -279,7 +284,7 @@ class RunFolder:
         except RecordError as error:
             raise RunFolderError(str(error)) from None
         self.enabled = enabled
-        self.record = known or RunRecord()
+        self.record = self._found = known or RunRecord()
         found, inside = _asked_checkpoint(self.asked, self.path, self.layout)
         holds = holds_results(self.path, self.layout)
         self.decision = decide(known, holds, self.asked, found, inside)
@@ -314,17 +319,19 @@ class RunFolder:
         skip = self.decision.action == "skip"
         check_same_data(self.path, self.record.data if skip else self._data, fingerprint, skip)
 
-    def start(self, config: DictConfig, **fields: Any) -> None:
+    def start(self, config: DictConfig, loggers: Sequence[Logger] = (), **fields: Any) -> None:
         """The attempt is accepted and trains: archive the earlier run if decided, write
-        ``.hydra/``, mark the run ``running`` with ``fields`` (data, seed, versions ...)."""
+        ``.hydra/``, mark the run ``running`` with ``fields`` (data, seed, versions ...).
+        ``loggers``: the run's, whose position tells whether a continuation changed the run."""
         self.attempt.resumed_from = self.decision.checkpoint and str(self.decision.checkpoint)
         if self.enabled:
             if self.decision.archive:
                 archive(self.path, self.layout, self.record.started or _now())
-                self.record = RunRecord()  # the earlier record went with its run
+                self.record = self._found = RunRecord()  # the earlier record went with its run
             remove_partial_files(self.path)
             write_hydra(self.path / self.layout.hydra, config, self.overrides)
-        self.started = True
+        self.started, self._loggers = True, loggers
+        self._held = self._results()
         update = {
             "status": "running",
             "error": None,
@@ -349,6 +356,20 @@ class RunFolder:
         self._save()
         return dict(self.record.metrics)
 
+    def _results(self) -> tuple:
+        """Where the run's results stand: its loggers' position and its checkpoint files."""
+        folder = self.path / self.layout.checkpoints
+        files = sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.ckpt"))
+        return log_position(self._loggers), files
+
+    def _changed(self) -> bool:
+        """Whether the attempt changed the run: began one (afresh, or from another run's
+        checkpoint), or continued it and logged a row or wrote a checkpoint since."""
+        if not self.started:
+            return False
+        began = self.decision.checkpoint is None or self._found.status == "new"
+        return began or self._results() != self._held
+
     def _save(self) -> None:
         if not self.enabled:
             return
@@ -357,18 +378,23 @@ class RunFolder:
         write_record(self.path, self.record)
 
     def _end(self, error: BaseException) -> None:
-        """Record an attempt that ended early; the run's status changes only if it trained."""
+        """Record an attempt that ended early. The run's status says what the folder holds: it
+        changes only if the attempt changed the run (:meth:`_changed`), or the folder holds
+        nothing else."""
         name = signal.Signals(self.signal).name if self.signal is not None else None
         message = f"interrupted by {name}" if name else f"{type(error).__name__}: {error}".strip()
         refused = isinstance(error, REFUSALS) and not self.started
         outcome = "interrupted" if name else "refused" if refused else "failed"
         self.attempt.ended, self.attempt.outcome = _now(), outcome
         self.attempt.error, self.attempt.signal = message, name
+        changed = self._changed()
+        if self.started and not changed:  # a continuation that failed before it changed the run
+            self.record = self._found
         nothing = self.record.status in ("new", "failed") and not holds_results(
             self.path, self.layout
         )
-        if self.started or nothing:
-            update = {"status": outcome if self.started else "failed", "error": message}
+        if changed or nothing:
+            update = {"status": outcome if changed else "failed", "error": message}
             self.record = self.record.model_copy(update={**update, "seed": self.seed})
         with contextlib.suppress(OSError):
             self._save()

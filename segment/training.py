@@ -45,7 +45,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             seed_everything(cfg.seed, workers=True)
         built = build(cfg, datamodule, callbacks=callbacks, resume_at=resume_at, data=fingerprint)
         run.attempt.precision, run.attempt.machine = chosen, machine(cfg.trainer.accelerator)
-        run.start(cfg, **_recorded(cfg, built, fingerprint))
+        run.start(cfg, built.trainer.loggers, **_recorded(cfg, built, fingerprint))
         trainer = built.trainer
         trainer.fit(built.module, datamodule=datamodule, ckpt_path=run.decision.checkpoint)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -397,3 +397,31 @@ def test_a_non_finite_validation_stops_the_run_as_failed_and_keeps_no_nan_best(
     assert last["epoch"] == 0 and all(
         torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
     )
+
+
+@pytest.mark.parametrize(("at", "status"), [("train_start", "completed"), ("batch", "failed")])
+def test_a_failed_continuation_changes_the_status_only_if_it_changed_the_run(
+    hydra_train, tmp_path: Path, at: str, status: str
+) -> None:
+    """(m) A completed run whose continuation failed inside fit, before it logged a row or wrote a
+    checkpoint, was marked failed: its folder still holds the completed run. One that trained a
+    batch (and logged it) is failed."""
+    run = tmp_path / "run"
+    fail = [
+        "+callbacks.fail._target_=tests.helpers.FailAt",
+        f"+callbacks.fail.at={at}",
+        "+callbacks.fail.epoch=1",
+        "+callbacks.fail.batch=1",
+        f"+callbacks.fail.marker={tmp_path / 'failed-once'}",
+    ]
+    hydra_train(*FAST, "trainer.log_every_n_steps=1", *fail)
+    before, last = _record(run), (run / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(RuntimeError, match=f"FailAt: {at}"):
+        hydra_train("ckpt_path=last", "trainer.max_epochs=2", *fail)
+    after = _record(run)
+    assert after["status"] == status
+    assert [a["outcome"] for a in after["attempts"]] == ["completed", "failed"]
+    if status == "completed":
+        kept = ("metrics", "error", "ended", "started", "seed")
+        assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
+        assert (run / "checkpoints" / "last.ckpt").read_bytes() == last
