@@ -508,18 +508,39 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
         )
     if "log_position" not in checkpoint:  # written before positions were: by step alone
         return {"step": step, "global_step": step + 1}, checkpoint.get("data")
-    return {**checkpoint["log_position"], "global_step": step}, checkpoint.get("data")
+    # global_step: rows logged after the checkpoint for steps before it (the epoch's metrics) are
+    # kept, unless Lightning logs them again; then -1: none are
+    again = _progress(checkpoint)[2]
+    position = {**checkpoint["log_position"], "global_step": -1 if again else step}
+    return position, checkpoint.get("data")
+
+
+def _progress(checkpoint: dict[str, Any]) -> tuple[int | None, int, bool]:
+    """A checkpoint's epochs and steps done, and whether Lightning runs the end of its epoch again
+    on resume (logging the epoch's metrics, ``train/loss``, again).
+
+    A checkpoint written by a validation after an epoch's last batch (several validations an epoch)
+    precedes the epoch's end, which a resume runs again; one written at the epoch's end (one
+    validation an epoch) or by a batch (``every_n_train_steps``) does not.
+    """
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = (fit.get("epoch_progress") or {}).get("current") or {}
+    batches = fit.get("epoch_loop.batch_progress") or {}
+    last, batch = bool(batches.get("is_last_batch")), batches.get("current") or {}
+    # after the last batch of an epoch, that epoch's training is done
+    done = epochs.get("started" if last else "completed")
+    again = (
+        last
+        and epochs.get("processed", 0) < epochs.get("started", 0)
+        and batch.get("completed") == batch.get("processed")
+    )
+    return done, int(checkpoint["global_step"]), again
 
 
 def _check_longer(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
     """Refuse a continuation that would train nothing: the checkpoint already holds the epochs
     (or steps) asked for, as when an old "train longer" line is pasted again."""
-    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
-    progress = (fit.get("epoch_progress") or {}).get("current") or {}
-    # saved after the last batch of an epoch (its validation), that epoch's training is done
-    last = (fit.get("epoch_loop.batch_progress") or {}).get("is_last_batch")
-    epochs = progress.get("processed" if last else "completed")
-    steps = int(checkpoint["global_step"])
+    epochs, steps, _ = _progress(checkpoint)
     for key, done in (("max_epochs", epochs), ("max_steps", steps)):
         limit = cfg.trainer.get(key)
         if isinstance(done, int) and isinstance(limit, int) and 0 < limit <= done:

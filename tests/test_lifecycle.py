@@ -425,3 +425,40 @@ def test_a_failed_continuation_changes_the_status_only_if_it_changed_the_run(
         kept = ("metrics", "error", "ended", "started", "seed")
         assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
         assert (run / "checkpoints" / "last.ckpt").read_bytes() == last
+
+
+def _well_formed(run: Path) -> None:
+    """Every line of metrics.csv is a whole row (a kill cuts the line it writes short)."""
+    text = (run / "csv" / "metrics.csv").read_text()
+    lines = text.splitlines()
+    assert text.endswith("\n") and all(
+        len(next(csv.reader([line]))) == len(lines[0].split(",")) for line in lines
+    ), text
+
+
+def _once(run: Path, column: str, count: int) -> None:
+    steps = [step for step, _ in _rows(run, column)]
+    assert len(steps) == len(set(steps)) == count, (column, steps)
+
+
+def test_each_epochs_training_loss_is_logged_once_with_several_validations_an_epoch(
+    hydra_train, tmp_path: Path
+) -> None:
+    """(n) With two validations an epoch (the study's setting), the checkpoint of an epoch's last
+    validation precedes the epoch's end, which Lightning runs again on resume: the epoch's
+    train/loss row, kept and logged again, was twice in metrics.csv after an epoch-end kill and
+    after a continuation that trained nothing more, and the completed run was continued for
+    nothing."""
+    run = tmp_path / "run"
+    hydra_train(*FAST, "trainer.val_check_interval=0.5", "trainer.log_every_n_steps=1")
+    hydra_train("ckpt_path=last", "trainer.max_epochs=2")  # the log as an epoch-end kill leaves it
+    _once(run, "train/loss", 2)
+    with pytest.raises(RunFolderError, match="is already at 2 epochs"):
+        hydra_train("ckpt_path=last", "trainer.max_epochs=2")
+    # killed after its last checkpoint: the continuation trains nothing more
+    (run / "run.json").write_text(json.dumps({**_record(run), "status": "running"}))
+    hydra_train("ckpt_path=last")
+    assert _record(run)["status"] == "completed"
+    _once(run, "train/loss", 2)
+    _once(run, "val/loss", 4)
+    _well_formed(run)
