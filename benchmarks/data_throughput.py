@@ -15,7 +15,6 @@ import statistics
 import sys
 import time
 
-import segment  # noqa: F401  (registers config resolvers)
 from segment.build import build_data
 from segment.config import compose_train
 

@@ -38,7 +38,6 @@ import torch
 from lightning import Callback
 from torch.utils.flop_counter import FlopCounterMode
 
-import segment  # noqa: F401  (registers config resolvers)
 from segment.build import build
 from segment.config import compose_train
 from segment.device.precision import resolve_precision

@@ -4,11 +4,9 @@ import os
 
 # albumentations asks PyPI for a newer version whenever it is imported (every train.py,
 # evaluate.py and data check): nothing is fetched that a command did not ask for. Set before
-# anything below imports it; a value the user set stands.
+# any module of this package imports it; a value the user set stands.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-from segment.config import register  # noqa: E402 -- after the switch above
-
-register()  # the config tree's resolvers and top-level schema
+# Nothing else here: `import segment.record` (the report, the run folder) stays light. The config
+# tree's resolvers are registered by importing segment.config.
 
 __version__ = "0.1.0"

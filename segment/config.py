@@ -474,3 +474,6 @@ def register() -> None:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, function)
     ConfigStore.instance().store(name="train_schema", node=TrainSchema)
+
+
+register()  # on import: whoever composes this package's configs has imported this module

@@ -13,10 +13,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import cv2
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["atomic_open", "cache_root", "sha256", "write_atomic", "write_png"]
 
@@ -57,6 +57,9 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
     """Write an ``(H, W)`` label or ``(H, W, 3)`` uint8 RGB array as a PNG, atomically."""
+    import cv2  # here: the run record writes through this module and loads no OpenCV
+    import numpy as np
+
     if array.ndim == 3:
         array = cv2.cvtColor(np.ascontiguousarray(array), cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(".png", array)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,16 @@ def log_position(loggers: Any) -> dict[str, int]:
 class CSVLogger(_CSVLogger):
     """Lightning's CSVLogger, continuing an earlier attempt's ``metrics.csv`` from a checkpoint's
     log position (``resume_at``; None: a fresh log): the rows logged before the checkpoint, and
-    those logged after it for steps before its global step (the epoch's training metrics, which
-    Lightning logs after the checkpoint of the epoch's last validation and does not log again).
+    those logged after it for steps before ``resume_at["global_step"]`` (the epoch's training
+    metrics, which Lightning logs after a checkpoint written at the epoch's end and does not log
+    again; -1 where it does: see segment.runfolder.resume_point). A row a kill cut short is dropped
+    after the checkpoint's position (the resumed run logs it again) and refused before it.
 
     Building it reads the log and writes nothing. Lightning's writer deletes an existing
     ``metrics.csv`` when it starts: when logging begins, the kept rows wait in a holding file beside
-    the log folder (renames only) and become the new log's beginning.
+    the log folder (renames only) and become the new log's beginning. Lightning rewrites the whole
+    log when a column appears (``train/loss`` after the first validations): here atomically, as a
+    rewrite in place that a kill cut short lost rows the checkpoint had counted.
     """
 
     def __init__(
@@ -75,22 +80,40 @@ class CSVLogger(_CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
         if self._kept is None:
-            return super().experiment
+            return _atomic(super().experiment)
         rows, header = self._kept
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomic(self._holding, text.getvalue())
+        write_atomic(self._holding, _text(rows, header))
         (Path(self.log_dir) / METRICS).unlink(missing_ok=True)
         # An empty folder: the writer neither deletes nor warns; hparams.yaml is rewritten.
         (Path(self.log_dir) / "hparams.yaml").unlink(missing_ok=True)
-        experiment = super().experiment
+        experiment = _atomic(super().experiment)
         os.replace(self._holding, Path(self.log_dir) / METRICS)
         experiment.metrics_keys = list(header)  # new rows extend the kept file's header
         self._kept = None
         return experiment
+
+
+def _text(rows: Sequence[Mapping[str, Any]], header: Sequence[str]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=header)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def _atomic(experiment: Any) -> Any:
+    """Lightning's writer, its rewrite under a new header (a new column) made atomic."""
+
+    def rewrite(path: str, header: list[str]) -> None:
+        with open(path, newline="") as file:
+            rows = list(csv.DictReader(file))
+        write_atomic(path, _text(rows, header))
+
+    experiment._rewrite_with_new_header = partial(rewrite, experiment.metrics_file_path)
+    return experiment
 
 
 def _read_rows(path: Path, resume_at: Mapping[str, int]) -> tuple[list[dict], list[str]]:
@@ -100,17 +123,29 @@ def _read_rows(path: Path, resume_at: Mapping[str, int]) -> tuple[list[dict], li
     before_step = resume_at.get("global_step", resume_at["step"] + 1)
     with path.open(newline="") as file:
         reader = csv.DictReader(file)
-        header, rows = sorted(reader.fieldnames or []), []
-        for number, row in enumerate(reader, start=2):
-            try:
-                step = int(float(row["step"]))
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{path}, line {number}: step={row.get('step')!r} is not a number; correct or "
-                    "delete that line (every validation is also in thresholds.json)"
-                ) from None
-            if number - 2 < rows_before or step < before_step:
-                rows.append(row)
+        header, read = sorted(reader.fieldnames or []), list(reader)
+    ended = path.read_bytes().endswith(b"\n")  # else a kill cut the last line short
+    rows = []
+    for index, row in enumerate(read):
+        number = index + 2
+        if None in row or None in row.values() or (index == len(read) - 1 and not ended):
+            if index >= rows_before:  # after the checkpoint: the resumed run logs it again
+                continue
+            raise ValueError(
+                f"{path}, line {number} is cut short (a kill while the log was rewritten), and "
+                "the checkpoint the run continues from counted it: its values, and those of any "
+                "rows after it, are lost. Delete that line to continue without them (every "
+                "validation is also in thresholds.json)"
+            )
+        try:
+            step = int(float(row["step"]))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"{path}, line {number}: step={row.get('step')!r} is not a number; correct or "
+                "delete that line (every validation is also in thresholds.json)"
+            ) from None
+        if index < rows_before or step < before_step:
+            rows.append(row)
     return rows, header
 
 

@@ -1,20 +1,25 @@
 """The run record, ``<run folder>/run.json``: one typed, versioned file, one reader, one writer.
 
 Every reader of a run (the run folder's claim, the study report, evaluation) goes through
-:func:`read_record`; the run folder writes it through :func:`write_record`. A record written before
-it had a version (schema 1) is read as such; one from a newer version of this package is named,
-never misread.
+:func:`read_record`; the run folder writes it through :func:`write_record`. The record is checked as
+data (pydantic, strict): a wrong type or an unknown status names the field and the file, never
+misreads. A record written before it had a version (schema 1) is read as such; one from a newer
+version of this package is named.
+
+A light module (pydantic and the standard library): the report and the run folder read records
+without importing torch, Lightning or Hydra.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
-from dataclasses import dataclass, field
+import reprlib
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segment.files import write_atomic
 
@@ -41,23 +46,29 @@ _PACKAGES = (
     "road-segment-unet",
 )
 
+Status = Literal["new", "running", "completed", "interrupted", "failed"]
+Action = Literal["fresh", "continue", "skip", "refuse"]  # segment.runfolder.decide's
+Outcome = Literal["completed", "interrupted", "failed", "refused", "skipped"]
+
 
 class RecordError(RuntimeError):
     """A run record that cannot be read as one; the message names the file and the fix."""
 
 
-@dataclass
-class Attempt:
+class Attempt(BaseModel):
     """One ``train.py`` invocation on the folder: accepted or not, and how it ended."""
+
+    # strict: a record is data ("5" is no pid); keys of other versions are left out
+    model_config = ConfigDict(strict=True, extra="ignore")
 
     started: str = "?"
     host: str = "?"
     pid: int | None = None
-    command: list[str] = field(default_factory=list)
-    git: dict[str, Any] = field(default_factory=dict)
-    overrides: list[str] = field(default_factory=list)
-    action: str | None = None  # fresh, continue, skip, archive (then fresh), refuse
-    outcome: str | None = None  # completed, interrupted, failed, refused, skipped
+    command: list[str] = []
+    git: dict[str, Any] = {}
+    overrides: list[str] = []
+    action: Action | None = None  # None: schema 1 recorded none
+    outcome: Outcome | None = None  # None: still running, or killed (SIGKILL)
     ended: str | None = None
     error: str | None = None
     signal: str | None = None
@@ -66,33 +77,32 @@ class Attempt:
     machine: dict[str, Any] | None = None  # CPU/GPU model and speed index (segment.device)
 
 
-@dataclass
-class RunRecord:
+class RunRecord(BaseModel):
     """What a run folder holds: its status, what it trained on and with, and every attempt.
 
     ``status``: ``new`` (no attempt has trained yet), ``running``, ``completed``, ``interrupted`` (a
     signal) or ``failed``. ``data_order``: what fixes the order and augmentation of its training
     data (the sampling code's version and the seed): two runs are paired by seed only where both
-    match.
+    match. Keys this version does not know (an older record's) are kept as read.
     """
 
-    status: str = "new"
+    model_config = ConfigDict(strict=True, extra="allow")
+
+    status: Status = "new"
     started: str | None = None
     ended: str | None = None
     seed: int | None = None
     error: str | None = None
     data: dict[str, Any] | None = None
     data_order: dict[str, Any] | None = None
-    versions: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = {}
     encoder_weights_used: dict[str, Any] | None = None
     loss: Any = None
-    tags: list[str] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
+    tags: list[str] = []
+    metrics: dict[str, float] = {}
     config: dict[str, Any] | None = None
     layout: dict[str, str] | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)  # keys of older records, kept as read
-    schema: int = SCHEMA
+    attempts: list[Attempt] = []
 
     @property
     def last(self) -> Attempt | None:
@@ -105,31 +115,42 @@ class RunRecord:
         return next((a for a in reversed(done) if a.outcome not in ("refused", "skipped")), None)
 
 
-def _split(cls: type, values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return (
-        {k: v for k, v in values.items() if k in names},
-        {k: v for k, v in values.items() if k not in names},
-    )
-
-
 def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
     """Schema 1 (no ``schema`` key): the first attempt's fields may stand at the top level."""
-    if not values.get("attempts"):
-        first = {k: values.get(k) for k in ("host", "pid", "command", "git", "precision")}
+    if values.get("attempts") in (None, []):
+        first = {
+            k: values[k] for k in ("host", "pid", "command", "git", "precision") if k in values
+        }
         values["attempts"] = [{"started": values.get("started") or "?", **first}]
-    values["attempts"] = [{"action": None, **a} for a in values["attempts"]]
     return values
 
 
+def _validate(path: Path, values: dict[str, Any]) -> RunRecord:
+    """``values`` as a record, or :class:`RecordError` naming each wrong field."""
+    try:
+        return RunRecord.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{_where(e['loc'])}: {reprlib.repr(e['input'])} ({e['msg'][0].lower()}{e['msg'][1:]})"
+            for e in error.errors()[:3]
+        )
+        raise RecordError(f"{path}: {problems}; move the file aside or fix it") from None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """``("attempts", 0, "pid")`` -> ``attempts[0].pid``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
 def read_record(folder: str | Path) -> RunRecord | None:
-    """A run folder's record; None without one. Raises :class:`RecordError` naming the file."""
+    """A run folder's record; None without one. Raises :class:`RecordError` naming the file (and
+    the field)."""
     path = Path(folder) / FILE
     try:
         values = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: nested too deep
         raise RecordError(
             f"{path} is unreadable ({error}); move it aside (its run is then continued from its "
             "newest checkpoint, or started afresh)"
@@ -139,28 +160,29 @@ def read_record(folder: str | Path) -> RunRecord | None:
             f"{path} holds a {type(values).__name__}, not a run record; move it aside"
         )
     version = values.pop("schema", 1)
-    if not isinstance(version, int) or version > SCHEMA:
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA:
         raise RecordError(
             f"{path} is a run record of schema {version!r}, newer than this package reads "
             f"({SCHEMA}): upgrade road-segment-unet to read it"
         )
-    values = _upgrade(values) if version == 1 else values
-    known, extra = _split(RunRecord, values)
+    record = _validate(path, _upgrade(values) if version == 1 else values)
     try:
         from segment.layout import RunLayout  # here: it imports this module's FILE
 
-        RunLayout.of(known.get("layout"))  # checked once for every reader: names inside the folder
-        attempts = [Attempt(**_split(Attempt, item)[0]) for item in known.pop("attempts", [])]
-        extra = {**known.pop("extra", {}), **extra}
-        return RunRecord(**known, attempts=attempts, extra=extra)
-    except (TypeError, ValueError, AttributeError) as error:  # AttributeError: layout no dict
-        raise RecordError(f"{path} is not a run record ({error}); move it aside") from None
+        RunLayout.of(record.layout)  # checked once for every reader: names inside the folder
+    except ValueError as error:
+        raise RecordError(f"{path}: {error}; move the file aside or fix it") from None
+    return record
 
 
 def write_record(folder: str | Path, record: RunRecord) -> None:
-    """Write ``record`` to ``<folder>/run.json`` atomically."""
-    text = json.dumps(dataclasses.asdict(record), indent=2, default=str)
-    write_atomic(Path(folder) / FILE, text + "\n")
+    """Write ``record`` to ``<folder>/run.json`` atomically; a record that would not read back
+    (a wrong type) raises :class:`RecordError` and writes nothing."""
+    path = Path(folder) / FILE
+    values = json.loads(json.dumps(record.model_dump(), default=str))
+    _validate(path, values)
+    text = json.dumps({**values, "schema": SCHEMA}, indent=2)
+    write_atomic(path, text + "\n")
 
 
 def versions() -> dict[str, str | None]:

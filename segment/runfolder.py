@@ -21,8 +21,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import yaml
 from filelock import FileLock, Timeout
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,6 +55,7 @@ from segment.config import (
 )
 from segment.files import write_atomic
 from segment.layout import RunLayout
+from segment.loggers import log_position
 from segment.record import FILE as RECORD
 from segment.record import Attempt, RecordError, RunRecord, read_record, write_record
 
@@ -214,9 +216,10 @@ def _path_keys(node: Any, prefix: str = "") -> tuple[str, ...]:
 
 def _status(folder: Path) -> str | None:
     try:
-        return (read_record(folder) or RunRecord(status="")).status
+        record = read_record(folder)
     except RecordError:
         return None
+    return record.status if record else None
 
 
 def _now() -> str:
@@ -251,11 +254,19 @@ class RunFolder:
         asked = (cfg.get("ckpt_path"), bool(cfg.get("skip_completed")), bool(cfg.get("overwrite")))
         self.asked = Asked(*asked, tuple(self.overrides))
         self.attempt = Attempt(
-            _now(), socket.gethostname(), os.getpid(), list(sys.argv), _git(), list(self.overrides)
+            started=_now(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            command=list(sys.argv),
+            git=_git(),
+            overrides=list(self.overrides),
         )
         self.record, self.decision, self.seed = RunRecord(), Decision("refuse"), cfg.get("seed")
         self.started, self.signal = False, None
         self._data: dict[str, Any] | None = None  # the continued checkpoint's data fingerprint
+        self._found = self.record  # the record as found, kept by an attempt that changes nothing
+        self._loggers: Sequence[Logger] = ()
+        self._held: tuple = ()  # where the run's results stood when training began
 
     @contextlib.contextmanager
     def claim(self) -> Iterator[RunFolder]:
@@ -281,18 +292,20 @@ class RunFolder:
             lock.release()
 
     def _decide(self) -> None:
+        # Until the record is read nothing is written: a damaged one is left byte for byte as it
+        # is, this attempt unrecorded, whatever the reader raised.
+        enabled, self.enabled = self.enabled, False
         try:
             known = read_record(self.path)
         except RecordError as error:
-            self.enabled = False  # a damaged record is left as it is, this attempt unrecorded
             raise RunFolderError(str(error)) from None
-        if links := _links_out(self.path):
-            self.enabled = False  # refused for what the folder holds: left as it is
+        if links := _links_out(self.path):  # refused for what the folder holds: left as it is
             raise RunFolderError(
                 f"{links[0]} is a symbolic link out of the run folder (or to nothing): a run would "
                 "write through it. Replace it by a copy of what it points to, or remove it"
             )
-        self.record = known or RunRecord()
+        self.enabled = enabled
+        self.record = self._found = known or RunRecord()
         found, inside = _asked_checkpoint(self.asked, self.path, self.layout)
         holds = holds_results(self.path, self.layout)
         self.decision = decide(known, holds, self.asked, found, inside)
@@ -337,35 +350,56 @@ class RunFolder:
         skip = self.decision.action == "skip"
         check_same_data(self.path, self.record.data if skip else self._data, fingerprint, skip)
 
-    def start(self, config: DictConfig, **fields: Any) -> None:
+    def start(self, config: DictConfig, loggers: Sequence[Logger] = (), **fields: Any) -> None:
         """The attempt is accepted and trains: archive the earlier run if decided, write
-        ``.hydra/``, mark the run ``running`` with ``fields`` (data, seed, versions ...)."""
+        ``.hydra/``, mark the run ``running`` with ``fields`` (data, seed, versions ...).
+        ``loggers``: the run's, whose position tells whether a continuation changed the run."""
         self.attempt.resumed_from = self.decision.checkpoint and str(self.decision.checkpoint)
         if self.enabled:
             if self.decision.archive:
                 archive(self.path, self.layout, self.record.started or _now())
-                self.record = RunRecord()  # the earlier record went with its run
+                self.record = self._found = RunRecord()  # the earlier record went with its run
             remove_partial_files(self.path)
             write_hydra(self.path / self.layout.hydra, config, self.overrides)
-        self.started = True
-        self.record = replace(
-            self.record,
-            status="running",
-            error=None,
-            ended=None,
-            started=self.record.started or self.attempt.started,
-            layout=self.layout.as_dict(),
-            **fields,
-        )
+        self.started, self._loggers = True, loggers
+        self._held = self._results()
+        update = {
+            "status": "running",
+            "error": None,
+            "ended": None,
+            "layout": self.layout.as_dict(),
+        }
+        started = self.record.started or self.attempt.started
+        self.record = self.record.model_copy(update={**update, "started": started, **fields})
         self._save()
 
     def finish(self, metrics: dict[str, float]) -> None:
         """Record a completed run and its final metrics."""
         self.attempt.ended, self.attempt.outcome = _now(), "completed"
-        self.record = replace(
-            self.record, status="completed", ended=self.attempt.ended, metrics=metrics
-        )
+        update = {"status": "completed", "ended": self.attempt.ended, "metrics": metrics}
+        self.record = self.record.model_copy(update=update)
         self._save()
+
+    def skip(self) -> dict[str, float]:
+        """Record the attempt as skipped (the run is completed, and stays as it is); its
+        metrics."""
+        self.attempt.ended, self.attempt.outcome = _now(), "skipped"
+        self._save()
+        return dict(self.record.metrics)
+
+    def _results(self) -> tuple:
+        """Where the run's results stand: its loggers' position and its checkpoint files."""
+        folder = self.path / self.layout.checkpoints
+        files = sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.ckpt"))
+        return log_position(self._loggers), files
+
+    def _changed(self) -> bool:
+        """Whether the attempt changed the run: began one (afresh, or from another run's
+        checkpoint), or continued it and logged a row or wrote a checkpoint since."""
+        if not self.started:
+            return False
+        began = self.decision.checkpoint is None or self._found.status == "new"
+        return began or self._results() != self._held
 
     def _save(self) -> None:
         if not self.enabled:
@@ -375,19 +409,24 @@ class RunFolder:
         write_record(self.path, self.record)
 
     def _end(self, error: BaseException) -> None:
-        """Record an attempt that ended early; the run's status changes only if it trained."""
+        """Record an attempt that ended early. The run's status says what the folder holds: it
+        changes only if the attempt changed the run (:meth:`_changed`), or the folder holds
+        nothing else."""
         name = signal.Signals(self.signal).name if self.signal is not None else None
         message = f"interrupted by {name}" if name else f"{type(error).__name__}: {error}".strip()
         refused = isinstance(error, REFUSALS) and not self.started
         outcome = "interrupted" if name else "refused" if refused else "failed"
         self.attempt.ended, self.attempt.outcome = _now(), outcome
         self.attempt.error, self.attempt.signal = message, name
+        changed = self._changed()
+        if self.started and not changed:  # a continuation that failed before it changed the run
+            self.record = self._found
         nothing = self.record.status in ("new", "failed") and not holds_results(
             self.path, self.layout
         )
-        if self.started or nothing:
-            status = outcome if self.started else "failed"
-            self.record = replace(self.record, status=status, error=message, seed=self.seed)
+        if changed or nothing:
+            update = {"status": outcome if changed else "failed", "error": message}
+            self.record = self.record.model_copy(update={**update, "seed": self.seed})
         with contextlib.suppress(OSError):
             self._save()
         if name and sweep_dir() is not None:
@@ -589,7 +628,33 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
         )
     if "log_position" not in checkpoint:  # written before positions were: by step alone
         return {"step": step, "global_step": step + 1}, checkpoint.get("data")
-    return {**checkpoint["log_position"], "global_step": step}, checkpoint.get("data")
+    # global_step: rows logged after the checkpoint for steps before it (the epoch's metrics) are
+    # kept, unless Lightning logs them again; then -1: none are
+    again = _progress(checkpoint)[2]
+    position = {**checkpoint["log_position"], "global_step": -1 if again else step}
+    return position, checkpoint.get("data")
+
+
+def _progress(checkpoint: dict[str, Any]) -> tuple[int | None, int, bool]:
+    """A checkpoint's epochs and steps done, and whether Lightning runs the end of its epoch again
+    on resume (logging the epoch's metrics, ``train/loss``, again).
+
+    A checkpoint written by a validation after an epoch's last batch (several validations an epoch)
+    precedes the epoch's end, which a resume runs again; one written at the epoch's end (one
+    validation an epoch) or by a batch (``every_n_train_steps``) does not.
+    """
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = (fit.get("epoch_progress") or {}).get("current") or {}
+    batches = fit.get("epoch_loop.batch_progress") or {}
+    last, batch = bool(batches.get("is_last_batch")), batches.get("current") or {}
+    # after the last batch of an epoch, that epoch's training is done
+    done = epochs.get("started" if last else "completed")
+    again = (
+        last
+        and epochs.get("processed", 0) < epochs.get("started", 0)
+        and batch.get("completed") == batch.get("processed")
+    )
+    return done, int(checkpoint["global_step"]), again
 
 
 def _continue_there(checkpoint: Path) -> str:
@@ -604,12 +669,7 @@ def _continue_there(checkpoint: Path) -> str:
 def _check_longer(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
     """Refuse a continuation that would train nothing: the checkpoint already holds the epochs
     (or steps) asked for, as when an old "train longer" line is pasted again."""
-    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
-    progress = (fit.get("epoch_progress") or {}).get("current") or {}
-    # saved after the last batch of an epoch (its validation), that epoch's training is done
-    last = (fit.get("epoch_loop.batch_progress") or {}).get("is_last_batch")
-    epochs = progress.get("processed" if last else "completed")
-    steps = int(checkpoint["global_step"])
+    epochs, steps, _ = _progress(checkpoint)
     for key, done in (("max_epochs", epochs), ("max_steps", steps)):
         limit = cfg.trainer.get(key)
         if isinstance(done, int) and isinstance(limit, int) and 0 < limit <= done:

@@ -40,7 +40,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.check_data(fingerprint)
         if run.decision.action == "skip":
             log.info("skip_completed: %s already completed; not training again", run.path)
-            return dict(run.record.metrics)
+            return run.skip()
         if OmegaConf.select(cfg, "extras.print_config"):
             print_config_tree(cfg)
         if cfg.get("seed") is not None:
@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if continuing and run.record.encoder_weights_used:
             built.module.weights_record = WeightsRecord(**run.record.encoder_weights_used)
         run.attempt.precision, run.attempt.machine = chosen, machine(cfg.trainer.accelerator)
-        run.start(cfg, **_recorded(cfg, built, fingerprint))
+        run.start(cfg, built.trainer.loggers, **_recorded(cfg, built, fingerprint))
         trainer = built.trainer
         trainer.fit(built.module, datamodule=datamodule, ckpt_path=run.decision.checkpoint)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -408,3 +408,38 @@ class OverflowBatchNormAt(Callback):
             for module in pl_module.modules():
                 if isinstance(module, nn.BatchNorm2d):
                     module.running_var.fill_(float("inf"))
+
+
+class FailAt(Callback):
+    """Raises RuntimeError once (it leaves ``marker``) in epoch ``epoch``: when training starts
+    (``train_start``: inside ``fit``, before any row or checkpoint of that attempt), at training
+    batch ``batch`` (``batch``), or after the validation at global step ``step`` was logged and
+    written, before its checkpoint (``validation_end``: Lightning runs checkpoint callbacks last).
+    """
+
+    def __init__(self, at: str, marker: str, epoch: int = 0, batch: int = 0, step: int = 0) -> None:
+        self.at, self.marker, self.epoch, self.batch, self.step = (
+            at,
+            Path(marker),
+            epoch,
+            batch,
+            step,
+        )
+
+    def _fail(self, trainer, at: str) -> None:
+        if self.at == at and trainer.current_epoch == self.epoch and not self.marker.exists():
+            self.marker.touch()
+            raise RuntimeError(f"FailAt: {at} of epoch {self.epoch}")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._fail(trainer, "train_start")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == self.batch:
+            self._fail(trainer, "batch")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking and trainer.global_step == self.step:
+            for logger in trainer.loggers:
+                logger.save()
+            self._fail(trainer, "validation_end")

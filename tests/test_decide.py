@@ -13,7 +13,7 @@ CKPT = Path("run/checkpoints/last.ckpt")
 
 
 def _record(status: str, overrides: tuple[str, ...] = ("seed=1",)) -> RunRecord:
-    return RunRecord(status=status, attempts=[Attempt("t0", overrides=list(overrides))])
+    return RunRecord(status=status, attempts=[Attempt(started="t0", overrides=list(overrides))])
 
 
 # (record status or None, results on disk, what was asked, checkpoint found, inside the folder)

@@ -397,3 +397,139 @@ def test_a_non_finite_validation_stops_the_run_as_failed_and_keeps_no_nan_best(
     assert last["epoch"] == 0 and all(
         torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
     )
+
+
+@pytest.mark.parametrize(("at", "status"), [("train_start", "completed"), ("batch", "failed")])
+def test_a_failed_continuation_changes_the_status_only_if_it_changed_the_run(
+    hydra_train, tmp_path: Path, at: str, status: str
+) -> None:
+    """(m) A completed run whose continuation failed inside fit, before it logged a row or wrote a
+    checkpoint, was marked failed: its folder still holds the completed run. One that trained a
+    batch (and logged it) is failed."""
+    run = tmp_path / "run"
+    fail = [
+        "+callbacks.fail._target_=tests.helpers.FailAt",
+        f"+callbacks.fail.at={at}",
+        "+callbacks.fail.epoch=1",
+        "+callbacks.fail.batch=1",
+        f"+callbacks.fail.marker={tmp_path / 'failed-once'}",
+    ]
+    hydra_train(*FAST, "trainer.log_every_n_steps=1", *fail)
+    before, last = _record(run), (run / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(RuntimeError, match=f"FailAt: {at}"):
+        hydra_train("ckpt_path=last", "trainer.max_epochs=2", *fail)
+    after = _record(run)
+    assert after["status"] == status
+    assert [a["outcome"] for a in after["attempts"]] == ["completed", "failed"]
+    if status == "completed":
+        kept = ("metrics", "error", "ended", "started", "seed")
+        assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
+        assert (run / "checkpoints" / "last.ckpt").read_bytes() == last
+
+
+def _well_formed(run: Path) -> None:
+    """Every line of metrics.csv is a whole row (a kill cuts the line it writes short)."""
+    text = (run / "csv" / "metrics.csv").read_text()
+    lines = text.splitlines()
+    assert text.endswith("\n") and all(
+        len(next(csv.reader([line]))) == len(lines[0].split(",")) for line in lines
+    ), text
+
+
+def _once(run: Path, column: str, count: int) -> None:
+    steps = [step for step, _ in _rows(run, column)]
+    assert len(steps) == len(set(steps)) == count, (column, steps)
+
+
+def test_each_epochs_training_loss_is_logged_once_with_several_validations_an_epoch(
+    hydra_train, tmp_path: Path
+) -> None:
+    """(n) With two validations an epoch (the study's setting), the checkpoint of an epoch's last
+    validation precedes the epoch's end, which Lightning runs again on resume: the epoch's
+    train/loss row, kept and logged again, was twice in metrics.csv after an epoch-end kill and
+    after a continuation that trained nothing more, and the completed run was continued for
+    nothing."""
+    run = tmp_path / "run"
+    hydra_train(*FAST, "trainer.val_check_interval=0.5", "trainer.log_every_n_steps=1")
+    hydra_train("ckpt_path=last", "trainer.max_epochs=2")  # the log as an epoch-end kill leaves it
+    _once(run, "train/loss", 2)
+    with pytest.raises(RunFolderError, match="is already at 2 epochs"):
+        hydra_train("ckpt_path=last", "trainer.max_epochs=2")
+    # killed after its last checkpoint: the continuation trains nothing more
+    (run / "run.json").write_text(json.dumps({**_record(run), "status": "running"}))
+    hydra_train("ckpt_path=last")
+    assert _record(run)["status"] == "completed"
+    _once(run, "train/loss", 2)
+    _once(run, "val/loss", 4)
+    _well_formed(run)
+
+
+def test_a_log_row_a_kill_cut_short_is_written_again_from_the_checkpoint(
+    hydra_train, tmp_path: Path
+) -> None:
+    """(o) A kill while a validation's row was appended leaves the line cut short; cut before its
+    step, the continuation was refused ("step=None is not a number") for a row the resumed run
+    writes again."""
+    run = tmp_path / "run"
+    fail = [  # the second validation logged, its checkpoint not written: as a kill leaves it
+        "+callbacks.fail._target_=tests.helpers.FailAt",
+        "+callbacks.fail.at=validation_end",
+        "+callbacks.fail.step=2",
+        f"+callbacks.fail.marker={tmp_path / 'failed-once'}",
+    ]
+    twice = ["trainer.val_check_interval=0.5", "trainer.log_every_n_steps=1"]
+    with pytest.raises(RuntimeError, match="FailAt: validation_end"):
+        hydra_train(*FAST, *twice, *fail)
+    metrics = run / "csv" / "metrics.csv"
+    text = metrics.read_text()
+    last = text.splitlines()[-1]
+    assert last.split(",")[-1] and len(_rows(run, "val/loss")) == 2  # the second validation's row
+    metrics.write_text(text[: text.rindex(last) + last.index(",") + 1])  # "0," of "0,,1,..."
+    hydra_train("ckpt_path=last", *fail)
+    _once(run, "val/loss", 2)
+    _once(run, "train/loss", 1)
+    _well_formed(run)
+
+
+def test_a_log_cut_short_before_the_checkpoint_is_refused_naming_the_line(tmp_path: Path) -> None:
+    """(p) A kill while Lightning rewrote the whole log in place (a new column) left it cut short
+    inside the rows the checkpoint counted: the cut row was kept, its values and those of the rows
+    after it lost without a word."""
+    from segment.loggers import CSVLogger
+
+    folder = tmp_path / "csv" / "version_0"
+    folder.mkdir(parents=True)
+    text = b"epoch,step,val/loss\r\n0,0,1.5\r\n0,1,1.2\r\n0,2,1."
+    (folder / "metrics.csv").write_bytes(text)
+    with pytest.raises(ValueError, match=r"metrics.csv, line 4 is cut short .* Delete that line"):
+        CSVLogger(
+            save_dir=str(tmp_path),
+            name="csv",
+            version="version_0",
+            resume_at={"rows": 5, "step": 4, "global_step": 5},
+        )
+    assert (folder / "metrics.csv").read_bytes() == text  # untouched
+
+
+def test_a_kill_while_the_log_gains_a_column_keeps_its_rows(tmp_path: Path, monkeypatch) -> None:
+    """(q) Lightning rewrites metrics.csv when a column appears (train/loss after an epoch's first
+    validations), in place: a kill during the rewrite left it cut short, rows lost."""
+    from segment.loggers import CSVLogger
+
+    class Killed(BaseException):
+        pass
+
+    def killed(self, rows) -> None:
+        raise Killed
+
+    logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="version_0")
+    for step, loss in enumerate((1.5, 1.2)):
+        logger.log_metrics({"val/loss": loss}, step=step)
+        logger.save()
+    path = Path(logger.log_dir) / "metrics.csv"
+    before = path.read_text()
+    logger.log_metrics({"train/loss": 2.0}, step=1)
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    with pytest.raises(Killed):
+        logger.save()
+    assert path.read_text() == before

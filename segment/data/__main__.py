@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import segment  # noqa: F401  (registers config resolvers)
 from segment.build import build_data
 from segment.config import compose_train
 from segment.data.check import check_datamodule
