@@ -33,9 +33,10 @@ __all__ = ["CSVLogger", "MLFlowLogger", "TensorBoardLogger", "log_position"]
 def log_position(loggers: Any) -> dict[str, int]:
     """What the loggers have logged so far: ``rows`` (CSV rows) and ``step`` (the last step)."""
     position = {"rows": 0, "step": -1}
-    for logger in loggers:
-        for key, value in getattr(logger, "position", dict)().items():
-            position[key] = max(position[key], value)
+    for logger in loggers:  # others count nothing (fast_dev_run's DummyLogger answers any name)
+        if isinstance(logger, CSVLogger | TensorBoardLogger):
+            for key, value in logger.position().items():
+                position[key] = max(position[key], value)
     return position
 
 

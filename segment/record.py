@@ -46,9 +46,9 @@ _PACKAGES = (
     "road-segment-unet",
 )
 
-Status = Literal["new", "running", "completed", "interrupted", "failed"]
+Status = Literal["new", "running", "completed", "stopped", "interrupted", "failed"]
 Action = Literal["fresh", "continue", "skip", "refuse"]  # segment.runfolder.decide's
-Outcome = Literal["completed", "interrupted", "failed", "refused", "skipped"]
+Outcome = Literal["completed", "stopped", "interrupted", "failed", "refused", "skipped"]
 
 
 class RecordError(RuntimeError):

@@ -373,10 +373,13 @@ class RunFolder:
         self.record = self.record.model_copy(update={**update, "started": started, **fields})
         self._save()
 
-    def finish(self, metrics: dict[str, float]) -> None:
-        """Record a completed run and its final metrics."""
-        self.attempt.ended, self.attempt.outcome = _now(), "completed"
-        update = {"status": "completed", "ended": self.attempt.ended, "metrics": metrics}
+    def finish(self, metrics: dict[str, float], stopped: str | None = None) -> None:
+        """Record a completed run and its final metrics; ``stopped``: what ended it early
+        (``max_time``): the run is ``stopped``, to be continued, not completed."""
+        status = "stopped" if stopped else "completed"
+        self.attempt.ended, self.attempt.outcome = _now(), status
+        update = {"status": status, "ended": self.attempt.ended, "metrics": metrics}
+        update |= {"error": f"stopped: {stopped}"} if stopped else {}
         self.record = self.record.model_copy(update=update)
         self._save()
 

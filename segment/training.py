@@ -6,7 +6,8 @@ import logging
 import shlex
 
 from hydra.core.hydra_config import HydraConfig
-from lightning import seed_everything
+from lightning import Trainer, seed_everything
+from lightning.pytorch.callbacks import Timer
 from omegaconf import DictConfig, OmegaConf
 
 from segment.build import Built, build, build_callbacks, build_data
@@ -62,9 +63,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
         if cfg.get("test_after_fit"):
             metrics |= _test(built)
-        run.finish(metrics)
+        run.finish(metrics, stopped=_stopped_by(trainer))
         log.info("%s", summary(cfg, run, built, metrics))
         return metrics
+
+
+def _stopped_by(trainer: Trainer) -> str | None:
+    """``max_time`` where the trainer's time limit ended the run before its length."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    return "max_time" if remaining is not None and remaining <= 0 else None
 
 
 def _fetching_none(cfg: DictConfig) -> DictConfig:

@@ -533,3 +533,16 @@ def test_a_kill_while_the_log_gains_a_column_keeps_its_rows(tmp_path: Path, monk
     with pytest.raises(Killed):
         logger.save()
     assert path.read_text() == before
+
+
+def test_a_run_its_time_limit_ended_is_stopped_and_continued_not_skipped(
+    hydra_train, tmp_path: Path
+) -> None:
+    """A trainer.max_time stop used to be recorded completed: skip_completed then skipped it."""
+    limit = ["model=unet_lab", "scheduler=constant", "trainer.max_epochs=500"]
+    hydra_train(*limit, "+trainer.max_time=00:00:00:03")
+    record = _record(tmp_path / "run")
+    assert (record["status"], record["error"]) == ("stopped", "stopped: max_time")
+    assert record["attempts"][-1]["outcome"] == "stopped"
+    hydra_train(*limit, "+trainer.max_time=00:00:00:03", "skip_completed=true")
+    assert _record(tmp_path / "run")["attempts"][-1]["action"] == "continue"

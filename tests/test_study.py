@@ -745,7 +745,7 @@ def test_export_trusts_no_layout_that_names_files_outside_the_run(tmp_path: Path
     assert not any("SECRET" in p.read_text() for p in dest.rglob("*") if p.is_file())
     [run] = [run for run in load_runs(sweep) if run.folder == folder]
     assert run.status == "failed" and re.search(
-        r"run\.json is not a run record \(layout record='\.\./\.\./secret\.txt' \(from the run "
+        r"run\.json: layout record='\.\./\.\./secret\.txt' \(from the run "
         r"record\) is not a path in the run folder",
         str(run.error),
     )
