@@ -528,8 +528,10 @@ def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[st
     is refused; where output and traffic go comes from this command line or the folder itself, so
     a line setting a place (``paths.*`` but the data's, a logger's settings, any key whose default
     in the project's config lies under ``paths``), deleting a key, or adding one with a text value
-    is left out, named. Groups are chosen from the project's own config groups only. The reference
-    is the config of the typed overrides and the file's group choices alone.
+    or naming a file or folder is left out, named. Of the groups, only those that say what is
+    trained (:data:`_TRAINED`) are taken, from the project's own config tree; a logger or trainer
+    is the command line's. The reference is the config of the typed overrides and those group
+    choices alone.
     """
     try:  # plain strings: OmegaConf would resolve them
         items = yaml.safe_load(saved.read_text())
