@@ -10,6 +10,7 @@ the traceback of any error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -51,6 +52,8 @@ def _refusing(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
             if not single or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {error}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr)
+            with contextlib.suppress(OSError):  # the folder Hydra made for it, if it holds nothing
+                os.rmdir(HydraConfig.get().runtime.output_dir)
             sys.exit(1)
 
     return wrapped

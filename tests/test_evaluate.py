@@ -382,3 +382,19 @@ def test_sliding_windows_average_their_overlaps() -> None:
     assert row[32:64].unique().tolist() == [
         1.5
     ]  # the overlap: the mean of both tiles, not their sum
+
+
+def test_a_refused_evaluate_leaves_no_folder_or_log_behind(trained: Path) -> None:
+    """python evaluate.py into a run's checkpoints/sub used to leave an empty evaluate.log there."""
+    nested = trained / "run" / "checkpoints" / "sub"
+    done = run_script(
+        [
+            "evaluate.py",
+            f"ckpt_path={trained / 'run'}",
+            f"paths.data_dir={trained / 'data'}",
+            f"hydra.run.dir={nested}",
+        ],
+        check=False,
+    )
+    assert done.returncode == 1 and "inside a training run's folder" in done.stderr
+    assert not nested.exists()
