@@ -22,7 +22,8 @@ FAST = ["model=unet_lab", "trainer.max_epochs=1", "scheduler=constant"]
 DAMAGED = [
     (
         '{"status": 5}',
-        r"status: 5 \(input should be 'new', 'running', 'completed', 'interrupted' or 'failed'\)",
+        r"status: 5 \(input should be 'new', 'running', 'completed', 'stopped', 'interrupted' or "
+        r"'failed'\)",
     ),
     ('{"metrics": [1, 2]}', r"metrics: \[1, 2\] \(input should be a valid dictionary\)"),
     ('{"attempts": [5]}', r"attempts\[0\]: 5 \(input should be a valid dictionary"),  # schema 1

@@ -57,7 +57,7 @@ def _run(
         validations=validations,
         patience=2,
         record=RunRecord(
-            status=status,
+            status={"incomplete": "running"}.get(status, status),  # the record's word for it
             data={"train": train or size},
             data_order={"version": 2, "seed": seed} if order else None,
         ),
