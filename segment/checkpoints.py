@@ -17,7 +17,7 @@ import pickle
 import re
 import shutil
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segment.config import parse_overrides
-from segment.files import atomic_open
+from segment.files import atomic_open, sha256
 from segment.layout import RunLayout
 from segment.loggers import log_position
-from segment.record import RunRecord, read_record
+from segment.record import FILE as RECORD
+from segment.record import RecordError, RunRecord, read_record
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -46,6 +47,8 @@ __all__ = [
     "find_checkpoint",
     "newest_checkpoint",
     "read_checkpoint",
+    "run_of",
+    "verify_checksum",
     "without_pretrained",
 ]
 
@@ -56,11 +59,20 @@ class CheckpointError(ValueError):
     """A file that is not a usable checkpoint; the message names it and says what to do."""
 
 
+Ledger = Callable[[Path, str | None, bool], None]
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` into a temporary file in the checkpoint's own folder, fsync, rename: a kill
     leaves the previous checkpoint intact (and at worst a ``.<name>.*.partial`` file, removed when
     the folder is next claimed); a full disk is named as such. Remote (``s3://`` ...) paths keep
-    Lightning's writer."""
+    Lightning's writer.
+
+    ``ledger`` (set by the run folder when its attempt trains) is told each file's SHA-256 before
+    the rename and after it (``ledger(path, sum, renamed)``; ``sum`` None: the file was removed).
+    """
+
+    ledger: Ledger | None = None
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path, storage_options: Any | None = None
@@ -74,9 +86,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(str(path).removeprefix("file://"))
         path.parent.mkdir(parents=True, exist_ok=True)
         before = path.stat().st_size if path.is_file() else 0
+        digest = ""
+
+        def vouch(partial: Path) -> None:
+            nonlocal digest
+            digest = sha256(partial)
+            self.ledger(path, digest, False)  # type: ignore[misc]
+
         try:
-            with atomic_open(path, "wb") as file:
+            with atomic_open(path, "wb", vouch if self.ledger else None) as file:
                 torch.save(checkpoint, file)
+            if self.ledger:
+                self.ledger(path, digest, True)
         except (RuntimeError, OSError) as error:
             free = shutil.disk_usage(path.parent).free
             if not _disk_full(error) and free > max(2 * before, 4 * 2**20):
@@ -88,6 +109,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "point paths.log_dir elsewhere), then continue: "
                 "ckpt_path=last",
             ) from None
+
+    def remove_checkpoint(self, path) -> None:
+        super().remove_checkpoint(path)
+        if self.ledger:
+            self.ledger(Path(path), None, True)
 
 
 def _disk_full(error: BaseException | None) -> bool:
@@ -148,11 +174,14 @@ def read_checkpoint(
 
 
 def _load(path: Path, key: str, mmap: bool) -> dict[str, Any]:
-    """``torch.load`` with ``weights_only``, every failure named with the file."""
+    """``torch.load`` with ``weights_only``, every failure named with the file; a full load is
+    first checked against its run's record (:func:`verify_checksum`)."""
     if not path.is_file():
         raise FileNotFoundError(
             f"{key}={path}: no such checkpoint file (checkpoints are in <run folder>/checkpoints/)"
         )
+    if not mmap:
+        verify_checksum(path, key)
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
             f"{key}={path} is not a checkpoint: not a torch archive ({path.stat().st_size} bytes; "
@@ -175,6 +204,34 @@ def _load(path: Path, key: str, mmap: bool) -> dict[str, Any]:
             f"{key}={path} holds a {type(checkpoint).__name__}, not a train.py checkpoint"
         )
     return checkpoint
+
+
+def run_of(checkpoint: Path) -> Path | None:
+    """The run folder a checkpoint belongs to: the nearest folder above it with a record."""
+    return next((p for p in checkpoint.resolve().parents if (p / RECORD).is_file()), None)
+
+
+def verify_checksum(path: Path, key: str = "ckpt_path") -> None:
+    """Refuse a checkpoint whose bytes are not those its run recorded (a flipped bit, a partial
+    copy). Its run is the nearest folder above it with a record; a checkpoint without one, or one
+    its record holds no sum for (written before sums were recorded), is loaded unverified."""
+    owner = run_of(path)
+    try:
+        record = read_record(owner) if owner else None
+    except RecordError as error:
+        log.warning("%s: not verified (%s)", path, error)
+        return
+    name = path.resolve().relative_to(owner).as_posix() if owner else ""
+    if record is None or name not in record.checkpoints:
+        log.info("%s: no checksum recorded for it; loaded unverified", path)
+        return
+    if (found := sha256(path)) not in record.checkpoints[name]:
+        raise CheckpointError(
+            f"{key}={path} is damaged: its SHA-256 {found[:12]}... is not the "
+            f"{record.checkpoints[name][-1][:12]}... its run recorded in {owner / RECORD} when "
+            "it was written. Use another checkpoint (move this one aside: a run then continues "
+            "from its newest intact checkpoint)"
+        )
 
 
 def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -27,10 +27,13 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+def atomic_open(
+    path: str | Path, mode: str = "w", before_rename: Callable[[Path], None] | None = None
+) -> Iterator[IO]:
     """Open a unique temporary file in ``path``'s folder (``mode`` ``"w"`` or ``"wb"``); on success
     flush, fsync and rename it onto ``path``: the same filesystem, so the rename is atomic. On an
-    error ``path`` stays as it was.
+    error ``path`` stays as it was. ``before_rename`` is given the complete temporary file (a
+    checksum is recorded before the file takes its name).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode={mode!r}; expected 'w' or 'wb'")
@@ -42,6 +45,8 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
             yield file
             file.flush()
             os.fsync(file.fileno())
+        if before_rename is not None:
+            before_rename(Path(partial))
         os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -102,6 +102,8 @@ class RunRecord(BaseModel):
     metrics: dict[str, float] = {}
     config: dict[str, Any] | None = None
     layout: dict[str, str] | None = None
+    # SHA-256 of each checkpoint by its path in the folder; two while one is being replaced
+    checkpoints: dict[str, list[str]] = {}
     attempts: list[Attempt] = []
 
     @property

@@ -31,11 +31,13 @@ import yaml
 from filelock import FileLock, Timeout
 from hydra import compose
 from hydra.core.hydra_config import HydraConfig
+from lightning import Trainer
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from segment.checkpoints import (
+    AtomicCheckpointIO,
     CheckpointError,
     _nodes,
     check_composed_targets,
@@ -43,6 +45,8 @@ from segment.checkpoints import (
     find_checkpoint,
     newest_checkpoint,
     read_checkpoint,
+    run_of,
+    verify_checksum,
 )
 from segment.config import (
     RESUMABLE,
@@ -53,10 +57,9 @@ from segment.config import (
     sweep_dir,
     sweep_jobs,
 )
-from segment.files import write_atomic
+from segment.files import sha256, write_atomic
 from segment.layout import RunLayout
 from segment.loggers import log_position
-from segment.record import FILE as RECORD
 from segment.record import Attempt, RecordError, RunRecord, read_record, write_record
 
 __all__ = [
@@ -350,10 +353,11 @@ class RunFolder:
         skip = self.decision.action == "skip"
         check_same_data(self.path, self.record.data if skip else self._data, fingerprint, skip)
 
-    def start(self, config: DictConfig, loggers: Sequence[Logger] = (), **fields: Any) -> None:
+    def start(self, config: DictConfig, trainer: Trainer, **fields: Any) -> None:
         """The attempt is accepted and trains: archive the earlier run if decided, write
         ``.hydra/``, mark the run ``running`` with ``fields`` (data, seed, versions ...).
-        ``loggers``: the run's, whose position tells whether a continuation changed the run."""
+        ``trainer``: its loggers' position tells whether a continuation changed the run; its
+        checkpoint writer records each checkpoint's checksum here."""
         self.attempt.resumed_from = self.decision.checkpoint and str(self.decision.checkpoint)
         if self.enabled:
             if self.decision.archive:
@@ -361,7 +365,9 @@ class RunFolder:
                 self.record = self._found = RunRecord()  # the earlier record went with its run
             remove_partial_files(self.path)
             write_hydra(self.path / self.layout.hydra, config, self.overrides)
-        self.started, self._loggers = True, loggers
+        self.started, self._loggers = True, trainer.loggers
+        if isinstance(io := trainer.strategy.checkpoint_io, AtomicCheckpointIO):
+            io.ledger = self._checkpoint_sums
         self._held = self._results()
         update = {
             "status": "running",
@@ -371,6 +377,21 @@ class RunFolder:
         }
         started = self.record.started or self.attempt.started
         self.record = self.record.model_copy(update={**update, "started": started, **fields})
+        self._save()
+
+    def _checkpoint_sums(self, path: Path, digest: str | None, renamed: bool) -> None:
+        """Record a checkpoint file's SHA-256 (None: removed). Until the new file is renamed into
+        place the old file's sum stays accepted too: a kill between leaves a file the record
+        vouches for. Files outside the folder are not recorded."""
+        path, folder = path.resolve(), self.path.resolve()
+        if not path.is_relative_to(folder):
+            return
+        name = path.relative_to(folder).as_posix()
+        sums = dict(self.record.checkpoints)
+        old = sums.pop(name, None) or ([sha256(path)] if path.is_file() and not renamed else [])
+        if digest is not None:
+            sums[name] = [digest] if renamed else [*old[-1:], digest]
+        self.record = self.record.model_copy(update={"checkpoints": sums})
         self._save()
 
     def finish(self, metrics: dict[str, float], stopped: str | None = None) -> None:
@@ -615,7 +636,9 @@ def _compose(config: str, overrides: list[str], saved: Path) -> DictConfig:
 
 
 def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str, Any] | None]:
-    """A checkpoint's log position and data fingerprint, once its config agrees with ``cfg``."""
+    """A checkpoint's log position and data fingerprint, once its bytes are those its run recorded
+    and its config agrees with ``cfg``."""
+    verify_checksum(path)
     checkpoint = read_checkpoint(path, "ckpt_path", mmap=True)
     saved, step = checkpoint.get("config"), int(checkpoint["global_step"])
     log.info("continuing from %s: epoch %s, global step %s", path, checkpoint.get("epoch"), step)
@@ -664,8 +687,7 @@ def _progress(checkpoint: dict[str, Any]) -> tuple[int | None, int, bool]:
 
 def _continue_there(checkpoint: Path) -> str:
     """For a checkpoint of a run folder: the command that continues that run in its own folder."""
-    owner = next((p for p in checkpoint.resolve().parents if (p / RECORD).is_file()), None)
-    if owner is None:
+    if (owner := run_of(checkpoint)) is None:
         return ""
     command = shlex.join(["segment-train", f"hydra.run.dir={owner}", "ckpt_path=last"])
     return f". To continue the run it belongs to, in its own folder: {command}"

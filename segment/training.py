@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if continuing and run.record.encoder_weights_used:
             built.module.weights_record = WeightsRecord(**run.record.encoder_weights_used)
         run.attempt.precision, run.attempt.machine = chosen, machine(cfg.trainer.accelerator)
-        run.start(cfg, built.trainer.loggers, **_recorded(cfg, built, fingerprint))
+        run.start(cfg, built.trainer, **_recorded(cfg, built, fingerprint))
         trainer = built.trainer
         trainer.fit(built.module, datamodule=datamodule, ckpt_path=run.decision.checkpoint)
         metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}

@@ -7,10 +7,12 @@ import contextlib
 import functools
 import os
 import random
+import struct
 import subprocess
 import sys
 import tempfile
 import uuid
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -26,7 +28,9 @@ from segment.checkpoints import (
     read_checkpoint,
 )
 from segment.evaluation import load_checkpoint
+from segment.files import sha256
 from segment.models import SegmentationModule
+from segment.record import read_record
 from tests.helpers import REPO, run_script
 
 # Save once, then save again and die at the most exposed moment of the second save: during a
@@ -448,3 +452,77 @@ def test_an_smp_checkpoint_without_encoder_weights_restores_its_own_weights_offl
     assert loads["fetched"] == []
     for name, tensor in trained.state_dict().items():
         torch.testing.assert_close(restored.state_dict()[name], tensor, msg=name)
+
+
+def _flip_a_tensor_byte(path: Path) -> None:
+    """Flip one byte in the middle of the checkpoint's largest tensor (not its pickled index)."""
+    with zipfile.ZipFile(path) as archive:
+        info = max(
+            (i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size
+        )
+    with path.open("r+b") as file:
+        file.seek(info.header_offset + 26)
+        name, extra = struct.unpack("<HH", file.read(4))
+        file.seek(info.header_offset + 30 + name + extra + info.file_size // 2)
+        byte = file.read(1)
+        file.seek(-1, os.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_refused_on_load(hydra_train, tmp_path: Path) -> None:
+    """The record holds the SHA-256 of every checkpoint the run keeps (a removed one dropped); a
+    checkpoint whose bytes changed loads silently with torch, and is refused by evaluation,
+    ``model.init_from`` and a continuation, which leaves the run as it was."""
+    hydra_train("model=unet_lab", "trainer.max_epochs=2", "scheduler=constant")
+    run = tmp_path / "run"
+    files = sorted((run / "checkpoints").glob("*.ckpt"))
+    sums = read_record(run).checkpoints
+    assert sums == {f"checkpoints/{p.name}": [sha256(p)] for p in files} and len(files) == 2
+    last = run / "checkpoints" / "last.ckpt"
+    _flip_a_tensor_byte(last)
+    torch.load(last, weights_only=True)  # the fault: nothing in the file tells
+    before = {p.name: p.read_bytes() for p in files}
+    for load in (
+        lambda: load_checkpoint(last),
+        lambda: hydra_train(
+            "model=unet_lab",
+            "trainer.max_epochs=1",
+            f"model.init_from={last}",
+            f"hydra.run.dir={tmp_path / 'other'}",
+        ),
+        lambda: hydra_train("ckpt_path=last", "trainer.max_epochs=3"),
+    ):
+        # init_from's error reaches the caller wrapped in Hydra's InstantiationException
+        with pytest.raises(Exception, match=r"last\.ckpt is damaged: its SHA-256"):
+            load()
+    assert {p.name: p.read_bytes() for p in files} == before
+    record = read_record(run)
+    assert record.status == "completed" and record.attempts[-1].outcome == "refused"
+
+
+def test_a_kill_while_a_checkpoint_is_renamed_leaves_one_the_record_vouches_for(
+    hydra_train, tmp_path: Path, monkeypatch
+) -> None:
+    """Between writing a checkpoint and renaming it into place the record accepts the old and the
+    new file: an attempt that dies there is continued from the old one."""
+    real, calls = os.replace, []
+
+    def dies_at_the_second_last(source, target):
+        calls.append(Path(target).name)
+        if calls.count("last.ckpt") == 2 and Path(target).name == "last.ckpt":
+            raise RuntimeError("killed while renaming")
+        return real(source, target)
+
+    monkeypatch.setattr("segment.files.os.replace", dies_at_the_second_last)
+    with pytest.raises(RuntimeError, match="killed while renaming"):
+        hydra_train("model=unet_lab", "trainer.max_epochs=2", "scheduler=constant")
+    monkeypatch.setattr("segment.files.os.replace", real)
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    accepted = read_record(run).checkpoints["checkpoints/last.ckpt"]
+    assert len(accepted) == 2 and accepted[0] == sha256(last)
+    for best in set((run / "checkpoints").glob("*.ckpt")) - {last}:  # it holds the later step
+        best.unlink()
+    hydra_train("ckpt_path=last", "trainer.max_epochs=3")  # loads the old last.ckpt, checked
+    assert read_record(run).checkpoints["checkpoints/last.ckpt"] == [sha256(last)]
+    assert read_record(run).status == "completed"
