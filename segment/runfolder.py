@@ -483,10 +483,10 @@ def _lock(path: Path) -> FileLock:
         lock.acquire()
     except Timeout:  # a TimeoutError, so an OSError: first
         raise RunFolderError(busy_message(path)) from None
-    except OSError as error:
-        raise OSError(
-            f"cannot write to the run folder {path}: {error}. Point paths.log_dir (or "
-            "hydra.run.dir / hydra.sweep.dir) at a writable folder"
+    except OSError as error:  # read-only, not ours, a full disk: refused, named
+        raise RunFolderError(
+            f"cannot write to the run folder {path}: {error.strerror or error}. Point "
+            "paths.log_dir (or hydra.run.dir / hydra.sweep.dir) at a writable folder"
         ) from None
     return lock
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from segment.runfolder import RunFolderError
 from segment.training import train
 from tests.layouts import H, W, write_camvid, write_image, write_mask
 
@@ -443,7 +444,7 @@ def test_unwritable_run_folder_is_named(make_cfg, tmp_path: Path) -> None:
     cfg = make_cfg()
     cfg.paths.output_dir = str(blocker / "run")
     with pytest.raises(
-        OSError, match=r"cannot write to the run folder .*a_file/run: .* writable folder"
+        RunFolderError, match=r"cannot write to the run folder .*a_file/run: .* writable folder"
     ):
         train(cfg)
     assert blocker.read_text() == "not a folder"

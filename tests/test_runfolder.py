@@ -8,6 +8,8 @@ import contextlib
 import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from segment.layout import RunLayout
 from segment.record import RecordError, read_record
 from segment.runfolder import RunFolderError, archive
 from segment.training import train
-from tests.helpers import TINY_OVERRIDES, TINY_SYNTHETIC, run_script
+from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 from tests.layouts import stripes, write_camvid, write_image, write_mask
 
 FAST = ["model=unet_lab", "trainer.max_epochs=1"]
@@ -347,3 +349,26 @@ def test_a_non_numeric_step_in_metrics_csv_is_named_with_its_line(tmp_path: Path
     ):
         CSVLogger(save_dir=str(tmp_path), name="csv", version="version_0", resume_at={"step": 5})
     assert (folder / "metrics.csv").read_text().endswith("0,six,1.2\n")  # untouched
+
+
+@pytest.mark.slow
+def test_a_read_only_run_folder_is_refused_naming_it(tmp_path: Path, data_dir: Path) -> None:
+    """A run into a folder it cannot write (here a read-only mount; a folder of another user
+    alike) ended in a traceback; it is refused, naming the folder and the key to change."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("kept")
+    script = (
+        f"mount --bind -o ro {run} {run} && exec {sys.executable} train.py model=unet_lab "
+        f"{' '.join(TINY_OVERRIDES)} paths.data_dir={data_dir} hydra.run.dir={run}"
+    )
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("needs unshare -m (a mount namespace) for a read-only folder")
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"cannot write to the run folder {run}: Read-only file system" in done.stderr
+    assert "hydra.run.dir" in done.stderr and "Traceback" not in done.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
