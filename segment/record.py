@@ -47,7 +47,7 @@ _PACKAGES = (
 )
 
 Status = Literal["new", "running", "completed", "stopped", "interrupted", "failed"]
-Action = Literal["fresh", "continue", "skip", "refuse"]  # segment.runfolder.decide's
+Action = Literal["fresh", "continue", "skip", "refuse"]  # what segment.runfolder.decide chose
 Outcome = Literal["completed", "stopped", "interrupted", "failed", "refused", "skipped"]
 
 

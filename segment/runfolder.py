@@ -60,7 +60,7 @@ from segment.config import (
 from segment.files import sha256, write_atomic
 from segment.layout import RunLayout
 from segment.loggers import log_position
-from segment.record import Attempt, RecordError, RunRecord, read_record, write_record
+from segment.record import Action, Attempt, RecordError, RunRecord, read_record, write_record
 
 __all__ = [
     "Asked",
@@ -85,7 +85,7 @@ _ABSENT = object()
 _LENGTH_KEYS = ("T_max", "total_steps", "total_iters")
 
 
-# The reasons decide() gives beside "occupied" (the folder holds a run).
+# The reasons decide() gives.
 NOTHING_TO_CONTINUE = (
     "ckpt_path=last: nothing to continue (no run record, no checkpoint). To continue a killed "
     "run, start in its folder: hydra.run.dir=<run folder> ckpt_path=last"
@@ -124,14 +124,16 @@ class Asked:
 
 @dataclass(frozen=True)
 class Decision:
-    """``fresh``, ``continue``, ``skip`` or ``refuse``; ``archive``: move the earlier run's files
-    aside first; ``own_config``: continue under the run's saved overrides."""
+    """What an attempt does with its folder; ``archive``: move the earlier run's files aside
+    first; ``own_config``: continue under the run's saved overrides; ``occupied``: refused because
+    the folder holds a run (the message then gives the three ways on)."""
 
-    action: str
+    action: Action
     reason: str = ""
     checkpoint: Path | None = None
     archive: bool = False
     own_config: bool = False
+    occupied: bool = False
 
 
 def decide(
@@ -152,7 +154,9 @@ def decide(
         return Decision("fresh", AFRESH, archive=holds, own_config=True)
     if asked.ckpt_path is not None:
         if not inside and has_run and not asked.overwrite:
-            return Decision("refuse", f"occupied: ckpt_path={asked.ckpt_path} is another run's")
+            return Decision(
+                "refuse", f"ckpt_path={asked.ckpt_path} is another run's", occupied=True
+            )
         return Decision("continue", checkpoint=found, archive=has_run and not inside)
     if asked.skip_completed and status == "completed":
         theirs = identity(record.attempts[0].overrides) if record.attempts else {}
@@ -162,7 +166,7 @@ def decide(
     if asked.skip_completed and found is not None:
         return Decision("continue", checkpoint=found, own_config=True)
     if has_run and not (asked.overwrite or asked.skip_completed):
-        return Decision("refuse", "occupied")
+        return Decision("refuse", occupied=True)
     return Decision("fresh", archive=holds or has_run)
 
 
@@ -314,7 +318,7 @@ class RunFolder:
         self.decision = decide(known, holds, self.asked, found, inside)
         self.attempt.action = self.decision.action
         if self.decision.action == "refuse":
-            raise RunFolderError(refusal(self.path, self.record, self.decision.reason))
+            raise RunFolderError(refusal(self.path, self.record, self.decision))
         if self.decision.reason:
             log.warning("%s: %s", self.path, self.decision.reason)
 
@@ -763,11 +767,11 @@ def busy_message(path: Path) -> str:
     )
 
 
-def refusal(path: Path, record: RunRecord, reason: str) -> str:
+def refusal(path: Path, record: RunRecord, decision: Decision) -> str:
     """The refusal's message: the reason, and for a folder holding a run, the three ways on."""
-    if not reason.startswith("occupied"):
-        return f"{path}: {reason}"
-    why = reason.removeprefix("occupied").lstrip(": ")
+    if not decision.occupied:
+        return f"{path}: {decision.reason}"
+    why = decision.reason
     loss = record.metrics.get("val/loss")
     held = (
         f"a {record.status} run started {record.started} (seed "
