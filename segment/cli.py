@@ -24,9 +24,6 @@ from segment.config import config_dir, misspelt
 
 __all__ = ["evaluate", "train"]
 
-# Errors that say what the user must change: their message is the whole answer.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
-
 
 def _train(cfg: DictConfig) -> float | None:
     from segment.training import train  # torch and Lightning: after Hydra has composed
@@ -47,7 +44,7 @@ def _refusing(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     def wrapped(cfg: DictConfig) -> Any:
         try:
             return task(cfg)
-        except USER_ERRORS + _run_errors() as error:
+        except _refusals() as error:
             single = HydraConfig.initialized() and HydraConfig.get().mode.name == "RUN"
             if not single or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -59,7 +56,8 @@ def _refusing(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     return wrapped
 
 
-def _run_errors() -> tuple[type[BaseException], ...]:
+def _refusals() -> tuple[type[BaseException], ...]:
+    """The errors whose message is the whole answer (imported only once one is raised)."""
     from segment.runfolder import REFUSALS
 
     return REFUSALS

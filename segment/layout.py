@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
-
-from segment.record import FILE as RECORD
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 __all__ = ["METRICS", "RunLayout"]
 
@@ -31,7 +30,7 @@ _CONFIG_KEYS = {  # the layout's parts that the config names
 class RunLayout:
     """File and folder names inside a run folder, relative to it (any other: ValueError)."""
 
-    record: str = RECORD
+    record: str = "run.json"  # segment.record's file
     hydra: str = ".hydra"
     checkpoints: str = "checkpoints"
     thresholds: str = "thresholds.json"
@@ -54,6 +53,8 @@ class RunLayout:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> RunLayout:
         """The names ``cfg`` gives (defaults where a callback or logger is not configured)."""
+        from omegaconf import OmegaConf  # here: reading a record needs no OmegaConf
+
         folder = Path(str(cfg.paths.output_dir))
 
         def name(key: str, default: str) -> str:

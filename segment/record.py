@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segment.files import write_atomic
+from segment.layout import RunLayout
 
 __all__ = [
     "SCHEMA",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 SCHEMA = 2
-FILE = "run.json"
+FILE = RunLayout.record  # the record's name in a run folder
 _PACKAGES = (
     "torch",
     "lightning",
@@ -169,8 +170,6 @@ def read_record(folder: str | Path) -> RunRecord | None:
         )
     record = _validate(path, _upgrade(values) if version == 1 else values)
     try:
-        from segment.layout import RunLayout  # here: it imports this module's FILE
-
         RunLayout.of(record.layout)  # checked once for every reader: names inside the folder
     except ValueError as error:
         raise RecordError(f"{path}: {error}; move the file aside or fix it") from None

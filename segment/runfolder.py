@@ -205,12 +205,15 @@ def resume_differences(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
 
 
 def follows_length(config: Any) -> bool:
-    """Whether a config's schedule has a length of ``null``: the run's own, which changes with
-    ``trainer.max_epochs`` (``warmup_poly``, ``warmup_cosine``; cosine's ``T_max`` interpolates it).
-    """
-    scheduler = OmegaConf.select(OmegaConf.create(config), "model.scheduler", default=None)
-    text = OmegaConf.to_yaml(scheduler) if scheduler is not None else ""
-    return any(f"{key}: null" in text or f"{key}: ${{trainer." in text for key in _LENGTH_KEYS)
+    """Whether a config's schedule lasts the run's own length, which changes with
+    ``trainer.max_epochs``: a length of ``null`` (``warmup_poly``, ``warmup_cosine``) or one that
+    interpolates ``trainer`` (cosine's ``T_max``). Read from the values, not resolved."""
+    scheduler = OmegaConf.select(
+        OmegaConf.create(config), "model.scheduler.scheduler", default=None
+    )
+    raw = OmegaConf.to_container(scheduler) if isinstance(scheduler, DictConfig) else {}
+    lengths = [raw[key] for key in _LENGTH_KEYS if key in raw]
+    return any(value is None or "${trainer." in str(value) for value in lengths)
 
 
 def _path_keys(node: Any, prefix: str = "") -> tuple[str, ...]:

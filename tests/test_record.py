@@ -98,12 +98,16 @@ def test_a_skipped_attempt_is_recorded_and_changes_nothing_else(
     assert {**after, "attempts": None} == {**before, "attempts": None}
 
 
-def test_reading_a_record_loads_no_heavy_library() -> None:
+def test_reading_a_record_loads_no_heavy_library(tmp_path: Path) -> None:
     """The report and the run folder read records: importing segment.record used to load Hydra,
-    rich, OpenCV (and through them numpy) via the package's __init__ and segment.files."""
+    rich, OpenCV (and through them numpy) via the package's __init__ and segment.files; reading
+    one (its layout checked) loads no OmegaConf either."""
+    (tmp_path / "run.json").write_text('{"schema": 2, "status": "completed"}')
     code = (
-        "import segment.record, sys; print(sorted(m for m in sys.modules "
-        "if m.split('.')[0] in {'cv2', 'hydra', 'rich', 'torch'}))"
+        "import segment.record, segment.layout, sys; "
+        f"segment.record.read_record({str(tmp_path)!r}); "
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in {'cv2', 'hydra', 'rich', 'torch', 'omegaconf'}))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
