@@ -234,7 +234,7 @@ def verify_checksum(path: Path, key: str = "ckpt_path") -> None:
         )
 
 
-def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
+def newest_checkpoint(folder: str | Path) -> Path | None:
     """The loadable checkpoint with the most training steps in ``folder`` (``last.ckpt`` on ties),
     or None: a run killed between two writes may have a best checkpoint newer than ``last.ckpt``.
     Unreadable files are skipped."""
@@ -246,15 +246,12 @@ def newest_checkpoint(folder: str | Path) -> tuple[Path, int] | None:
             log.warning("skipping unreadable checkpoint %s: %s", path, error)
             continue
         found.append((step, path.stem == "last", path.stat().st_mtime, path))
-    if not found:
-        return None
-    step, _, _, path = max(found)
-    return path, step
+    return max(found)[-1] if found else None
 
 
-def find_checkpoint(path: str | Path, key: str = "ckpt_path") -> tuple[Path, int]:
-    """A checkpoint file, or a run folder's newest checkpoint (``<folder>/checkpoints/``), and its
-    global step."""
+def find_checkpoint(path: str | Path, key: str = "ckpt_path") -> Path:
+    """A ``train.py`` checkpoint file (checked as one), or a run folder's newest checkpoint
+    (``<folder>/checkpoints/``)."""
     path = Path(path)
     if path.is_dir():
         folder = path / RunLayout.of((read_record(path) or RunRecord()).layout).checkpoints
@@ -264,7 +261,8 @@ def find_checkpoint(path: str | Path, key: str = "ckpt_path") -> tuple[Path, int
                 "checkpoints/); pass a run folder or a .ckpt file"
             )
         return found
-    return path, int(read_checkpoint(path, key, require=("global_step",), mmap=True)["global_step"])
+    read_checkpoint(path, key, require=("global_step",), mmap=True)
+    return path
 
 
 class RunInCheckpoint(Callback):

@@ -514,10 +514,10 @@ def _asked_checkpoint(asked: Asked, path: Path, layout: RunLayout) -> tuple[Path
     """The checkpoint an attempt asks for (``ckpt_path=last`` or ``skip_completed``: the folder's
     newest; a path: that file) and whether it lies in the run folder."""
     if asked.ckpt_path not in (None, "last"):
-        found = find_checkpoint(asked.ckpt_path)[0]
+        found = find_checkpoint(asked.ckpt_path)
         return found, path.resolve() in found.resolve().parents
     if asked.ckpt_path == "last" or asked.skip_completed:
-        return (newest_checkpoint(path / layout.checkpoints) or (None,))[0], True
+        return newest_checkpoint(path / layout.checkpoints), True
     return None, True
 
 

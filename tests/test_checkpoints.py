@@ -141,11 +141,11 @@ def test_newest_loadable_checkpoint_is_found(tmp_path: Path) -> None:
     assert newest_checkpoint(tmp_path / "none") is None
     torch.save({"global_step": 12}, tmp_path / "epoch001-val_loss0.9.ckpt")
     torch.save({"global_step": 6}, tmp_path / "epoch000-val_loss1.2.ckpt")
-    assert newest_checkpoint(tmp_path) == (tmp_path / "epoch001-val_loss0.9.ckpt", 12)
+    assert newest_checkpoint(tmp_path) == tmp_path / "epoch001-val_loss0.9.ckpt"
     (tmp_path / "last.ckpt").write_bytes(b"")  # killed while Lightning wrote it
-    assert newest_checkpoint(tmp_path) == (tmp_path / "epoch001-val_loss0.9.ckpt", 12)
+    assert newest_checkpoint(tmp_path) == tmp_path / "epoch001-val_loss0.9.ckpt"
     torch.save({"global_step": 12}, tmp_path / "last.ckpt")
-    assert newest_checkpoint(tmp_path) == (tmp_path / "last.ckpt", 12)  # last.ckpt wins a tie
+    assert newest_checkpoint(tmp_path) == tmp_path / "last.ckpt"  # last.ckpt wins a tie
 
 
 # Three payloads a crafted checkpoint could hide in its net config; each would write a file.

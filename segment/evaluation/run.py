@@ -67,11 +67,11 @@ def _device(name: str) -> torch.device:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> SegmentationModule:
     """A trained module from a ``train.py`` checkpoint or a run folder's newest, in eval mode
     (errors name it)."""
-    return SegmentationModule.from_checkpoint(find_checkpoint(path)[0]).to(device).eval()
+    return SegmentationModule.from_checkpoint(find_checkpoint(path)).to(device).eval()
 
 
-def run_data_config(cfg: DictConfig) -> DictConfig:
-    """The data config to evaluate on: the run's own, saved in its checkpoint, unless ``data=``
+def run_data_config(cfg: DictConfig, checkpoint: Path) -> DictConfig:
+    """The data config to evaluate on: the run's own, saved in ``checkpoint``, unless ``data=``
     names another.
 
     ``data.<key>=...`` overrides (``data.root``, ``data.batch_size``) apply on top of the saved
@@ -79,22 +79,18 @@ def run_data_config(cfg: DictConfig) -> DictConfig:
     ``_target_``s are checked against the data allow-list first.
     """
     explicit, keys = _data_overrides()
-    saved = (
-        read_checkpoint(find_checkpoint(cfg.ckpt_path)[0], "ckpt_path", mmap=True)
-        .get("config", {})
-        .get("data")
-    )
+    saved = read_checkpoint(checkpoint, "ckpt_path", mmap=True).get("config", {}).get("data")
     if explicit:
         return cfg.data
     if saved is None:
         log.warning(
             "%s holds no data config (written before configs were saved): evaluating on data=%s; "
             "pass data=<the training data config> if that is not it",
-            cfg.ckpt_path,
+            checkpoint,
             cfg.data.get("_target_"),
         )
         return cfg.data
-    check_trusted_targets(saved, f"{cfg.ckpt_path}: config.data", kind="data")
+    check_trusted_targets(saved, f"{checkpoint}: config.data", kind="data")
     data = OmegaConf.create(saved)  # read_checkpoint refused any interpolation in it
     for key in keys:
         OmegaConf.update(
@@ -180,9 +176,9 @@ def evaluate(cfg: DictConfig) -> dict:
     """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; write metrics, tables and
     figures."""
     output_dir = _own_folder(Path(cfg.paths.output_dir), _EVALUATION_FILES)
-    device = _device(cfg.device)
-    module = load_checkpoint(cfg.ckpt_path, device)
-    data_config = run_data_config(cfg)
+    device, checkpoint = _device(cfg.device), find_checkpoint(cfg.ckpt_path)
+    module = load_checkpoint(checkpoint, device)
+    data_config = run_data_config(cfg, checkpoint)
     datamodule = instantiate(data_config)
     info = datamodule.info
     _check_classes(module, info, cfg.ckpt_path)
@@ -215,7 +211,7 @@ def evaluate(cfg: DictConfig) -> dict:
     confusion = metric.compute()
     scores = evaluation_scores(confusion, info.class_names)
     report = {
-        "checkpoint": str(find_checkpoint(cfg.ckpt_path)[0].resolve()),
+        "checkpoint": str(checkpoint.resolve()),
         "dataset": info.name,
         "split": cfg.split,
         "num_images": len(dataset),
@@ -364,9 +360,10 @@ def predict(cfg: DictConfig) -> dict:
         )
     names = [f"{path.stem}_{kind}.png" for path in inputs for kind in ("labels", "mask", "overlay")]
     output = _own_folder(output, names)
-    module = load_checkpoint(cfg.ckpt_path, _device(cfg.device))
+    checkpoint = find_checkpoint(cfg.ckpt_path)
+    module = load_checkpoint(checkpoint, _device(cfg.device))
     predictor = _predictor(cfg, module)
-    palette = _palette(module, cfg)
+    palette = _palette(module, cfg, checkpoint)
     for path in tqdm(inputs, desc="predict", unit="image"):
         image = read_image(path)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
@@ -378,11 +375,11 @@ def predict(cfg: DictConfig) -> dict:
     return {"output": str(output), "num_images": len(inputs)}
 
 
-def _palette(module: SegmentationModule, cfg: DictConfig) -> tuple:
+def _palette(module: SegmentationModule, cfg: DictConfig, checkpoint: Path) -> tuple:
     """The data config's palette when it matches the checkpoint's classes, else generated
     colours."""
     try:
-        info = instantiate(run_data_config(cfg)).info
+        info = instantiate(run_data_config(cfg, checkpoint)).info
         if list(info.class_names) == module.class_names:
             return info.palette
     except Exception:  # any data config problem only costs the colours here
