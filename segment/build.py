@@ -2,13 +2,13 @@
 and trainer. ``train.py``, the benchmarks, the data check and the tests all use it.
 
 Values known only at run time (the continued checkpoint's log position, the hyperparameter table's
-keys, the chosen precision) are passed as arguments: to each callback or logger whose class takes
-them, never through placeholders in the YAML.
+keys, the resolved config) are passed as arguments, never through placeholders in the YAML: to each
+callback or logger whose class asks for them by name in its ``runtime_args`` (a class that merely
+has a parameter of that name gets nothing).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,13 +47,13 @@ def build_data(cfg: DictConfig, prepare: bool = True) -> SegmentationDataModule:
 
 def instantiate_each(configs: Mapping | None, **runtime: Any) -> list:
     """Every entry of a named collection (callbacks, loggers); each gets the ``runtime`` values its
-    class takes as arguments."""
+    class names in its ``runtime_args``."""
     built = []
     for name, config in (configs or {}).items():
         if not isinstance(config, Mapping) or "_target_" not in config:
             raise ValueError(f"entry {name!r} has no _target_; got {config!r}")
-        taken = inspect.signature(get_object(config["_target_"])).parameters
-        built.append(instantiate(config, **{k: v for k, v in runtime.items() if k in taken}))
+        asks = getattr(get_object(config["_target_"]), "runtime_args", ())
+        built.append(instantiate(config, **{k: v for k, v in runtime.items() if k in asks}))
     return built
 
 

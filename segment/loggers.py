@@ -55,6 +55,8 @@ class CSVLogger(_CSVLogger):
     rewrite in place that a kill cut short lost rows the checkpoint had counted.
     """
 
+    runtime_args = ("resume_at",)  # given by segment.build
+
     def __init__(
         self, *args: Any, resume_at: Mapping[str, int] | None = None, **kwargs: Any
     ) -> None:
@@ -153,6 +155,8 @@ def _read_rows(path: Path, resume_at: Mapping[str, int]) -> tuple[list[dict], li
 class TensorBoardLogger(_TensorBoardLogger):
     """Lightning's TensorBoardLogger, hiding the events an earlier attempt wrote after the
     checkpoint it continues from (the writer's ``purge_step``); None: nothing purged."""
+
+    runtime_args = ("resume_at",)  # given by segment.build
 
     def __init__(
         self, *args: Any, resume_at: Mapping[str, int] | None = None, **kwargs: Any

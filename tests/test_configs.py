@@ -10,7 +10,8 @@ from lightning import Callback, Trainer
 from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
-from segment.build import instantiate_each
+from segment.build import build_callbacks, instantiate_each
+from segment.callbacks import HyperparameterTable
 from segment.data import SegmentationDataModule
 from segment.data.dataset import DatasetStatistics
 from segment.data.synthetic import SYNTHETIC_INFO
@@ -231,3 +232,21 @@ def test_help_lists_config_groups() -> None:
     ):
         assert f"\n{group}: " in out, f"group {group!r} missing from --help"
     assert "unet_scratch, unet_vgg" in out
+
+
+class AnyCallbackWithParams(Callback):
+    """A third-party callback whose arguments happen to share the runtime values' names."""
+
+    def __init__(self, params: dict | None = None, run_config: str | None = None) -> None:
+        self.params, self.run_config = params, run_config
+
+
+def test_runtime_values_go_only_to_classes_that_ask_for_them(make_cfg) -> None:
+    """The hyperparameter table and the resolved config used to reach any class with a parameter
+    of that name."""
+    cfg = make_cfg(f"+callbacks.other._target_={__name__}.AnyCallbackWithParams", "seed=3")
+    built = build_callbacks(cfg, ["seed=3"], {})
+    other = next(c for c in built if isinstance(c, AnyCallbackWithParams))
+    table = next(c for c in built if isinstance(c, HyperparameterTable))
+    assert other.params is None and other.run_config is None
+    assert table.params["seed"] == 3 and "seed: 3" in table.config

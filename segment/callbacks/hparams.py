@@ -75,6 +75,8 @@ class HyperparameterTable(Callback):
         run_config: The run's resolved config, as YAML.
     """
 
+    runtime_args = ("params", "swept", "run_config")  # given by segment.build
+
     def __init__(
         self,
         params: Mapping[str, Any] | None = None,
