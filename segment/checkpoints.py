@@ -35,7 +35,7 @@ from segment.files import atomic_open, sha256
 from segment.layout import RunLayout
 from segment.loggers import log_position
 from segment.record import FILE as RECORD
-from segment.record import RecordError, RunRecord, read_record
+from segment.record import RunRecord, read_record, record_or_none
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -216,11 +216,7 @@ def verify_checksum(path: Path, key: str = "ckpt_path") -> None:
     copy). Its run is the nearest folder above it with a record; a checkpoint without one, or one
     its record holds no sum for (written before sums were recorded), is loaded unverified."""
     owner = run_of(path)
-    try:
-        record = read_record(owner) if owner else None
-    except RecordError as error:
-        log.warning("%s: not verified (%s)", path, error)
-        return
+    record = record_or_none(owner) if owner else None
     name = path.resolve().relative_to(owner).as_posix() if owner else ""
     if record is None or name not in record.checkpoints:
         log.info("%s: no checksum recorded for it; loaded unverified", path)

@@ -13,6 +13,7 @@ without importing torch, Lightning or Hydra.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import reprlib
 from importlib import metadata
@@ -30,9 +31,12 @@ __all__ = [
     "RecordError",
     "RunRecord",
     "read_record",
+    "record_or_none",
     "versions",
     "write_record",
 ]
+
+log = logging.getLogger(__name__)
 
 SCHEMA = 2
 FILE = RunLayout.record  # the record's name in a run folder
@@ -174,6 +178,16 @@ def read_record(folder: str | Path) -> RunRecord | None:
     except ValueError as error:
         raise RecordError(f"{path}: {error}; move the file aside or fix it") from None
     return record
+
+
+def record_or_none(folder: str | Path) -> RunRecord | None:
+    """A folder's record where one that cannot be read counts as none (a sweep's summary, a busy
+    folder's holder, a checkpoint's checksum): the reason is logged, never raised."""
+    try:
+        return read_record(folder)
+    except RecordError as error:
+        log.warning("%s", error)
+        return None
 
 
 def write_record(folder: str | Path, record: RunRecord) -> None:

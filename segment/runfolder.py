@@ -60,7 +60,15 @@ from segment.config import (
 from segment.files import sha256, write_atomic
 from segment.layout import RunLayout
 from segment.loggers import log_position
-from segment.record import Action, Attempt, RecordError, RunRecord, read_record, write_record
+from segment.record import (
+    Action,
+    Attempt,
+    RecordError,
+    RunRecord,
+    read_record,
+    record_or_none,
+    write_record,
+)
 
 __all__ = [
     "Asked",
@@ -222,14 +230,6 @@ def _path_keys(node: Any, prefix: str = "") -> tuple[str, ...]:
         return tuple(k for key, value in node.items() for k in _path_keys(value, f"{prefix}{key}."))
     text = str(node)
     return (prefix.rstrip("."),) if "${" in text and ("paths." in text or "hydra:" in text) else ()
-
-
-def _status(folder: Path) -> str | None:
-    try:
-        record = read_record(folder)
-    except RecordError:
-        return None
-    return record.status if record else None
 
 
 def _now() -> str:
@@ -536,7 +536,11 @@ def _sweep_stopped(message: str) -> None:
     """Name the jobs a stopped sweep did not complete, and the command that continues it: the
     same overrides into the same folder, completed jobs skipped."""
     sweep = Path(sweep_dir()).resolve()
-    pending = [job for job in sweep_jobs() if _status(sweep / job) != "completed"]
+    pending = [
+        job
+        for job in sweep_jobs()
+        if (record_or_none(sweep / job) or RunRecord()).status != "completed"
+    ]
     typed = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "skip_completed="))]
     command = ["segment-train", *typed, f"hydra.sweep.dir={sweep}", "skip_completed=true"]
     log.error(
@@ -759,10 +763,7 @@ def archive(path: Path, layout: RunLayout, started: str) -> Path:
 
 
 def busy_message(path: Path) -> str:
-    try:
-        holder = (read_record(path) or RunRecord()).last or Attempt()
-    except RecordError:
-        holder = Attempt()
+    holder = (record_or_none(path) or RunRecord()).last or Attempt()
     return (
         f"run folder {path} is in use by pid {holder.pid} on {holder.host} since {holder.started}: "
         "two runs in one folder would mix their logs. Wait for it to finish, or choose another "
