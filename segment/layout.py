@@ -89,3 +89,10 @@ class RunLayout:
     def results(self) -> tuple[str, ...]:
         """What a run leaves besides its log: moved to ``archive/`` when the folder is reused."""
         return tuple(name for part, name in asdict(self).items() if part != "log")
+
+    def holds_results(self, folder: str | Path) -> bool:
+        """Whether a run left results in ``folder``: any of :attr:`results` but the record and
+        ``.hydra/`` (a refused attempt writes the one, an attempt that starts the other)."""
+        kept = set(self.results) - {self.record, self.hydra}
+        paths = [Path(folder) / name for name in kept]
+        return any(path.is_file() or any(path.glob("*")) for path in paths)

@@ -317,7 +317,7 @@ class RunFolder:
         self.enabled = enabled
         self.record = self._found = known or RunRecord()
         found, inside = _asked_checkpoint(self.asked, self.path, self.layout)
-        holds = holds_results(self.path, self.layout)
+        holds = self.layout.holds_results(self.path)
         self.decision = decide(known, holds, self.asked, found, inside)
         self.attempt.action = self.decision.action
         if self.decision.action == "refuse":
@@ -452,8 +452,8 @@ class RunFolder:
         changed = self._changed()
         if self.started and not changed:  # a continuation that failed before it changed the run
             self.record = self._found
-        nothing = self.record.status in ("new", "failed") and not holds_results(
-            self.path, self.layout
+        nothing = self.record.status in ("new", "failed") and not self.layout.holds_results(
+            self.path
         )
         if changed or nothing:
             update = {"status": outcome if changed else "failed", "error": message}
@@ -716,12 +716,6 @@ def _check_longer(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> No
                 f"{path} is already at {done} {unit}: trainer.{key}={limit} trains nothing more; "
                 f"give trainer.{key}={2 * done} (or any number above {done})"
             )
-
-
-def holds_results(path: Path, layout: RunLayout) -> bool:
-    """Whether a run left results in ``path`` (checkpoints, logs, masks)."""
-    parts = (layout.checkpoints, layout.csv, layout.tensorboard, layout.masks)
-    return any(any((path / part).glob("*")) for part in parts)
 
 
 def write_hydra(folder: Path, config: DictConfig, overrides: list[str]) -> None:
