@@ -167,9 +167,19 @@ def value_text(value: Any) -> str:
     if isinstance(value, float) and math.isfinite(value) and value != round(value):
         return f"{value:.4g}"
     text = str(value)
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+    safe = _safe(text).strip("_") or "x"
     # two values must not share a name: a lossy replacement carries a hash of what it replaced
-    return safe if safe == text else f"{safe}-{hashlib.sha1(text.encode()).hexdigest()[:4]}"
+    return safe if safe == text else f"{safe}-{_digest(text)}"
+
+
+def _safe(text: str) -> str:
+    """``text`` with each run of characters other than ``[A-Za-z0-9._-]`` replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def _digest(text: str, length: int = 4) -> str:
+    """A short hash that tells apart names a lossy shortening made equal."""
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
 
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:
@@ -220,15 +230,13 @@ def job_name(
     }
     if "data.root" in swept and parsed.get("data.root"):  # its folder's name, told apart by a hash
         root = str(parsed["data.root"])
-        values["data.root"] = f"{Path(root).name}-{hashlib.sha1(root.encode()).hexdigest()[:4]}"
+        values["data.root"] = f"{Path(root).name}-{_digest(root)}"
     keys = ordered(values, groups)
     names = short_names(keys)
-    items = [
-        f"{re.sub(r'[^A-Za-z0-9._-]+', '_', names[key])}-{value_text(values[key])}" for key in keys
-    ]
+    items = [f"{_safe(names[key])}-{value_text(values[key])}" for key in keys]
     name = "__".join(items) or "defaults"
     if len(name) > MAX_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        digest = _digest(name, 8)
         kept: list[str] = []
         for item in items:
             if len("__".join([*kept, item, digest])) > MAX_NAME:
