@@ -351,12 +351,10 @@ def misspelt(overrides: Sequence[str], config: str = "train") -> list[str]:
                 if option in options:
                     groups.append(f"{name}={option}")
                     continue
-                close = difflib.get_close_matches(option, options, n=1)
-                hint = f"did you mean {name}={close[0]}?" if close else "no such option"
+                hint = did_you_mean(option, options, f"{name}=") or "no such option"
                 found.append(f"{name}={option}: {hint} ({name} options: {', '.join(options)})")
         elif name not in top:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f"did you mean {close[0]}?" if close else "no such key or group"
+            hint = did_you_mean(name, names) or "no such key or group"
             found.append(f"{name}: {hint} (`--help` lists the groups)")
     try:
         cfg = compose_train(groups) if config == "train" else None
@@ -366,10 +364,15 @@ def misspelt(overrides: Sequence[str], config: str = "train") -> list[str]:
         parent, _, leaf = key.lstrip("+~").rpartition(".")
         node = OmegaConf.select(cfg, parent)
         if isinstance(node, DictConfig) and leaf not in node:
-            close = difflib.get_close_matches(leaf, [str(k) for k in node], n=1)
-            hint = f"did you mean {parent}.{close[0]}?" if close else f"{parent} has {list(node)}"
+            hint = did_you_mean(leaf, node, f"{parent}.") or f"{parent} has {list(node)}"
             found.append(f"{key}: {hint} (a new key takes a +: +{key}=...)")
     return found
+
+
+def did_you_mean(word: str, options: Iterable[str], prefix: str = "", n: int = 1) -> str:
+    """``"did you mean <prefix><closest>?"`` (up to ``n`` closest, joined by "or"), or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=n)
+    return f"did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
 
 
 def sweep_dir() -> str | None:

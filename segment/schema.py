@@ -12,7 +12,6 @@ one, before any weights load.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
 import types
 import typing
@@ -24,6 +23,8 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
+
+from segment.config import did_you_mean
 
 __all__ = ["ConfigError", "validate"]
 
@@ -221,10 +222,10 @@ def _target(path: str, node: DictConfig) -> Any:
     names = get_object(f"{_SMP}.MODEL_ARCHITECTURES_MAPPING")
     arch = str(node.get("arch")).lower()
     if arch not in names:
-        close = difflib.get_close_matches(arch, list(names), n=3)
+        hint = did_you_mean(arch, names, n=3) or "architectures:"
         raise ConfigError(
-            f"{path}.arch={node.get('arch')!r} is not an smp architecture; did you mean "
-            f"{' or '.join(close) or '?'}? ({', '.join(names)})"
+            f"{path}.arch={node.get('arch')!r} is not an smp architecture; {hint} "
+            f"({', '.join(names)})"
         )
     return names[arch]
 
@@ -239,8 +240,7 @@ def _check_node(path: str, node: DictConfig) -> None:
         if key in _SKIP or (key == "arch" and target.endswith(".create_model")):
             continue
         if key not in parameters:
-            close = difflib.get_close_matches(str(key), list(parameters), n=3)
-            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            hint = f"{did_you_mean(key, parameters, n=3)} ".lstrip()
             raise ConfigError(
                 f"{path}.{key}: {target} has no argument {key!r}; {hint}allowed: "
                 f"{', '.join(sorted(parameters))}"

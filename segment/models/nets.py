@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import logging
 from typing import Any
@@ -21,6 +20,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from hydra.utils import get_object, instantiate
 from torch import nn
 
+from segment.config import did_you_mean
 from segment.files import sha256
 from segment.models.weights import (
     WeightsRecord,
@@ -40,11 +40,10 @@ def _check_net(config: dict[str, Any]) -> None:
     encoder = config.get("encoder_name")
     if encoder is not None and "segmentation_models_pytorch" in str(config.get("_target_")):
         if encoder not in smp.encoders.encoders:
-            close = difflib.get_close_matches(str(encoder), list(smp.encoders.encoders), n=3)
+            hint = did_you_mean(encoder, smp.encoders.encoders, n=3)
             raise ValueError(
-                f"model.net.encoder_name={encoder!r} is not an smp "
-                f"encoder{'; did you mean ' + ' or '.join(close) if close else ''} (list: "
-                "smp.encoders.get_encoder_names())"
+                f"model.net.encoder_name={encoder!r} is not an smp encoder"
+                f"{'; ' + hint if hint else ''} (list: smp.encoders.get_encoder_names())"
             )
 
 
