@@ -30,7 +30,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from segment.config import parse_overrides
+from segment.config import nodes, parse_overrides
 from segment.files import atomic_open, sha256
 from segment.layout import RunLayout
 from segment.loggers import log_position
@@ -126,20 +126,6 @@ def _disk_full(error: BaseException | None) -> bool:
     return False
 
 
-def _nodes(node: Any, where: str) -> Iterator[tuple[str, Any]]:
-    """Every node of nested plain containers, with its dotted place."""
-    yield where, node
-    items = (
-        node.items()
-        if isinstance(node, dict)
-        else enumerate(node)
-        if isinstance(node, list | tuple)
-        else ()
-    )
-    for key, value in items:
-        yield from _nodes(value, f"{where}.{key}" if isinstance(node, dict) else f"{where}[{key}]")
-
-
 def read_checkpoint(
     path: str | Path, key: str = "ckpt_path", require: tuple[str, ...] = (), mmap: bool = False
 ) -> dict[str, Any]:
@@ -158,7 +144,7 @@ def read_checkpoint(
             f"{key}={path} is not a train.py checkpoint: it has no {', '.join(missing)}"
         )
     data = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
-    for where, node in _nodes(data, f"{key}={path}:"):
+    for where, node in nodes(data, f"{key}={path}:"):
         place = where.replace(":.", ": ")
         if isinstance(node, str) and "${" in node:  # OmegaConf would resolve it
             raise CheckpointError(
@@ -331,7 +317,7 @@ def check_trusted_targets(config: Any, where: str, kind: str = "model") -> None:
     """Refuse any ``_target_`` in ``config`` (plain containers from a checkpoint, at any depth) that
     is not an allow-listed class of ``kind`` (``model`` or ``data``), naming it and where it was
     found."""
-    for place, node in _nodes(config, where):
+    for place, node in nodes(config, where):
         if isinstance(node, str) and re.match(r"(hf[-_]hub:|[a-z0-9+]+://)", node, re.I):
             raise CheckpointError(
                 f"{place}={node!r}: a checkpoint may not name a hub or a URL (building from it "
@@ -371,7 +357,7 @@ def check_composed_targets(config: DictConfig, reference: DictConfig, where: str
 def _targets(config: Any) -> Iterator[tuple[str, Any]]:
     return (
         (place, node["_target_"])
-        for place, node in _nodes(config, "")
+        for place, node in nodes(config, "")
         if isinstance(node, dict) and "_target_" in node
     )
 
@@ -382,7 +368,7 @@ def without_pretrained(config: Any) -> Any:
     :data:`_PRETRAINED` is turned off where the node has it, and added where its ``_target_`` takes
     it, since the class's own default fetches (smp's ``Unet`` without ``encoder_weights``)."""
     config = copy.deepcopy(config)
-    for _, node in list(_nodes(config, "")):
+    for _, node in list(nodes(config, "")):
         if not isinstance(node, dict):
             continue
         takes = _parameters(node.get("_target_"))
@@ -407,7 +393,7 @@ def check_saved_overrides(items: list[Any], where: str) -> None:
     for item in items:
         refuse = f"{where}: {str(item)!r}: a saved override may not hold "
         parsed = parse_overrides([str(item)])  # Hydra's grammar unescapes "$\\{" to "${"
-        if "${" in str(item) or any("${" in str(n) for _, n in _nodes(list(parsed.values()), "")):
+        if "${" in str(item) or any("${" in str(n) for _, n in nodes(list(parsed.values()), "")):
             raise CheckpointError(refuse + "interpolations or resolvers ('${...}'); refusing it")
         for key, value in parsed.items():
             tree: Any = value
@@ -416,7 +402,7 @@ def check_saved_overrides(items: list[Any], where: str) -> None:
             kind = key.split(".")[0]
             specials = {
                 str(k)
-                for _, node in _nodes(tree, "")
+                for _, node in nodes(tree, "")
                 if isinstance(node, dict)
                 for k in node
                 if re.fullmatch(r"_\w+_", str(k))

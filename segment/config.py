@@ -16,7 +16,7 @@ import itertools
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,6 +35,7 @@ from segment.record import RecordError, RunRecord, read_record
 
 __all__ = [
     "INFRASTRUCTURE",
+    "nodes",
     "RESUMABLE",
     "TrainSchema",
     "compose_train",
@@ -367,6 +368,22 @@ def misspelt(overrides: Sequence[str], config: str = "train") -> list[str]:
             hint = did_you_mean(leaf, node, f"{parent}.") or f"{parent} has {list(node)}"
             found.append(f"{key}: {hint} (a new key takes a +: +{key}=...)")
     return found
+
+
+def nodes(node: Any, where: str = "", lists: bool = True) -> Iterator[tuple[str, Any]]:
+    """Every node of nested plain containers with its place (``model.net``, ``tags[0]``), the root
+    first; ``lists=False`` takes a list as a leaf. The one walk over a config as data."""
+    yield where, node
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if lists and isinstance(node, list | tuple)
+        else ()
+    )
+    for key, value in items:
+        place = f"{where}[{key}]" if not isinstance(node, dict) else f"{where}.{key}".lstrip(".")
+        yield from nodes(value, place, lists)
 
 
 def did_you_mean(word: str, options: Iterable[str], prefix: str = "", n: int = 1) -> str:

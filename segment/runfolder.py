@@ -39,7 +39,6 @@ from omegaconf import DictConfig, OmegaConf
 from segment.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
-    _nodes,
     check_composed_targets,
     check_saved_overrides,
     find_checkpoint,
@@ -53,6 +52,7 @@ from segment.config import (
     config_dir,
     identity,
     is_infrastructure,
+    nodes,
     parse_overrides,
     sweep_dir,
     sweep_jobs,
@@ -185,14 +185,11 @@ def resume_differences(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     now = OmegaConf.to_container(cfg, resolve=True)
     where = _path_keys(OmegaConf.to_container(cfg))
 
-    def flat(node: Any, prefix: str = "") -> dict[str, str]:
-        if isinstance(node, dict) and node:
-            return {
-                k: v
-                for key, value in node.items()
-                for k, v in flat(value, f"{prefix}{key}.").items()
-            }
-        return {prefix.rstrip("."): repr(node)}
+    def flat(config: Any) -> dict[str, str]:
+        leaves = nodes(config, lists=False)
+        return {
+            place: repr(value) for place, value in leaves if not (isinstance(value, dict) and value)
+        }
 
     old, new = flat(saved), flat(now)
     keys = sorted(
@@ -224,12 +221,15 @@ def follows_length(config: Any) -> bool:
     return any(value is None or "${trainer." in str(value) for value in lengths)
 
 
-def _path_keys(node: Any, prefix: str = "") -> tuple[str, ...]:
+def _path_keys(config: Any) -> tuple[str, ...]:
     """Dotted keys whose value interpolates ``paths.*`` or Hydra's runtime: where files go."""
-    if isinstance(node, dict):
-        return tuple(k for key, value in node.items() for k in _path_keys(value, f"{prefix}{key}."))
-    text = str(node)
-    return (prefix.rstrip("."),) if "${" in text and ("paths." in text or "hydra:" in text) else ()
+    return tuple(
+        place
+        for place, value in nodes(config, lists=False)
+        if not isinstance(value, dict)
+        and "${" in str(value)
+        and ("paths." in str(value) or "hydra:" in str(value))
+    )
 
 
 def _now() -> str:
@@ -624,7 +624,7 @@ def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[st
 def _names_a_place(key: str, value: Any) -> bool:
     """Whether an override names a file or folder: by its key's last word, or by a text value that
     is absolute, starts at home or climbs (``..``) anywhere in it."""
-    text = [str(n) for _, n in _nodes(value, "") if isinstance(n, str)]
+    text = [str(n) for _, n in nodes(value) if isinstance(n, str)]
     named = re.search(r"(file|dir|path|uri|url|root)(name)?$", key.split(".")[-1], re.I)
     return bool(named) or any(t.startswith(("/", "~")) or ".." in Path(t).parts for t in text)
 
