@@ -429,22 +429,22 @@ def images_to_steps(key: str, *, _root_: DictConfig) -> int:
     images, batch = OmegaConf.select(_root_, key), OmegaConf.select(_root_, "data.batch_size")
     devices = OmegaConf.select(_root_, "trainer.devices", default=1)
     devices = len(devices) if isinstance(devices, ListConfig | list) else devices
-    nodes = OmegaConf.select(_root_, "trainer.num_nodes", default=1)
-    if not all(type(v) is int and v > 0 for v in (devices, nodes)):
+    machines = OmegaConf.select(_root_, "trainer.num_nodes", default=1)
+    if not all(type(v) is int and v > 0 for v in (devices, machines)):
         raise ValueError(
             f"{key} counts images, so it needs the number of devices: give trainer.devices (and "
-            f"trainer.num_nodes) as whole numbers (got {devices!r} and {nodes!r})"
+            f"trainer.num_nodes) as whole numbers (got {devices!r} and {machines!r})"
         )
     if type(images) is not int or images < 1:
         raise ValueError(f"{key}={images!r}: give a whole number of training images (>= 1)")
-    per_step = batch * devices * nodes
+    per_step = batch * devices * machines
     if images % per_step:
         below = images // per_step * per_step
         nearest = " or ".join(f"{key}={n}" for n in (below, below + per_step) if n)
         raise ValueError(
             f"{key}={images} is not a whole number of optimiser steps: a step takes {per_step} "
-            f"images (data.batch_size={batch} x {devices * nodes} device(s)); give a multiple of "
-            f"{per_step}: {nearest}"
+            f"images (data.batch_size={batch} x {devices * machines} device(s)); give a multiple "
+            f"of {per_step}: {nearest}"
         )
     return images // per_step
 
