@@ -34,8 +34,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from segment.record import RecordError, RunRecord, read_record
 
 __all__ = [
+    "ATTEMPT",
     "INFRASTRUCTURE",
     "nodes",
+    "place_keys",
     "RESUMABLE",
     "TrainSchema",
     "compose_train",
@@ -57,8 +59,11 @@ __all__ = [
     "value_text",
 ]
 
+# How one attempt treats its folder.
+ATTEMPT = ("ckpt_path", "skip_completed", "overwrite")
 # Where things are, how a run is shown, logged, continued or reported on: never what it trains.
 INFRASTRUCTURE = (
+    *ATTEMPT,
     "hydra",
     "paths",
     "data.root",
@@ -66,9 +71,6 @@ INFRASTRUCTURE = (
     "data.num_workers",
     "data.pin_memory",
     "data.persistent_workers",
-    "skip_completed",
-    "ckpt_path",
-    "overwrite",
     "task_name",
     "tags",
     "extras",
@@ -118,6 +120,18 @@ def is_infrastructure(key: str, keys: Sequence[str] = INFRASTRUCTURE) -> bool:
     one."""
     key = key.replace("/", ".")
     return any(key == name or key.startswith(name + ".") for name in keys)
+
+
+def place_keys(config: Any) -> tuple[str, ...]:
+    """The keys of a config (plain containers, unresolved) whose value interpolates ``paths.*`` or
+    Hydra's runtime: where files go, whatever the key is called."""
+    return tuple(
+        place
+        for place, value in nodes(config, lists=False)
+        if not isinstance(value, dict)
+        and "${" in str(value)
+        and ("paths." in str(value) or "hydra:" in str(value))
+    )
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

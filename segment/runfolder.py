@@ -48,12 +48,14 @@ from segment.checkpoints import (
     verify_checksum,
 )
 from segment.config import (
+    ATTEMPT,
     RESUMABLE,
     config_dir,
     identity,
     is_infrastructure,
     nodes,
     parse_overrides,
+    place_keys,
     sweep_dir,
     sweep_jobs,
 )
@@ -84,7 +86,6 @@ log = logging.getLogger(__name__)
 
 # Signals that end a run: a preemption or kill (TERM), Ctrl-C (INT), a closed terminal (HUP).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_ATTEMPT_KEYS = ("ckpt_path", "skip_completed", "overwrite")  # how one attempt treats the folder
 _INPUTS = ("data.root", "paths.data_dir")  # places a saved override may name: where data is read
 # Config groups a saved file may choose: what is trained (loggers, trainer: the command line's)
 _TRAINED = "model data loss optimizer scheduler measurement protocol experiment callbacks".split()
@@ -183,7 +184,7 @@ def resume_differences(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     ``cfg``: the keys that differ (where files are, how a run is shown or continued left out), and a
     longer run under a schedule that follows the run's length."""
     now = OmegaConf.to_container(cfg, resolve=True)
-    where = _path_keys(OmegaConf.to_container(cfg))
+    where = place_keys(OmegaConf.to_container(cfg))
 
     def flat(config: Any) -> dict[str, str]:
         leaves = nodes(config, lists=False)
@@ -219,17 +220,6 @@ def follows_length(config: Any) -> bool:
     raw = OmegaConf.to_container(scheduler) if isinstance(scheduler, DictConfig) else {}
     lengths = [raw[key] for key in _LENGTH_KEYS if key in raw]
     return any(value is None or "${trainer." in str(value) for value in lengths)
-
-
-def _path_keys(config: Any) -> tuple[str, ...]:
-    """Dotted keys whose value interpolates ``paths.*`` or Hydra's runtime: where files go."""
-    return tuple(
-        place
-        for place, value in nodes(config, lists=False)
-        if not isinstance(value, dict)
-        and "${" in str(value)
-        and ("paths." in str(value) or "hydra:" in str(value))
-    )
 
 
 def _now() -> str:
@@ -580,9 +570,7 @@ def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[st
                 "launchers); refusing the folder. Type it on the command line if it is yours"
             )
     lines = [
-        line
-        for line in lines
-        if line[1] not in mine and not is_infrastructure(line[1], _ATTEMPT_KEYS)
+        line for line in lines if line[1] not in mine and not is_infrastructure(line[1], ATTEMPT)
     ]
     check_saved_overrides([item for item, *_ in lines], str(saved))  # the typed: the user's
     groups = [
@@ -591,7 +579,7 @@ def saved_overrides(saved: Path, typed: list[str], config: str) -> tuple[list[st
         if _is_group(key) and key.split("/")[0] in _TRAINED and not item.startswith("~")
     ]
     reference = _compose(config, [*groups, *typed], saved)
-    places = ("paths", "logger", "data.download", *_path_keys(OmegaConf.to_container(reference)))
+    places = ("paths", "logger", "data.download", *place_keys(OmegaConf.to_container(reference)))
     kept, dropped = [], []
     for item, key, value in lines:
         new = (

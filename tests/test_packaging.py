@@ -178,12 +178,12 @@ def test_the_report_needs_no_lightning_and_the_schema_no_nets() -> None:
 
 
 def test_the_run_folder_names_are_defined_once() -> None:
-    """One reader of run.json and one definition of the run folder's file names: no other module of
-    segment/ spells them (docstrings aside)."""
+    """One definition of the run folder's file names, the layout's (the record takes its own name
+    from it): no other module of segment/ spells them (docstrings aside)."""
     import ast
 
     homes = {
-        "run.json": "record.py",
+        "run.json": "layout.py",
         ".hydra": "layout.py",
         "thresholds.json": "layout.py",
         "metrics.csv": "layout.py",
