@@ -35,7 +35,7 @@ from segment.files import atomic_open, sha256
 from segment.layout import RunLayout
 from segment.loggers import log_position
 from segment.record import FILE as RECORD
-from segment.record import RunRecord, read_record, record_or_none
+from segment.record import RecordError, RunRecord, read_record
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -69,7 +69,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's writer.
 
     ``ledger`` (set by the run folder when its attempt trains) is told each file's SHA-256 before
-    the rename and after it (``ledger(path, sum, renamed)``; ``sum`` None: the file was removed).
+    the rename and after it (``ledger(path, sum, renamed)``; ``sum`` None: the file was removed);
+    Lightning's loads are checked against it.
     """
 
     ledger: Ledger | None = None
@@ -109,6 +110,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "point paths.log_dir elsewhere), then continue: "
                 "ckpt_path=last",
             ) from None
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: Any = None) -> dict:
+        """Lightning's own loads (a resume, ``test_after_fit``'s best checkpoint), checked against
+        the run's record first (:func:`verify_checksum`)."""
+        verify_checksum(Path(path))
+        options = {"map_location": map_location} if map_location is not None else {}
+        return super().load_checkpoint(path, weights_only=weights_only, **options)
 
     def remove_checkpoint(self, path) -> None:
         super().remove_checkpoint(path)
@@ -199,21 +207,44 @@ def run_of(checkpoint: Path) -> Path | None:
 
 def verify_checksum(path: Path, key: str = "ckpt_path") -> None:
     """Refuse a checkpoint whose bytes are not those its run recorded (a flipped bit, a partial
-    copy). Its run is the nearest folder above it with a record; a checkpoint without one, or one
-    its record holds no sum for (written before sums were recorded), is loaded unverified."""
-    owner = run_of(path)
-    record = record_or_none(owner) if owner else None
-    name = path.resolve().relative_to(owner).as_posix() if owner else ""
-    if record is None or name not in record.checkpoints:
-        log.info("%s: no checksum recorded for it; loaded unverified", path)
+    copy, a file renamed or copied in). Its run is the nearest folder above it, as named or as
+    resolved, whose record keeps its checkpoints there; a record on the way that cannot be read
+    refuses it. Loaded unchecked only outside any run folder, or from a run written before
+    checksums were recorded (a warning says so)."""
+    for named in dict.fromkeys((Path(path).absolute(), Path(path).resolve())):
+        for folder in named.parents:
+            if not (folder / RECORD).is_file():
+                continue
+            try:
+                record = read_record(folder)
+            except RecordError as error:
+                raise CheckpointError(
+                    f"{key}={path} cannot be checked against its run's record: {error}"
+                ) from None
+            name = named.relative_to(folder).as_posix()
+            if name.startswith(f"{RunLayout.of(record.layout).checkpoints}/"):
+                return _check_sum(path, key, folder / RECORD, record.checkpoints, name)
+    log.warning("%s is in no run folder: loaded unchecked", path)
+
+
+def _check_sum(path: Path, key: str, record: Path, sums: dict[str, list[str]], name: str) -> None:
+    if not sums:
+        log.warning("%s: its run recorded no checksums (an older run): loaded unchecked", path)
         return
-    if (found := sha256(path)) not in record.checkpoints[name]:
+    if (found := sha256(path)) in sums.get(name, []):
+        return
+    if sums.get(name):
         raise CheckpointError(
             f"{key}={path} is damaged: its SHA-256 {found[:12]}... is not the "
-            f"{record.checkpoints[name][-1][:12]}... its run recorded in {owner / RECORD} when "
-            "it was written. Use another checkpoint (move this one aside: a run then continues "
-            "from its newest intact checkpoint)"
+            f"{sums[name][-1][:12]}... its run recorded in {record} when it was written. Use "
+            "another checkpoint (move this one aside: a run then continues from its newest intact "
+            "checkpoint)"
         )
+    raise CheckpointError(
+        f"{key}={path} is not a checkpoint its run wrote: {record} holds no checksum for {name} "
+        "(renamed, or copied in). Give it back the name its run gave it, or copy it out of the "
+        "run folder to load it unchecked"
+    )
 
 
 def newest_checkpoint(folder: str | Path) -> Path | None:

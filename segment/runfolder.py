@@ -380,7 +380,7 @@ class RunFolder:
         """Record a checkpoint file's SHA-256 (None: removed). Until the new file is renamed into
         place the old file's sum stays accepted too: a kill between leaves a file the record
         vouches for. Files outside the folder are not recorded."""
-        path, folder = path.resolve(), self.path.resolve()
+        path, folder = path.absolute(), self.path.absolute()  # as named: a folder may be a link
         if not path.is_relative_to(folder):
             return
         name = path.relative_to(folder).as_posix()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning import Callback
 from segmentation_models_pytorch.encoders import TimmUniversalEncoder
 from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
 
@@ -26,11 +27,12 @@ from segment.checkpoints import (
     check_trusted_targets,
     newest_checkpoint,
     read_checkpoint,
+    verify_checksum,
 )
 from segment.evaluation import load_checkpoint
 from segment.files import sha256
 from segment.models import SegmentationModule
-from segment.record import read_record
+from segment.record import RunRecord, read_record, write_record
 from tests.helpers import REPO, run_script
 
 # Save once, then save again and die at the most exposed moment of the second save: during a
@@ -500,6 +502,30 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused_on_load(hydra_train, tmp_path
     assert record.status == "completed" and record.attempts[-1].outcome == "refused"
 
 
+class FlipBestAtFitEnd(Callback):
+    """Damages the best checkpoint between the fit and ``test_after_fit``'s load of it."""
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        _flip_a_tensor_byte(Path(trainer.checkpoint_callback.best_model_path))
+
+
+def test_the_best_checkpoint_is_checked_before_the_test_after_fit_loads_it(
+    hydra_train, tmp_path: Path
+) -> None:
+    """Lightning loads checkpoints itself (a resume, the test after fit) through the checkpoint
+    writer, which used to load a changed file silently."""
+    from tests.layouts import write_camvid
+
+    with pytest.raises(CheckpointError, match=r"val_loss.*\.ckpt is damaged: its SHA-256"):
+        hydra_train(
+            "model=unet_lab",
+            "scheduler=constant",
+            "test_after_fit=true",
+            *write_camvid(tmp_path / "camvid"),
+            f"+callbacks.flip._target_={__name__}.FlipBestAtFitEnd",
+        )
+
+
 def test_a_kill_while_a_checkpoint_is_renamed_leaves_one_the_record_vouches_for(
     hydra_train, tmp_path: Path, monkeypatch
 ) -> None:
@@ -526,3 +552,48 @@ def test_a_kill_while_a_checkpoint_is_renamed_leaves_one_the_record_vouches_for(
     hydra_train("ckpt_path=last", "trainer.max_epochs=3")  # loads the old last.ckpt, checked
     assert read_record(run).checkpoints["checkpoints/last.ckpt"] == [sha256(last)]
     assert read_record(run).status == "completed"
+
+
+def test_a_checkpoint_is_checked_by_its_run_whatever_door_it_comes_by(tmp_path: Path) -> None:
+    """Doors a red-team pass found, each of which loaded a changed file unchecked: renamed inside
+    its run, copied into another run, a symlinked checkpoints folder, a record placed in
+    checkpoints/, an unreadable record, an empty list of sums."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    good = run / "checkpoints" / "last.ckpt"
+    good.write_bytes(b"the bytes the run wrote")
+    sums = {"checkpoints/last.ckpt": [sha256(good)]}
+    write_record(run, RunRecord(status="completed", checkpoints=sums))
+    verify_checksum(good)  # the untouched file passes
+
+    good.rename(run / "checkpoints" / "last-v1.ckpt")
+    with pytest.raises(CheckpointError, match="holds no checksum for checkpoints/last-v1.ckpt"):
+        verify_checksum(run / "checkpoints" / "last-v1.ckpt")
+    (run / "checkpoints" / "last-v1.ckpt").rename(good)
+
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    write_record(other, RunRecord(status="completed", checkpoints={"checkpoints/x.ckpt": ["0"]}))
+    os.link(good, other / "checkpoints" / "copied.ckpt")
+    with pytest.raises(CheckpointError, match="holds no checksum"):
+        verify_checksum(other / "checkpoints" / "copied.ckpt")
+
+    good.write_bytes(b"the bytes the run wrote, changed")
+    outside = tmp_path / "scratch"
+    (run / "checkpoints").rename(outside)
+    (run / "checkpoints").symlink_to(outside)
+    with pytest.raises(CheckpointError, match="is damaged"):
+        verify_checksum(run / "checkpoints" / "last.ckpt")
+
+    for nested in ("{}", "not json"):
+        (outside / "run.json").write_text(nested)
+        with pytest.raises(CheckpointError, match="is damaged|cannot be checked"):
+            verify_checksum(run / "checkpoints" / "last.ckpt")
+    (outside / "run.json").unlink()
+
+    (run / "run.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot be checked against its run's record"):
+        verify_checksum(run / "checkpoints" / "last.ckpt")
+    write_record(run, RunRecord(status="completed", checkpoints={"checkpoints/last.ckpt": []}))
+    with pytest.raises(CheckpointError, match="holds no checksum"):
+        verify_checksum(run / "checkpoints" / "last.ckpt")
