@@ -2,7 +2,7 @@
 
 A reader never sees half a file, a crash (even SIGKILL) leaves the previous version in place, and
 parallel writers (joblib sweep jobs rewriting one report) never share a temporary file: each gets
-its own unique name from :func:`tempfile.mkstemp`.
+its own unique name.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -19,11 +19,6 @@ if TYPE_CHECKING:
     import numpy as np
 
 __all__ = ["atomic_open", "cache_root", "sha256", "write_atomic", "write_png"]
-
-# The process's umask (read once: os.umask can only be read by setting it). mkstemp creates
-# files as 0600; a result file is given the mode open() would give it, as others can read.
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -38,9 +33,8 @@ def atomic_open(
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode={mode!r}; expected 'w' or 'wb'")
     path = Path(path)
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    fd, partial = _create_beside(path)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as file:
             yield file
             file.flush()
@@ -52,6 +46,17 @@ def atomic_open(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
         raise
+
+
+def _create_beside(path: Path) -> tuple[int, str]:
+    """A new file of a unique name in ``path``'s folder, created as ``open()`` creates files (mode
+    0666 less the process's umask as it is now: a result file others may read), never through a
+    link."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    while True:  # a name taken by a parallel writer: draw another
+        partial = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.partial")
+        with contextlib.suppress(FileExistsError):
+            return os.open(partial, flags, 0o666), partial
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:

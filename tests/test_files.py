@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,17 @@ def test_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
     write_atomic(path, b"\x89PNG")
     assert path.read_bytes() == b"\x89PNG"
+
+
+def test_a_result_file_takes_the_mode_of_the_umask_at_writing(tmp_path: Path) -> None:
+    """As ``open()`` gives it: under the umask of the moment, not one the package read (and set)
+    when it was imported."""
+    before = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "shared.json", "{}")
+        os.umask(0o077)
+        write_atomic(tmp_path / "private.json", "{}")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
