@@ -16,7 +16,7 @@ import sys
 import time
 
 from segment.build import build_data
-from segment.config import compose_train
+from segment.config.compose import compose_train
 
 
 def measure(overrides: list[str], epochs: int) -> tuple[float, float, int]:

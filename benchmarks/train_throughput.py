@@ -39,7 +39,7 @@ from lightning import Callback
 from torch.utils.flop_counter import FlopCounterMode
 
 from segment.build import build
-from segment.config import compose_train
+from segment.config.compose import compose_train
 from segment.device.precision import resolve_precision
 
 

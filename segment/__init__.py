@@ -6,7 +6,7 @@ import os
 # evaluate.py and data check): nothing is fetched that a command did not ask for. Set before
 # any module of this package imports it; a value the user set stands.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-# Nothing else here: `import segment.record` (the report, the run folder) stays light. The config
-# tree's resolvers are registered by importing segment.config.
+# Nothing else here: `import segment.run.record` (the report, the run folder) stays light. The
+# config tree's resolvers are registered by importing segment.config.compose.
 
 __version__ = "0.1.0"

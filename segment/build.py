@@ -18,9 +18,9 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segment.callbacks.hparams import hyperparameters
-from segment.checkpoints import RunInCheckpoint
 from segment.data.datamodule import SegmentationDataModule
 from segment.models.losses import with_class_weights
+from segment.run.resume import RunInCheckpoint
 
 __all__ = ["Built", "build", "build_callbacks", "build_data", "instantiate_each"]
 
@@ -71,7 +71,7 @@ def build(
     datamodule: SegmentationDataModule | None = None,
     *,
     callbacks: list[L.Callback] | None = None,
-    resume_at: Mapping[str, int] | None = None,
+    log_position: Mapping[str, int] | None = None,
     data: dict[str, Any] | None = None,
     **trainer_args: Any,
 ) -> Built:
@@ -83,7 +83,7 @@ def build(
         datamodule: Built already by :func:`build_data` (the run folder checks its data first).
         callbacks: Built already by :func:`build_callbacks` (with the hyperparameter table's
             keys); default: built here, without them.
-        resume_at: The log position of the checkpoint a run continues from.
+        log_position: The log position of the checkpoint a run continues from.
         data: The data fingerprint stored in every checkpoint.
         **trainer_args: Passed to the ``Trainer`` over the config; ``logger=False``: no loggers.
     """
@@ -96,6 +96,6 @@ def build(
     )
     callbacks.append(RunInCheckpoint(OmegaConf.to_container(cfg, resolve=True), data))
     wanted = trainer_args.pop("logger", True) is not False
-    loggers = instantiate_each(cfg.get("logger"), resume_at=resume_at) if wanted else []
+    loggers = instantiate_each(cfg.get("logger"), log_position=log_position) if wanted else []
     options = {"callbacks": callbacks, "logger": loggers or False, **trainer_args}
     return Built(datamodule, module, callbacks, loggers, instantiate(cfg.trainer, **options))

@@ -9,54 +9,36 @@ target and renames instead.
 
 from __future__ import annotations
 
-import copy
 import errno
-import inspect
 import logging
 import pickle
-import re
 import shutil
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from albumentations.core.composition import BaseCompose
-from albumentations.core.transforms_interface import BasicTransform
-from hydra.utils import get_object
-from lightning import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
-from segment.config import nodes, parse_overrides
+from segment.config.names import nodes
+from segment.config.trust import CheckpointError
 from segment.files import atomic_open, sha256
-from segment.layout import RunLayout
-from segment.loggers import log_position
-from segment.record import FILE as RECORD
-from segment.record import RecordError, RunRecord, read_record
+from segment.run.layout import RunLayout
+from segment.run.record import FILE as RECORD
+from segment.run.record import RecordError, RunRecord, read_record
 
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointError",
-    "RunInCheckpoint",
-    "check_composed_targets",
-    "check_saved_overrides",
-    "check_trusted_targets",
     "find_checkpoint",
     "newest_checkpoint",
     "read_checkpoint",
     "run_of",
     "verify_checksum",
-    "without_pretrained",
 ]
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A file that is not a usable checkpoint; the message names it and says what to do."""
 
 
 Ledger = Callable[[Path, str | None, bool], None]
@@ -276,173 +258,3 @@ def find_checkpoint(path: str | Path, key: str = "ckpt_path") -> Path:
         return found
     read_checkpoint(path, key, require=("global_step",), mmap=True)
     return path
-
-
-class RunInCheckpoint(Callback):
-    """Store the run's resolved config, data fingerprint and log position in every checkpoint
-    (``config``, ``data``, ``log_position``): a resume compares the first two with its own and
-    continues the logs from the third; ``evaluate.py`` takes the data config from it."""
-
-    def __init__(self, config: dict[str, Any], data: dict[str, Any] | None = None) -> None:
-        self.config, self.data = config, data
-
-    def on_save_checkpoint(
-        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        checkpoint["config"], checkpoint["data"] = self.config, self.data
-        checkpoint["log_position"] = log_position(trainer.loggers)
-
-
-# What a checkpoint may ask to be built. Model parts: classes from these modules (checked by name
-# first, so nothing else is even imported) that are nets, losses, optimisers or LR schedulers, and
-# smp's model factory.
-# The data config (evaluate.py reads it from the checkpoint): this package's data modules and
-# albumentations transforms. Anything else in a ``_target_`` (``builtins.open``,
-# ``shutil.copyfile``) is refused at any depth.
-_ALLOWED = {
-    "model": (
-        (
-            "segment.models.",
-            "segmentation_models_pytorch.",
-            "torch.nn.",
-            "torch.optim.",
-            "torchvision.models.",
-        ),
-        (
-            nn.Module,
-            torch.optim.Optimizer,
-            torch.optim.lr_scheduler.LRScheduler,
-            torch.optim.lr_scheduler.ReduceLROnPlateau,
-        ),
-        "nets, losses, optimisers and LR schedulers of segment.models, "
-        "segmentation_models_pytorch, torch.nn, "
-        "torch.optim and torchvision.models",
-    ),
-    "data": (
-        ("segment.data.", "albumentations."),
-        (LightningDataModule, BasicTransform, BaseCompose),
-        "data modules of segment.data and albumentations transforms",
-    ),
-}
-
-
-def _trusted(target: Any, kind: str) -> bool:
-    modules, bases, _ = _ALLOWED[kind]
-    if kind == "model" and target == "segmentation_models_pytorch.create_model":
-        return True
-    if not isinstance(target, str) or not target.startswith(modules) or "__" in target:
-        return False
-    try:
-        obj = get_object(target)
-    except Exception:  # noqa: BLE001 -- not importable: not buildable either
-        return False
-    home = str(getattr(obj, "__module__", ""))
-    return (
-        isinstance(obj, type)
-        and home.startswith(tuple(m.rstrip(".") for m in modules))
-        and issubclass(obj, bases)
-    )
-
-
-def check_trusted_targets(config: Any, where: str, kind: str = "model") -> None:
-    """Refuse any ``_target_`` in ``config`` (plain containers from a checkpoint, at any depth) that
-    is not an allow-listed class of ``kind`` (``model`` or ``data``), naming it and where it was
-    found."""
-    for place, node in nodes(config, where):
-        if isinstance(node, str) and re.match(r"(hf[-_]hub:|[a-z0-9+]+://)", node, re.I):
-            raise CheckpointError(
-                f"{place}={node!r}: a checkpoint may not name a hub or a URL (building from it "
-                "would fetch); refusing it"
-            )
-        if (
-            isinstance(node, dict)
-            and node.get("_target_") is not None
-            and not _trusted(node["_target_"], kind)
-        ):
-            raise CheckpointError(
-                f"{place}: refusing to build _target_={node['_target_']!r} from a checkpoint; a "
-                f"checkpoint may only name {_ALLOWED[kind][2]}"
-            )
-
-
-# Arguments by which an allow-listed class fetches pretrained weights, and the value that fetches
-# none: smp's nets (and create_model) default to encoder_weights="imagenet", its timm encoders to
-# pretrained=True. (A checkpoint's data config never downloads: evaluate.py skips prepare_data.)
-_PRETRAINED = {"encoder_weights": None, "pretrained": False}
-
-
-def check_composed_targets(config: DictConfig, reference: DictConfig, where: str) -> None:
-    """Refuse a ``_target_`` of a composed ``config``, at any depth, that ``reference`` (the
-    project's and the command line's config) does not hold at the same place, unless it is an
-    allow-listed class of the part it lies in (``model``, ``data``)."""
-    theirs = dict(_targets(OmegaConf.to_container(reference)))
-    for place, target in _targets(OmegaConf.to_container(config)):
-        kind = place.lstrip(".").split(".")[0].split("[")[0]
-        if theirs.get(place) != target and not (kind in _ALLOWED and _trusted(target, kind)):
-            raise CheckpointError(
-                f"{where}: refusing to build _target_={target!r} at {place.lstrip('.')}: a saved "
-                "folder may only name the project's own classes there"
-            )
-
-
-def _targets(config: Any) -> Iterator[tuple[str, Any]]:
-    return (
-        (place, node["_target_"])
-        for place, node in nodes(config, "")
-        if isinstance(node, dict) and "_target_" in node
-    )
-
-
-def without_pretrained(config: Any) -> Any:
-    """A copy of ``config`` (plain containers from a checkpoint, ``_target_``s already checked) in
-    which every node, at any depth, that could fetch pretrained weights is told not to: a switch of
-    :data:`_PRETRAINED` is turned off where the node has it, and added where its ``_target_`` takes
-    it, since the class's own default fetches (smp's ``Unet`` without ``encoder_weights``)."""
-    config = copy.deepcopy(config)
-    for _, node in list(nodes(config, "")):
-        if not isinstance(node, dict):
-            continue
-        takes = _parameters(node.get("_target_"))
-        node.update({key: off for key, off in _PRETRAINED.items() if key in node or key in takes})
-    return config
-
-
-def _parameters(target: Any) -> set[str]:
-    """The argument names of a ``_target_``'s callable (none for anything not importable)."""
-    if not isinstance(target, str):
-        return set()
-    try:
-        return set(inspect.signature(get_object(target)).parameters)
-    except Exception:  # noqa: BLE001 -- not importable or no signature: it takes nothing by name
-        return set()
-
-
-def check_saved_overrides(items: list[Any], where: str) -> None:
-    """Refuse a run folder's saved overrides unless they are plain data: no interpolation, no
-    ``_args_``/``_partial_``-style key, and only allow-listed ``_target_``s under ``model`` or
-    ``data`` (anyone can append a line to ``.hydra/overrides.yaml``)."""
-    for item in items:
-        refuse = f"{where}: {str(item)!r}: a saved override may not hold "
-        parsed = parse_overrides([str(item)])  # Hydra's grammar unescapes "$\\{" to "${"
-        if "${" in str(item) or any("${" in str(n) for _, n in nodes(list(parsed.values()), "")):
-            raise CheckpointError(refuse + "interpolations or resolvers ('${...}'); refusing it")
-        for key, value in parsed.items():
-            tree: Any = value
-            for part in reversed(key.split(".")):
-                tree = {part: tree}
-            kind = key.split(".")[0]
-            specials = {
-                str(k)
-                for _, node in nodes(tree, "")
-                if isinstance(node, dict)
-                for k in node
-                if re.fullmatch(r"_\w+_", str(k))
-            }
-            if specials - {"_target_"} or (specials and kind not in _ALLOWED):
-                raise CheckpointError(
-                    refuse + f"{', '.join(sorted(specials))} (only model and "
-                    "data may name a _target_, from the allow-list). If it is yours, type it "
-                    "again: typed overrides replace saved ones"
-                )
-            if specials:
-                check_trusted_targets(tree[kind], f"{where}: {item}", kind)

@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from segment.config import config_dir, misspelt
+from segment.config.compose import config_dir, misspelt
 
 __all__ = ["evaluate", "train"]
 
@@ -58,7 +58,7 @@ def _refusing(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
 
 def _refusals() -> tuple[type[BaseException], ...]:
     """The errors whose message is the whole answer (imported only once one is raised)."""
-    from segment.runfolder import REFUSALS
+    from segment.run.decision import REFUSALS
 
     return REFUSALS
 

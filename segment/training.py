@@ -11,14 +11,16 @@ from lightning.pytorch.callbacks import Timer
 from omegaconf import DictConfig, OmegaConf
 
 from segment.build import Built, build, build_callbacks, build_data
-from segment.checkpoints import without_pretrained
-from segment.config import print_config_tree, sweep_dir
+from segment.config.compose import print_config_tree
+from segment.config.names import sweep_dir
+from segment.config.schema import validate
+from segment.config.trust import without_pretrained
 from segment.data.sampling import data_order
 from segment.device.precision import machine, resolve_precision
 from segment.models.weights import WeightsRecord
-from segment.record import versions
-from segment.runfolder import RunFolder, follows_length
-from segment.schema import validate
+from segment.run.folder import RunFolder
+from segment.run.record import versions
+from segment.run.resume import follows_length
 
 __all__ = ["train"]
 
@@ -33,7 +35,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ``test_after_fit``).
     """
     with RunFolder(cfg).claim() as run:
-        cfg, chosen, resume_at = _configure(run, cfg)
+        cfg = run.own_config(cfg)  # a continued run's own: its saved overrides, then the typed
+        cfg, chosen = _with_precision(cfg)
+        validate(cfg)
+        log_position = run.check_resume(cfg)  # the checkpoint's log position; None: a fresh start
         choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
         callbacks = build_callbacks(cfg, run.overrides, choices)  # their checks before the data
         datamodule = build_data(cfg, prepare=not run.decision.own_config)
@@ -51,7 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             _fetching_none(cfg) if continuing else cfg,
             datamodule,
             callbacks=callbacks,
-            resume_at=resume_at,
+            log_position=log_position,
             data=fingerprint,
         )
         if continuing and run.record.encoder_weights_used:
@@ -95,17 +100,14 @@ def _recorded(cfg: DictConfig, built: Built, fingerprint: dict) -> dict:
     }
 
 
-def _configure(run: RunFolder, cfg: DictConfig) -> tuple[DictConfig, dict, dict | None]:
-    """The attempt's config (a continued run's own: its saved overrides), its precision measured
-    or as given (the saved config says what ran), validated, and checked against the checkpoint
-    it continues from (whose log position is returned)."""
-    cfg = run.own_config(cfg)
+def _with_precision(cfg: DictConfig) -> tuple[DictConfig, dict]:
+    """``cfg`` with ``trainer.precision`` measured (``auto``) or as given (a continued run's saved
+    config says what ran), and what was chosen."""
     precision, chosen = resolve_precision(
         cfg.trainer.precision, cfg.trainer.accelerator, sweep_dir()
     )
     cfg.trainer.precision = precision
-    validate(cfg)
-    return cfg, chosen, run.check_resume(cfg)
+    return cfg, chosen
 
 
 def _test(built: Built) -> dict[str, float]:
@@ -133,18 +135,10 @@ def summary(cfg: DictConfig, run: RunFolder, built: Built, metrics: dict[str, fl
         *(f"  {name:14s} {metrics[name]:.4f}" for name in names if name in metrics),
         f"  best checkpoint: {best or 'none kept'}",
     ]
-    logging = {type(logger).__name__ for logger in trainer.loggers}  # debug=fdr: none at all
-    for logger in (cfg.get("logger") or {}).values():
-        kind = str(logger.get("_target_")).rsplit(".", 1)[-1]
-        if kind not in logging:
-            continue
-        if kind == "TensorBoardLogger":
-            lines.append(f"  dashboards:      tensorboard --logdir {path}")
-        elif kind == "MLFlowLogger":
-            uri = shlex.quote(str(logger.get("tracking_uri")))
-            lines.append(f"  dashboards:      mlflow ui --backend-store-uri {uri}")
-        elif kind == "WandbLogger":
-            lines.append(f"  dashboards:      wandb sync {shlex.quote(str(logger.save_dir))}/wandb")
+    for logger in trainer.loggers:  # each logger's own command (segment.run.loggers)
+        viewer = getattr(logger, "viewer", None)
+        if callable(viewer) and (command := viewer(run.path)):
+            lines.append(f"  dashboards:      {command}")
     if best:
         lines.append(f"  evaluate:        segment-evaluate ckpt_path={shlex.quote(best)}")
     if best and (trainer.max_epochs or 0) > 0 and not follows_length(cfg):

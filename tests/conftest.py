@@ -19,7 +19,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-import segment.config  # noqa: F401  (registers config resolvers)
+import segment.config.compose  # noqa: F401  (registers config resolvers)
 from segment.files import cache_root
 from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SMP, TINY_SYNTHETIC
 

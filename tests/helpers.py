@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning import Callback
+from lightning.pytorch.loggers import Logger
 from torch import nn
 
 from segment.checkpoints import AtomicCheckpointIO
@@ -443,3 +444,46 @@ class FailAt(Callback):
             for logger in trainer.loggers:
                 logger.save()
             self._fail(trainer, "validation_end")
+
+
+class NotebookLogger(Logger):
+    """A logger added in one module, as a user adds one: Lightning's interface plus the project's
+    (segment.run.loggers), each call noted as a line of ``<save_dir>/notebook/notes.jsonl``."""
+
+    def __init__(self, save_dir: str) -> None:
+        super().__init__()
+        self.folder = Path(save_dir) / "notebook"
+
+    @property
+    def name(self) -> str:
+        return "notebook"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def _note(self, kind: str, **values) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with (self.folder / "notes.jsonl").open("a") as notes:
+            notes.write(json.dumps({"kind": kind, **values}, default=str) + "\n")
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self._note("hyperparams", keys=sorted(params))
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self._note("metrics", keys=sorted(metrics), step=step)
+
+    def log_masks(self, tag, sheet, step, masks) -> None:
+        self._note("masks", tag=tag, shape=list(sheet.shape), classes=list(masks[3]), step=step)
+
+    def log_run(self, params, columns, swept, config, tags) -> None:
+        self._note("run", params=sorted(params), columns=list(columns), tags=list(tags))
+
+    def log_scores(self, scores, step) -> None:
+        self._note("scores", scores=sorted(scores), step=step)
+
+    def viewer(self, run: Path) -> str:
+        return f"cat {self.folder / 'notes.jsonl'}"
+
+    def results(self, run: Path) -> list[Path]:
+        return [self.folder]

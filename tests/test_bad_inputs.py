@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from segment.runfolder import RunFolderError
+from segment.run.decision import RunFolderError
 from segment.training import train
 from tests.layouts import H, W, write_camvid, write_image, write_mask
 
@@ -496,7 +496,7 @@ def test_a_gpu_trainer_without_a_gpu_and_evaluate_without_a_checkpoint_are_said_
     import torch
     from hydra import compose, initialize_config_dir
 
-    from segment.config import config_dir
+    from segment.config.compose import config_dir
     from segment.evaluation import run
 
     if not torch.cuda.is_available():

@@ -24,15 +24,15 @@ from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
 from segment.checkpoints import (
     AtomicCheckpointIO,
     CheckpointError,
-    check_trusted_targets,
     newest_checkpoint,
     read_checkpoint,
     verify_checksum,
 )
+from segment.config.trust import check_trusted_targets
 from segment.evaluation import load_checkpoint
 from segment.files import sha256
 from segment.models import SegmentationModule
-from segment.record import RunRecord, read_record, write_record
+from segment.run.record import RunRecord, read_record, write_record
 from tests.helpers import REPO, run_script
 
 # Save once, then save again and die at the most exposed moment of the second save: during a

@@ -28,7 +28,7 @@ import pytest
 from segment.analysis.runs import Run, load_runs
 from segment.analysis.study import Study
 from segment.analysis.thresholds import Threshold
-from segment.record import RunRecord
+from segment.run.record import RunRecord
 
 COMMITTED = Path(__file__).resolve().parents[1] / "docs" / "results" / "camvid_study"
 RATES = (1e-4, 3e-4, 1e-3, 3e-3)

@@ -115,9 +115,8 @@ def test_weights_and_biases_gets_masks_as_overlays_with_class_labels(
     monkeypatch, tmp_path: Path
 ) -> None:
     import wandb  # the dev extra installs it: a missing logger fails here rather than skipping
-    from lightning.pytorch.loggers import WandbLogger
 
-    from segment.callbacks.mask_images import log_image
+    from segment.run.loggers.wandb import WandbLogger
 
     logged = []
 
@@ -128,8 +127,7 @@ def test_weights_and_biases_gets_masks_as_overlays_with_class_labels(
     monkeypatch.setattr(WandbLogger, "experiment", property(lambda self: Run()))
     images = np.zeros((2, 8, 8, 3), np.uint8)
     truths = np.zeros((2, 8, 8), np.int64)
-    log_image(
-        object.__new__(WandbLogger),
+    object.__new__(WandbLogger).log_masks(
         "val/masks",
         np.zeros((8, 24, 3), np.uint8),
         5,
@@ -217,3 +215,30 @@ def test_the_config_tree_is_printed_when_training_starts(make_cfg, capsys) -> No
     assert (
         "config" in out and "├── data" in out and "└── " in out and "_target_: segment.data" in out
     )
+
+
+def test_a_logger_added_in_one_module_gets_the_masks_the_run_its_scores_and_its_folder(
+    hydra_train, tmp_path: Path, caplog
+) -> None:
+    """tests.helpers.NotebookLogger and one override: no other file of the project names it. It
+    gets the mask panel, the run's hyperparameters with its columns and tags, the final and best
+    scores, its line in the summary, and its folder moved aside with the run when it is
+    replaced."""
+    notebook = [
+        "+logger.notebook._target_=tests.helpers.NotebookLogger",
+        "+logger.notebook.save_dir=${paths.output_dir}",
+        "tags=[tiny]",
+    ]
+    run = tmp_path / "run"
+    with caplog.at_level("INFO", logger="segment.training"):
+        hydra_train(*notebook)
+    written = (run / "notebook" / "notes.jsonl").read_text()
+    notes = [json.loads(line) for line in written.splitlines()]
+    kinds = {note["kind"]: note for note in notes}
+    assert kinds["masks"]["tag"] == "val/masks" and kinds["masks"]["classes"]
+    assert "final/val/loss" in kinds["run"]["columns"] and kinds["run"]["tags"] == ["tiny"]
+    assert {"final/val/loss", "best/val/miou"} <= set(kinds["scores"]["scores"])
+    assert f"dashboards:      cat {run / 'notebook' / 'notes.jsonl'}" in caplog.text
+    hydra_train(*notebook, "overwrite=true")
+    [archived] = (run / "archive").iterdir()
+    assert (archived / "notebook" / "notes.jsonl").read_text() == written

@@ -113,7 +113,8 @@ def test_an_image_rewritten_at_its_old_size_refuses_the_continuation(
     """The fingerprint hashed every image's size, not its bytes: other pixels at the same size
     passed, and ``ckpt_path=last`` continued (``skip_completed`` skipped) on other images. A record
     from before the ``images`` key still verifies on the keys it has."""
-    from segment.runfolder import RunFolderError, check_same_data
+    from segment.run.decision import RunFolderError
+    from segment.run.folder import check_same_data
     from tests.layouts import write_camvid
 
     overrides = write_camvid(tmp_path / "camvid")

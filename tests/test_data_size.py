@@ -13,8 +13,9 @@ import pytest
 from hydra.utils import instantiate
 
 from segment.analysis import load_runs
-from segment.runfolder import RunFolderError, check_same_data
-from segment.schema import ConfigError
+from segment.config.schema import ConfigError
+from segment.run.decision import RunFolderError
+from segment.run.folder import check_same_data
 from tests.helpers import NO_CHECKPOINTS, run_script, sweep_jobs
 
 # A training split of 24 scenes, 4 for validation.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from segment.record import Attempt, RunRecord
-from segment.runfolder import Asked, decide, refusal
+from segment.run.decision import Asked, decide, refusal
+from segment.run.record import Attempt, RunRecord
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 HEADER = "| record | results on disk | asked | checkpoint found | the attempt |"

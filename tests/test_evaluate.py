@@ -326,9 +326,12 @@ def test_predict_refuses_two_inputs_with_one_name(trained: Path, tmp_path: Path)
 
 
 def test_the_mask_panel_goes_to_every_logger_that_takes_images(monkeypatch) -> None:
-    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
-
-    from segment.callbacks.mask_images import log_image
+    """Each of the project's loggers that takes images logs the panel through its own API; the
+    callback picks them by the method alone (a CSV log takes none)."""
+    from segment.run.loggers.csv_logs import CSVLogger
+    from segment.run.loggers.mlflow import MLFlowLogger
+    from segment.run.loggers.tensorboard import TensorBoardLogger
+    from segment.run.loggers.wandb import WandbLogger
 
     calls = []
     image = np.zeros((4, 6, 3), np.uint8)
@@ -340,19 +343,21 @@ def test_the_mask_panel_goes_to_every_logger_that_takes_images(monkeypatch) -> N
         def log_image(self, run_id, img, key, step):  # MLflow's client
             calls.append(("mlflow", run_id, key, step))
 
-    monkeypatch.setattr(TensorBoardLogger, "experiment", property(lambda self: Experiment()))
-    monkeypatch.setattr(MLFlowLogger, "experiment", property(lambda self: Experiment()))
+        def log(self, data):  # a W&B run
+            calls.append(("wandb", sorted(data), data["trainer/global_step"]))
+
+    for kind in (TensorBoardLogger, MLFlowLogger, WandbLogger):
+        monkeypatch.setattr(kind, "experiment", property(lambda self: Experiment()))
     monkeypatch.setattr(MLFlowLogger, "run_id", property(lambda self: "run-1"))
-    monkeypatch.setattr(
-        WandbLogger, "log_image", lambda self, key, images, step: calls.append(("wandb", key, step))
-    )
+    masks = (image[None], image[None, ..., 0], image[None, ..., 0], ["road"])
     for kind in (TensorBoardLogger, WandbLogger, MLFlowLogger):
-        log_image(object.__new__(kind), "val/masks", image, 7)
+        object.__new__(kind).log_masks("val/masks", image, 7, masks)
     assert calls == [
         ("tensorboard", "val/masks", (4, 6, 3), 7, "HWC"),
-        ("wandb", "val/masks", 7),
+        ("wandb", ["trainer/global_step", "val/masks"], 7),
         ("mlflow", "run-1", "val_masks", 7),
     ]
+    assert not hasattr(CSVLogger, "log_masks")
 
 
 class _CountingModule(torch.nn.Module):

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from segment.runfolder import REFUSALS
+from segment.run.decision import REFUSALS
 
 FAST = ["model=unet_lab", "trainer.max_epochs=1", "scheduler=constant"]
 # The attempts a user makes on a folder: continue it, skip it as completed, replace it, or reuse it.

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from segment.checkpoints import CheckpointError
-from segment.runfolder import RunFolderError
+from segment.run.decision import RunFolderError
 from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 from tests.layouts import stripes, write_camvid, write_image, write_mask
 
@@ -495,7 +495,7 @@ def test_a_log_cut_short_before_the_checkpoint_is_refused_naming_the_line(tmp_pa
     """(p) A kill while Lightning rewrote the whole log in place (a new column) left it cut short
     inside the rows the checkpoint counted: the cut row was kept, its values and those of the rows
     after it lost without a word."""
-    from segment.loggers import CSVLogger
+    from segment.run.loggers.csv_logs import CSVLogger
 
     folder = tmp_path / "csv" / "version_0"
     folder.mkdir(parents=True)
@@ -506,7 +506,7 @@ def test_a_log_cut_short_before_the_checkpoint_is_refused_naming_the_line(tmp_pa
             save_dir=str(tmp_path),
             name="csv",
             version="version_0",
-            resume_at={"rows": 5, "step": 4, "global_step": 5},
+            log_position={"rows": 5, "step": 4, "global_step": 5},
         )
     assert (folder / "metrics.csv").read_bytes() == text  # untouched
 
@@ -514,7 +514,7 @@ def test_a_log_cut_short_before_the_checkpoint_is_refused_naming_the_line(tmp_pa
 def test_a_kill_while_the_log_gains_a_column_keeps_its_rows(tmp_path: Path, monkeypatch) -> None:
     """(q) Lightning rewrites metrics.csv when a column appears (train/loss after an epoch's first
     validations), in place: a kill during the rewrite left it cut short, rows lost."""
-    from segment.loggers import CSVLogger
+    from segment.run.loggers.csv_logs import CSVLogger
 
     class Killed(BaseException):
         pass

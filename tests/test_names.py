@@ -7,7 +7,7 @@ import glob
 import re
 from pathlib import Path
 
-from segment.config import job_name, parse_overrides
+from segment.config.names import job_name, parse_overrides
 
 STUDY = [
     "data=camvid",
@@ -88,8 +88,8 @@ def test_a_sweep_over_two_data_roots_sends_each_job_to_its_own_folder(
 ) -> None:
     """``data.root=/a/camvid,/b/camvid``: the second job's folder did not exist yet, and the lookup
     of older names, blind to data.root, sent the job to the first one's folder, which refused it."""
-    from segment import config
-    from segment.record import Attempt, RunRecord, write_record
+    from segment.config import names as config
+    from segment.run.record import Attempt, RunRecord, write_record
 
     monkeypatch.setattr(config, "sweep_dir", lambda: str(tmp_path))
     swept = {"data.root"}

@@ -98,7 +98,7 @@ def test_the_config_alone_tells_the_input_multiple_of_the_net_it_builds(config: 
     say what the built net says."""
     from hydra.utils import instantiate
 
-    from segment.schema import input_multiple
+    from segment.config.schema import input_multiple
 
     smp = config["_target_"].startswith("segmentation_models_pytorch")
     net = instantiate({**config, "classes": 3, **({"encoder_weights": None} if smp else {})})

@@ -117,7 +117,11 @@ def test_the_wheel_ships_the_config_tree(tmp_path: Path) -> None:
         capture_output=True,
     )
     found = subprocess.run(
-        [sys.executable, "-c", "from segment.config import config_dir; print(config_dir())"],
+        [
+            sys.executable,
+            "-c",
+            "from segment.config.compose import config_dir; print(config_dir())",
+        ],
         cwd=tmp_path,
         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
         check=True,
@@ -158,8 +162,8 @@ def test_printing_the_config_writes_nothing_and_measures_nothing(tmp_path: Path)
 
 def test_the_report_needs_no_lightning_and_the_schema_no_nets() -> None:
     """Two layering rules: writing a report imports no Lightning (the threshold rule lives in
-    segment.analysis, the layout in segment.layout), and the config checks import nothing of
-    segment.models (one signature checker, in segment.schema)."""
+    segment.analysis, the layout in segment.run.layout), and the config checks import nothing of
+    segment.models (one signature checker, in segment.config.schema)."""
     code = (
         "import sys, segment.analysis.report, segment.analysis.export; print(sorted(m for m in "
         "sys.modules if m.split('.')[0] == 'lightning'))"
@@ -169,7 +173,8 @@ def test_the_report_needs_no_lightning_and_the_schema_no_nets() -> None:
     )
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
     code = (
-        "import sys, segment.schema; print(sorted(m for m in sys.modules if 'segment.models' in m))"
+        "import sys, segment.config.schema; "
+        "print(sorted(m for m in sys.modules if 'segment.models' in m))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120

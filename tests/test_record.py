@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from segment.record import RecordError, RunRecord, read_record, write_record
-from segment.runfolder import RunFolderError
+from segment.run.decision import RunFolderError
+from segment.run.record import RecordError, RunRecord, read_record, write_record
 from tests.helpers import REPO
 
 FAST = ["model=unet_lab", "trainer.max_epochs=1", "scheduler=constant"]
@@ -99,13 +99,13 @@ def test_a_skipped_attempt_is_recorded_and_changes_nothing_else(
 
 
 def test_reading_a_record_loads_no_heavy_library(tmp_path: Path) -> None:
-    """The report and the run folder read records: importing segment.record used to load Hydra,
+    """The report and the run folder read records: importing the record used to load Hydra,
     rich, OpenCV (and through them numpy) via the package's __init__ and segment.files; reading
     one (its layout checked) loads no OmegaConf either."""
     (tmp_path / "run.json").write_text('{"schema": 2, "status": "completed"}')
     code = (
-        "import segment.record, segment.layout, sys; "
-        f"segment.record.read_record({str(tmp_path)!r}); "
+        "import segment.run.record, segment.run.layout, sys; "
+        f"segment.run.record.read_record({str(tmp_path)!r}); "
         "print(sorted(m for m in sys.modules "
         "if m.split('.')[0] in {'cv2', 'hydra', 'rich', 'torch', 'omegaconf'}))"
     )

@@ -17,9 +17,10 @@ import torch
 import yaml
 from filelock import FileLock
 
-from segment.layout import RunLayout
-from segment.record import RecordError, read_record
-from segment.runfolder import RunFolderError, archive
+from segment.run.decision import RunFolderError
+from segment.run.folder import archive
+from segment.run.layout import RunLayout
+from segment.run.record import RecordError, read_record
 from segment.training import train
 from tests.helpers import REPO, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
 from tests.layouts import stripes, write_camvid, write_image, write_mask
@@ -339,7 +340,7 @@ def test_a_damaged_run_record_is_named_with_the_fix_and_left_as_it_is(
 
 
 def test_a_non_numeric_step_in_metrics_csv_is_named_with_its_line(tmp_path: Path) -> None:
-    from segment.loggers import CSVLogger
+    from segment.run.loggers.csv_logs import CSVLogger
 
     folder = tmp_path / "csv" / "version_0"
     folder.mkdir(parents=True)
@@ -347,7 +348,7 @@ def test_a_non_numeric_step_in_metrics_csv_is_named_with_its_line(tmp_path: Path
     with pytest.raises(
         ValueError, match=r"metrics.csv, line 3: step='six' is not a number; correct or delete"
     ):
-        CSVLogger(save_dir=str(tmp_path), name="csv", version="version_0", resume_at={"step": 5})
+        CSVLogger(save_dir=str(tmp_path), name="csv", version="version_0", log_position={"step": 5})
     assert (folder / "metrics.csv").read_text().endswith("0,six,1.2\n")  # untouched
 
 

@@ -18,7 +18,7 @@ from segment.analysis.size_tables import section
 from segment.analysis.stats import Estimate, mean_difference, mean_interval, size_trend
 from segment.analysis.study import Study
 from segment.analysis.thresholds import Threshold
-from segment.record import RunRecord
+from segment.run.record import RunRecord
 
 SPEC = {
     "comparisons": {

@@ -23,7 +23,7 @@ from segment.analysis.report import main as report_main
 from segment.analysis.stats import Cell, compare, seeds_needed, tuned
 from segment.analysis.tables import p_text, protocol_section, ratio, seconds_runs, units_table
 from segment.analysis.thresholds import Threshold
-from segment.record import Attempt
+from segment.run.record import Attempt
 from tests.helpers import NO_CHECKPOINTS, TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 # A module-scoped fixture trains once for this file: pytest-xdist keeps the file on one worker.

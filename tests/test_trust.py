@@ -92,7 +92,7 @@ def test_a_run_folder_given_as_ckpt_path_names_the_command_that_continues_it(
     hydra_train, tmp_path: Path
 ) -> None:
     """It used to tell the user to drop overrides they never typed (the other run's)."""
-    from segment.runfolder import RunFolderError
+    from segment.run.decision import RunFolderError
 
     hydra_train(*FAST, "model.optimizer.lr=0.01")
     run = tmp_path / "run"
@@ -103,7 +103,7 @@ def test_a_run_folder_given_as_ckpt_path_names_the_command_that_continues_it(
 
 def test_a_link_out_of_the_run_folder_refuses_it_as_it_is(hydra_train, tmp_path: Path) -> None:
     """A continued run used to write its config, checkpoints and logs through linked parts."""
-    from segment.runfolder import RunFolderError
+    from segment.run.decision import RunFolderError
 
     hydra_train(*FAST)
     run, outside = tmp_path / "run", tmp_path / "outside"
@@ -153,7 +153,7 @@ def test_export_and_the_report_resolve_nothing_from_a_run_s_files(tmp_path: Path
 
 def test_a_checkpoint_naming_a_hub_or_a_url_is_refused() -> None:
     """An allow-listed timm encoder named "hf-hub:..." fetched its config even without weights."""
-    from segment.checkpoints import check_trusted_targets
+    from segment.config.trust import check_trusted_targets
 
     for name in ("hf-hub:timm/resnet18.a1_in1k", "https://example.org/x.pth"):
         net = {

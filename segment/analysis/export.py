@@ -24,7 +24,7 @@ from typing import Any
 from segment.analysis.runs import Run, load_runs, plain_yaml
 from segment.analysis.study import Study
 from segment.files import write_atomic
-from segment.layout import RunLayout
+from segment.run.layout import RunLayout
 
 __all__ = ["export", "roles"]
 

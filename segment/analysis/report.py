@@ -24,7 +24,7 @@ from segment.analysis.study import Study
 from segment.data.labels import CAMVID_INFO, CITYSCAPES_INFO, KITTI_ROAD_INFO, DatasetInfo
 from segment.data.synthetic import SYNTHETIC_INFO
 from segment.files import write_atomic
-from segment.layout import RunLayout
+from segment.run.layout import RunLayout
 
 __all__ = ["main", "write_report"]
 

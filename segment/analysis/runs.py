@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 
 from segment.analysis.thresholds import Crossing, Threshold, first_crossing
-from segment.config import identity, value_text
-from segment.layout import RunLayout
-from segment.record import RunRecord, read_record
+from segment.config.names import identity, value_text
+from segment.run.layout import RunLayout
+from segment.run.record import RunRecord, read_record
 
 __all__ = ["Crossing", "Run", "load_run", "load_runs"]
 

@@ -22,7 +22,7 @@ from segment.analysis.runs import Run
 from segment.analysis.stats import Estimate, Trend, mean_difference, mean_interval, size_trend
 from segment.analysis.study import Comparison, Study, matches, order_key, resolution
 from segment.analysis.thresholds import Threshold
-from segment.config import value_text
+from segment.config.names import value_text
 
 __all__ = [
     "EARLY_EPOCHS",

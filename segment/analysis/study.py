@@ -22,7 +22,7 @@ import numpy as np
 from segment.analysis.runs import Run
 from segment.analysis.stats import Cell, Estimate, compare, tuned
 from segment.analysis.thresholds import Crossing, Threshold
-from segment.config import short_names, value_text
+from segment.config.names import short_names, value_text
 from segment.data.labels import THIN_CLASSES
 
 __all__ = ["Arm", "Comparison", "Study", "TunedComparison", "matches", "order_key", "resolution"]

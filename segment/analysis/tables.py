@@ -13,7 +13,7 @@ from segment.analysis.runs import Run
 from segment.analysis.stats import MAX_SEEDS, Estimate, mean_std
 from segment.analysis.study import Comparison, Study, TunedComparison
 from segment.analysis.thresholds import Threshold
-from segment.config import value_text
+from segment.config.names import value_text
 
 __all__ = [
     "answer",

@@ -1,22 +1,17 @@
-"""TensorBoard's HPARAMS table (and the other loggers' hyperparameters): what a sweep varies, and
-how runs did."""
+"""The run's hyperparameters and scores for every logger (TensorBoard's HPARAMS table first): what
+a sweep varies, and how runs did."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from tensorboard.plugins.hparams import plugin_data_pb2
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from segment.callbacks.thresholds import ThresholdTracker
-from segment.config import identity, ordered, short_names, swept_keys, value_text
+from segment.config.names import identity, ordered, short_names, swept_keys, value_text
 
 __all__ = ["HyperparameterTable", "hyperparameters"]
 
@@ -108,18 +103,10 @@ class HyperparameterTable(Callback):
             for t in cb.thresholds
         ]
         summary = [f"{kind}/{name}" for name in self.metrics for kind in ("final", "best")]
-        config = yaml.safe_load(self.config) or {}
-        tags = list(config.get("tags") or [])
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):  # its table lists only declared metrics
-                _write_experiment(logger, params, [*summary, *levels], self.swept)
-                logger.log_hyperparams(params)
-            elif isinstance(logger, MLFlowLogger):
-                logger.log_hyperparams({k: v for k, v in params.items() if k != "tags"})
-                _mlflow_extras(logger, self.config, tags)
-            elif isinstance(logger, WandbLogger):
-                logger.log_hyperparams(params)
-                logger.experiment.config.update({"config": config}, allow_val_change=True)
+        tags = list((yaml.safe_load(self.config) or {}).get("tags") or [])
+        for logger in trainer.loggers:  # a logger's own view of the run (segment.run.loggers)
+            if callable(getattr(logger, "log_run", None)):
+                logger.log_run(params, [*summary, *levels], self.swept, self.config, tags)
             else:
                 logger.log_hyperparams(params)
 
@@ -137,45 +124,7 @@ class HyperparameterTable(Callback):
         scores = {f"final/{name}": value for name, value in self.final.items()}
         scores |= {f"best/{name}": value for name, value in self.best.items()}
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                _write_summary(logger, scores, trainer.global_step)
+            if callable(getattr(logger, "log_scores", None)):
+                logger.log_scores(scores, trainer.global_step)
             elif scores:
                 logger.log_metrics(scores, step=trainer.global_step)
-
-
-@rank_zero_only
-def _write_summary(logger: TensorBoardLogger, scores: dict[str, float], step: int) -> None:
-    """The final and best scores, once, in the run's own event file (the HPARAMS table reads them
-    there): one TensorBoard run per job."""
-    for name, value in scores.items():
-        logger.experiment.add_scalar(name, value, step)
-    logger.experiment.flush()
-
-
-@rank_zero_only
-def _mlflow_extras(logger: MLFlowLogger, config: str, tags: list[str]) -> None:
-    """The resolved config as an artifact (``config.yaml``) and the run's tags as MLflow tags."""
-    client, run = logger.experiment, logger.run_id
-    client.log_text(run, config, "config.yaml")
-    for tag in tags:
-        client.set_tag(run, str(tag), "")
-
-
-@rank_zero_only  # other DDP ranks have no event writer (as for Lightning's log_hyperparams)
-def _write_experiment(
-    logger: TensorBoardLogger, params: dict[str, Any], metrics: Sequence[str], swept: Sequence[str]
-) -> None:
-    """The HPARAMS tab's column list, the swept keys marked as ``differs``: TensorBoard (2.21)
-    orders the columns by ``differs``, then by name, and shows the first ones; unmarked,
-    ``batch_size`` and ``data`` came before ``model`` and ``seed``. Lightning writes these
-    summaries only with metrics, which it also logs as a point at step 0; the file writer is
-    Lightning's private API, as Lightning itself uses it to write the same summaries."""
-    experiment, start, end = hparams_summary(params, dict.fromkeys(metrics, math.nan))
-    value = experiment.value[0]
-    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    for info in data.experiment.hparam_infos:
-        info.differs = info.name in swept
-    value.metadata.plugin_data.content = data.SerializeToString()
-    writer = logger.experiment._get_file_writer()
-    for summary in (experiment, start, end):  # Lightning writes them only with metrics (at step 0)
-        writer.add_summary(summary)

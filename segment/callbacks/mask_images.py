@@ -1,16 +1,16 @@
-"""Input / ground truth / prediction for fixed validation images: in TensorBoard and on disk."""
+"""Input / ground truth / prediction for fixed validation images: to the loggers and on disk."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.utilities.seed import isolate_rng
 
 from segment.data.labels import annotated, colorize
 from segment.files import write_png
-from segment.layout import RunLayout
+from segment.run.layout import RunLayout
 
 __all__ = ["MaskImageLogger", "MaskSnapshots"]
 
@@ -37,45 +37,6 @@ def predict_fixed(
     with torch.no_grad(), trainer.precision_plugin.forward_context():
         predictions = pl_module(images.to(pl_module.device)).argmax(dim=1).cpu().numpy()
     return images.permute(0, 2, 3, 1).numpy().astype(np.uint8), truths, predictions
-
-
-# The loggers that take images, each through its own API.
-_IMAGE_LOGGERS = (TensorBoardLogger, WandbLogger, MLFlowLogger)
-
-
-def log_image(
-    logger: Logger, tag: str, image: np.ndarray, step: int, masks: tuple | None = None
-) -> None:
-    """Log an ``(H, W, 3)`` uint8 image to TensorBoard, Weights & Biases or MLflow.
-
-    ``masks`` (``images, truths, predictions, class_names``): Weights & Biases gets each image with
-    its truth and prediction as interactive overlays with class labels instead.
-    """
-    if isinstance(logger, TensorBoardLogger):
-        logger.experiment.add_image(tag, image, global_step=step, dataformats="HWC")
-    elif isinstance(logger, WandbLogger) and masks is not None:
-        import wandb  # noqa: PLC0415 -- the optional extra, present whenever a WandbLogger is
-
-        images, truths, predictions, names = masks
-        labels = dict(enumerate(names))
-        overlays = [
-            wandb.Image(
-                picture,
-                masks={
-                    "prediction": {"mask_data": pred, "class_labels": labels},
-                    "truth": {"mask_data": truth, "class_labels": labels},
-                },
-            )
-            for picture, truth, pred in zip(images, truths, predictions, strict=True)
-        ]
-        logger.experiment.log({tag: overlays, "trainer/global_step": step})
-    elif isinstance(logger, WandbLogger):
-        logger.log_image(key=tag, images=[image], step=step)
-    elif isinstance(logger, MLFlowLogger):
-        logger.experiment.log_image(logger.run_id, image, key=tag.replace("/", "_"), step=step)
-    else:
-        names = [kind.__name__ for kind in _IMAGE_LOGGERS]
-        raise TypeError(f"{type(logger).__name__} takes no images; log to one of {names}")
 
 
 class MaskImageLogger(Callback):
@@ -105,7 +66,12 @@ class MaskImageLogger(Callback):
         due = (
             epoch == 0 or (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs
         )
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, _IMAGE_LOGGERS)]
+        # the loggers that take images, each through its own API (segment.run.loggers)
+        loggers = [
+            lg
+            for lg in trainer.loggers
+            if callable(getattr(lg, "log_masks", None)) and not isinstance(lg, DummyLogger)
+        ]  # fast_dev_run's DummyLogger answers any name
         if trainer.sanity_checking or not due or not loggers or not trainer.is_global_zero:
             return
         images, truths, predictions = predict_fixed(trainer, pl_module, self.num_images)
@@ -119,14 +85,9 @@ class MaskImageLogger(Callback):
         sheet = annotated(
             np.concatenate(rows), ["input", "truth", "prediction"], info.class_names, info.palette
         )
+        masks = (images, truths, predictions, info.class_names)
         for logger in loggers:
-            log_image(
-                logger,
-                "val/masks",
-                sheet,
-                trainer.global_step,
-                (images, truths, predictions, info.class_names),
-            )
+            logger.log_masks("val/masks", sheet, trainer.global_step, masks)
 
 
 class MaskSnapshots(Callback):

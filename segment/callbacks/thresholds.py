@@ -17,7 +17,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 
 from segment.analysis.thresholds import LOSS_METRICS, Threshold, first_crossing
 from segment.files import write_atomic
-from segment.layout import RunLayout
+from segment.run.layout import RunLayout
 
 __all__ = ["ThresholdTracker"]
 

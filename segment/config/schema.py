@@ -1,12 +1,12 @@
 """Config validation before anything is built: each ``_target_`` node against its target's
 signature.
 
-The top level is :class:`segment.config.TrainSchema` (checked by Hydra while composing). The nodes
-with a ``_target_`` are checked here against the parameters of the class they name, which are their
-real schema. Kept rather than left to the libraries because the messages are better: a misspelt key
-is named with its config path and the closest allowed names (a class raises ``TypeError: unexpected
-keyword`` without the path, smp encoders drop unknown keys silently), a wrong type with the expected
-one, before any weights load.
+The top level is :class:`segment.config.compose.TrainSchema` (checked by Hydra while composing).
+The nodes with a ``_target_`` are checked here against the parameters of the class they name,
+which are their real schema. Kept rather than left to the libraries because the messages are
+better: a misspelt key is named with its config path and the closest allowed names (a class raises
+``TypeError: unexpected keyword`` without the path, smp encoders drop unknown keys silently), a
+wrong type with the expected one, before any weights load.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from segment.config import did_you_mean
+from segment.config.names import did_you_mean, nodes
 
 __all__ = ["ConfigError", "validate"]
 
@@ -53,8 +53,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data", "model", "trainer"):
         if key not in cfg or cfg[key] is None:
             raise ConfigError(f"{key}: missing; choose one with {key}=<name> (see conf/{key}/)")
-    for path, node in _target_nodes(cfg):
-        _check_node(path, node)
+    raw = OmegaConf.to_container(cfg)  # unresolved: interpolations and ??? stay as they are
+    for path, node in nodes({k: v for k, v in raw.items() if k != "hydra"}):
+        if isinstance(node, dict) and "_target_" in node:
+            _check_node(path, node)
     if "classes" in (cfg.model.get("net") or {}):
         raise ConfigError(
             "model.net.classes: the number of classes comes from the dataset (its class names); "
@@ -142,18 +144,6 @@ def _check_input_size(cfg: DictConfig) -> None:
         )
 
 
-def _target_nodes(node: Any, path: str = "") -> typing.Iterator[tuple[str, DictConfig]]:
-    if isinstance(node, DictConfig):
-        if "_target_" in node:
-            yield path, node
-        for key in node:
-            if key != "hydra":
-                yield from _target_nodes(node._get_node(key), f"{path}.{key}" if path else str(key))
-    elif isinstance(node, ListConfig):
-        for i, item in enumerate(node):
-            yield from _target_nodes(item, f"{path}[{i}]")
-
-
 def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]] | None:
     """Named parameters and type hints of a callable; for a class, of the ``__init__`` chain along
     which this package's classes forward ``**kwargs`` to their base. None where it takes
@@ -209,10 +199,10 @@ def _takes_kwargs(function: Any) -> bool:
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-def _target(path: str, node: DictConfig) -> Any:
+def _target(path: str, node: dict[str, Any]) -> Any:
     """What a node's ``_target_`` names (for ``smp.create_model``: the architecture ``arch``
     names, whose keys the node gives)."""
-    target = node._target_
+    target = node["_target_"]
     try:
         obj = get_object(target)
     except Exception as error:
@@ -230,8 +220,8 @@ def _target(path: str, node: DictConfig) -> Any:
     return names[arch]
 
 
-def _check_node(path: str, node: DictConfig) -> None:
-    target, obj = node._target_, _target(path, node)
+def _check_node(path: str, node: dict[str, Any]) -> None:
+    target, obj = node["_target_"], _target(path, node)
     found = _parameters(obj)
     if found is None:
         return  # takes anything; its own checks apply
@@ -245,24 +235,16 @@ def _check_node(path: str, node: DictConfig) -> None:
                 f"{path}.{key}: {target} has no argument {key!r}; {hint}allowed: "
                 f"{', '.join(sorted(parameters))}"
             )
-        if (
-            key in hints
-            and not OmegaConf.is_missing(node, key)
-            and not OmegaConf.is_interpolation(node, key)
-        ):
-            value = node[key]
+        value = node[key]
+        if key in hints and not (isinstance(value, str) and ("${" in value or value == "???")):
             # None is fine wherever None is the default, whatever the annotation says
             if not (value is None and parameters[key].default is None) and not _conforms(
                 value, hints[key]
             ):
                 raise ConfigError(
-                    f"{path}.{key}={_plain(value)!r}: expected {_type_name(hints[key])} (argument "
+                    f"{path}.{key}={value!r}: expected {_type_name(hints[key])} (argument "
                     f"of {target})"
                 )
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if isinstance(value, DictConfig | ListConfig) else value
 
 
 def _type_name(hint: Any) -> str:
@@ -292,12 +274,12 @@ def _conforms(value: Any, hint: Any) -> bool:
     if (
         inspect.isclass(base) and issubclass(base, Sequence) and base is not str
     ):  # list, tuple, Sequence[...]
-        if not isinstance(value, ListConfig | list | tuple):
+        if not isinstance(value, list | tuple):
             return False
         args = [a for a in typing.get_args(hint) if a is not Ellipsis]
         return len(args) != 1 or all(_conforms(item, args[0]) for item in value)
     if inspect.isclass(base) and issubclass(base, Mapping):
-        return isinstance(value, DictConfig | dict)
+        return isinstance(value, dict)
     if origin is typing.Literal:
         return value in typing.get_args(hint)
     if hint is torch.Tensor:  # e.g. a learning rate typed float | Tensor

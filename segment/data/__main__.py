@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from segment.build import build_data
-from segment.config import compose_train
+from segment.config.compose import compose_train
 from segment.data.check import check_datamodule
 
 

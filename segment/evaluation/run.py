@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from segment.checkpoints import check_trusted_targets, find_checkpoint, read_checkpoint
-from segment.config import parse_overrides
+from segment.checkpoints import find_checkpoint, read_checkpoint
+from segment.config.names import parse_overrides
+from segment.config.trust import check_trusted_targets
 from segment.data.dataset import IMAGE_SUFFIXES, SegmentationDataset, read_image
 from segment.data.labels import DatasetInfo, annotated, colorize, default_palette
 from segment.device.precision import resolve_precision
@@ -28,7 +29,7 @@ from segment.evaluation.inference import Predictor
 from segment.files import write_atomic, write_png
 from segment.models import SegmentationModule
 from segment.models.metrics import confusion_metric, evaluation_scores
-from segment.record import FILE as RECORD
+from segment.run.record import FILE as RECORD
 
 __all__ = ["evaluate", "export", "load_checkpoint", "predict", "run", "run_data_config"]
 

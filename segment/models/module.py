@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 from torchmetrics import MeanMetric
 
-from segment.checkpoints import check_trusted_targets, read_checkpoint, without_pretrained
+from segment.checkpoints import read_checkpoint
+from segment.config.trust import check_trusted_targets, without_pretrained
 from segment.models.metrics import confusion_metric, confusion_scores
 from segment.models.nets import build_net, size_multiple
 from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD

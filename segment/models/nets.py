@@ -20,7 +20,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 from hydra.utils import get_object, instantiate
 from torch import nn
 
-from segment.config import did_you_mean
+from segment.config.names import did_you_mean
 from segment.files import sha256
 from segment.models.weights import (
     WeightsRecord,
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def _check_net(config: dict[str, Any]) -> None:
     """What the config schema cannot know: the encoder must be one smp has (its keys are checked by
-    ``segment.schema``)."""
+    ``segment.config.schema``)."""
     encoder = config.get("encoder_name")
     if encoder is not None and "segmentation_models_pytorch" in str(config.get("_target_")):
         if encoder not in smp.encoders.encoders:

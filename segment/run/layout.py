@@ -30,7 +30,7 @@ _CONFIG_KEYS = {  # the layout's parts that the config names
 class RunLayout:
     """File and folder names inside a run folder, relative to it (any other: ValueError)."""
 
-    record: str = "run.json"  # segment.record's file
+    record: str = "run.json"  # segment.run.record's file
     hydra: str = ".hydra"
     checkpoints: str = "checkpoints"
     thresholds: str = "thresholds.json"

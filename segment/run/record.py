@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from segment.files import write_atomic
-from segment.layout import RunLayout
+from segment.run.layout import RunLayout
 
 __all__ = [
     "SCHEMA",
@@ -52,7 +52,7 @@ _PACKAGES = (
 )
 
 Status = Literal["new", "running", "completed", "stopped", "interrupted", "failed"]
-Action = Literal["fresh", "continue", "skip", "refuse"]  # what segment.runfolder.decide chose
+Action = Literal["fresh", "continue", "skip", "refuse"]  # what segment.run.decision.decide chose
 Outcome = Literal["completed", "stopped", "interrupted", "failed", "refused", "skipped"]
 
 
