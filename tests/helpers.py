@@ -476,8 +476,8 @@ class NotebookLogger(Logger):
     def log_masks(self, tag, sheet, step, masks) -> None:
         self._note("masks", tag=tag, shape=list(sheet.shape), classes=list(masks[3]), step=step)
 
-    def log_run(self, params, columns, swept, config, tags) -> None:
-        self._note("run", params=sorted(params), columns=list(columns), tags=list(tags))
+    def log_run(self, run) -> None:
+        self._note("run", params=sorted(run.params), columns=run.columns, tags=run.tags)
 
     def log_scores(self, scores, step) -> None:
         self._note("scores", scores=sorted(scores), step=step)

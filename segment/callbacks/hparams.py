@@ -4,7 +4,7 @@ a sweep varies, and how runs did."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from lightning import Callback, LightningModule, Trainer
@@ -13,7 +13,17 @@ from omegaconf import DictConfig, OmegaConf
 from segment.callbacks.thresholds import ThresholdTracker
 from segment.config.names import identity, ordered, short_names, swept_keys, value_text
 
-__all__ = ["HyperparameterTable", "hyperparameters"]
+__all__ = ["HyperparameterTable", "RunView", "hyperparameters"]
+
+
+class RunView(NamedTuple):
+    """What a logger is shown of a run when training starts (its ``log_run``)."""
+
+    params: dict[str, Any]  # the hyperparameters, named as in job folders
+    columns: list[str]  # the metrics a table of runs shows: final and best scores, thresholds
+    swept: list[str]  # the keys the sweep varies
+    config: str  # the resolved config, as YAML
+    tags: list[str]
 
 
 def hyperparameters(
@@ -106,7 +116,7 @@ class HyperparameterTable(Callback):
         tags = list((yaml.safe_load(self.config) or {}).get("tags") or [])
         for logger in trainer.loggers:  # a logger's own view of the run (segment.run.loggers)
             if callable(getattr(logger, "log_run", None)):
-                logger.log_run(params, [*summary, *levels], self.swept, self.config, tags)
+                logger.log_run(RunView(params, [*summary, *levels], self.swept, self.config, tags))
             else:
                 logger.log_hyperparams(params)
 

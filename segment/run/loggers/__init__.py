@@ -6,9 +6,9 @@ works too, with its hyperparameters and metrics only):
 
 - ``log_masks(tag, sheet, step, masks)``: the mask panel (``sheet``: an ``(H, W, 3)`` uint8 image;
   ``masks``: ``(images, truths, predictions, class_names)``); a logger without it takes no images.
-- ``log_run(params, columns, swept, config, tags)``: the run's hyperparameters when training starts
-  (``columns``: the metrics the table shows; ``swept``: the keys a sweep varies; ``config``: the
-  resolved config as YAML).
+- ``log_run(run)``: the run's hyperparameters when training starts, with the metrics a table of
+  runs shows, the keys the sweep varies, the resolved config and the tags
+  (``segment.callbacks.hparams.RunView``).
 - ``log_scores(scores, step)``: the final and best scores when training ends.
 - ``viewer(run)``: the command that shows its dashboards, printed in the run's summary.
 - ``results(run)``: the folders it keeps in the run folder, moved aside with the run's other

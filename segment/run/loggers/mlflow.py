@@ -4,14 +4,16 @@ tags, and the checkpoints asked for (``log_model``)."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger as _MLFlowLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+if TYPE_CHECKING:
+    from segment.callbacks.hparams import RunView
 
 __all__ = ["MLFlowLogger"]
 
@@ -60,18 +62,11 @@ class MLFlowLogger(_MLFlowLogger):
         self.experiment.log_image(self.run_id, sheet, key=tag.replace("/", "_"), step=step)
 
     @rank_zero_only
-    def log_run(
-        self,
-        params: dict[str, Any],
-        columns: Sequence[str],
-        swept: Sequence[str],
-        config: str,
-        tags: Sequence[str],
-    ) -> None:
+    def log_run(self, run: RunView) -> None:
         """The hyperparameters (the tags as MLflow tags), the resolved config as ``config.yaml``."""
-        self.log_hyperparams({k: v for k, v in params.items() if k != "tags"})
-        self.experiment.log_text(self.run_id, config, "config.yaml")
-        for tag in tags:
+        self.log_hyperparams({k: v for k, v in run.params.items() if k != "tags"})
+        self.experiment.log_text(self.run_id, run.config, "config.yaml")
+        for tag in run.tags:
             self.experiment.set_tag(self.run_id, str(tag), "")
 
     def viewer(self, run: Path) -> str:

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger as _TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+if TYPE_CHECKING:
+    from segment.callbacks.hparams import RunView
 
 __all__ = ["TensorBoardLogger"]
 
@@ -47,29 +50,22 @@ class TensorBoardLogger(_TensorBoardLogger):
         self.experiment.add_image(tag, sheet, global_step=step, dataformats="HWC")
 
     @rank_zero_only  # other DDP ranks have no event writer (as for Lightning's log_hyperparams)
-    def log_run(
-        self,
-        params: dict[str, Any],
-        columns: Sequence[str],
-        swept: Sequence[str],
-        config: str,
-        tags: Sequence[str],
-    ) -> None:
+    def log_run(self, run: RunView) -> None:
         """The HPARAMS tab's column list, the swept keys marked as ``differs``: TensorBoard (2.21)
         orders the columns by ``differs``, then by name, and shows the first ones; unmarked,
         ``batch_size`` and ``data`` came before ``model`` and ``seed``. Lightning writes these
         summaries only with metrics, which it also logs as a point at step 0; the file writer is
         Lightning's private API, as Lightning itself uses it to write the same summaries."""
-        experiment, start, end = hparams_summary(params, dict.fromkeys(columns, math.nan))
+        experiment, start, end = hparams_summary(run.params, dict.fromkeys(run.columns, math.nan))
         value = experiment.value[0]
         data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
         for info in data.experiment.hparam_infos:
-            info.differs = info.name in swept
+            info.differs = info.name in run.swept
         value.metadata.plugin_data.content = data.SerializeToString()
         writer = self.experiment._get_file_writer()
         for summary in (experiment, start, end):
             writer.add_summary(summary)
-        self.log_hyperparams(params)
+        self.log_hyperparams(run.params)
 
     @rank_zero_only
     def log_scores(self, scores: Mapping[str, float], step: int) -> None:

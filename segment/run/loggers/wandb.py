@@ -5,14 +5,16 @@ the run folder's ``wandb/``."""
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+if TYPE_CHECKING:
+    from segment.callbacks.hparams import RunView
 
 __all__ = ["WandbLogger"]
 
@@ -40,16 +42,9 @@ class WandbLogger(_WandbLogger):
         self.experiment.log({tag: overlays, "trainer/global_step": step})
 
     @rank_zero_only
-    def log_run(
-        self,
-        params: dict[str, Any],
-        columns: Sequence[str],
-        swept: Sequence[str],
-        config: str,
-        tags: Sequence[str],
-    ) -> None:
-        self.log_hyperparams(params)
-        config_panel = {"config": yaml.safe_load(config) or {}}
+    def log_run(self, run: RunView) -> None:
+        self.log_hyperparams(run.params)
+        config_panel = {"config": yaml.safe_load(run.config) or {}}
         self.experiment.config.update(config_panel, allow_val_change=True)
 
     def viewer(self, run: Path) -> str:
