@@ -15,11 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from segment.analysis import figures, size_tables, sizes, tables
 from segment.analysis.runs import Run, load_runs
-from segment.analysis.stats import kaplan_meier
 from segment.analysis.study import Study
 from segment.data.labels import CAMVID_INFO, CITYSCAPES_INFO, KITTI_ROAD_INFO, DatasetInfo
 from segment.data.synthetic import SYNTHETIC_INFO
@@ -38,35 +35,10 @@ def _figures(study: Study, sweep: Path) -> list[str]:
     levels = [level.level for level in study.headline]
     names = []
     if study.tuned:
-        panels = {
-            level.name: {
-                f"{arm.name.rsplit(' ', 1)[0]}": {
-                    float(r): list(arm.times(level).values())
-                    for r, arm in getattr(tuned, side).items()
-                }
-                for tuned in study.tuned
-                for side in ("slower", "faster")
-                for arm in [next(iter(getattr(tuned, side).values()))]
-            }
-            for level in study.headline
-        }
-        figures.rate_figure(panels, sweep / "epochs_vs_rate.png")
+        figures.rate_figure(study.times_by_rate(), sweep / "epochs_vs_rate.png")
         names.append("epochs_vs_rate.png")
     if study.comparisons or study.tuned:
-        series: dict[str, list] = {}
-        for tuned in study.tuned:
-            label = f"{tuned.effect}, each at its best rates"
-            series[label] = [
-                (lv.metric, lv.level, tuned.estimate(lv))
-                for lv in study.loss_ladder + study.miou_ladder
-            ]
-        for comparison in study.comparisons:
-            label = f"{comparison.slower.name} / {comparison.faster.name}"
-            series[label] = [
-                (lv.metric, lv.level, comparison.estimate(lv))
-                for lv in study.loss_ladder + study.miou_ladder
-            ]
-        figures.speedup_figure(series, sweep / "speedup_vs_threshold.png")
+        figures.speedup_figure(study.speedups(), sweep / "speedup_vs_threshold.png")
         names.append("speedup_vs_threshold.png")
     figures.curves_figure(
         arms,
@@ -97,20 +69,7 @@ def _figures(study: Study, sweep: Path) -> list[str]:
         "reached_vs_epochs.png",
         "calibration.png",
     ]
-    curves = {}
-    for level in study.headline:
-        per_arm = {}
-        for arm in study.arms:
-            crossings = list(arm.crossings(level).values())
-            times, fraction = kaplan_meier(
-                [c.time for c in crossings], [c.reached for c in crossings]
-            )
-            per_arm[arm.name] = (
-                np.append(times, max(c.time for c in crossings)),
-                np.append(fraction, fraction[-1]),
-                len(crossings),
-            )
-        curves[level.name] = per_arm
+    curves = {lv.name: {arm.name: arm.reached(lv) for arm in study.arms} for lv in study.headline}
     figures.reached_figure(curves, sweep / "reached_vs_epochs.png")
     figures.calibration_figure(
         [row for run in study.usable for row in run.validations],

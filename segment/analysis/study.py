@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from segment.analysis.runs import Run
-from segment.analysis.stats import Cell, Estimate, compare, tuned
+from segment.analysis.stats import Cell, Estimate, compare, kaplan_meier, tuned
 from segment.analysis.thresholds import Crossing, Threshold
 from segment.config.names import short_names, value_text
 from segment.data.labels import THIN_CLASSES
@@ -114,6 +114,15 @@ class Arm:
             float(rate) if isinstance(rate, int | float | str) and _number(rate) else None,
             resolution(self.runs, unit),
         )
+
+    def reached(self, level: Threshold) -> tuple[np.ndarray, np.ndarray, int]:
+        """The fraction of the arm's runs that reached ``level`` by each epoch (1 - Kaplan-Meier
+        survival: a run that did not is censored at its last epoch), held to the last run's end,
+        and the number of runs."""
+        crossings = list(self.crossings(level).values())
+        times, fraction = kaplan_meier([c.time for c in crossings], [c.reached for c in crossings])
+        end = max(c.time for c in crossings)
+        return np.append(times, end), np.append(fraction, fraction[-1]), len(crossings)
 
     def value(self, key: str) -> Any:
         return self.runs[0].value(key)
@@ -323,6 +332,37 @@ class Study:
                         TunedComparison(effect, label, rate, cells["slower"], cells["faster"])
                     )
         return found
+
+    def times_by_rate(self) -> dict[str, dict[str, dict[float, list[tuple[float, bool]]]]]:
+        """``{level: {arm name without its rate: {rate: [(epochs, reached) per seed]}}}`` for each
+        headline level, of the arms a tuned comparison chose between."""
+        return {
+            level.name: {
+                f"{arm.name.rsplit(' ', 1)[0]}": {
+                    float(r): list(arm.times(level).values())
+                    for r, arm in getattr(tuned, side).items()
+                }
+                for tuned in self.tuned
+                for side in ("slower", "faster")
+                for arm in [next(iter(getattr(tuned, side).values()))]
+            }
+            for level in self.headline
+        }
+
+    def speedups(self) -> dict[str, list[tuple[str, float, Estimate | None]]]:
+        """``{comparison: [(metric, level, estimate) per level of both ladders]}``: every tuned
+        comparison (each arm at its best rates), then every declared one."""
+        levels = self.loss_ladder + self.miou_ladder
+        series = {
+            f"{tuned.effect}, each at its best rates": [
+                (lv.metric, lv.level, tuned.estimate(lv)) for lv in levels
+            ]
+            for tuned in self.tuned
+        }
+        for comparison in self.comparisons:
+            label = f"{comparison.slower.name} / {comparison.faster.name}"
+            series[label] = [(lv.metric, lv.level, comparison.estimate(lv)) for lv in levels]
+        return series
 
     def where(self, comparison: Comparison, levels: Sequence[Threshold]) -> list[str]:
         """Levels at which a comparison's speedup is not established: its interval reaches 1."""
