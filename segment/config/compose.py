@@ -19,10 +19,9 @@ import rich.syntax
 import rich.tree
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from segment.config.names import _found_again, did_you_mean, job_name, parse_overrides, swept_keys
+from segment.config.names import did_you_mean, parse_overrides, this_job_name
 
 __all__ = [
     "TrainSchema",
@@ -58,14 +57,6 @@ class TrainSchema:
     paths: Any = None
     measurement: Any = None
     study: Any = None
-
-
-def _job_name_resolver() -> str:
-    hydra = HydraConfig.get() if HydraConfig.initialized() else None
-    if hydra is None:
-        return "run"
-    task, swept = list(hydra.overrides.task), swept_keys()
-    return _found_again(job_name(task, hydra.runtime.choices.keys(), swept), task, swept)
 
 
 def compose_train(overrides: Sequence[str], output_dir: str | None = None) -> DictConfig:
@@ -212,7 +203,7 @@ def register() -> None:
     """Register the resolvers ``job_name``, ``loader_workers``, ``images_to_steps``, ``not``, and
     :class:`TrainSchema` (``train_schema``)."""
     for name, function in (
-        ("job_name", _job_name_resolver),
+        ("job_name", this_job_name),
         ("loader_workers", loader_workers),
         ("images_to_steps", images_to_steps),
         ("own_dir", _own_dir),

@@ -36,6 +36,7 @@ __all__ = [
     "short_names",
     "sweep_dir",
     "sweep_jobs",
+    "this_job_name",
     "swept_keys",
     "value_text",
 ]
@@ -43,7 +44,6 @@ __all__ = [
 
 # How one attempt treats its folder.
 ATTEMPT = ("ckpt_path", "skip_completed", "overwrite")
-
 
 # Where things are, how a run is shown, logged, continued or reported on: never what it trains.
 INFRASTRUCTURE = (
@@ -64,7 +64,6 @@ INFRASTRUCTURE = (
     "trainer.enable_model_summary",
 )
 
-
 # What a resume may change besides: how long training goes on.
 RESUMABLE = (
     *INFRASTRUCTURE,
@@ -74,9 +73,7 @@ RESUMABLE = (
     "callbacks.thresholds.stop_when_reached",
 )
 
-
 MAX_NAME = 120  # bytes of a job folder name (filesystems allow 255)
-
 
 _CONTEXT_GROUPS = ("data", "experiment")  # the same for a whole sweep, as a rule: last in names
 
@@ -276,6 +273,16 @@ def _found_again(name: str, overrides: Sequence[str], swept: Iterable[str]) -> s
             if identity(theirs, swept) == mine:
                 found.append(folder.name)
     return found[0] if len(found) == 1 else name
+
+
+def this_job_name() -> str:
+    """The running job's folder name (the ``${job_name:}`` resolver): :func:`job_name` of its
+    overrides, or the folder its run already has in the sweep; ``run`` outside Hydra."""
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is None:
+        return "run"
+    task, swept = list(hydra.overrides.task), swept_keys()
+    return _found_again(job_name(task, hydra.runtime.choices.keys(), swept), task, swept)
 
 
 def sweep_jobs() -> list[str]:

@@ -201,10 +201,8 @@ def _check_plain(items: list[Any], where: str) -> None:
 
 _INPUTS = ("data.root", "paths.data_dir")  # places a saved override may name: where data is read
 
-
 # Config groups a saved file may choose: what is trained (loggers, trainer: the command line's)
 _TRAINED = "model data loss optimizer scheduler measurement protocol experiment callbacks".split()
-
 
 _ABSENT = object()
 

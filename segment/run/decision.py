@@ -30,9 +30,7 @@ NOTHING_TO_CONTINUE = (
     "run, start in its folder: hydra.run.dir=<run folder> ckpt_path=last"
 )
 
-
 AFRESH = "no checkpoint yet (stopped before its first validation): starting it afresh"
-
 
 OTHER_JOB = (
     "skip_completed: it holds a completed run of other overrides ({}): two jobs share a name"
