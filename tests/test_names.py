@@ -157,3 +157,23 @@ def test_a_list_from_the_config_reads_as_in_folder_names_in_every_logger(make_cf
     cfg = make_cfg("data.image_size=[96,128]")
     params, _ = hyperparameters(cfg, [], {"model": "unet_scratch"})
     assert params["image_size"] == "96x128"
+
+
+def test_a_damaged_record_in_the_sweep_is_named_and_the_job_still_found(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """Looking for a job under an older name reads every record of the sweep: one that cannot be
+    read is no run of this job, and the warning names it (it used to be passed over unsaid)."""
+    from segment.config import names
+    from segment.run.record import Attempt, RunRecord, write_record
+
+    monkeypatch.setattr(names, "sweep_dir", lambda: str(tmp_path))
+    job = ["model=unet_vgg", "seed=0"]
+    (tmp_path / "model-unet_vgg__older").mkdir()
+    write_record(tmp_path / "model-unet_vgg__older", RunRecord(attempts=[Attempt(overrides=job)]))
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "run.json").write_text('{"status": 5}')
+    (tmp_path / "not-a-folder").write_text("")
+    with caplog.at_level("WARNING"):
+        assert names._found_again(job_name(job, GROUPS), job, ()) == "model-unet_vgg__older"
+    assert str(tmp_path / "damaged" / "run.json") in caplog.text and "status" in caplog.text

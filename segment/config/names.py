@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import ListConfig, OmegaConf
 
-from segment.run.record import RecordError, RunRecord, read_record
+from segment.run.record import record_or_none
 
 __all__ = [
     "ATTEMPT",
@@ -267,10 +267,11 @@ def _found_again(name: str, overrides: Sequence[str], swept: Iterable[str]) -> s
     if sweep == Path() or (sweep / name).exists() or not sweep.is_dir():
         return name
     mine, found = identity(overrides, swept), []
-    for folder in sweep.iterdir():
-        with contextlib.suppress(RecordError, ValueError, IndexError, OSError):  # not a run's
-            theirs = (read_record(folder) or RunRecord()).attempts[0].overrides
-            if identity(theirs, swept) == mine:
+    for folder in (f for f in sweep.iterdir() if f.is_dir()):
+        record = record_or_none(folder)  # a damaged one is named in a warning: not this job's
+        theirs = record.attempts[0].overrides if record and record.attempts else None
+        with contextlib.suppress(ValueError):  # overrides Hydra cannot parse: not this job's
+            if theirs is not None and identity(theirs, swept) == mine:
                 found.append(folder.name)
     return found[0] if len(found) == 1 else name
 
