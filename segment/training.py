@@ -92,6 +92,7 @@ def _recorded(cfg: DictConfig, built: Built, fingerprint: dict) -> dict:
     return {
         "seed": cfg.get("seed"),
         "data": fingerprint,
+        "labels": built.datamodule.info.as_record(),
         "data_order": data_order(cfg.get("seed")),
         "versions": versions(),
         "tags": list(cfg.get("tags") or []),

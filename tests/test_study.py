@@ -451,6 +451,34 @@ def test_sweep_writes_the_report_and_prints_the_headline(sweep: tuple[Path, str]
 
 
 @pytest.mark.slow
+def test_the_mask_legend_is_the_label_set_the_runs_recorded(
+    sweep: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Each run records its dataset's label set; the report draws the legend from it, so a
+    dataset the report has never heard of gets its own (it used to guess among four known ones
+    from the logged class names, and drew none for any other)."""
+    from segment.analysis.report import _dataset_info
+    from segment.data.synthetic import SYNTHETIC_INFO
+
+    folder = shutil.copytree(sweep[0], tmp_path / "sweep", symlinks=True)
+    records = sorted(folder.glob("*/run.json"))
+    assert records and all(
+        json.loads(path.read_text())["labels"] == SYNTHETIC_INFO.as_record() for path in records
+    )
+    mine = {
+        "name": "mine",
+        "class_names": [f"class {i}" for i in range(SYNTHETIC_INFO.num_classes)],
+        "palette": [[i, i, i] for i in range(SYNTHETIC_INFO.num_classes)],
+    }
+    for path in records:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "labels": mine}))
+    info = _dataset_info(Study(load_runs(folder)))
+    assert info is not None and info.name == "mine"
+    assert list(info.class_names) == mine["class_names"]
+    assert [list(colour) for colour in info.palette] == mine["palette"]
+
+
+@pytest.mark.slow
 def test_report_command_lists_a_failed_and_a_killed_run(
     sweep: tuple[Path, str], tmp_path: Path, capsys
 ) -> None:

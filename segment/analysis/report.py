@@ -137,8 +137,13 @@ def _mask_sheet(study: Study, folder: Path) -> Path | None:
 
 
 def _dataset_info(study: Study) -> DatasetInfo | None:
-    """The class names and colours of the study's dataset (for the mask sheet's legend), where
-    known."""
+    """The class names and colours of the study's dataset (for the mask sheet's legend): as its
+    runs recorded them, or for runs recorded before they were, the known dataset whose classes
+    they logged."""
+    recorded = next((run.record.labels for run in study.usable if run.record.labels), None)
+    if recorded:
+        colours = tuple(tuple(colour) for colour in recorded["palette"])
+        return DatasetInfo(recorded["name"], tuple(recorded["class_names"]), colours)
     logged = {
         key[len("val/iou/") :]
         for run in study.usable

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -68,6 +69,11 @@ class DatasetInfo:
     ignore_index: int = 255
     label_map: Mapping[int, int] | None = field(default=None, compare=False)
     mask_colors: Mapping[tuple[int, int, int], int] | None = field(default=None, compare=False)
+
+    def as_record(self) -> dict[str, Any]:
+        """The label set as a run record keeps it (``labels``): name, class names, palette."""
+        palette = [list(colour) for colour in self.palette]
+        return {"name": self.name, "class_names": list(self.class_names), "palette": palette}
 
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.palette):

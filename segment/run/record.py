@@ -99,6 +99,8 @@ class RunRecord(BaseModel):
     seed: int | None = None
     error: str | None = None
     data: dict[str, Any] | None = None
+    # the dataset's label set: name, class_names, palette (what a report draws masks with)
+    labels: dict[str, Any] | None = None
     data_order: dict[str, Any] | None = None
     versions: dict[str, Any] = {}
     encoder_weights_used: dict[str, Any] | None = None
