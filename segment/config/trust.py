@@ -2,9 +2,9 @@
 config) or *composed* (a run folder's saved overrides), deny by default.
 
 A checkpoint may name only allow-listed classes (:func:`check_trusted_targets`); a run folder's
-saved overrides are read as data and the config they compose is checked against the
-project's own (:func:`saved_config`); every net rebuilt from a file is told
-to fetch no weights (:func:`without_pretrained`).
+saved overrides are read as data and the config they compose is checked against the project's
+own (:func:`saved_config`); every net rebuilt from a file is told to fetch no weights
+(:func:`without_pretrained`).
 """
 
 from __future__ import annotations
