@@ -289,3 +289,26 @@ def test_the_summary_names_each_loggers_viewer_and_no_command_without_a_checkpoi
     lines = _summary(caplog)
     assert lines["dashboards"] == f"wandb sync '{run}'/wandb"
     assert "tensorboard" not in caplog.text
+
+
+@pytest.mark.slow
+def test_the_run_flow_benchmark_counts_what_a_fresh_run_enters_before_fit() -> None:
+    """benchmarks/run_flow.py: the project functions a fresh run enters before ``fit``, by file;
+    the driver, the run folder's claim and the build are among them, fit itself is not."""
+    done = run_script(["benchmarks/run_flow.py"], timeout=600)
+    head, *files = done.stdout.strip().splitlines()
+    found = re.fullmatch(
+        r"(\d+) project code objects in (\d+) files before Trainer.fit; "
+        r"(\d+) named functions in (\d+) files",
+        head,
+    )
+    assert found, done.stdout[-2000:]
+    listed = dict(line.strip().split(": ", 1) for line in files)
+    assert int(found[3]) == sum(int(text.split()[0]) for text in listed.values())
+    assert int(found[4]) == len(listed)
+    assert (
+        "train" in listed["segment/training.py"]
+        and "RunFolder.claim" in listed["segment/run/folder.py"]
+    )
+    assert "build" in listed["segment/build.py"]
+    assert not any("training_step" in text for text in listed.values())
