@@ -1,12 +1,12 @@
 """A run folder belongs to one run: claimed per attempt, locked while it trains, never silently
 reused.
 
-What an attempt does with its folder is :func:`decide`, a pure function of the folder's record, what
-was asked and the checkpoint found (docs/reliability.md has its table). :class:`RunFolder` carries
-it out: it locks the folder, records every attempt in the run record, and changes the run (its
-status, ``.hydra/``, an archive of the earlier run) only when :meth:`RunFolder.start` is called,
-right before training. An attempt refused, failing or stopped before that is recorded and changes
-nothing else.
+What an attempt does with its folder is :func:`~segment.run.decision.decide`, a pure function of
+the folder's record, what was asked and the checkpoint found (docs/reliability.md has its table).
+:class:`RunFolder` carries it out: it locks the folder, records every attempt in the run record,
+and changes the run (its status, ``.hydra/``, an archive of the earlier run) only when
+:meth:`RunFolder.start` is called, right before training. An attempt refused, failing or stopped
+before that is recorded and changes nothing else.
 """
 
 from __future__ import annotations
