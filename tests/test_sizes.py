@@ -250,3 +250,18 @@ def test_no_size_section_where_the_runs_share_one_size() -> None:
     ]
     study = Study(runs)
     assert not sizes.applies(study) and section(study) == ""
+
+
+def test_arms_and_comparisons_name_their_size_with_its_unit() -> None:
+    """The comparisons of a size study read ``at 46 images`` and ``at all images`` (the whole
+    split, ``data.train_size=null``), not ``at 46`` and ``at none``."""
+    runs = _partial() + [
+        _run(model, None, 0, _grid(losses), train=367)
+        for model, losses in (("unet_scratch", SCRATCH), ("unet_vgg", PRETRAINED))
+    ]
+    study = Study(runs)
+    labels = {comparison.label for comparison in study.comparisons}
+    assert {label.split(" at ", 1)[1] for label in labels} == {"46 images", "all images"}
+    names = {arm.name for arm in study.arms}
+    assert {"scratch 46 images", "scratch all images"} <= names, names
+    assert not any("none" in name for name in names | labels)

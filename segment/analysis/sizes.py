@@ -20,7 +20,7 @@ import yaml
 
 from segment.analysis.runs import Run
 from segment.analysis.stats import Estimate, Trend, mean_difference, mean_interval, size_trend
-from segment.analysis.study import Comparison, Study, matches, order_key, resolution
+from segment.analysis.study import SIZE_KEY, Comparison, Study, matches, order_key, resolution
 from segment.analysis.thresholds import Threshold
 from segment.config.names import value_text
 
@@ -43,7 +43,6 @@ __all__ = [
     "trend",
 ]
 
-SIZE_KEY = "data.train_size"
 UNIT = "images_seen"
 # The early budget: this many epochs of the study's largest training set, in images (CamVid:
 # 5 x 367 = 1,835), read at the last validation at or before it.

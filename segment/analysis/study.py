@@ -44,6 +44,17 @@ NAMES = {
 }
 
 
+SIZE_KEY = "data.train_size"  # the training-set size a study of sizes varies
+
+
+def shown(key: str, value: str) -> str:
+    """An arm's value as its name shows it: a training-set size with its unit (``46 images``,
+    ``all images``: the override ``null``), any other as it is."""
+    if key != SIZE_KEY:
+        return value
+    return "all images" if value == "none" else f"{value} images"
+
+
 def _number(value: Any) -> bool:
     try:
         float(value)
@@ -282,7 +293,9 @@ class Study:
             if "." not in k and k not in ("experiment", "data")
         ]
         parts += [
-            value_text(v) if not isinstance(v, str) else v for k, v in sorted(key) if "." in k
+            shown(k, value_text(v) if not isinstance(v, str) else v)
+            for k, v in sorted(key)
+            if "." in k
         ]
         return " ".join(parts) or "all runs"
 
@@ -304,9 +317,9 @@ class Study:
                     context = self._context(slower, ignore)
                     if slower is not faster and context == self._context(faster, ignore):
                         label = " ".join(
-                            self.spec["names"].get(v, v)
-                            for _, v in sorted(context)
-                            if _ != "experiment"
+                            self.spec["names"].get(v, shown(k, v))
+                            for k, v in sorted(context)
+                            if k != "experiment"
                         )
                         found.append(Comparison(effect, label, slower, faster))
         return found
@@ -327,7 +340,7 @@ class Study:
                 if (
                     len(cells["slower"]) > 1 or len(cells["faster"]) > 1
                 ):  # a bracket on at least one side
-                    label = " ".join(v for k, v in sorted(context) if k != "experiment")
+                    label = " ".join(shown(k, v) for k, v in sorted(context) if k != "experiment")
                     found.append(
                         TunedComparison(effect, label, rate, cells["slower"], cells["faster"])
                     )
