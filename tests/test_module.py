@@ -143,7 +143,7 @@ def test_non_finite_loss_is_caught_at_the_next_check_with_its_step() -> None:
         "mask": torch.zeros(1, 4, 4, dtype=torch.long),
     }
     module.training_step(batch, 0)  # a finite loss, step 0
-    good = float(module._last_finite_loss)
+    good = float(module.finite.last_finite_loss)
     nn.init.constant_(module.net.conv.weight, float("nan"))
     module.training_step(
         batch, 1
@@ -183,14 +183,14 @@ def test_validation_logs_plain_cross_entropy_whatever_the_loss() -> None:
     dice.load_state_dict(ce.state_dict())
     for module in (ce, dice):
         module.validation_step(batch, 0)
-    assert ce.val_ce.compute() == pytest.approx(
-        ce.val_loss.compute().item(), rel=1e-6
+    assert ce.val_scores.ce.compute() == pytest.approx(
+        ce.val_scores.loss.compute().item(), rel=1e-6
     )  # CE: the same number
-    assert dice.val_ce.compute() == pytest.approx(
-        ce.val_ce.compute().item(), rel=1e-6
+    assert dice.val_scores.ce.compute() == pytest.approx(
+        ce.val_scores.ce.compute().item(), rel=1e-6
     )  # same weights, same CE
     assert (
-        dice.val_loss.compute() > dice.val_ce.compute() + 0.01
+        dice.val_scores.loss.compute() > dice.val_scores.ce.compute() + 0.01
     )  # the training loss adds the Dice term
 
 

@@ -113,7 +113,6 @@ def test_killed_run_resumes_mid_epoch_with_loader_workers_and_matches_an_uninter
     # it from killing twice
     resumed = run_script(["train.py", f"hydra.run.dir={killed}", "ckpt_path=last", *kill])
     output = resumed.stdout + resumed.stderr
-    assert "resumed from epoch 2 (global step 15)" in output
     assert (
         f"continuing from {killed / 'checkpoints' / 'last.ckpt'}: epoch 2, global step 15" in output
     )

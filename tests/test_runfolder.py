@@ -308,7 +308,9 @@ def test_killed_between_two_checkpoint_writes_resumes_from_the_newest(
     # its own overrides, saved; the plugin's _target_ is typed again (a saved one is refused as
     # data)
     resumed = run_script(["train.py", f"hydra.run.dir={run}", "ckpt_path=last", *kill])
-    assert "resumed from epoch 1 (global step 2)" in resumed.stdout + resumed.stderr
+    assert f"continuing from {run / 'checkpoints' / best}: epoch 0, global step 2" in (
+        resumed.stdout + resumed.stderr
+    )
     assert _record(run)["status"] == "completed"
     assert (
         torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")[

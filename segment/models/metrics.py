@@ -5,9 +5,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-__all__ = ["confusion_metric", "confusion_scores", "evaluation_scores", "iou_per_class"]
+__all__ = [
+    "ValidationScores",
+    "confusion_metric",
+    "confusion_scores",
+    "evaluation_scores",
+    "iou_per_class",
+]
 
 
 def confusion_metric(num_classes: int, ignore_index: int) -> MulticlassConfusionMatrix:
@@ -59,6 +68,15 @@ def confusion_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> dic
     return scores
 
 
+def _mean(values: torch.Tensor) -> float:
+    """The mean over the defined (non-NaN) values; NaN if none is."""
+    return float(values.nanmean()) if not values.isnan().all() else float("nan")
+
+
+def _value(x: torch.Tensor) -> float | None:
+    return None if x.isnan() else float(x)
+
+
 def evaluation_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> dict:
     """Every standard score of a confusion matrix (rows = truth, ignored pixels excluded).
 
@@ -83,28 +101,51 @@ def evaluation_scores(confusion: torch.Tensor, class_names: Sequence[str]) -> di
     recall = torch.where(truth > 0, true_positive / truth.clamp(min=1), float("nan"))
     present = truth > 0
 
-    def mean(values: torch.Tensor) -> float:
-        return float(values.nanmean()) if not values.isnan().all() else float("nan")
-
-    def value(x: torch.Tensor) -> float | None:
-        return None if x.isnan() else float(x)
-
     return {
-        "miou": mean(iou),
+        "miou": _mean(iou),
         "pixel_acc": float(true_positive.sum() / total) if total > 0 else float("nan"),
-        "mean_class_acc": mean(recall),
+        "mean_class_acc": _mean(recall),
         "fw_iou": float((truth[present] / total * iou[present]).sum())
         if total > 0
         else float("nan"),
-        "mean_dice": mean(dice),
+        "mean_dice": _mean(dice),
         "per_class": {
             name: {
-                "iou": value(iou[c]),
-                "dice": value(dice[c]),
-                "acc": value(recall[c]),
+                "iou": _value(iou[c]),
+                "dice": _value(dice[c]),
+                "acc": _value(recall[c]),
                 "pixels": int(truth[c]),
             }
             for c, name in enumerate(class_names)
         },
         "absent_classes": [name for c, name in enumerate(class_names) if iou[c].isnan()],
     }
+
+
+class ValidationScores(nn.Module):
+    """A validation's (or test's) scores, accumulated batch by batch: the training loss, plain
+    unweighted cross-entropy (one scale to compare runs on, whatever the loss) and the confusion
+    matrix's scores. Its states stay out of checkpoints."""
+
+    def __init__(self, class_names: Sequence[str], ignore_index: int) -> None:
+        super().__init__()
+        self.class_names, self.ignore_index = list(class_names), ignore_index
+        self.loss, self.ce = MeanMetric(), MeanMetric()
+        self.confusion = confusion_metric(len(self.class_names), ignore_index)
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor) -> None:
+        """Add a batch: its loss (a batch mean), logits ``(B, C, H, W)``, mask ``(B, H, W)``."""
+        weight = mask.shape[0]
+        self.loss.update(loss, weight=weight)
+        labelled = (mask != self.ignore_index).sum().clamp(min=1)
+        ce = F.cross_entropy(logits.float(), mask, ignore_index=self.ignore_index, reduction="sum")
+        self.ce.update(ce / labelled, weight=weight)
+        self.confusion.update(logits.argmax(dim=1), mask)
+
+    def compute(self) -> dict[str, torch.Tensor | float]:
+        """``loss``, ``ce``, then :func:`confusion_scores`; the states start over."""
+        scores = {"loss": self.loss.compute(), "ce": self.ce.compute()}
+        scores |= confusion_scores(self.confusion.compute(), self.class_names)
+        for metric in (self.loss, self.ce, self.confusion):
+            metric.reset()
+        return scores

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import inspect
-import logging
-import math
 import random
 from collections.abc import Mapping, Sequence
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +12,42 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning import LightningModule
-from omegaconf import DictConfig, OmegaConf
-from torch.nn import functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torchmetrics import MeanMetric
 
-from segment.checkpoints import read_checkpoint
-from segment.config.trust import check_trusted_targets, without_pretrained
-from segment.models.metrics import confusion_metric, confusion_scores
-from segment.models.nets import build_net, size_multiple
+from segment.models.guards import FiniteLossGuard, check_validation
+from segment.models.metrics import ValidationScores
+from segment.models.nets import build_net, check_image_size, size_multiple
 from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD
-from segment.models.weights import WeightsRecord
+from segment.models.restore import init_weights, load_module
+from segment.models.schedules import optimization
 
 __all__ = ["SegmentationModule", "rng_states", "set_rng_states"]
 
-log = logging.getLogger(__name__)
+
+def _plain(value: Any) -> Any:
+    """A resolved plain copy of a config (dicts and lists), so checkpoints hold no OmegaConf
+    objects and load with ``weights_only``."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return str(value) if isinstance(value, PathLike) else value
 
 
-def _plain(config: Mapping | None) -> dict | None:
-    """A resolved plain-dict copy, so checkpoints hold no OmegaConf objects."""
-    if config is None:
-        return None
-    if isinstance(config, DictConfig):
-        return OmegaConf.to_container(config, resolve=True)
-    return dict(config)
+def _check_arguments(scheduler: Mapping | None, finite_check_every_n_steps: int) -> None:
+    if finite_check_every_n_steps < 1:
+        raise ValueError(
+            f"model.finite_check_every_n_steps={finite_check_every_n_steps} must be >= 1"
+        )
+    if scheduler is not None and "scheduler" not in scheduler:
+        raise ValueError(
+            "model.scheduler must be Lightning's lr-scheduler dict: {scheduler: {_target_: "
+            "..., _partial_: true}, interval: epoch|step, ...}; got keys "
+            f"{sorted(scheduler)} (see conf/scheduler/)"
+        )
 
 
 class SegmentationModule(LightningModule):
@@ -98,39 +109,14 @@ class SegmentationModule(LightningModule):
         finite_check_every_n_steps: int = 25,
     ) -> None:
         super().__init__()
-        if finite_check_every_n_steps < 1:
-            raise ValueError(
-                f"model.finite_check_every_n_steps={finite_check_every_n_steps} must be >= 1"
-            )
-        if scheduler is not None and "scheduler" not in scheduler:
-            raise ValueError(
-                "model.scheduler must be Lightning's lr-scheduler dict: {scheduler: {_target_: "
-                "..., _partial_: true}, interval: epoch|step, ...}; got keys "
-                f"{sorted(scheduler)} (see conf/scheduler/)"
-            )
-        self.save_hyperparameters(
-            {
-                "net": _plain(net),
-                "loss": _plain(loss),
-                "optimizer": _plain(optimizer),
-                "scheduler": _plain(scheduler),
-                "class_names": list(class_names),
-                "ignore_index": int(ignore_index),
-                "mean": [float(m) for m in mean],
-                "std": [float(s) for s in std],
-                "channels_last": bool(channels_last),
-                "weights_fallback": bool(weights_fallback),
-                "encoder_lr_mult": float(encoder_lr_mult),
-                "init_from": None if init_from is None else str(init_from),
-                "compile": bool(compile),
-                "finite_check_every_n_steps": int(finite_check_every_n_steps),
-            },
-            logger=False,
+        _check_arguments(scheduler, finite_check_every_n_steps)
+        self.save_hyperparameters(logger=False)
+        # plain types only: a checkpoint holds no OmegaConf objects (weights_only-loadable)
+        self.hparams.update({key: _plain(value) for key, value in self.hparams.items()})
+        # which encoder weights the net started from: saved with every checkpoint
+        self.net, self.weights_record = build_net(
+            self.hparams.net, len(class_names), weights_fallback
         )
-        num_classes = len(class_names)
-        # Which encoder weights the net started from: saved with every checkpoint
-        # (on_save_checkpoint).
-        self.net, self.weights_record = build_net(self.hparams.net, num_classes, weights_fallback)
         if encoder_lr_mult != 1.0 and getattr(self.net, "encoder", None) is None:
             raise ValueError(
                 f"model.encoder_lr_mult={encoder_lr_mult}: {type(self.net).__name__} has no "
@@ -146,40 +132,15 @@ class SegmentationModule(LightningModule):
         self.register_buffer("shift", (-mean_t / std_t).view(1, 3, 1, 1))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-
         self.train_loss = MeanMetric()
-        self.train_loss.persistent(
-            True
-        )  # its running epoch mean travels with checkpoints (mid-epoch resumes)
-        self.val_loss = MeanMetric()
-        self.val_ce = MeanMetric()
-        self.val_confusion = confusion_metric(num_classes, ignore_index)
-        # The non-finite guard's device-side record: the first bad step (-1: none) and the last
-        # finite loss.
-        self.register_buffer("_first_bad_step", torch.tensor(-1), persistent=False)
-        self.register_buffer("_last_finite_loss", torch.tensor(float("nan")), persistent=False)
-        if (
-            init_from is not None
-        ):  # once every state tensor exists: the running ones are left as they start
-            self._load_weights(init_from)
+        # its running epoch mean travels with checkpoints (mid-epoch resumes)
+        self.train_loss.persistent(True)
+        self.val_scores = ValidationScores(class_names, ignore_index)
+        self.finite = FiniteLossGuard()
+        if init_from is not None:  # once every state tensor exists
+            init_weights(self, init_from)
         if compile:
             self.net.compile()
-
-    def _load_weights(self, path: str | Path) -> None:
-        """Copy net and normalisation weights from a checkpoint of this module (``init_from``)."""
-        state = read_checkpoint(path, "model.init_from", require=("state_dict",))["state_dict"]
-        ours = {k: v for k, v in self.state_dict().items() if k not in self._running_state()}
-        mismatched = [k for k in ours if k in state and state[k].shape != ours[k].shape]
-        missing = [k for k in ours if k not in state]
-        if mismatched or missing:
-            raise ValueError(
-                f"model.init_from: {path} does not fit this model: {len(missing)} missing and "
-                f"{len(mismatched)} differently shaped tensors (first: "
-                f"{(missing + mismatched)[0]}); was it trained with another net or number of "
-                "classes?"
-            )
-        self.load_state_dict({**self._running_state(), **{k: state[k] for k in ours}})
-        log.info("weights initialised from %s (training starts at epoch 0)", path)
 
     @property
     def class_names(self) -> list[str]:
@@ -205,34 +166,15 @@ class SegmentationModule(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
-        self._note_finite(loss.detach())
+        self.finite.note(loss.detach(), self.global_step)
         if (self.global_step + 1) % self.hparams.finite_check_every_n_steps == 0:
             self._check_finite()
         self.train_loss.update(loss.detach(), weight=batch["image"].shape[0])
         self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def _note_finite(self, loss: torch.Tensor) -> None:
-        """Record on the device whether (and first when) the loss went non-finite: no host sync."""
-        bad = ~torch.isfinite(loss)
-        first_bad = self._first_bad_step < 0
-        step = torch.tensor(self.global_step, device=loss.device)
-        self._first_bad_step = torch.where(bad & first_bad, step, self._first_bad_step)
-        self._last_finite_loss = torch.where(bad | ~first_bad, self._last_finite_loss, loss.float())
-
     def _check_finite(self) -> None:
-        """Stop at the first non-finite training loss, naming its epoch and step (one host sync)."""
-        first_bad = int(self._first_bad_step)
-        if first_bad < 0:
-            return
-        per_epoch = (
-            max(int(self.trainer.num_training_batches), 1) if self._trainer is not None else 1
-        )
-        raise FloatingPointError(
-            f"non-finite training loss at epoch {first_bad // per_epoch + 1}, step {first_bad} "
-            f"(last finite loss: {float(self._last_finite_loss):.6g}). The checkpoints saved so "
-            "far are intact; try a lower model.optimizer.lr or trainer.gradient_clip_val=1.0"
-        )
+        self.finite.check(lambda: int(self.trainer.num_training_batches) if self._trainer else 1)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if batch_idx + 1 >= self.trainer.num_training_batches:  # before the epoch's checkpoint
@@ -242,23 +184,7 @@ class SegmentationModule(LightningModule):
         self._check_finite()
 
     def on_fit_start(self) -> None:
-        size = getattr(self.trainer.datamodule, "image_size", None)
-        multiple = self.size_multiple
-        if size and any(int(s) % multiple for s in size):
-            fitting = [-(-int(s) // multiple) * multiple for s in size]
-            raise ValueError(
-                f"data.image_size={list(size)}: this net downsamples {multiple}x, so height and "
-                f"width must be multiples of {multiple}; try data.image_size={fitting}"
-            )
-
-    def on_train_start(self) -> None:
-        if self.trainer.ckpt_path:
-            log.info(
-                "resumed from epoch %d (global step %d) of %s",
-                self.current_epoch,
-                self.global_step,
-                self.trainer.ckpt_path,
-            )
+        check_image_size(getattr(self.trainer.datamodule, "image_size", None), self.size_multiple)
 
     # The global RNG states travel with every checkpoint and are restored on load, so a resumed
     # run shuffles, augments and drops out exactly like an uninterrupted one. (Lightning runs
@@ -270,9 +196,9 @@ class SegmentationModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
-        checkpoint["state_dict"] = {**self._running_state(), **checkpoint["state_dict"]}
+        checkpoint["state_dict"] = {**self.running_state(), **checkpoint["state_dict"]}
 
-    def _running_state(self) -> dict[str, torch.Tensor]:
+    def running_state(self) -> dict[str, torch.Tensor]:
         """The training loss's running mean (empty between epochs), for checkpoints written before
         it was saved."""
         return {f"train_loss.{key}": value for key, value in self.train_loss.state_dict().items()}
@@ -283,55 +209,20 @@ class SegmentationModule(LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, logits = self._loss(batch)
-        weight = batch["image"].shape[0]
-        self.val_loss.update(loss, weight=weight)
-        labelled = (batch["mask"] != self.hparams.ignore_index).sum().clamp(min=1)
-        ce = F.cross_entropy(
-            logits.float(), batch["mask"], ignore_index=self.hparams.ignore_index, reduction="sum"
-        )
-        self.val_ce.update(ce / labelled, weight=weight)
-        self.val_confusion.update(logits.argmax(dim=1), batch["mask"])
+        self.val_scores.update(loss, logits, batch["mask"])
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.validation_step(
-            batch, batch_idx
-        )  # the same scores, logged as test/* (train.py test_after_fit=true)
+        # the same scores, logged as test/* (train.py test_after_fit=true)
+        self.validation_step(batch, batch_idx)
 
     def _log_scores(self, prefix: str) -> None:
-        scores = confusion_scores(self.val_confusion.compute(), self.class_names)
-        loss = self.val_loss.compute()
+        scores = self.val_scores.compute()
         if prefix == "val" and not self.trainer.sanity_checking:
-            self._check_validation(float(loss))
-        self.log(f"{prefix}/loss", loss, prog_bar=True)
-        self.log(f"{prefix}/ce", self.val_ce.compute())
-        self.log(f"{prefix}/miou", scores.pop("miou"), prog_bar=True)
+            # before this validation's checkpoints are written
+            check_validation(float(scores["loss"]), self, self.trainer.checkpoint_callbacks)
+        for name in ("loss", "ce", "miou"):
+            self.log(f"{prefix}/{name}", scores.pop(name), prog_bar=name != "ce")
         self.log_dict({f"{prefix}/{name}": value for name, value in scores.items()})
-        self.val_loss.reset()
-        self.val_ce.reset()
-        self.val_confusion.reset()
-
-    def _check_validation(self, loss: float) -> None:
-        """Stop at a non-finite validation loss or buffer (BatchNorm's running statistics can
-        overflow while the training loss stays finite), before this validation's checkpoints are
-        written: no NaN is ever kept as "best", and the run is recorded as failed."""
-        buffers = [
-            f"net.{name}"
-            for name, b in self.net.named_buffers()
-            if b.is_floating_point() and not bool(torch.isfinite(b).all())
-        ]
-        if math.isfinite(loss) and not buffers:
-            return
-        kept = sorted(
-            {cb.last_model_path or cb.best_model_path for cb in self.trainer.checkpoint_callbacks}
-            - {""}
-        )
-        raise FloatingPointError(
-            f"non-finite validation at epoch {self.current_epoch + 1}, step {self.global_step}: "
-            f"val/loss {loss}"
-            + (f", {len(buffers)} non-finite buffers ({buffers[0]}, ...)" if buffers else "")
-            + f". The last finite checkpoint: {kept[-1] if kept else 'none yet'}; try a lower "
-            "model.optimizer.lr or trainer.gradient_clip_val=1.0"
-        )
 
     def on_validation_epoch_end(self) -> None:
         self._log_scores("val")
@@ -340,68 +231,17 @@ class SegmentationModule(LightningModule):
         self._log_scores("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        encoder = getattr(self.net, "encoder", None)
-        multiplier = self.hparams.encoder_lr_mult
-        optimizer_factory = instantiate(self.hparams.optimizer)
-        if multiplier != 1.0 and encoder is not None:
-            encoder_ids = {id(p) for p in encoder.parameters()}
-            params = [
-                {"name": "base", "params": [p for p in trainable if id(p) not in encoder_ids]},
-                {
-                    "name": "encoder",
-                    "params": [p for p in trainable if id(p) in encoder_ids],
-                    "lr": optimizer_factory.keywords["lr"] * multiplier,
-                },
-            ]
-        else:
-            params = trainable
-        optimizer = optimizer_factory(params=params)
-        if not self.hparams.scheduler:
-            return {"optimizer": optimizer}
-        config = {"name": "lr", **self.hparams.scheduler}
-        scheduler = dict(config["scheduler"])
-        if (
-            "total_steps" in scheduler and scheduler["total_steps"] is None
-        ):  # null: this run's optimiser steps
-            scheduler["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        config["scheduler"] = instantiate(scheduler)(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        hp = self.hparams
+        steps = lambda: int(self.trainer.estimated_stepping_batches)  # noqa: E731
+        return optimization(self, hp.optimizer, hp.scheduler, hp.encoder_lr_mult, steps)
 
     @classmethod
     def from_checkpoint(
         cls, path: str | Path, map_location: str | torch.device = "cpu"
     ) -> SegmentationModule:
-        """Rebuild a trained module from its checkpoint alone, without downloading anything.
-
-        A checkpoint is data, not code: its net, loss, optimiser and scheduler configs are rebuilt
-        only from allow-listed targets (:func:`~segment.checkpoints.check_trusted_targets`), every
-        pretrained switch at any depth is off (:func:`~segment.checkpoints.without_pretrained`), and
-        its encoder weights come from its own state dict (``load_from_checkpoint`` would fetch
-        pretrained weights the checkpoint already holds).
-        """
-        checkpoint = read_checkpoint(path, "ckpt_path", require=("hyper_parameters", "state_dict"))
-        hparams = dict(checkpoint["hyper_parameters"])
-        # the checkpoint's own weights replace any pretrained ones: build nothing else, and fetch
-        # nothing, whatever sits where (a net in a ModuleDict, in the loss, a key left to smp's
-        # default)
-        for key in ("net", "loss", "optimizer", "scheduler"):
-            check_trusted_targets(hparams.get(key), f"{path}: hyper_parameters.{key}")
-            if key in hparams:
-                hparams[key] = without_pretrained(hparams[key])
-        hparams |= {"init_from": None, "compile": False}
-        scheduler = hparams.get("scheduler")
-        if (
-            scheduler and "scheduler" not in scheduler
-        ):  # written before schedulers were Lightning dicts
-            hparams["scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
-        known = inspect.signature(cls.__init__).parameters
-        module = cls(**{key: value for key, value in hparams.items() if key in known})
-        module.load_state_dict({**module._running_state(), **checkpoint["state_dict"]})
-        # what the run started from (older checkpoints kept it among the hyperparameters)
-        used = checkpoint.get("encoder_weights_used") or hparams.get("encoder_weights_used")
-        module.weights_record = WeightsRecord(**used) if used else module.weights_record
-        return module.to(map_location)
+        """Rebuild a trained module from its checkpoint alone, trusting only allow-listed targets
+        and downloading nothing (:func:`~segment.models.restore.load_module`)."""
+        return load_module(cls, path, map_location)
 
 
 def rng_states() -> dict[str, Any]:

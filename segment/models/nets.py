@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -29,7 +30,7 @@ from segment.models.weights import (
     resolve_encoder_weights,
 )
 
-__all__ = ["build_net", "size_multiple"]
+__all__ = ["build_net", "check_image_size", "size_multiple"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ def size_multiple(net: nn.Module) -> int:
     downsampling."""
     encoder = getattr(net, "encoder", None)
     return int(getattr(encoder, "output_stride", None) or getattr(net, "size_multiple", 1))
+
+
+def check_image_size(size: Sequence[int] | None, multiple: int) -> None:
+    """Refuse an input ``size`` (height, width) that is not a multiple of a net's downsampling,
+    naming the nearest size that fits."""
+    if size and any(int(s) % multiple for s in size):
+        fitting = [-(-int(s) // multiple) * multiple for s in size]
+        raise ValueError(
+            f"data.image_size={list(size)}: this net downsamples {multiple}x, so height and "
+            f"width must be multiples of {multiple}; try data.image_size={fitting}"
+        )
 
 
 def build_net(

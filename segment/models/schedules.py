@@ -1,11 +1,54 @@
-"""Per-step learning-rate schedules with a linear warmup (stepped every optimiser step)."""
+"""The optimiser and its schedule as Lightning takes them, and per-step learning-rate schedules
+with a linear warmup (stepped every optimiser step)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from hydra.utils import instantiate
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, PolynomialLR, SequentialLR
 
-__all__ = ["WarmupDecayLR"]
+__all__ = ["WarmupDecayLR", "optimization"]
+
+
+def optimization(
+    module: nn.Module,
+    optimizer: Mapping,
+    scheduler: Mapping | None,
+    encoder_lr_mult: float,
+    total_steps: Callable[[], int],
+) -> dict[str, Any]:
+    """``configure_optimizers``' answer: the ``optimizer`` config (``_partial_``) over ``module``'s
+    trainable parameters, the encoder's (``module.net.encoder``) in a group of its own at
+    ``encoder_lr_mult`` times the rate unless that is 1; and Lightning's ``scheduler`` dict, its
+    ``total_steps: null`` filled with ``total_steps()`` (this run's optimiser steps)."""
+    factory = instantiate(optimizer)
+    params = [p for p in module.parameters() if p.requires_grad]
+    encoder = getattr(module.net, "encoder", None)
+    if encoder_lr_mult != 1.0 and encoder is not None:
+        ids = {id(p) for p in encoder.parameters()}
+        params = [
+            {"name": "base", "params": [p for p in params if id(p) not in ids]},
+            {
+                "name": "encoder",
+                "params": [p for p in params if id(p) in ids],
+                "lr": factory.keywords["lr"] * encoder_lr_mult,
+            },
+        ]
+    built = factory(params=params)
+    if not scheduler:
+        return {"optimizer": built}
+    config = {"name": "lr", **scheduler}
+    schedule = dict(config["scheduler"])
+    if "total_steps" in schedule and schedule["total_steps"] is None:
+        schedule["total_steps"] = total_steps()
+    return {
+        "optimizer": built,
+        "lr_scheduler": {**config, "scheduler": instantiate(schedule)(built)},
+    }
 
 
 class WarmupDecayLR(SequentialLR):
