@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -10,6 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -24,6 +26,7 @@ __all__ = [
     "DatasetStatistics",
     "Sample",
     "SegmentationDataset",
+    "data_fingerprint",
     "pair_files",
     "read_image",
     "read_mask",
@@ -58,6 +61,34 @@ def seeded_order(samples: Sequence[Sample], seed: int) -> list[Sample]:
     """
     ordered = sorted(samples, key=lambda s: s.image.as_posix())
     return [ordered[int(i)] for i in np.random.default_rng(seed).permutation(len(ordered))]
+
+
+def data_fingerprint(dataset: str, files: dict[str, list[Sample]]) -> dict[str, Any]:
+    """What ``files`` (samples by split) hold, wherever they lie: the dataset's name, the number of
+    samples per split, a hash of the file names relative to their common folder, one of the
+    content (``content``: every image's size, every mask's bytes: a mask rewritten under its old
+    name changes it; ``images``: every image's bytes, so an image rewritten at its old size changes
+    it too). A record from before ``images`` existed is checked on the keys it has.
+
+    Hashing every image costs about a second once per run: CamVid train+val (468 pairs, 123 MB of
+    images) 0.6-1.0 s with its files in the page cache, 1.1-1.7 s without (0.2-0.6 s before
+    ``images``), on a 2-core AMD EPYC VM shared with a training run."""
+    samples = [sample for split in files.values() for sample in split]
+    paths = [path for sample in samples for path in (sample.image, sample.mask)]
+    base = os.path.commonpath([str(path) for path in paths]) if paths else ""
+    names = sorted(os.path.relpath(path, base) for path in paths)
+    content, images = hashlib.sha1(), hashlib.sha1()
+    for sample in samples:
+        content.update(f"{os.path.getsize(sample.image)}:".encode())
+        content.update(Path(sample.mask).read_bytes())
+        images.update(hashlib.sha1(Path(sample.image).read_bytes()).digest())
+    return {
+        "dataset": dataset,
+        **{split: len(samples) for split, samples in files.items()},
+        "files": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16],
+        "content": content.hexdigest()[:16],
+        "images": images.hexdigest()[:16],  # a new key: older records verify on the rest
+    }
 
 
 def pair_files(
@@ -97,29 +128,46 @@ def pair_files(
         if not folder.is_dir():
             raise FileNotFoundError(f"folder not found: {folder}")
 
-    def keyed(root: Path, key_of: Callable[[str], str | None]) -> dict[str, Path]:
-        files = root.rglob("*") if recursive else root.iterdir()
-        found: dict[str, Path] = {}
-        for path in sorted(files):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
-                continue
-            key = key_of(path.stem)
-            if key is None:
-                continue
-            key = (path.parent.relative_to(root) / key).as_posix()
-            if key in found:  # s0.png and s0.jpg: which one is the sample?
-                raise ValueError(
-                    f"{found[key]} and {path} have the same name {key!r}: one would be dropped "
-                    "silently. Keep one file per sample (remove or rename the other)"
-                )
-            found[key] = path
-        return found
+    images = _keyed(images_dir, _strip(image_suffix), recursive)
+    masks = _keyed(masks_dir, mask_stem or _strip(mask_suffix), recursive)
+    _check_pairs(images, masks, images_dir, masks_dir, image_suffix)
+    return [Sample(images[key], masks[key]) for key in sorted(images)]
 
-    def strip(suffix: str) -> Callable[[str], str | None]:
-        return lambda stem: stem.removesuffix(suffix) if stem.endswith(suffix) else None
 
-    images = keyed(images_dir, strip(image_suffix))
-    masks = keyed(masks_dir, mask_stem or strip(mask_suffix))
+def _keyed(root: Path, key_of: Callable[[str], str | None], recursive: bool) -> dict[str, Path]:
+    """The image files under ``root`` by key: their folder relative to ``root`` and ``key_of``
+    their stem (None: not a candidate)."""
+    files = root.rglob("*") if recursive else root.iterdir()
+    found: dict[str, Path] = {}
+    for path in sorted(files):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        key = key_of(path.stem)
+        if key is None:
+            continue
+        key = (path.parent.relative_to(root) / key).as_posix()
+        if key in found:  # s0.png and s0.jpg: which one is the sample?
+            raise ValueError(
+                f"{found[key]} and {path} have the same name {key!r}: one would be dropped "
+                "silently. Keep one file per sample (remove or rename the other)"
+            )
+        found[key] = path
+    return found
+
+
+def _strip(suffix: str) -> Callable[[str], str | None]:
+    return lambda stem: stem.removesuffix(suffix) if stem.endswith(suffix) else None
+
+
+def _check_pairs(
+    images: dict[str, Path],
+    masks: dict[str, Path],
+    images_dir: Path,
+    masks_dir: Path,
+    image_suffix: str,
+) -> None:
+    """Refuse JPEG masks, no images, and images without masks or masks without images (naming
+    the first of each)."""
     lossy = sorted(str(path) for path in masks.values() if path.suffix.lower() in LOSSY_SUFFIXES)
     if lossy:
         raise ValueError(
@@ -133,20 +181,18 @@ def pair_files(
         )
     unmatched_images = sorted(images.keys() - masks.keys())
     unmatched_masks = sorted(masks.keys() - images.keys())
-    if unmatched_images or unmatched_masks:
-        lines = []
-        if unmatched_images:
-            lines.append(
-                f"{len(unmatched_images)} image(s) in {images_dir} without a mask: "
-                f"{unmatched_images[:5]}"
-            )
-        if unmatched_masks:
-            lines.append(
-                f"{len(unmatched_masks)} mask(s) in {masks_dir} without an image: "
-                f"{unmatched_masks[:5]}"
-            )
+    lines = []
+    if unmatched_images:
+        lines.append(
+            f"{len(unmatched_images)} image(s) in {images_dir} without a mask: "
+            f"{unmatched_images[:5]}"
+        )
+    if unmatched_masks:
+        lines.append(
+            f"{len(unmatched_masks)} mask(s) in {masks_dir} without an image: {unmatched_masks[:5]}"
+        )
+    if lines:
         raise ValueError("; ".join(lines))
-    return [Sample(images[key], masks[key]) for key in sorted(images)]
 
 
 def read_image(path: Path) -> np.ndarray:

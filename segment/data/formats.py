@@ -355,6 +355,32 @@ class BDD100KDataModule(SegmentationDataModule):
         )
 
 
+def _folder_palette(
+    class_names: Sequence[str], palette: Sequence[Sequence[int]] | None, mask_format: str
+) -> tuple[tuple[int, ...], ...] | None:
+    """The folder dataset's colours, checked: one per class, distinct where a colour mask maps
+    colours to classes."""
+    if mask_format not in ("index", "color"):
+        raise ValueError(f"data.mask_format={mask_format!r}; expected 'index' or 'color'")
+    if mask_format == "color" and palette is None:
+        raise ValueError("data.mask_format=color needs data.palette: one [r, g, b] per class")
+    colors = tuple(tuple(int(v) for v in c) for c in palette) if palette is not None else None
+    if colors is not None and len(colors) != len(class_names):
+        raise ValueError(
+            f"data.palette has {len(colors)} colours for {len(class_names)} data.class_names"
+        )
+    if mask_format == "color" and colors is not None:
+        for first, color in enumerate(colors):
+            later = colors.index(color, first + 1) if color in colors[first + 1 :] else None
+            if later is not None:
+                raise ValueError(
+                    f"data.palette: colour {list(color)} is given to both "
+                    f"{class_names[first]!r} and {class_names[later]!r}; in a colour mask it "
+                    "can mean only one class. Give each class its own colour"
+                )
+    return colors
+
+
 class FolderDataModule(SegmentationDataModule):
     """Any folder of images with a folder of masks of the same names.
 
@@ -392,26 +418,9 @@ class FolderDataModule(SegmentationDataModule):
         split_seed: int = 0,
         **kwargs,
     ) -> None:
-        if mask_format not in ("index", "color"):
-            raise ValueError(f"data.mask_format={mask_format!r}; expected 'index' or 'color'")
-        if mask_format == "color" and palette is None:
-            raise ValueError("data.mask_format=color needs data.palette: one [r, g, b] per class")
+        colors = _folder_palette(class_names, palette, mask_format)
         if (val_images_dir is None) != (val_masks_dir is None):
             raise ValueError("give both data.val_images_dir and data.val_masks_dir, or neither")
-        colors = tuple(tuple(int(v) for v in c) for c in palette) if palette is not None else None
-        if colors is not None and len(colors) != len(class_names):
-            raise ValueError(
-                f"data.palette has {len(colors)} colours for {len(class_names)} data.class_names"
-            )
-        if mask_format == "color" and colors is not None:
-            for first, color in enumerate(colors):
-                later = colors.index(color, first + 1) if color in colors[first + 1 :] else None
-                if later is not None:
-                    raise ValueError(
-                        f"data.palette: colour {list(color)} is given to both "
-                        f"{class_names[first]!r} and {class_names[later]!r}; in a colour mask it "
-                        "can mean only one class. Give each class its own colour"
-                    )
         self.info = DatasetInfo(
             name="folder",
             class_names=tuple(class_names),

@@ -19,14 +19,29 @@ the epoch, like ``DistributedSampler.set_epoch``:
 from __future__ import annotations
 
 import math
+import multiprocessing
+import signal
+import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import distributed
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["ORDER_VERSION", "EpochSampler", "ResumableLoader", "data_order"]
+if TYPE_CHECKING:
+    from lightning import Trainer
+
+    from segment.data.datamodule import SegmentationDataModule
+
+__all__ = [
+    "ORDER_VERSION",
+    "EpochSampler",
+    "ResumableLoader",
+    "data_order",
+    "fit_progress",
+    "loader_options",
+]
 
 # The version of the order function below: raise it whenever the order or the augmentation
 # seeds it gives for a (seed, epoch) change, so that runs are paired by seed only where they
@@ -124,3 +139,61 @@ class ResumableLoader(DataLoader):
         self.sampler.seed = int(state["seed"])
         self.sampler.set_epoch(int(state["epoch"]))
         self.sampler.start = int(state["batches"]) * int(self.batch_size)
+
+
+def fit_progress(trainer: Trainer, loader: DataLoader) -> tuple[int, int, int]:
+    """The running fit's epoch, batches trained on in it and batches per epoch (``loader``: its
+    training loader, for the last while Lightning has not counted them yet).
+
+    Lightning's own batch counter (``fit_loop.epoch_loop.batch_progress``, a loop attribute
+    outside its documented API): the one place this package reads it; tests/test_reliability.py's
+    resumes fail if an upgrade moves it.
+    """
+    completed = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+    per_epoch, limit = trainer.num_training_batches, trainer.limit_train_batches
+    if not math.isfinite(per_epoch):  # not counted yet: the loader is being set up
+        batches = len(loader)
+        per_epoch = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    return trainer.current_epoch, int(completed), int(per_epoch)
+
+
+def loader_options(data: SegmentationDataModule, drop_last: bool) -> dict[str, Any]:
+    """``DataLoader`` arguments of ``data``'s splits: its batch size and workers; forked workers
+    that leave stop signals to the trainer, and base seeds that do not depend on when the iterator
+    is created."""
+    num_workers = data.num_workers
+    return {
+        "batch_size": data.batch_size,
+        "drop_last": drop_last,
+        "num_workers": num_workers,
+        "pin_memory": data.pin_memory,
+        "persistent_workers": data.persistent_workers,
+        "multiprocessing_context": _worker_context() if num_workers > 0 else None,
+        # Each iterator draws its workers' base seed from this generator, not from torch's
+        # global RNG: a resumed run creates its iterators at other moments than an uninterrupted
+        # one, and dropout draws from the global RNG (augmentation is seeded per item).
+        "generator": torch.Generator().manual_seed(0),
+        "worker_init_fn": _leave_stop_signals_to_the_trainer if num_workers > 0 else None,
+    }
+
+
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """Loader workers ignore SIGINT and SIGHUP and outlive a SIGTERM by 2 s at most: a signal to
+    the whole process group (Ctrl-C, a closed terminal, a preemption) reaches the training
+    process, which stops cleanly and shuts its workers down; at its exit, Python ends the ones
+    left with SIGTERM, which then ends them (a worker ignoring it kept the process waiting)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: signal.alarm(2))
+
+
+def _worker_context() -> multiprocessing.context.BaseContext | None:
+    """Fork DataLoader workers on Linux, whatever the process's default start method.
+
+    Inside a sweep launcher's worker (joblib's loky) the default context is the launcher's, and
+    DataLoader workers started through it fail ("'Process' object has no attribute 'env'");
+    Python 3.14 makes forkserver the default, which would pickle the RAM cache into every worker.
+    Forked workers share the cached samples' pages instead. Elsewhere (macOS, Windows) Python's
+    default stays.
+    """
+    return multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
