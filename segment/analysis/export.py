@@ -92,29 +92,8 @@ def export(sweep: str | Path, dest: str | Path, merge: bool = False) -> list[Pat
             "(merge=True), which never replaces a file"
         )
     study = Study(load_runs(sweep))
-    shown = {id(arm.runs[0]) for arm in study.arms}  # the mask sheet's run of each arm
-    copies: list[tuple[Run, Path, bool]] = []  # (run, file, text to clean: else copied as is)
-    for run in study.runs:
-        layout = RunLayout.of(run.record.layout)
-        files = [run.folder / name for name in (layout.record, layout.thresholds, layout.log)]
-        files += [
-            p for part in (layout.hydra, layout.csv) for p in sorted((run.folder / part).rglob("*"))
-        ]
-        copies += [(run, p, True) for p in files if p.is_file() or p.is_symlink()]
-        copies += [
-            (run, p, False) for p in (_snapshots(study, run, layout) if id(run) in shown else ())
-        ]
-    for _, source, _ in copies:
-        target = dest / source.relative_to(sweep)
-        for path, top in ((source, sweep), (target, dest)):  # a link is never followed
-            if path.resolve() != top.resolve() / path.relative_to(top):
-                raise ValueError(
-                    f"{path} is a symbolic link or in a linked folder: an export never follows one "
-                    "(it would read or write outside the sweep or the destination); replace it "
-                    "by a copy of what it points to, or remove it"
-                )
-        if target.exists() or target.is_symlink():
-            raise ValueError(f"{target} exists: a merge never replaces a file; remove it first")
+    copies = _files(study)
+    _check_targets([source for _, source, _ in copies], sweep, dest)
     replace = {id(run): roles(run, sweep) for run in study.runs}
     for run, source, text in copies:
         target = dest / source.relative_to(sweep)
@@ -127,6 +106,41 @@ def export(sweep: str | Path, dest: str | Path, merge: bool = False) -> list[Pat
             cleaned = re.sub(r"^(- [^=\n]+=)(<[^'\n]*)$", r"\1'\2'", cleaned, flags=re.M)
         write_atomic(target, cleaned)
     return [dest / run.folder.relative_to(sweep) for run in study.runs]
+
+
+def _files(study: Study) -> list[tuple[Run, Path, bool]]:
+    """Every file an export copies, with its run and whether it is text to clean (else copied as
+    is): each run's record, thresholds, log, Hydra and CSV files; the mask snapshots of the run
+    the mask sheet shows for each arm."""
+    shown = {id(arm.runs[0]) for arm in study.arms}  # the mask sheet's run of each arm
+    copies: list[tuple[Run, Path, bool]] = []  # (run, file, text to clean: else copied as is)
+    for run in study.runs:
+        layout = RunLayout.of(run.record.layout)
+        files = [run.folder / name for name in (layout.record, layout.thresholds, layout.log)]
+        files += [
+            p for part in (layout.hydra, layout.csv) for p in sorted((run.folder / part).rglob("*"))
+        ]
+        copies += [(run, p, True) for p in files if p.is_file() or p.is_symlink()]
+        copies += [
+            (run, p, False) for p in (_snapshots(study, run, layout) if id(run) in shown else ())
+        ]
+    return copies
+
+
+def _check_targets(sources: list[Path], sweep: Path, dest: Path) -> None:
+    """Refuse an export that would follow a link (reading or writing outside its folders) or
+    replace a file."""
+    for source in sources:
+        target = dest / source.relative_to(sweep)
+        for path, top in ((source, sweep), (target, dest)):  # a link is never followed
+            if path.resolve() != top.resolve() / path.relative_to(top):
+                raise ValueError(
+                    f"{path} is a symbolic link or in a linked folder: an export never follows one "
+                    "(it would read or write outside the sweep or the destination); replace it "
+                    "by a copy of what it points to, or remove it"
+                )
+        if target.exists() or target.is_symlink():
+            raise ValueError(f"{target} exists: a merge never replaces a file; remove it first")
 
 
 def _snapshots(study: Study, run: Run, layout: RunLayout) -> list[Path]:

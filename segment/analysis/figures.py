@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -125,31 +126,7 @@ def speedup_figure(series: Mapping[str, Sequence[tuple[str, float, object]]], pa
     for axes, metric in zip(grid[0], metrics, strict=True):
         for index, (label, points) in enumerate(series.items()):
             found = [(level, e) for m, level, e in points if m == metric and e is not None]
-            exact = [(level, e) for level, e in found if np.isfinite(e.low)]
-            color, shift = _color(index), offsets[index]
-            tuned = label.endswith("best rates")
-            if exact:
-                x = np.array([level for level, _ in exact]) + shift
-                y = np.array([e.point for _, e in exact])
-                errors = [
-                    y - np.array([e.low for _, e in exact]),
-                    np.array([e.high for _, e in exact]) - y,
-                ]
-                axes.errorbar(
-                    x,
-                    y,
-                    yerr=errors,
-                    fmt="s-" if tuned else "o-",
-                    color=color,
-                    ms=4,
-                    capsize=2,
-                    lw=2 if tuned else 1,
-                    label=label,
-                )
-            for level, e in found:
-                if not np.isfinite(e.low):
-                    marker = {">=": "^", "<=": "v"}.get(e.bound, "o")
-                    axes.plot([level + shift], [e.point], marker, color=color, ms=6, mfc="none")
+            _speedups(axes, found, label, _color(index), offsets[index])
         axes.axhline(1.0, color="grey", lw=0.8)
         axes.set_yscale("log")
         axes.set(
@@ -167,6 +144,35 @@ def speedup_figure(series: Mapping[str, Sequence[tuple[str, float, object]]], pa
         )
         figure.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 4), 1, 1))
     return _save(figure, path, layout=False)
+
+
+def _speedups(axes, found: Sequence[tuple[float, Any]], label: str, color, shift: float) -> None:
+    """One series of :func:`speedup_figure`: intervals where there are, open markers elsewhere
+    (a bound: a triangle; a censored fit: a circle)."""
+    exact = [(level, e) for level, e in found if np.isfinite(e.low)]
+    tuned = label.endswith("best rates")
+    if exact:
+        x = np.array([level for level, _ in exact]) + shift
+        y = np.array([e.point for _, e in exact])
+        errors = [
+            y - np.array([e.low for _, e in exact]),
+            np.array([e.high for _, e in exact]) - y,
+        ]
+        axes.errorbar(
+            x,
+            y,
+            yerr=errors,
+            fmt="s-" if tuned else "o-",
+            color=color,
+            ms=4,
+            capsize=2,
+            lw=2 if tuned else 1,
+            label=label,
+        )
+    for level, e in found:
+        if not np.isfinite(e.low):
+            marker = {">=": "^", "<=": "v"}.get(e.bound, "o")
+            axes.plot([level + shift], [e.point], marker, color=color, ms=6, mfc="none")
 
 
 def rate_figure(
@@ -189,23 +195,7 @@ def rate_figure(
     )
     for axes, (level, per_arm) in zip(grid[0], panels.items(), strict=True):
         for label, cells in per_arm.items():
-            index = arms.index(label)
-            color, side = _color(index), (index - (len(arms) - 1) / 2) * 0.06
-            ordered = sorted(cells)
-            means = [np.exp(np.mean(np.log([t for t, _ in cells[r]]))) for r in ordered]
-            axes.plot(ordered, means, "-", color=color, lw=1.5, label=label)
-            for rate in ordered:
-                for k, (time, reached) in enumerate(cells[rate]):
-                    x = rate * 10 ** (side + 0.015 * (k - (len(cells[rate]) - 1) / 2))
-                    axes.plot(
-                        [x],
-                        [time],
-                        "o",
-                        color=color,
-                        ms=4,
-                        alpha=0.75,
-                        mfc=color if reached else "none",
-                    )
+            _rate_series(axes, cells, label, arms.index(label), len(arms))
         axes.set_xscale("log")
         axes.set_yscale("log")
         axes.set_xticks(rates, [f"{r:.0e}".replace("e-0", "e-") for r in rates])
@@ -215,6 +205,22 @@ def rate_figure(
         axes.legend(fontsize=7, loc="upper center")
     grid[0][0].set_ylabel("epochs to the level (log; hollow: never, last seen)")
     return _save(figure, path)
+
+
+def _rate_series(
+    axes, cells: Mapping[float, Sequence[tuple[float, bool]]], label: str, index: int, arms: int
+) -> None:
+    """One arm of a :func:`rate_figure` panel: its geometric means joined, a marker per seed."""
+    color, side = _color(index), (index - (arms - 1) / 2) * 0.06
+    ordered = sorted(cells)
+    means = [np.exp(np.mean(np.log([t for t, _ in cells[r]]))) for r in ordered]
+    axes.plot(ordered, means, "-", color=color, lw=1.5, label=label)
+    for rate in ordered:
+        for k, (time, reached) in enumerate(cells[rate]):
+            x = rate * 10 ** (side + 0.015 * (k - (len(cells[rate]) - 1) / 2))
+            axes.plot(
+                [x], [time], "o", color=color, ms=4, alpha=0.75, mfc=color if reached else "none"
+            )
 
 
 def reached_figure(
@@ -245,6 +251,22 @@ def reached_figure(
     return _save(figure, path)
 
 
+def _loss_axis(
+    axes, ylabel: str, losses: Sequence[float], loss_levels: Sequence[float], loss_metric: str
+) -> None:
+    """A loss x-axis on a log scale, the levels marked, training moving right."""
+    for level in loss_levels:
+        axes.axvline(level, color="grey", ls=":", lw=1)
+    axes.set(xlabel=loss_metric, ylabel=ylabel)
+    _log_axis(axes.xaxis, axes.set_xscale)
+    if losses and loss_levels:  # the first validations' losses, up to 20 on CamVid, would
+        # squash the levels
+        axes.set_xlim(2.5 * max(loss_levels), 0.9 * min(losses))
+    else:
+        axes.invert_xaxis()
+    axes.grid(alpha=0.3)
+
+
 def calibration_figure(
     points: Sequence[dict],
     thin_classes: Sequence[str],
@@ -270,17 +292,7 @@ def calibration_figure(
             x, y = zip(*pairs, strict=True)
             right.scatter(x, y, s=5, alpha=0.4, color=_color(i + 1), label=name)
     for axes, ylabel in ((left, "val/miou"), (right, "IoU of thin classes")):
-        for level in loss_levels:
-            axes.axvline(level, color="grey", ls=":", lw=1)
-        axes.set(xlabel=loss_metric, ylabel=ylabel)
-        _log_axis(axes.xaxis, axes.set_xscale)
-        losses = [r[loss_metric] for r in rows]
-        if losses and loss_levels:  # training moves right; the first validations' losses, up to
-            # 20 on CamVid, would squash the levels
-            axes.set_xlim(2.5 * max(loss_levels), 0.9 * min(losses))
-        else:
-            axes.invert_xaxis()
-        axes.grid(alpha=0.3)
+        _loss_axis(axes, ylabel, [r[loss_metric] for r in rows], loss_levels, loss_metric)
     for level in miou_levels:
         left.axhline(level, color="grey", ls="--", lw=0.8)
     if thin_classes:
@@ -288,6 +300,19 @@ def calibration_figure(
     left.set_title(f"Loss vs mask quality ({len(rows)} validations)")
     right.set_title("Loss vs thin-class IoU")
     return _save(figure, path)
+
+
+def _class_legend(
+    figure: plt.Figure, classes: Sequence[tuple[str, Sequence[int]]], rows: int
+) -> None:
+    """The class colours below a :func:`mask_sheet_figure` of ``rows`` rows."""
+    patches = [
+        matplotlib.patches.Patch(color=np.asarray(rgb) / 255, label=name) for name, rgb in classes
+    ]
+    figure.legend(
+        handles=patches, loc="lower center", ncol=min(len(patches), 8), fontsize=7, frameon=False
+    )
+    figure.tight_layout(rect=(0, 0.35 / (2.2 * rows + 0.6) * (1 + len(patches) // 8), 1, 1))
 
 
 def mask_sheet_figure(
@@ -321,20 +346,7 @@ def mask_sheet_figure(
             if c == 0:
                 axes.set_ylabel(label, fontsize=7)
     if classes:
-        patches = [
-            matplotlib.patches.Patch(color=np.asarray(rgb) / 255, label=name)
-            for name, rgb in classes
-        ]
-        figure.legend(
-            handles=patches,
-            loc="lower center",
-            ncol=min(len(patches), 8),
-            fontsize=7,
-            frameon=False,
-        )
-        figure.tight_layout(
-            rect=(0, 0.35 / (2.2 * len(rows) + 0.6) * (1 + len(patches) // 8), 1, 1)
-        )
+        _class_legend(figure, classes, len(rows))
     return _save(figure, path, layout=not classes)
 
 

@@ -32,52 +32,33 @@ def _figures(study: Study, sweep: Path) -> list[str]:
     """Draw every figure of the report; returns their file names, in the order the report shows
     them."""
     arms = {arm.name: arm.runs for arm in study.arms}
-    levels = [level.level for level in study.headline]
+    loss, levels = study.loss_metric, [level.level for level in study.headline]
+    miou_levels = [level.level for level in study.miou_levels]
     names = []
     if study.tuned:
-        figures.rate_figure(study.times_by_rate(), sweep / "epochs_vs_rate.png")
-        names.append("epochs_vs_rate.png")
+        names.append(figures.rate_figure(study.times_by_rate(), sweep / "epochs_vs_rate.png").name)
     if study.comparisons or study.tuned:
-        figures.speedup_figure(study.speedups(), sweep / "speedup_vs_threshold.png")
-        names.append("speedup_vs_threshold.png")
-    figures.curves_figure(
-        arms,
-        study.loss_metric,
-        sweep / "loss_curves.png",
-        f"{study.loss_metric} at every validation: mean +- std over seeds",
-        levels,
-    )
-    figures.curves_figure(
-        arms,
-        "val/miou",
-        sweep / "miou_curves.png",
-        "val/miou at every validation",
-        [lv.level for lv in study.miou_levels],
-    )
-    figures.curves_figure(
-        arms,
-        study.loss_metric,
-        sweep / "val_loss_vs_seconds.png",
-        f"{study.loss_metric} against training seconds",
-        levels,
-        unit="seconds",
-    )
-    names += [
-        "loss_curves.png",
-        "miou_curves.png",
-        "val_loss_vs_seconds.png",
-        "reached_vs_epochs.png",
-        "calibration.png",
-    ]
+        path = sweep / "speedup_vs_threshold.png"
+        names.append(figures.speedup_figure(study.speedups(), path).name)
+    for name, metric, title, marks, unit in (
+        (
+            "loss_curves",
+            loss,
+            f"{loss} at every validation: mean +- std over seeds",
+            levels,
+            "epoch",
+        ),
+        ("miou_curves", "val/miou", "val/miou at every validation", miou_levels, "epoch"),
+        ("val_loss_vs_seconds", loss, f"{loss} against training seconds", levels, "seconds"),
+    ):
+        path = sweep / f"{name}.png"
+        names.append(figures.curves_figure(arms, metric, path, title, marks, unit=unit).name)
     curves = {lv.name: {arm.name: arm.reached(lv) for arm in study.arms} for lv in study.headline}
-    figures.reached_figure(curves, sweep / "reached_vs_epochs.png")
-    figures.calibration_figure(
-        [row for run in study.usable for row in run.validations],
-        study.thin_classes,
-        levels,
-        [lv.level for lv in study.miou_levels],
-        sweep / "calibration.png",
-        study.loss_metric,
+    names.append(figures.reached_figure(curves, sweep / "reached_vs_epochs.png").name)
+    rows = [row for run in study.usable for row in run.validations]
+    path = sweep / "calibration.png"
+    names.append(
+        figures.calibration_figure(rows, study.thin_classes, levels, miou_levels, path, loss).name
     )
     if _mask_sheet(study, sweep) is not None:
         names.append("masks_at_thresholds.png")
@@ -211,11 +192,18 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
             f"no completed run with validations under {sweep}; see "
             f"{sweep / 'report.md'}:\n{problems}"
         )
-    names = _figures(study, sweep)
-    bins, first_reached, summary = tables.calibration(study)
     answer = tables.answer(study)
-    figure_links = "\n\n".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in names)
-    sections = [
+    sections = [*_summary(study, sweep, answer, _figures(study, sweep)), *_details(study)]
+    path = sweep / "report.md"
+    write_atomic(path, "\n\n".join(section for section in sections if section) + "\n")
+    return path, answer
+
+
+def _summary(study: Study, sweep: Path, answer: str, figures: Sequence[str]) -> list[str]:
+    """The report's first sections: the title and answer, the figures, the seeds to add, the
+    sizes' answer and the best rates."""
+    figure_links = "\n\n".join(f"![{name[:-4].replace('_', ' ')}]({name})" for name in figures)
+    return [
         f"# Study report: {tables.title(study)}",
         answer,
         f"{len(study.usable)} usable runs of {len(study.runs)} in {len(study.arms)} arms "
@@ -233,6 +221,14 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         )
         if study.tuned
         else "",
+    ]
+
+
+def _details(study: Study) -> list[str]:
+    """The report's tables under its answer: every comparison, level, unit and sensitivity, the
+    costs and best scores, the calibration, the protocol and what failed."""
+    bins, first_reached, summary = tables.calibration(study)
+    return [
         "## Every comparison at the headline levels\n\n"
         + tables.comparison_table(study, study.comparisons)
         + "\n\n"
@@ -260,9 +256,6 @@ def write_report(sweep: str | Path) -> tuple[Path, str]:
         "## Protocol\n\n" + tables.protocol_section(study),
         "## Failed or incomplete runs\n\n" + tables.problems(study),
     ]
-    path = sweep / "report.md"
-    write_atomic(path, "\n\n".join(section for section in sections if section) + "\n")
-    return path, answer
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -414,30 +414,33 @@ def tuned(slow: Sequence[Cell], fast: Sequence[Cell]) -> Estimate | None:
     low, high = _tuned_bounds(slow, fast, contrasts, 1 - CONFIDENCE)
     if not high > low:
         return Estimate(point, reason="every seed ties: no spread", **common)
-    log = math.log(point)
-
-    def p() -> float:  # the level at which the interval just reaches 1
-        def gap(exponent: float) -> float:  # > 0 once the interval at 1 - 10**exponent excludes 1
-            lower, upper = _tuned_bounds(slow, fast, contrasts, 10**exponent)
-            return lower if log > 0 else -upper
-
-        if gap(-1e-9) <= 0:
-            return 1.0
-        if gap(-12) > 0:
-            return 1e-12
-        return float(10 ** optimize.brentq(gap, -12, -1e-9, xtol=1e-4))
-
     _, se, df = contrasts
     i, j = slow.index(best_slow), fast.index(best_fast)
     return Estimate(
         point,
         math.exp(low),
         math.exp(high),
-        p_of=p,
+        p_of=lambda: _tuned_p(slow, fast, contrasts, math.log(point)),
         spread=(float(se[i, j] * math.sqrt(min(seeds))), float(df[i, j])),
         cells=(tuple(slow), tuple(fast)),
         **common,
     )
+
+
+def _tuned_p(
+    slow: Sequence[Cell], fast: Sequence[Cell], contrasts: tuple[np.ndarray, ...], log: float
+) -> float:
+    """The level at which the best-rates interval (:func:`_tuned_bounds`) just reaches 1."""
+
+    def gap(exponent: float) -> float:  # > 0 once the interval at 1 - 10**exponent excludes 1
+        lower, upper = _tuned_bounds(slow, fast, contrasts, 10**exponent)
+        return lower if log > 0 else -upper
+
+    if gap(-1e-9) <= 0:
+        return 1.0
+    if gap(-12) > 0:
+        return 1e-12
+    return float(10 ** optimize.brentq(gap, -12, -1e-9, xtol=1e-4))
 
 
 def kaplan_meier(times: Sequence[float], reached: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:

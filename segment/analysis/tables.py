@@ -11,7 +11,7 @@ import numpy as np
 
 from segment.analysis.runs import Run
 from segment.analysis.stats import MAX_SEEDS, Estimate, mean_std
-from segment.analysis.study import Comparison, Study, TunedComparison
+from segment.analysis.study import Arm, Comparison, Study, TunedComparison
 from segment.analysis.thresholds import Threshold
 from segment.config.names import value_text
 
@@ -223,26 +223,9 @@ def answer(study: Study) -> str:
         ]
         comparisons = _fixed(study, tuned)
     for comparison in comparisons[: 6 - len(lines)]:
-        estimates = [comparison.estimate(level) for level in levels]
-        where = comparison.context or comparison.effect
-        first = next((e for e in estimates if e is not None and np.isfinite(e.low)), None)
-        first = first or next((e for e in estimates if e is not None), None)
-        how = (
-            f"{first.seeds[0]}/{first.seeds[1]} seeds, {'paired' if first.paired else 'unpaired'}"
-            if first
-            else ""
-        )
-        label = (  # a rate of the title's arms, or another effect, named with its own arms
-            f"at {comparison.context}"
-            if comparison.context
-            else f"{comparison.effect}, {comparison.slower.name} / {comparison.faster.name}"
-        )
-        lines.append(f"- {label}{f' ({how})' if how else ''}: {_row(estimates)}")
-        weak += [
-            f"{where} at {lv.level:g}"
-            for lv, e in zip(levels, estimates, strict=True)
-            if e is not None and not e.bound and not e.model and not e.holds
-        ]
+        line, open_ = _answer_line(comparison, levels)
+        lines.append(line)
+        weak += open_
     lines.append(
         "- not established (the 95% interval holds 1): "
         + ("; ".join(weak) if weak else "nowhere here")
@@ -250,6 +233,30 @@ def answer(study: Study) -> str:
         "once); exact permutation p and seeds needed: the tables below."
     )
     return "\n".join(lines)
+
+
+def _answer_line(comparison: Comparison, levels: Sequence[Threshold]) -> tuple[str, list[str]]:
+    """A fixed-rate (or declared) comparison's line of the answer, and where it does not hold."""
+    estimates = [comparison.estimate(level) for level in levels]
+    where = comparison.context or comparison.effect
+    first = next((e for e in estimates if e is not None and np.isfinite(e.low)), None)
+    first = first or next((e for e in estimates if e is not None), None)
+    how = (
+        f"{first.seeds[0]}/{first.seeds[1]} seeds, {'paired' if first.paired else 'unpaired'}"
+        if first
+        else ""
+    )
+    label = (  # a rate of the title's arms, or another effect, named with its own arms
+        f"at {comparison.context}"
+        if comparison.context
+        else f"{comparison.effect}, {comparison.slower.name} / {comparison.faster.name}"
+    )
+    weak = [
+        f"{where} at {lv.level:g}"
+        for lv, e in zip(levels, estimates, strict=True)
+        if e is not None and not e.bound and not e.model and not e.holds
+    ]
+    return f"- {label}{f' ({how})' if how else ''}: {_row(estimates)}", weak
 
 
 def _answer_rows(study: Study) -> list[tuple[str, Comparison | TunedComparison]]:
@@ -289,6 +296,16 @@ def more_seeds(study: Study, sweep: str) -> str:
             f"{plan} would need more than {MAX_SEEDS} seeds per arm ({where}): at its spread this "
             "design cannot resolve so small an effect there."
         )
+    return (
+        f"{plan} needs {needed} seeds per arm in the answer's most demanding cell ({where}; each "
+        "cell's need is in the tables below); to add them to this sweep:\n\n"
+        f"```bash\nsegment-train -m {_seeds_arguments(runs, seeds, needed, sweep)}\n```"
+    )
+
+
+def _seeds_arguments(runs: list[Run], seeds: list[int], needed: int, sweep: str) -> str:
+    """The sweep's arguments (shell-quoted) that add seeds up to ``needed`` to every arm of
+    ``runs`` (``seeds``: those they have) in ``sweep``."""
     values: dict[str, list[str]] = {}
     for item in (item for run in runs for item in run.typed):
         key, _, value = item.partition("=")
@@ -296,16 +313,8 @@ def more_seeds(study: Study, sweep: str) -> str:
             values[key].append(value)
     new = range(seeds[-1] + 1, seeds[-1] + 1 + needed - len(seeds))
     parts = [f"{key}={','.join(found)}" for key, found in values.items()]
-    parts += [
-        f"seed={','.join(map(str, new))}",
-        f"hydra.sweep.dir={sweep}",
-        "skip_completed=true",
-    ]
-    return (
-        f"{plan} needs {needed} seeds per arm in the answer's most demanding cell ({where}; each "
-        "cell's need is in the tables below); to add them to this sweep:\n\n"
-        f"```bash\nsegment-train -m {' '.join(map(shlex.quote, parts))}\n```"
-    )
+    parts += [f"seed={','.join(map(str, new))}", f"hydra.sweep.dir={sweep}", "skip_completed=true"]
+    return " ".join(map(shlex.quote, parts))
 
 
 def comparison_table(study: Study, comparisons: Sequence[Comparison]) -> str:
@@ -327,6 +336,23 @@ def comparison_table(study: Study, comparisons: Sequence[Comparison]) -> str:
     return "\n".join(lines)
 
 
+def _own_rates(tuned: TunedComparison, level: Threshold) -> str:
+    """``0: 0.001 / 0.0003; 1: ...``: the rate each seed alone would choose for each arm."""
+    own = []
+    slow, fast = tuned.cells(level)
+    for seed in sorted({s for c in slow + fast for s in c.times}, key=str):
+        picks = [
+            min(
+                (c for c in cells if seed in c.times and c.times[seed][1]),
+                key=lambda c: (c.times[seed][0], c.rate),
+                default=None,
+            )
+            for cells in (slow, fast)
+        ]
+        own.append(f"{seed}: " + " / ".join(rate(c.rate) if c else "never" for c in picks))
+    return "; ".join(own)
+
+
 def tuned_table(study: Study) -> str:
     """Each arm at its own best rate: the speedup, its interval for every pair of rates at once,
     each seed's own best rate."""
@@ -344,23 +370,11 @@ def tuned_table(study: Study) -> str:
     for tuned in study.tuned:
         for level in study.headline:
             e = tuned.estimate(level)
-            own = []
-            slow, fast = tuned.cells(level)
-            for seed in sorted({s for c in slow + fast for s in c.times}, key=str):
-                picks = [
-                    min(
-                        (c for c in cells if seed in c.times and c.times[seed][1]),
-                        key=lambda c: (c.times[seed][0], c.rate),
-                        default=None,
-                    )
-                    for cells in (slow, fast)
-                ]
-                own.append(f"{seed}: " + " / ".join(rate(c.rate) if c else "never" for c in picks))
             lines.append(
                 f"| {tuned.name} | {level.name} | {rate(e.rates[0]) if e else ''} / "
                 f"{rate(e.rates[1]) if e else ''} | {ratio(e)} | {evidence(e, study.plan_ratio)} | "
                 f"{per_seed(e)} | "
-                f"{'; '.join(own)} |"
+                f"{_own_rates(tuned, level)} |"
             )
     return "\n".join(
         [
@@ -584,44 +598,55 @@ def protocol_section(study: Study) -> str:
         "image | validations/epoch | clip | precision | cap (epochs) | code | speed index (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for arm in study.arms:
-        run = arm.runs[0]
-        scheduler = (run.value("model.scheduler.scheduler._target_") or "none").rsplit(".", 1)[-1]
-        warm = run.value("model.scheduler.scheduler.total_iters")
-        if scheduler == "LinearLR" and warm:
-            scheduler = f"linear warmup {warm} steps, then constant"
-        interval = run.value("trainer.val_check_interval") or 1.0
-        image = "x".join(str(v) for v in (run.value("data.image_size") or []))
-        name = (run.value("model.optimizer._target_") or "?").rsplit(".", 1)[-1]
-        optimizer = f"{name} {run.value('model.optimizer.lr')}"
-        if run.value("model.optimizer.weight_decay"):
-            optimizer += f" (wd {run.value('model.optimizer.weight_decay')})"
-        precision = ", ".join(sorted({str(r.precision) for r in arm.runs}))
-        weights = ", ".join(sorted({r.weights or "?" for r in arm.runs}))
-        caps = ", ".join(sorted({str(r.value("trainer.max_epochs")) for r in arm.runs}))
-        net = [
-            (run.value("model.net._target_") or "?").rsplit(".", 1)[-1],
-            run.value("model.net.encoder_name"),
-        ]
-        if (
-            run.value("model.net.final_relu") is not None
-        ):  # the lab's VGG net: which head it trained with
-            net.append(
-                "head ending in ReLU (the lab's)"
-                if run.value("model.net.final_relu")
-                else "corrected head"
-            )
-        commits = ", ".join(f"{commit} ({seeds})" for commit, seeds in _commits(arm.runs).items())
-        speeds = [step_ms(r) for r in arm.runs if step_ms(r) is not None]
-        speed = f"{min(speeds):.0f}-{max(speeds):.0f}" if speeds else "-"
-        lines.append(
-            f"| {arm.name} | `{arm.label}` | {', '.join(str(r.seed) for r in arm.runs)} | "
-            f"{', '.join(part for part in net if part)} | {weights} | {optimizer} | {scheduler} | "
-            f"{run.value('data.batch_size')} | {image} | "
-            f"{round(1 / float(interval)) if interval <= 1 else 1} | "
-            f"{run.value('trainer.gradient_clip_val') or '-'} | {precision} | {caps} | {commits} | "
-            f"{speed} |"
+    lines += [_protocol_row(arm) for arm in study.arms]
+    return "\n".join([*lines, *_protocol_notes(study)])
+
+
+def _protocol_row(arm: Arm) -> str:
+    """An arm's line of the protocol table, read from its first run (seeds, weights, precisions,
+    caps, commits and speeds from all of them)."""
+    run = arm.runs[0]
+    scheduler = (run.value("model.scheduler.scheduler._target_") or "none").rsplit(".", 1)[-1]
+    warm = run.value("model.scheduler.scheduler.total_iters")
+    if scheduler == "LinearLR" and warm:
+        scheduler = f"linear warmup {warm} steps, then constant"
+    interval = run.value("trainer.val_check_interval") or 1.0
+    image = "x".join(str(v) for v in (run.value("data.image_size") or []))
+    name = (run.value("model.optimizer._target_") or "?").rsplit(".", 1)[-1]
+    optimizer = f"{name} {run.value('model.optimizer.lr')}"
+    if run.value("model.optimizer.weight_decay"):
+        optimizer += f" (wd {run.value('model.optimizer.weight_decay')})"
+    precision = ", ".join(sorted({str(r.precision) for r in arm.runs}))
+    weights = ", ".join(sorted({r.weights or "?" for r in arm.runs}))
+    caps = ", ".join(sorted({str(r.value("trainer.max_epochs")) for r in arm.runs}))
+    net = [
+        (run.value("model.net._target_") or "?").rsplit(".", 1)[-1],
+        run.value("model.net.encoder_name"),
+    ]
+    if (
+        run.value("model.net.final_relu") is not None
+    ):  # the lab's VGG net: which head it trained with
+        net.append(
+            "head ending in ReLU (the lab's)"
+            if run.value("model.net.final_relu")
+            else "corrected head"
         )
+    commits = ", ".join(f"{commit} ({seeds})" for commit, seeds in _commits(arm.runs).items())
+    speeds = [step_ms(r) for r in arm.runs if step_ms(r) is not None]
+    speed = f"{min(speeds):.0f}-{max(speeds):.0f}" if speeds else "-"
+    return (
+        f"| {arm.name} | `{arm.label}` | {', '.join(str(r.seed) for r in arm.runs)} | "
+        f"{', '.join(part for part in net if part)} | {weights} | {optimizer} | {scheduler} | "
+        f"{run.value('data.batch_size')} | {image} | "
+        f"{round(1 / float(interval)) if interval <= 1 else 1} | "
+        f"{run.value('trainer.gradient_clip_val') or '-'} | {precision} | {caps} | {commits} | "
+        f"{speed} |"
+    )
+
+
+def _protocol_notes(study: Study) -> list[str]:
+    """Below the protocol table: how thresholds count, versions, machines, pairing; a warning
+    where arms compared trained in different precisions."""
     run = study.usable[0]
     thresholds = run.value("callbacks.thresholds") or {}
     versions = run.record.versions
@@ -635,7 +660,7 @@ def protocol_section(study: Study) -> str:
             if r.record.trained
         }
     )
-    lines += [
+    lines = [
         "",
         f"A threshold counts once it has held for {run.patience} validations in a row and is "
         "credited to the first of them (its fractional epoch, optimiser step, images seen and "
@@ -656,7 +681,7 @@ def protocol_section(study: Study) -> str:
             f"\n**Warning: the arms of {', '.join(mixed)} trained in different precisions** (see "
             "the precision column): their seconds, and possibly their epochs, are not comparable."
         )
-    return "\n".join(lines)
+    return lines
 
 
 def _ordered(study: Study) -> str:
@@ -725,6 +750,17 @@ def best_table(study: Study) -> str:
 def calibration(study: Study) -> tuple[str, str, list[str]]:
     """Question 1: mask quality at each loss level, and the loss at which mIoU first reaches each
     level."""
+    return _quality_by_loss(study), *_first_reached(study)
+
+
+def _thin_iou(row: dict[str, float], thin: Sequence[str]) -> float | None:
+    """A validation's mean IoU over the thin classes it scored (None: none)."""
+    values = [row[f"val/iou/{c}"] for c in thin if f"val/iou/{c}" in row]
+    return float(np.mean(values)) if values else None
+
+
+def _quality_by_loss(study: Study) -> str:
+    """The validations' mIoU, pixel accuracy and thin-class IoU, binned by the loss (LOSS_BINS)."""
     thin, metric = study.thin_classes, study.loss_metric
     points = [
         row
@@ -741,18 +777,19 @@ def calibration(study: Study) -> tuple[str, str, list[str]]:
         if not rows:
             continue
         label = f"> {low:g}" if high == float("inf") else f"{low:g} - {high:g}"
-        thins = [
-            float(np.mean([row[f"val/iou/{c}"] for c in thin if f"val/iou/{c}" in row]))
-            for row in rows
-            if any(f"val/iou/{c}" in row for c in thin)
-        ]
+        thins = [t for row in rows if (t := _thin_iou(row, thin)) is not None]
         accuracy = [r["val/pixel_acc"] for r in rows if "val/pixel_acc" in r]
         lines.append(
             f"| {label} | {len(rows)} | {pm([r['val/miou'] for r in rows], 3)} | {pm(accuracy, 3)} "
             f"| {pm(thins, 3)} |"
         )
-    bins = "\n".join(lines) + (f"\n\nThin classes: {', '.join(thin)}." if thin else "")
+    return "\n".join(lines) + (f"\n\nThin classes: {', '.join(thin)}." if thin else "")
 
+
+def _first_reached(study: Study) -> tuple[str, list[str]]:
+    """Each level (headline losses, mIoU levels) at its first crossing: the loss, mIoU and
+    thin-class IoU then; a sentence per mIoU level."""
+    thin, metric = study.thin_classes, study.loss_metric
     lines = [
         "| first reached | runs | at loss | val/miou then | thin-class IoU then |",
         "|---|---|---|---|---|",
@@ -762,16 +799,10 @@ def calibration(study: Study) -> tuple[str, str, list[str]]:
         found = []
         for run in study.usable:
             crossing = run.crossing(level.metric, level.mode, level.level)
-            if crossing is None or not crossing.reached:
-                continue
-            row = next(r for r in run.validations if r["step"] == crossing.step)
-            thins = [row[f"val/iou/{c}"] for c in thin if f"val/iou/{c}" in row]
-            found.append(
-                (row.get(metric), row.get("val/miou"), float(np.mean(thins)) if thins else None)
-            )
-        losses = [f[0] for f in found if f[0] is not None]
-        mious = [f[1] for f in found if f[1] is not None]
-        thins = [f[2] for f in found if f[2] is not None]
+            if crossing is not None and crossing.reached:
+                row = next(r for r in run.validations if r["step"] == crossing.step)
+                found.append((row.get(metric), row.get("val/miou"), _thin_iou(row, thin)))
+        losses, mious, thins = ([f[i] for f in found if f[i] is not None] for i in range(3))
         lines.append(
             f"| {level.name} | {len(found)}/{len(study.usable)} | {pm(losses, 3)} | {pm(mious, 3)} "
             f"| {pm(thins, 3)} |"
@@ -784,7 +815,7 @@ def calibration(study: Study) -> tuple[str, str, list[str]]:
                 if losses
                 else f"No run held mIoU {level.level:g}."
             )
-    return bins, "\n".join(lines), summary
+    return "\n".join(lines), summary
 
 
 def contention(study: Study) -> str:
