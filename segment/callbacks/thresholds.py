@@ -24,6 +24,26 @@ __all__ = ["ThresholdTracker"]
 log = logging.getLogger(__name__)
 
 
+def _check_levels(
+    val_loss: Sequence[float], val_miou: Sequence[float], loss_metric: str, patience: int
+) -> None:
+    if patience < 1:
+        raise ValueError(f"thresholds.patience={patience} must be >= 1")
+    if loss_metric not in LOSS_METRICS:
+        raise ValueError(
+            f"thresholds.loss_metric={loss_metric!r}; expected one of {list(LOSS_METRICS)}"
+        )
+    for key, values, mode in (("val_loss", val_loss, "min"), ("val_miou", val_miou, "max")):
+        steps = list(zip(values, values[1:], strict=False))
+        if any((b >= a) if mode == "min" else (b <= a) for a, b in steps):
+            order = (
+                "decreasing (loosest first), e.g. [1.0, 0.7, 0.5]"
+                if mode == "min"
+                else ("increasing (loosest first), e.g. [0.3, 0.5, 0.6]")
+            )
+            raise ValueError(f"thresholds.{key}={list(values)}: must be strictly {order}")
+
+
 class ThresholdTracker(Callback):
     """Record when each threshold is first reached, and what it cost, at every validation.
 
@@ -60,21 +80,7 @@ class ThresholdTracker(Callback):
         stop_when_reached: str | None = None,
         filename: str = RunLayout.thresholds,
     ) -> None:
-        if patience < 1:
-            raise ValueError(f"thresholds.patience={patience} must be >= 1")
-        if loss_metric not in LOSS_METRICS:
-            raise ValueError(
-                f"thresholds.loss_metric={loss_metric!r}; expected one of {list(LOSS_METRICS)}"
-            )
-        for key, values, mode in (("val_loss", val_loss, "min"), ("val_miou", val_miou, "max")):
-            steps = list(zip(values, values[1:], strict=False))
-            if any((b >= a) if mode == "min" else (b <= a) for a, b in steps):
-                order = (
-                    "decreasing (loosest first), e.g. [1.0, 0.7, 0.5]"
-                    if mode == "min"
-                    else ("increasing (loosest first), e.g. [0.3, 0.5, 0.6]")
-                )
-                raise ValueError(f"thresholds.{key}={list(values)}: must be strictly {order}")
+        _check_levels(val_loss, val_miou, loss_metric, patience)
         # Ordered from loosest to strictest, so that the tables and plots read in training order.
         self.thresholds = [Threshold(loss_metric, "min", float(v)) for v in val_loss] + [
             Threshold("val/miou", "max", float(v)) for v in val_miou

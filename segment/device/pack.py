@@ -106,6 +106,34 @@ def _working_tree_size(repo: Path, pack_dir: Path) -> int:
     return sum(f.stat().st_size for f in files if pack_dir not in f.parents)
 
 
+def _pip_commands(target: Path, python_version: str, pins: list[str]) -> list[list[str]]:
+    """One ``pip wheel`` for the sdist-only ``pins``, one ``pip download`` (binary wheels for the
+    device's platforms and ``python_version``) for the others, into ``target``."""
+    built = [pin for pin in pins if pin.split("==")[0] in SDIST_ONLY]
+    downloaded = [pin for pin in pins if pin.split("==")[0] not in SDIST_ONLY]
+    pip = [sys.executable, "-m", "pip"]
+    commands = []
+    if built:
+        commands.append([*pip, "wheel", "--no-deps", "-q", "-w", str(target), *built])
+    if downloaded:
+        platform = ["--python-version", python_version, "--implementation", "cp"]
+        platform += [f"--platform={p}" for p in PLATFORMS]
+        commands.append(
+            [
+                *pip,
+                "download",
+                "--no-deps",
+                "-q",
+                "--only-binary=:all:",
+                *platform,
+                "-d",
+                str(target),
+            ]
+            + downloaded
+        )
+    return commands
+
+
 def fetch_wheels(
     target: Path, python_version: str, names: tuple[str, ...] = MISSING_THERE
 ) -> list[Path]:
@@ -122,33 +150,7 @@ def fetch_wheels(
             wheel.startswith(f"{name.replace('-', '_').lower()}-{version}-") for wheel in have
         )
     ]
-    built = [f"{name}=={versions[name]}" for name in missing if name in SDIST_ONLY]
-    downloaded = [f"{name}=={versions[name]}" for name in missing if name not in SDIST_ONLY]
-    commands = []
-    if built:
-        commands.append(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(target), *built]
-        )
-    if downloaded:
-        commands.append(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "-q",
-                "--only-binary=:all:",
-                "--python-version",
-                python_version,
-                "--implementation",
-                "cp",
-                "-d",
-                str(target),
-                *[f"--platform={p}" for p in PLATFORMS],
-                *downloaded,
-            ]
-        )
+    commands = _pip_commands(target, python_version, [f"{n}=={versions[n]}" for n in missing])
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
@@ -230,24 +232,9 @@ def pack(
     report.parts["weights"] = _size(pack_weights(output / "weights"))
     if repo is not None:
         report.parts["working tree"] = _working_tree_size(repo, output.resolve())
-    room = budget - report.total
-    choices = [quality] if quality is not None else list(QUALITIES)
-    choices = [
-        q for q in choices if quality is not None or _estimate(camvid, q, max_images) <= room
-    ]
-    for chosen in choices:
-        shutil.rmtree(output / "camvid", ignore_errors=True)
-        samples = pack_camvid(Path(camvid), output / "camvid", chosen, max_images)
-        report.parts["camvid"] = _size(output / "camvid")
-        if report.total <= budget or quality is not None:
-            break
-    else:
-        sizes = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in report.parts.items())
-        raise PackTooLarge(
-            f"nothing fits {budget / 2**20:.0f} MiB: {sizes}, and CamVid at JPEG quality "
-            f"{QUALITIES[-1]} would not fit the rest; raise --budget or pack fewer images "
-            "(--max-images)"
-        )
+    samples, chosen = _pack_camvid_fitting(
+        Path(camvid), output, quality, max_images, report, budget
+    )
     how = "as asked" if quality is not None else f"the highest that fits {budget / 2**20:.0f} MiB"
     report.notes = [
         f"{samples} CamVid samples, JPEG quality {chosen} ({how}), masks byte-identical",
@@ -267,6 +254,38 @@ def pack(
     return report
 
 
+def _pack_camvid_fitting(
+    camvid: Path,
+    output: Path,
+    quality: int | None,
+    max_images: int | None,
+    report: PackReport,
+    budget: int,
+) -> tuple[int, int]:
+    """Pack CamVid at ``quality``, or the highest of :data:`QUALITIES` that fits what is left of
+    ``budget`` after ``report``'s parts; its size goes into ``report``. Returns the samples packed
+    and the quality."""
+    room = budget - report.total
+    choices = [quality] if quality is not None else list(QUALITIES)
+    choices = [
+        q for q in choices if quality is not None or _estimate(camvid, q, max_images) <= room
+    ]
+    for chosen in choices:
+        shutil.rmtree(output / "camvid", ignore_errors=True)
+        samples = pack_camvid(camvid, output / "camvid", chosen, max_images)
+        report.parts["camvid"] = _size(output / "camvid")
+        if report.total <= budget or quality is not None:
+            break
+    else:
+        sizes = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in report.parts.items())
+        raise PackTooLarge(
+            f"nothing fits {budget / 2**20:.0f} MiB: {sizes}, and CamVid at JPEG quality "
+            f"{QUALITIES[-1]} would not fit the rest; raise --budget or pack fewer images "
+            "(--max-images)"
+        )
+    return samples, chosen
+
+
 def _estimate(camvid: Path, quality: int, max_images: int | None) -> int:
     """Bytes CamVid would take at ``quality``: every eighth image encoded, the masks as they are."""
     total = 0
@@ -284,9 +303,7 @@ def _estimate(camvid: Path, quality: int, max_images: int | None) -> int:
     return total
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m segment.device pack``: build the pack, print its size, refuse when over
-    budget."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m segment.device", description=__doc__.split("\n")[0]
     )
@@ -317,7 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument(
         "--max-images", type=int, default=None, help="per split (a dry run packs a handful)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m segment.device pack``: build the pack, print its size, refuse when over
+    budget."""
+    args = _parser().parse_args(argv)
     repo = Path.cwd()
     try:
         report = pack(

@@ -278,33 +278,24 @@ def resolve_precision(
             )
         return requested, {"precision": requested, "chosen_by": "trainer.precision"}
     if _on_gpu(accelerator):
-        chosen = (
-            "bf16-mixed"
-            if torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-            else "16-mixed"
-        )
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        chosen = "bf16-mixed" if bf16 else "16-mixed"
         return chosen, {"precision": chosen, "chosen_by": "the GPU's bf16 support"}
     shared = Path(sweep) / SWEEP_FILE if sweep is not None else None
     if shared is not None and shared.is_file():
-        try:
-            choice = PrecisionChoice(
-                **{k: v for k, v in json.loads(shared.read_text()).items() if k != "bf16_speedup"}
-            )
-        except (OSError, ValueError, TypeError) as error:
-            raise ValueError(
-                f"{shared} is unreadable ({error}); delete it to measure again"
-            ) from None
-        return choice.precision, {
-            "precision": choice.precision,
-            "chosen_by": f"measured once for the sweep ({shared})",
-            **choice.as_dict(),
-        }
-    choice = cpu_precision()
-    return choice.precision, {
-        "precision": choice.precision,
-        "chosen_by": "measured on this CPU",
-        **choice.as_dict(),
-    }
+        choice, how = _sweep_choice(shared), f"measured once for the sweep ({shared})"
+    else:
+        choice, how = cpu_precision(), "measured on this CPU"
+    return choice.precision, {"precision": choice.precision, "chosen_by": how, **choice.as_dict()}
+
+
+def _sweep_choice(shared: Path) -> PrecisionChoice:
+    """The precision :class:`SweepPrecision` measured for a sweep, read from ``shared``."""
+    try:
+        saved = json.loads(shared.read_text())
+        return PrecisionChoice(**{k: v for k, v in saved.items() if k != "bf16_speedup"})
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"{shared} is unreadable ({error}); delete it to measure again") from None
 
 
 class SweepPrecision(Callback):

@@ -6,7 +6,7 @@ import importlib.util
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from tqdm import tqdm
 from segment.checkpoints import find_checkpoint, read_checkpoint
 from segment.config.names import parse_overrides
 from segment.config.trust import check_trusted_targets
+from segment.data.datamodule import SegmentationDataModule
 from segment.data.dataset import IMAGE_SUFFIXES, SegmentationDataset, read_image
 from segment.data.labels import DatasetInfo, annotated, colorize, default_palette
 from segment.device.precision import resolve_precision
@@ -183,45 +184,23 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = instantiate(data_config)
     info = datamodule.info
     _check_classes(module, info, cfg.ckpt_path)
-    if _data_overrides()[
-        0
-    ]:  # never download or render into a folder that a checkpoint's data config names
+    # never download or render into a folder that a checkpoint's data config names
+    if _data_overrides()[0]:
         datamodule.prepare_data()
-    if cfg.split not in datamodule.splits:
-        raise ValueError(f"split={cfg.split!r}; {info.name} has {list(datamodule.splits)}")
-    if cfg.resolution not in ("native", "model"):
-        raise ValueError(f"resolution={cfg.resolution!r}; expected 'native' or 'model'")
+    _check_request(cfg, datamodule)
     load_size = None if cfg.resolution == "native" else datamodule.image_size
     dataset = SegmentationDataset(datamodule.samples(cfg.split), info, load_size=load_size)
     batch_size = cfg.batch_size or data_config.batch_size
-    loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=cfg.num_workers, collate_fn=list
-    )
+    loader = DataLoader(dataset, batch_size, num_workers=cfg.num_workers, collate_fn=list)
     predictor = _predictor(cfg, module)
-
-    metric = confusion_metric(info.num_classes, info.ignore_index)
-    seconds = 0.0
-    for items in tqdm(loader, desc=f"evaluate {info.name}/{cfg.split}", unit="batch"):
-        for group in _same_size_runs(items):
-            images = torch.stack([item["image"] for item in group])
-            start = time.perf_counter()
-            prediction = predictor.logits(images).argmax(dim=1).cpu()
-            seconds += time.perf_counter() - start
-            metric.update(prediction, torch.stack([item["mask"] for item in group]))
-
-    confusion = metric.compute()
+    confusion, seconds = _confusion(loader, predictor, info, f"evaluate {info.name}/{cfg.split}")
     scores = evaluation_scores(confusion, info.class_names)
     report = {
         "checkpoint": str(checkpoint.resolve()),
         "dataset": info.name,
         "split": cfg.split,
         "num_images": len(dataset),
-        "resolution": cfg.resolution,
-        "input_size": list(cfg.input_size) if cfg.input_size else None,
-        "sliding_window": OmegaConf.to_container(cfg.sliding_window)
-        if cfg.sliding_window
-        else None,
-        "tta_flip": bool(cfg.tta_flip),
+        **_settings(cfg),
         "precision": predictor.precision,
         "device": str(device),
         "images_per_s": len(dataset) / seconds if seconds else None,
@@ -229,21 +208,71 @@ def evaluate(cfg: DictConfig) -> dict:
         **scores,
         "confusion": confusion.tolist(),
     }
+    sheets = _sheets(dataset, predictor, info, cfg.num_sheets)
+    _write_results(output_dir, report, confusion, info.class_names, sheets)
+    log.info("metrics, tables and figures in %s", output_dir)
+    return report
+
+
+def _settings(cfg: DictConfig) -> dict:
+    """How the images were predicted, as ``metrics.json`` records it."""
+    return {
+        "resolution": cfg.resolution,
+        "input_size": list(cfg.input_size) if cfg.input_size else None,
+        "sliding_window": (
+            OmegaConf.to_container(cfg.sliding_window) if cfg.sliding_window else None
+        ),
+        "tta_flip": bool(cfg.tta_flip),
+    }
+
+
+def _check_request(cfg: DictConfig, datamodule: SegmentationDataModule) -> None:
+    if cfg.split not in datamodule.splits:
+        raise ValueError(
+            f"split={cfg.split!r}; {datamodule.info.name} has {list(datamodule.splits)}"
+        )
+    if cfg.resolution not in ("native", "model"):
+        raise ValueError(f"resolution={cfg.resolution!r}; expected 'native' or 'model'")
+
+
+def _confusion(
+    loader: DataLoader, predictor: Predictor, info: DatasetInfo, desc: str
+) -> tuple[torch.Tensor, float]:
+    """The confusion matrix of ``predictor`` over ``loader``, and the seconds it spent
+    predicting."""
+    metric = confusion_metric(info.num_classes, info.ignore_index)
+    seconds = 0.0
+    for items in tqdm(loader, desc=desc, unit="batch"):
+        for group in _same_size_runs(items):
+            images = torch.stack([item["image"] for item in group])
+            start = time.perf_counter()
+            prediction = predictor.logits(images).argmax(dim=1).cpu()
+            seconds += time.perf_counter() - start
+            metric.update(prediction, torch.stack([item["mask"] for item in group]))
+    return metric.compute(), seconds
+
+
+def _write_results(
+    output_dir: Path,
+    report: dict,
+    confusion: torch.Tensor,
+    class_names: Sequence[str],
+    sheets: list,
+) -> None:
+    """``metrics.json``, ``evaluation.md`` (also printed), the confusion figure, the sheets, and
+    the TensorBoard copy of them."""
     write_atomic(output_dir / "metrics.json", json.dumps(report, indent=2) + "\n")
     table = _markdown(report)
     write_atomic(output_dir / "evaluation.md", table + "\n")
     print(table)
 
-    figure = confusion_figure(confusion.numpy(), info.class_names)
+    figure = confusion_figure(confusion.numpy(), class_names)
     write_png(output_dir / "confusion_matrix.png", figure)
-    sheets = _sheets(dataset, predictor, info, cfg.num_sheets)
     sheet_dir = output_dir / "sheets"
     sheet_dir.mkdir(exist_ok=True)
     for index, sheet in sheets:
         write_png(sheet_dir / f"{index:05d}.png", sheet)
-    _tensorboard(output_dir, figure, sheets, scores)
-    log.info("metrics, tables and figures in %s", output_dir)
-    return report
+    _tensorboard(output_dir, figure, sheets, report)
 
 
 def _sheets(

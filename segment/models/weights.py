@@ -182,28 +182,34 @@ def resolve_encoder_weights(
         state, path = hed_state_dict()
         return state, WeightsRecord("hed-bsds500", _described(path), sha256(path), "hed")
     if spec == "imagenet":
-        try:
-            state, path = _imagenet_state_dict()
-            return state, WeightsRecord("imagenet", str(path), sha256(path), "imagenet")
-        except (OSError, ValueError) as err:
-            if not fallback:
-                raise RuntimeError(
-                    f"ImageNet VGG16 weights unavailable: {err}. Fix: run `python -m "
-                    "segment.models fetch imagenet` with internet access, put torchvision's "
-                    "vgg16-397923af.pth in $TORCH_HOME/hub/checkpoints/, set "
-                    "model.net.encoder_weights=<file> or =hed, or allow "
-                    "model.weights_fallback=true."
-                ) from err
-            # one line, once: a Python warning beside it printed it twice on the console
-            log.warning(
-                "ImageNet VGG16 weights unavailable (%s); FALLING BACK to HED-BSDS500 VGG16 "
-                "weights (ImageNet VGG16 fine-tuned for edges). Results will be recorded as "
-                "hed-bsds500.",
-                err,
-            )
-            state, path = hed_state_dict()
-            return state, WeightsRecord("hed-bsds500", _described(path), sha256(path), "imagenet")
+        return _imagenet_or_hed(fallback)
     return _from_file(str(spec))
+
+
+def _imagenet_or_hed(fallback: bool) -> tuple[dict[str, torch.Tensor], WeightsRecord]:
+    """torchvision's ImageNet VGG16; where it cannot be had, HED's with ``fallback`` (a warning,
+    recorded as ``hed-bsds500``), else an error naming the fixes."""
+    try:
+        state, path = _imagenet_state_dict()
+        return state, WeightsRecord("imagenet", str(path), sha256(path), "imagenet")
+    except (OSError, ValueError) as err:
+        if not fallback:
+            raise RuntimeError(
+                f"ImageNet VGG16 weights unavailable: {err}. Fix: run `python -m "
+                "segment.models fetch imagenet` with internet access, put torchvision's "
+                "vgg16-397923af.pth in $TORCH_HOME/hub/checkpoints/, set "
+                "model.net.encoder_weights=<file> or =hed, or allow "
+                "model.weights_fallback=true."
+            ) from err
+        # one line, once: a Python warning beside it printed it twice on the console
+        log.warning(
+            "ImageNet VGG16 weights unavailable (%s); FALLING BACK to HED-BSDS500 VGG16 "
+            "weights (ImageNet VGG16 fine-tuned for edges). Results will be recorded as "
+            "hed-bsds500.",
+            err,
+        )
+    state, path = hed_state_dict()
+    return state, WeightsRecord("hed-bsds500", _described(path), sha256(path), "imagenet")
 
 
 def load_encoder_weights(
