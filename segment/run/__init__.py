@@ -7,7 +7,8 @@
 - ``record.py``: ``run.json``, validated (pydantic), one reader and one writer; light.
 - ``layout.py``: where a run keeps its files, the one definition of their names; light.
 - ``resume.py``: what a checkpoint carries for a continuation and the checks before one.
-- ``loggers.py``: the loggers, continuing a resumed run's logs where its checkpoint was written.
+- ``loggers/``: one adapter per logger (its mask panel, hyperparameters, scores, summary line,
+  folders in the run), continuing a resumed run's logs where its checkpoint was written.
 
 Checkpoint files themselves (atomic writing, safe reading, checksums) are ``segment.checkpoints``,
 below this package: models and evaluation read checkpoints too.
