@@ -37,7 +37,6 @@ from segment.checkpoints import (
     AtomicCheckpointIO,
     find_checkpoint,
     newest_checkpoint,
-    read_checkpoint,
 )
 from segment.config.names import sweep_dir, sweep_jobs
 from segment.config.trust import saved_config
@@ -61,7 +60,7 @@ from segment.run.record import (
     record_or_none,
     write_record,
 )
-from segment.run.resume import check_longer, resume_point
+from segment.run.resume import resume_point
 
 __all__ = ["RunFolder", "archive", "check_same_data", "remove_partial_files", "write_hydra"]
 
@@ -186,10 +185,8 @@ class RunFolder:
         when starting afresh)."""
         if self.decision.checkpoint is None:
             return None
-        position, self._data = resume_point(self.decision.checkpoint, cfg)
-        if self.record.status == "completed":  # asked to train on: refused if it would not
-            checkpoint = read_checkpoint(self.decision.checkpoint, "ckpt_path", mmap=True)
-            check_longer(self.decision.checkpoint, checkpoint, cfg)
+        completed = self.record.status == "completed"
+        position, self._data = resume_point(self.decision.checkpoint, cfg, completed)
         return position
 
     def check_data(self, fingerprint: dict[str, Any]) -> None:

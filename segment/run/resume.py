@@ -47,9 +47,12 @@ class RunInCheckpoint(Callback):
         checkpoint["log_position"] = log_position(trainer.loggers)
 
 
-def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str, Any] | None]:
-    """A checkpoint's log position and data fingerprint, once its bytes are those its run recorded
-    and its config agrees with ``cfg``."""
+def resume_point(
+    path: Path, cfg: DictConfig, completed: bool = False
+) -> tuple[dict[str, int], dict[str, Any] | None]:
+    """A checkpoint's log position and data fingerprint, once its bytes are those its run recorded,
+    its config agrees with ``cfg`` and, for a ``completed`` run, ``cfg`` trains it on
+    (:func:`check_longer`)."""
     verify_checksum(path)
     checkpoint = read_checkpoint(path, "ckpt_path", mmap=True)
     saved, step = checkpoint.get("config"), int(checkpoint["global_step"])
@@ -66,6 +69,8 @@ def resume_point(path: Path, cfg: DictConfig) -> tuple[dict[str, int], dict[str,
             "other settings, start a new run with model.init_from=<checkpoint>"
             + _continue_there(path)
         )
+    if completed:  # asked to train on: refused if it would not
+        check_longer(path, checkpoint, cfg)
     if "log_position" not in checkpoint:  # written before positions were: by step alone
         return {"step": step, "global_step": step + 1}, checkpoint.get("data")
     # global_step: rows logged after the checkpoint for steps before it (the epoch's metrics) are
