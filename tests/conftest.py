@@ -25,6 +25,15 @@ from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SMP, TINY_SYNTHETIC
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist (3.8) groups a file's tests on one worker (`--dist loadgroup`, pyproject's
+    # addopts) by a suffix it writes into their ids; from pytest 9.2 the id no longer takes it, the
+    # groups scatter and each worker builds a file's module fixture again (minutes): refused
+    if config.getvalue("dist") == "loadgroup" and pytest.version_tuple[:2] >= (9, 2):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} loses pytest-xdist's test groups (--dist loadgroup): "
+            "install the pytest that pyproject's dev extra names (pip install 'pytest<9.2'), or "
+            "run the tests in one process (-n 0)"
+        )
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
