@@ -127,8 +127,41 @@ def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Gener
     cols += 0.5
     dv = rows - cam.horizon
     dx = (cols - cam.cx) / cam.focal  # lateral metres per metre of depth along each ray
+    _draw_sky(canvas, cam, rng, rows)
+    layout = _street_layout(rng)
+    road_half = layout["road_half"]
 
-    # Sky: a vertical gradient with cloud noise, drawn first and at infinite depth.
+    # Ground: each pixel below the horizon sees the ground at depth z, lateral position x.
+    below = dv > 0.5
+    z = np.where(below, cam.focal * cam.elevation / np.maximum(dv, 0.5), _FAR).astype(np.float32)
+    x = cam.x + dx * z
+    on_road = np.abs(x) < road_half
+    on_walk = (
+        (x > -road_half - layout["walk_left"]) & (x < road_half + layout["walk_right"]) & ~on_road
+    )
+    on_verge = ~on_road & ~on_walk
+    grain = _draw_road(canvas, rng, below & on_road, x, z, layout)
+    _draw_sidewalk(canvas, rng, below & on_walk, x, z, road_half, grain)
+    verge_rgb = (
+        _colour(rng, (70, 110, 45), 12)
+        * (0.7 + 0.6 * _noise(rng, (h, w), (h // 2, w // 2)))[..., None]
+    )
+    canvas.paint(below & on_verge, VEGETATION, verge_rgb, z)
+
+    # the left facade in a light of its own, the right one as lit
+    _draw_facade(canvas, cam, rng, layout["facade_left"], dx, dv, light=rng.uniform(0.6, 1.1))
+    _draw_facade(canvas, cam, rng, layout["facade_right"], dx, dv, light=1.0)
+
+    # Cast shadows darken the ground without changing its class.
+    shadow = _noise(rng, (h, w), (3, 4)) > rng.uniform(0.55, 0.8)
+    ground = np.isin(canvas.label, (ROAD, LANE_MARKING, SIDEWALK))
+    canvas.rgb[shadow & ground] *= rng.uniform(0.45, 0.7)
+    return layout
+
+
+def _draw_sky(canvas: _Canvas, cam: _Camera, rng: np.random.Generator, rows: np.ndarray) -> None:
+    """A vertical gradient with cloud noise, drawn first and at infinite depth."""
+    h, w = canvas.label.shape
     sky_kind = rng.integers(3)
     top, bottom = [
         (np.array([70, 120, 200]), np.array([180, 205, 235])),  # clear
@@ -141,6 +174,10 @@ def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Gener
     sky = sky * (1 - 0.35 * clouds) + 245 * 0.35 * clouds
     canvas.rgb[:] = sky
 
+
+def _street_layout(rng: np.random.Generator) -> dict:
+    """The street across: road half-width, lanes, sidewalks, and where the facades stand (beyond
+    a verge on either side, or none)."""
     layout = {
         "road_half": float(rng.uniform(3.5, 7.5)),
         "lanes": int(rng.integers(2, 5)),
@@ -152,27 +189,30 @@ def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Gener
     verge_right = float(rng.uniform(0.0, 4.0)) * (rng.random() < 0.5)
     layout["facade_left"] = -(road_half + layout["walk_left"] + verge_left)
     layout["facade_right"] = road_half + layout["walk_right"] + verge_right
+    return layout
 
-    # Ground: each pixel below the horizon sees the ground at depth z, lateral position x.
-    below = dv > 0.5
-    z = np.where(below, cam.focal * cam.elevation / np.maximum(dv, 0.5), _FAR).astype(np.float32)
-    x = cam.x + dx * z
-    on_road = np.abs(x) < road_half
-    on_walk = (
-        (x > -road_half - layout["walk_left"]) & (x < road_half + layout["walk_right"]) & ~on_road
-    )
-    on_verge = ~on_road & ~on_walk
 
+def _draw_road(
+    canvas: _Canvas,
+    rng: np.random.Generator,
+    road: np.ndarray,
+    x: np.ndarray,
+    z: np.ndarray,
+    layout: dict,
+) -> np.ndarray:
+    """Asphalt where ``road``, then its markings: dashed lane dividers, solid edge lines,
+    sometimes a zebra crossing. Returns the asphalt's grain (the sidewalk shares it)."""
+    h, w = canvas.label.shape
+    road_half = layout["road_half"]
     asphalt = _colour(rng, rng.uniform(70, 115, 1).repeat(3), 6)
     grain = _noise(rng, (h, w), (h // 3, w // 3)) - 0.5
     patches = _noise(rng, (h, w), (4, 6)) - 0.5
     road_rgb = asphalt * (1 + 0.25 * grain[..., None] + 0.3 * patches[..., None])
-    canvas.paint(below & on_road, ROAD, road_rgb, z)
+    canvas.paint(road, ROAD, road_rgb, z)
 
-    # Lane markings: dashed lane dividers, solid edge lines, sometimes a zebra crossing.
     lane_width = 2 * road_half / layout["lanes"]
     dash_period, dash_len = rng.uniform(8, 14), rng.uniform(2.5, 4.5)
-    marking = np.zeros_like(on_road)
+    marking = np.zeros_like(road)
     for k in range(1, layout["lanes"]):
         centre = -road_half + k * lane_width
         marking |= (np.abs(x - centre) < 0.08) & (
@@ -187,9 +227,20 @@ def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Gener
         )
     paint_colour = _colour(rng, (225, 225, 215) if rng.random() < 0.8 else (225, 200, 90), 8)
     wear = 0.75 + 0.25 * _noise(rng, (h, w), (h // 4, w // 4))
-    canvas.paint(below & on_road & marking, LANE_MARKING, paint_colour * wear[..., None], z - 0.01)
+    canvas.paint(road & marking, LANE_MARKING, paint_colour * wear[..., None], z - 0.01)
+    return grain
 
-    # Sidewalk: paving slabs in world coordinates plus a darker kerb stone.
+
+def _draw_sidewalk(
+    canvas: _Canvas,
+    rng: np.random.Generator,
+    walk: np.ndarray,
+    x: np.ndarray,
+    z: np.ndarray,
+    road_half: float,
+    grain: np.ndarray,
+) -> None:
+    """Paving slabs in world coordinates plus a darker kerb stone, where ``walk``."""
     slab = rng.uniform(0.4, 0.8)
     joints = (np.mod(x, slab) < 0.04) | (np.mod(z, slab) < 0.04 * np.maximum(1, z / 10))
     kerb = np.abs(np.abs(x) - road_half) < 0.15
@@ -197,30 +248,7 @@ def _draw_ground_and_facades(canvas: _Canvas, cam: _Camera, rng: np.random.Gener
     walk_rgb = walk_base * (
         1 - 0.15 * joints[..., None] - 0.2 * kerb[..., None] + 0.15 * grain[..., None]
     )
-    canvas.paint(below & on_walk, SIDEWALK, walk_rgb, z)
-
-    verge_rgb = (
-        _colour(rng, (70, 110, 45), 12)
-        * (0.7 + 0.6 * _noise(rng, (h, w), (h // 2, w // 2)))[..., None]
-    )
-    canvas.paint(below & on_verge, VEGETATION, verge_rgb, z)
-
-    for side, plane_x in (("left", layout["facade_left"]), ("right", layout["facade_right"])):
-        _draw_facade(
-            canvas,
-            cam,
-            rng,
-            plane_x,
-            dx,
-            dv,
-            light=rng.uniform(0.6, 1.1) if side == "left" else 1.0,
-        )
-
-    # Cast shadows darken the ground without changing its class.
-    shadow = _noise(rng, (h, w), (3, 4)) > rng.uniform(0.55, 0.8)
-    ground = np.isin(canvas.label, (ROAD, LANE_MARKING, SIDEWALK))
-    canvas.rgb[shadow & ground] *= rng.uniform(0.45, 0.7)
-    return layout
+    canvas.paint(walk, SIDEWALK, walk_rgb, z)
 
 
 def _draw_facade(
@@ -422,9 +450,15 @@ def render_scene(
     )
     canvas = _Canvas(height, width)
     layout = _draw_ground_and_facades(canvas, cam, rng)
+    _draw_sprites(canvas, cam, rng, layout)
+    return _through_the_camera(canvas.rgb, rng), canvas.label
+
+
+def _draw_sprites(canvas: _Canvas, cam: _Camera, rng: np.random.Generator, layout: dict) -> None:
+    """Cars in lanes and parked, pedestrians, poles and trees, in any order: the depth buffer
+    resolves occlusion."""
     road_half, lane_width = layout["road_half"], 2 * layout["road_half"] / layout["lanes"]
 
-    # Sprites, in any order: the depth buffer resolves occlusion.
     for _ in range(rng.poisson(4.0)):
         lane = rng.integers(layout["lanes"])
         _draw_car(
@@ -452,8 +486,11 @@ def render_scene(
             for z in np.arange(rng.uniform(4, 15), 90, rng.uniform(10, 20)):
                 _draw_tree(canvas, cam, rng, side * (road_half + walk * 0.7), float(z))
 
-    # Camera: exposure, white balance, vignetting, blur and sensor noise.
-    rgb = canvas.rgb * rng.uniform(0.55, 1.25) * rng.uniform(0.92, 1.08, 3)
+
+def _through_the_camera(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Exposure, white balance, vignetting, blur and sensor noise: the uint8 image."""
+    height, width = rgb.shape[:2]
+    rgb = rgb * rng.uniform(0.55, 1.25) * rng.uniform(0.92, 1.08, 3)
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     radius = np.hypot((rows - height / 2) / height, (cols - width / 2) / width)
     rgb *= (1 - rng.uniform(0, 0.5) * radius**2)[..., None]
@@ -461,7 +498,7 @@ def render_scene(
     if sigma > 0.3:
         rgb = cv2.GaussianBlur(rgb, (0, 0), sigma)
     rgb += rng.normal(0, rng.uniform(2, 10), rgb.shape).astype(np.float32)
-    return np.clip(rgb, 0, 255).astype(np.uint8), canvas.label
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def generate_split(
