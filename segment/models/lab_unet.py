@@ -81,6 +81,19 @@ class LabUNet(nn.Module):
 VGG16_STAGE_LAYERS = ((0, 5), (5, 10), (10, 17), (17, 24))
 
 
+def _vgg16_encoder(frozen_blocks: int) -> nn.Module:
+    """VGG16's first four blocks, the first ``frozen_blocks`` of them frozen; named like
+    torchvision's (``features.<index>``), so ImageNet/HED state dicts load unchanged. Its weights
+    come from the resolver (ImageNet or HED)."""
+    encoder = nn.Module()
+    encoder.features = vgg16(weights=None).features[:24]
+    for block in range(frozen_blocks):
+        start, end = VGG16_STAGE_LAYERS[block]
+        for layer in list(encoder.features)[start:end]:
+            layer.requires_grad_(False)
+    return encoder
+
+
 def _plain_double_conv(
     in_channels: int, out_channels: int, final_relu: bool = True
 ) -> nn.Sequential:
@@ -140,16 +153,7 @@ class LabVGGUNet(nn.Module):
             raise ValueError(
                 f"model.net.frozen_blocks={frozen_blocks}: the encoder has 4 blocks (0-4 frozen)"
             )
-        features = vgg16(weights=None).features  # weights come from the resolver (ImageNet or HED)
-        self.encoder = nn.Module()
-        # Named like torchvision's VGG16 (features.<index>), so ImageNet/HED state dicts load
-        # unchanged.
-        self.encoder.features = features[:24]
-        for block in range(frozen_blocks):
-            start, end = VGG16_STAGE_LAYERS[block]
-            for layer in list(self.encoder.features)[start:end]:
-                layer.requires_grad_(False)
-        self.frozen_blocks = frozen_blocks
+        self.encoder, self.frozen_blocks = _vgg16_encoder(frozen_blocks), frozen_blocks
         self.bottleneck = nn.Sequential(
             nn.Conv2d(512, 1024, 3, padding=1),
             nn.ReLU(inplace=True),
