@@ -23,7 +23,7 @@ import multiprocessing
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import distributed
@@ -31,8 +31,6 @@ from torch.utils.data import DataLoader, Sampler
 
 if TYPE_CHECKING:
     from lightning import Trainer
-
-    from segment.data.datamodule import SegmentationDataModule
 
 __all__ = [
     "ORDER_VERSION",
@@ -157,7 +155,16 @@ def fit_progress(trainer: Trainer, loader: DataLoader) -> tuple[int, int, int]:
     return trainer.current_epoch, int(completed), int(per_epoch)
 
 
-def loader_options(data: SegmentationDataModule, drop_last: bool) -> dict[str, Any]:
+class LoaderSettings(Protocol):
+    """What a data module says of its loaders."""
+
+    batch_size: int
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+
+
+def loader_options(data: LoaderSettings, drop_last: bool) -> dict[str, Any]:
     """``DataLoader`` arguments of ``data``'s splits: its batch size and workers; forked workers
     that leave stop signals to the trainer, and base seeds that do not depend on when the iterator
     is created."""

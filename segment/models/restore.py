@@ -6,23 +6,24 @@ from __future__ import annotations
 import inspect
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 import torch
+from lightning import LightningModule
 
 from segment.checkpoints import read_checkpoint
 from segment.config.trust import check_trusted_targets, without_pretrained
 from segment.models.weights import WeightsRecord
 
-if TYPE_CHECKING:
-    from segment.models.module import SegmentationModule
+# a SegmentationModule (this module stays below module.py, which calls it)
+Module = TypeVar("Module", bound=LightningModule)
 
 __all__ = ["init_weights", "load_module"]
 
 log = logging.getLogger(__name__)
 
 
-def init_weights(module: SegmentationModule, path: str | Path) -> None:
+def init_weights(module: LightningModule, path: str | Path) -> None:
     """Copy net and normalisation weights into ``module`` from a checkpoint of the same net and
     classes (``model.init_from``); its running states are left as they start."""
     state = read_checkpoint(path, "model.init_from", require=("state_dict",))["state_dict"]
@@ -42,8 +43,8 @@ def init_weights(module: SegmentationModule, path: str | Path) -> None:
 
 
 def load_module(
-    cls: type[SegmentationModule], path: str | Path, map_location: str | torch.device = "cpu"
-) -> SegmentationModule:
+    cls: type[Module], path: str | Path, map_location: str | torch.device = "cpu"
+) -> Module:
     """Rebuild a trained ``cls`` from its checkpoint alone, without downloading anything.
 
     Its net, loss, optimiser and scheduler configs are rebuilt only from allow-listed targets
