@@ -190,8 +190,8 @@ def evaluate(cfg: DictConfig) -> dict:
     _check_request(cfg, datamodule)
     load_size = None if cfg.resolution == "native" else datamodule.image_size
     dataset = SegmentationDataset(datamodule.samples(cfg.split), info, load_size=load_size)
-    batch_size = cfg.batch_size or data_config.batch_size
-    loader = DataLoader(dataset, batch_size, num_workers=cfg.num_workers, collate_fn=list)
+    size = cfg.batch_size or data_config.batch_size
+    loader = DataLoader(dataset, batch_size=size, num_workers=cfg.num_workers, collate_fn=list)
     predictor = _predictor(cfg, module)
     confusion, seconds = _confusion(loader, predictor, info, f"evaluate {info.name}/{cfg.split}")
     scores = evaluation_scores(confusion, info.class_names)
