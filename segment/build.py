@@ -18,6 +18,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from segment.callbacks.hparams import hyperparameters
+from segment.checkpoints import init_weights
 from segment.data.datamodule import SegmentationDataModule
 from segment.models.losses import with_class_weights
 from segment.run.resume import RunInCheckpoint
@@ -91,9 +92,12 @@ def build(
     datamodule = datamodule or build_data(cfg)
     info = datamodule.info
     loss = with_class_weights(cfg.model.loss, datamodule)  # from the training split's labels
+    names, ignore = list(info.class_names), info.ignore_index
     module = instantiate(
-        cfg.model, class_names=list(info.class_names), ignore_index=info.ignore_index, loss=loss
+        cfg.model, class_names=names, ignore_index=ignore, loss=loss, init_from=None
     )
+    if (init_from := cfg.model.get("init_from")) is not None:  # the module reads no checkpoint
+        init_weights(module, init_from)
     callbacks.append(RunInCheckpoint(OmegaConf.to_container(cfg, resolve=True), data))
     wanted = trainer_args.pop("logger", True) is not False
     loggers = instantiate_each(cfg.get("logger"), log_position=log_position) if wanted else []

@@ -1,5 +1,7 @@
 """Checkpoint files: written atomically in their own folder, read as data (errors name the file),
-found for a resume, carrying the run's resolved config and data fingerprint.
+found for a resume, carrying the run's resolved config and data fingerprint; a module's weights
+taken from one (``model.init_from``), or a trained module rebuilt from one alone. The science
+packages read no checkpoint: the driver hands them what a checkpoint holds.
 
 Lightning's writer (``TorchCheckpointIO``) writes a temporary file in ``$TMPDIR`` and moves it into
 place: on another filesystem (a cluster's scratch vs. a node-local /tmp) that is a truncating copy,
@@ -10,6 +12,7 @@ target and renames instead.
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 import pickle
 import shutil
@@ -22,8 +25,10 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from segment.config.names import nodes
-from segment.config.trust import CheckpointError
+from segment.config.trust import CheckpointError, check_trusted_targets, without_pretrained
 from segment.files import atomic_open, sha256
+from segment.models import SegmentationModule
+from segment.models.weights import WeightsRecord
 from segment.run.layout import RunLayout
 from segment.run.record import FILE as RECORD
 from segment.run.record import RecordError, RunRecord, read_record
@@ -32,6 +37,8 @@ __all__ = [
     "AtomicCheckpointIO",
     "CheckpointError",
     "find_checkpoint",
+    "init_weights",
+    "load_module",
     "newest_checkpoint",
     "read_checkpoint",
     "run_of",
@@ -258,3 +265,53 @@ def find_checkpoint(path: str | Path, key: str = "ckpt_path") -> Path:
         return found
     read_checkpoint(path, key, require=("global_step",), mmap=True)
     return path
+
+
+def init_weights(module: SegmentationModule, path: str | Path) -> None:
+    """Copy net and normalisation weights into ``module`` from a checkpoint of the same net and
+    classes (``model.init_from``); its running states are left as they start."""
+    state = read_checkpoint(path, "model.init_from", require=("state_dict",))["state_dict"]
+    running = module.running_state()
+    ours = {k: v for k, v in module.state_dict().items() if k not in running}
+    mismatched = [k for k in ours if k in state and state[k].shape != ours[k].shape]
+    missing = [k for k in ours if k not in state]
+    if mismatched or missing:
+        raise ValueError(
+            f"model.init_from: {path} does not fit this model: {len(missing)} missing and "
+            f"{len(mismatched)} differently shaped tensors (first: "
+            f"{(missing + mismatched)[0]}); was it trained with another net or number of "
+            "classes?"
+        )
+    module.load_state_dict({**running, **{k: state[k] for k in ours}})
+    module.hparams["init_from"] = str(path)  # recorded with the run's hyperparameters
+    log.info("weights initialised from %s (training starts at epoch 0)", path)
+
+
+def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModule:
+    """Rebuild a trained module from its checkpoint alone, without downloading anything.
+
+    Its net, loss, optimiser and scheduler configs are rebuilt only from allow-listed targets
+    (:func:`~segment.config.trust.check_trusted_targets`), every pretrained switch at any depth is
+    off (:func:`~segment.config.trust.without_pretrained`), and its encoder weights come from its
+    own state dict (``load_from_checkpoint`` would fetch pretrained weights the checkpoint already
+    holds).
+    """
+    checkpoint = read_checkpoint(path, "ckpt_path", require=("hyper_parameters", "state_dict"))
+    hparams = dict(checkpoint["hyper_parameters"])
+    # the checkpoint's own weights replace any pretrained ones: build nothing else, and fetch
+    # nothing, whatever sits where (a net in a ModuleDict, in the loss, a key left to smp's default)
+    for key in ("net", "loss", "optimizer", "scheduler"):
+        check_trusted_targets(hparams.get(key), f"{path}: hyper_parameters.{key}")
+        if key in hparams:
+            hparams[key] = without_pretrained(hparams[key])
+    hparams |= {"init_from": None, "compile": False}  # its weights: the checkpoint's own
+    scheduler = hparams.get("scheduler")
+    if scheduler and "scheduler" not in scheduler:  # written before schedulers were Lightning dicts
+        hparams["scheduler"] = {"scheduler": scheduler, "interval": "epoch"}
+    known = inspect.signature(SegmentationModule.__init__).parameters
+    module = SegmentationModule(**{key: value for key, value in hparams.items() if key in known})
+    module.load_state_dict({**module.running_state(), **checkpoint["state_dict"]})
+    # what the run started from (older checkpoints kept it among the hyperparameters)
+    used = checkpoint.get("encoder_weights_used") or hparams.get("encoder_weights_used")
+    module.weights_record = WeightsRecord(**used) if used else module.weights_record
+    return module.to(map_location)

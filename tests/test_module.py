@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from segment.checkpoints import load_module
 from segment.models import SegmentationModule
 from segment.models.metrics import confusion_scores, iou_per_class
 
@@ -93,7 +94,7 @@ def test_from_checkpoint_never_downloads_encoder_weights(tmp_path, monkeypatch) 
         raise AssertionError("tried to download weights")
 
     monkeypatch.setattr("segmentation_models_pytorch.encoders.hf_hub_download", no_network)
-    restored = SegmentationModule.from_checkpoint(path)
+    restored = load_module(path)
     for name, tensor in trained.state_dict().items():
         torch.testing.assert_close(restored.state_dict()[name], tensor, msg=name)
 
@@ -102,12 +103,12 @@ def test_from_checkpoint_errors_name_the_file(tmp_path) -> None:
     with pytest.raises(
         FileNotFoundError, match=r"ckpt_path=.*missing.ckpt: no such checkpoint file"
     ):
-        SegmentationModule.from_checkpoint(tmp_path / "missing.ckpt")
+        load_module(tmp_path / "missing.ckpt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(
         ValueError, match=r"other.pt is not a train.py checkpoint: it has no hyper_parameters"
     ):
-        SegmentationModule.from_checkpoint(tmp_path / "other.pt")
+        load_module(tmp_path / "other.pt")
 
 
 def test_offline_imagenet_request_says_how_to_fix_it(tmp_path, monkeypatch) -> None:
@@ -194,20 +195,28 @@ def test_validation_logs_plain_cross_entropy_whatever_the_loss() -> None:
     )  # the training loss adds the Dice term
 
 
-def test_init_from_takes_a_checkpoints_weights_and_starts_afresh(tmp_path) -> None:
+def test_init_from_takes_a_checkpoints_weights_and_starts_afresh(make_cfg, tmp_path) -> None:
+    """``model.init_from`` through the one build path: the module reads no checkpoint, the driver
+    copies the weights in and records the path; a module given one itself refuses it."""
+    from segment.build import build
+
+    cfg = make_cfg("model=unet_lab", "trainer.precision=32-true")
     torch.manual_seed(0)
-    source = _module()
+    source = build(cfg, logger=False).module
     path = tmp_path / "source.ckpt"
     torch.save({"state_dict": source.state_dict(), "global_step": 120}, path)
     torch.manual_seed(1)
-    fresh = _module()
-    started = _module(init_from=str(path))
+    fresh = build(cfg, logger=False).module
+    torch.manual_seed(1)
+    init = make_cfg("model=unet_lab", "trainer.precision=32-true", f"model.init_from={path}")
+    assert init.model.init_from == str(path)
+    started = build(init, logger=False).module
     for name, value in source.state_dict().items():
         torch.testing.assert_close(started.state_dict()[name], value)
     assert any(not torch.equal(fresh.state_dict()[n], v) for n, v in source.state_dict().items())
-    assert started.hparams.init_from == str(
-        path
-    )  # recorded; the run itself starts at step 0 (not a resume)
+    assert started.hparams.init_from == str(path)  # recorded; the run starts at step 0
+    with pytest.raises(ValueError, match=r"given to the module itself: it reads no checkpoint"):
+        _module(init_from=str(path))
 
 
 def test_a_schedule_over_null_total_steps_spans_this_runs_optimiser_steps(monkeypatch) -> None:

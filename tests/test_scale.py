@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning import Trainer
 
-from segment.models import SegmentationModule
+from segment.checkpoints import load_module
 from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 FAST = ["model=unet_lab", *TINY_OVERRIDES, *TINY_SYNTHETIC]
@@ -58,7 +58,7 @@ def test_ddp_on_two_cpu_processes_writes_one_run_folder_with_synced_metrics(
     # the validation metrics DDP logged (each rank saw half the set) = one process validating the
     # same weights
     logged = _last_val_row(run)
-    module = SegmentationModule.from_checkpoint(run / "checkpoints" / "last.ckpt")
+    module = load_module(run / "checkpoints" / "last.ckpt")
     datamodule = instantiate(make_cfg(*FAST).data)
     precision = config["trainer"]["precision"]  # resolved: what ran
     trainer = Trainer(

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from segmentation_models_pytorch.encoders import get_encoder
 
 from segment.callbacks.freezing import EncoderFreezing, encoder_stages
+from segment.checkpoints import load_module
 from segment.data.synthetic import SYNTHETIC_INFO
 from segment.files import sha256
 from segment.models import SegmentationModule
@@ -273,7 +274,7 @@ def test_recorded_source_reaches_the_checkpoint_and_survives_a_reload(
         raise AssertionError("reloading a checkpoint must not resolve encoder weights")
 
     monkeypatch.setattr("segment.models.nets.resolve_encoder_weights", no_weights)
-    restored = SegmentationModule.from_checkpoint(path)
+    restored = load_module(path)
     assert restored.weights_record == module.weights_record  # read back, not resolved again
     torch.testing.assert_close(
         restored.net.encoder.state_dict()["features.5.weight"], hed_cache["features.5.weight"]

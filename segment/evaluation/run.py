@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from segment.checkpoints import find_checkpoint, read_checkpoint
+from segment.checkpoints import find_checkpoint, load_module, read_checkpoint
 from segment.config.names import parse_overrides
 from segment.config.trust import check_trusted_targets
 from segment.data.datamodule import SegmentationDataModule
@@ -69,7 +69,7 @@ def _device(name: str) -> torch.device:
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> SegmentationModule:
     """A trained module from a ``train.py`` checkpoint or a run folder's newest, in eval mode
     (errors name it)."""
-    return SegmentationModule.from_checkpoint(find_checkpoint(path)).to(device).eval()
+    return load_module(find_checkpoint(path), device).eval()
 
 
 def run_data_config(cfg: DictConfig, checkpoint: Path) -> DictConfig:

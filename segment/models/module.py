@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from os import PathLike
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,6 @@ from segment.models.guards import FiniteLossGuard, check_validation
 from segment.models.metrics import ValidationScores
 from segment.models.nets import build_net, check_image_size, size_multiple
 from segment.models.normalization import IMAGENET_MEAN, IMAGENET_STD
-from segment.models.restore import init_weights, load_module
 from segment.models.schedules import optimization
 
 __all__ = ["SegmentationModule", "rng_states", "set_rng_states"]
@@ -37,7 +35,15 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, PathLike) else value
 
 
-def _check_arguments(scheduler: Mapping | None, finite_check_every_n_steps: int) -> None:
+def _check_arguments(
+    scheduler: Mapping | None, finite_check_every_n_steps: int, init_from: str | None
+) -> None:
+    if init_from is not None:
+        raise ValueError(
+            f"init_from={init_from!r} given to the module itself: it reads no checkpoint. Build "
+            "the run with segment.build (model.init_from=...), or call "
+            "segment.checkpoints.init_weights(module, path)"
+        )
     if finite_check_every_n_steps < 1:
         raise ValueError(
             f"model.finite_check_every_n_steps={finite_check_every_n_steps} must be >= 1"
@@ -55,8 +61,9 @@ class SegmentationModule(LightningModule):
 
     The network, loss, optimiser and scheduler arrive as Hydra configs (``_target_`` dicts) and are
     stored as plain hyperparameters, so a checkpoint rebuilds the module without the config tree
-    (from an allow-list of targets: :func:`from_checkpoint`). Images arrive as uint8 ``(B, 3, H,
-    W)`` and are normalised here with buffers (``scale``, ``shift``) that travel with the weights.
+    (from an allow-list of targets: :func:`segment.checkpoints.load_module`). Images arrive as
+    uint8 ``(B, 3, H, W)`` and are normalised here with buffers (``scale``, ``shift``) that travel
+    with the weights.
 
     Logged: ``train/loss`` (epoch mean), ``train/loss_step``; per validation ``val/loss`` (the
     training loss), ``val/ce`` (plain unweighted cross-entropy, whatever the training
@@ -80,9 +87,10 @@ class SegmentationModule(LightningModule):
             :attr:`weights_record` (saved in every checkpoint as ``encoder_weights_used``).
         encoder_lr_mult: The encoder's learning rate is the base rate times this (a second
             parameter group, named ``encoder``); 1.0: one group.
-        init_from: A checkpoint of this module to take the weights from (same net and
-            classes); training still starts at epoch 0 with a fresh optimiser. To continue a run
-            instead, use ``train.py ckpt_path=...``.
+        init_from: The checkpoint whose weights the run starts from (``model.init_from``), at
+            epoch 0 with a fresh optimiser. A module reads no checkpoint: ``segment.build`` copies
+            the weights in (:func:`segment.checkpoints.init_weights`) and records the path here;
+            given to the module itself it is refused, never silently ignored.
         compile: ``torch.compile`` the net (in place: checkpoints keep their keys).
         finite_check_every_n_steps: How often the training loss is checked for NaN/inf. A
             check makes the host wait for the device; in between, non-finite losses are noted on the
@@ -109,7 +117,7 @@ class SegmentationModule(LightningModule):
         finite_check_every_n_steps: int = 25,
     ) -> None:
         super().__init__()
-        _check_arguments(scheduler, finite_check_every_n_steps)
+        _check_arguments(scheduler, finite_check_every_n_steps, init_from)
         self.save_hyperparameters(logger=False)
         # plain types only: a checkpoint holds no OmegaConf objects (weights_only-loadable)
         self.hparams.update({key: _plain(value) for key, value in self.hparams.items()})
@@ -137,8 +145,6 @@ class SegmentationModule(LightningModule):
         self.train_loss.persistent(True)
         self.val_scores = ValidationScores(class_names, ignore_index)
         self.finite = FiniteLossGuard()
-        if init_from is not None:  # once every state tensor exists
-            init_weights(self, init_from)
         if compile:
             self.net.compile()
 
@@ -234,14 +240,6 @@ class SegmentationModule(LightningModule):
         hp = self.hparams
         steps = lambda: int(self.trainer.estimated_stepping_batches)  # noqa: E731
         return optimization(self, hp.optimizer, hp.scheduler, hp.encoder_lr_mult, steps)
-
-    @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, map_location: str | torch.device = "cpu"
-    ) -> SegmentationModule:
-        """Rebuild a trained module from its checkpoint alone, trusting only allow-listed targets
-        and downloading nothing (:func:`~segment.models.restore.load_module`)."""
-        return load_module(cls, path, map_location)
 
 
 def rng_states() -> dict[str, Any]:
