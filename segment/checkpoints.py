@@ -189,9 +189,10 @@ def _load(path: Path, key: str, mmap: bool) -> dict[str, Any]:
     return checkpoint
 
 
-def run_of(checkpoint: Path) -> Path | None:
-    """The run folder a checkpoint belongs to: the nearest folder above it with a record."""
-    return next((p for p in checkpoint.resolve().parents if (p / RECORD).is_file()), None)
+def run_of(path: Path) -> Path | None:
+    """The run folder a checkpoint (or a folder) belongs to: the nearest folder with a record, the
+    folder itself first."""
+    return next((p for p in (path, *path.resolve().parents) if (p / RECORD).is_file()), None)
 
 
 def verify_checksum(path: Path, key: str = "ckpt_path") -> None:

@@ -33,7 +33,7 @@ def _train(cfg: DictConfig) -> float | None:
 
 
 def _evaluate(cfg: DictConfig) -> None:
-    from segment.evaluation import run  # torch and Lightning: after Hydra has composed
+    from segment.evaluating import run  # torch and Lightning: after Hydra has composed
 
     run(cfg)
 

@@ -497,7 +497,7 @@ def test_a_gpu_trainer_without_a_gpu_and_evaluate_without_a_checkpoint_are_said_
     from hydra import compose, initialize_config_dir
 
     from segment.config.compose import config_dir
-    from segment.evaluation import run
+    from segment.evaluating import run
 
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"accelerator=gpu \(trainer=gpu\) needs a CUDA GPU"):

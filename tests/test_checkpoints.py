@@ -30,7 +30,7 @@ from segment.checkpoints import (
     verify_checksum,
 )
 from segment.config.trust import check_trusted_targets
-from segment.evaluation import load_checkpoint
+from segment.evaluating import load_checkpoint
 from segment.files import sha256
 from segment.models import SegmentationModule
 from segment.run.record import RunRecord, read_record, write_record

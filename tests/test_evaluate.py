@@ -14,7 +14,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from segment.evaluation import Predictor, load_checkpoint
+from segment.evaluating import load_checkpoint
+from segment.evaluation import Predictor
 from segment.models.metrics import confusion_metric, evaluation_scores
 from segment.training import train
 from tests.helpers import CONF_DIR, TINY_OVERRIDES, TINY_SYNTHETIC, run_script
@@ -141,7 +142,7 @@ def test_evaluation_equals_validation_during_training(trained: Path, tmp_path: P
 def test_evaluation_writes_only_into_a_folder_of_its_own(trained: Path, tmp_path: Path) -> None:
     """Never into a training run's folder, never over a file it did not just create, never inside
     its input."""
-    from segment.evaluation.run import evaluate, predict
+    from segment.evaluating import evaluate, predict
 
     run = trained / "run"
     with pytest.raises(
@@ -197,7 +198,7 @@ def test_bad_checkpoints_are_named(trained: Path, tmp_path: Path, make_cfg) -> N
     ):
         load_checkpoint(tmp_path / "junk.ckpt")
 
-    from segment.evaluation.run import evaluate
+    from segment.evaluating import evaluate
     from tests.layouts import write_folder
 
     overrides = write_folder(tmp_path / "folder")
@@ -242,7 +243,7 @@ def test_predict_writes_masks_for_any_size_and_names_what_it_skips(
 def test_export_without_onnx_names_the_extra(trained: Path, monkeypatch) -> None:
     import importlib.util
 
-    from segment.evaluation.run import export
+    from segment.evaluating import export
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -315,7 +316,7 @@ def test_inference_options_are_checked_with_a_fix(trained: Path, monkeypatch) ->
 
 
 def test_predict_refuses_two_inputs_with_one_name(trained: Path, tmp_path: Path) -> None:
-    from segment.evaluation.run import _input_images
+    from segment.evaluation.scoring import _input_images
 
     write_image(tmp_path / "in" / "s0.png", seed=0)
     write_image(tmp_path / "in" / "s0.jpg", seed=1)

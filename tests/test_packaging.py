@@ -182,6 +182,50 @@ def test_the_report_needs_no_lightning_and_the_schema_no_nets() -> None:
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
+SCIENCE = ("analysis", "callbacks", "data", "device", "evaluation", "models")
+# What the science packages may use of the rest: the run folder's formats (light leaves, read by the
+# report, written by the callbacks), names of runs and overrides, the atomic writer. Never the
+# driver (build, training, evaluating, cli), a run's life (folder, decision, resume, loggers),
+# checkpoints or the config machinery: the driver hands the science what those produce.
+SHARED = ("segment.run.record", "segment.run.layout", "segment.config.names", "segment.files")
+
+
+def test_the_science_packages_import_no_driver_no_checkpoints_no_run_life() -> None:
+    """Importing every science module (their command lines, ``__main__``, are drivers) loads no
+    segment module outside them but the shared leaves; nor does any of them import one later,
+    inside a function."""
+    modules = [
+        ".".join(path.relative_to(REPO).with_suffix("").parts)
+        for package in SCIENCE
+        for path in sorted((REPO / "segment" / package).rglob("*.py"))
+        if path.stem not in ("__init__", "__main__")
+    ]
+    allowed = (*(f"segment.{p}" for p in SCIENCE), *SHARED)
+    parents = ("segment.config", "segment.run")  # the leaves' packages: docstrings, no code
+    code = (
+        f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+        f"print(sorted(m for m in sys.modules if m.startswith('segment.') and m not in "
+        f"{parents!r} and not any(m == a or m.startswith(a + '.') for a in {allowed!r})))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
+    later = []
+    for module in modules:
+        tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
+        for node in ast.walk(tree):
+            named = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            named += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            later += [
+                f"{module}: {name}"
+                for name in named
+                if name.startswith("segment.")
+                and not any(name == a or name.startswith(a + ".") for a in allowed)
+            ]
+    assert later == []
+
+
 def test_the_run_folder_names_are_defined_once() -> None:
     """One definition of the run folder's file names, the layout's (the record takes its own name
     from it): no other module of segment/ spells them (docstrings aside)."""

@@ -1,4 +1,7 @@
-"""What ``evaluate.py`` does: score a checkpoint, predict new images, or export to ONNX."""
+"""What ``evaluate.py`` computes and writes, given a trained module: scores, figures and sheets on a
+dataset split (:func:`score`), masks for unlabelled images (:func:`predict_images`), an ONNX file
+(:func:`export_onnx`). Finding and rebuilding the checkpoint, and the folder written into, are the
+driver's (:mod:`segment.evaluating`)."""
 
 from __future__ import annotations
 
@@ -11,136 +14,56 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from segment.checkpoints import find_checkpoint, load_module, read_checkpoint
-from segment.config.names import parse_overrides
-from segment.config.trust import check_trusted_targets
 from segment.data.datamodule import SegmentationDataModule
 from segment.data.dataset import IMAGE_SUFFIXES, SegmentationDataset, read_image
-from segment.data.labels import DatasetInfo, annotated, colorize, default_palette
+from segment.data.labels import DatasetInfo, annotated, colorize
 from segment.device.precision import resolve_precision
 from segment.evaluation.figures import confusion_figure, mask_sheet, overlay
 from segment.evaluation.inference import Predictor
 from segment.files import write_atomic, write_png
 from segment.models import SegmentationModule
 from segment.models.metrics import confusion_metric, evaluation_scores
-from segment.run.record import FILE as RECORD
 
-__all__ = ["evaluate", "export", "load_checkpoint", "predict", "run", "run_data_config"]
+__all__ = [
+    "EVALUATION_FILES",
+    "EXPORT_FILES",
+    "check_classes",
+    "check_export",
+    "device_of",
+    "export_onnx",
+    "predict_images",
+    "prediction_plan",
+    "score",
+]
 
 log = logging.getLogger(__name__)
 
 
-# What mode=evaluate writes into its folder.
-_EVALUATION_FILES = (
+# What mode=evaluate and mode=export write into their folder.
+EVALUATION_FILES = (
     "metrics.json",
     "evaluation.md",
     "confusion_matrix.png",
     "sheets",
     "tensorboard",
 )
+EXPORT_FILES = ("model.onnx", "model.json")
 
 
-def run(cfg: DictConfig) -> dict:
-    """Dispatch on ``cfg.mode``."""
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
-        raise ValueError(
-            "ckpt_path is required: the checkpoint to use, e.g. segment-evaluate "
-            "ckpt_path=<run folder>/checkpoints/last.ckpt (or the run folder: its newest)"
-        )
-    modes = {"evaluate": evaluate, "predict": predict, "export": export}
-    if cfg.mode not in modes:
-        raise ValueError(f"mode={cfg.mode!r}; expected one of {sorted(modes)}")
-    return modes[cfg.mode](cfg)
-
-
-def _device(name: str) -> torch.device:
+def device_of(name: str) -> torch.device:
+    """``auto``: a GPU where there is one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> SegmentationModule:
-    """A trained module from a ``train.py`` checkpoint or a run folder's newest, in eval mode
-    (errors name it)."""
-    return load_module(find_checkpoint(path), device).eval()
-
-
-def run_data_config(cfg: DictConfig, checkpoint: Path) -> DictConfig:
-    """The data config to evaluate on: the run's own, saved in ``checkpoint``, unless ``data=``
-    names another.
-
-    ``data.<key>=...`` overrides (``data.root``, ``data.batch_size``) apply on top of the saved
-    config, so a run is evaluated on its own data without retyping it; the saved config's
-    ``_target_``s are checked against the data allow-list first.
-    """
-    explicit, keys = _data_overrides()
-    saved = read_checkpoint(checkpoint, "ckpt_path", mmap=True).get("config", {}).get("data")
-    if explicit:
-        return cfg.data
-    if saved is None:
-        log.warning(
-            "%s holds no data config (written before configs were saved): evaluating on data=%s; "
-            "pass data=<the training data config> if that is not it",
-            checkpoint,
-            cfg.data.get("_target_"),
-        )
-        return cfg.data
-    check_trusted_targets(saved, f"{checkpoint}: config.data", kind="data")
-    data = OmegaConf.create(saved)  # read_checkpoint refused any interpolation in it
-    for key in keys:
-        OmegaConf.update(
-            data, key[len("data.") :], OmegaConf.select(cfg, key), merge=False, force_add=True
-        )
-    log.info(
-        "data config from the checkpoint%s",
-        f", with {', '.join(keys)} from the command line" if keys else "",
-    )
-    return data
-
-
-def _data_overrides() -> tuple[bool, list[str]]:
-    """Whether the command line chose a data config (``data=camvid``), and which ``data.*`` keys
-    it set."""
-    if not HydraConfig.initialized():
-        return True, []  # composed in code: the caller's cfg.data is meant
-    keys = list(parse_overrides(HydraConfig.get().overrides.task))
-    return any(k == "data" or k.startswith("data/") for k in keys), [
-        k for k in keys if k.startswith("data.")
-    ]
-
-
-def _own_folder(folder: Path, names: Iterable[str]) -> Path:
-    """``folder``, checked to be this command's to write ``names`` into: not a training run's
-    folder, and none of ``names`` already there (an evaluation never writes over a file it did
-    not create)."""
-    run = next((p for p in (folder, *folder.resolve().parents) if (p / RECORD).is_file()), None)
-    if run is not None:
-        where = "a training run's folder" + (
-            f" ({run})" if run.resolve() != folder.resolve() else ""
-        )
-        raise ValueError(
-            f"{folder} is {'inside ' if run.resolve() != folder.resolve() else ''}{where}; "
-            "evaluate.py writes only into a folder of its own (logs/evaluate/runs/<time> by "
-            "default; or hydra.run.dir=<new folder>)"
-        )
-    taken = [name for name in names if (folder / name).exists()]
-    if taken:
-        raise FileExistsError(
-            f"{folder / taken[0]} exists: evaluate.py never writes over a file it did not create "
-            "just now; choose a new folder (hydra.run.dir=<folder> or output=<folder>)"
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _check_classes(module: SegmentationModule, info: DatasetInfo, ckpt_path: str) -> None:
+def check_classes(module: SegmentationModule, info: DatasetInfo, ckpt_path: str) -> None:
+    """Refuse data whose classes are not those the module predicts."""
     if list(module.class_names) != list(info.class_names):
         raise ValueError(
             f"ckpt_path={ckpt_path} predicts {len(module.class_names)} classes "
@@ -174,23 +97,20 @@ def _same_size_runs(items: list[dict]) -> Iterable[list[dict]]:
         yield run
 
 
-def evaluate(cfg: DictConfig) -> dict:
-    """Score ``cfg.ckpt_path`` on ``cfg.split`` of ``cfg.data``; write metrics, tables and
-    figures."""
-    output_dir = _own_folder(Path(cfg.paths.output_dir), _EVALUATION_FILES)
-    device, checkpoint = _device(cfg.device), find_checkpoint(cfg.ckpt_path)
-    module = load_checkpoint(checkpoint, device)
-    data_config = run_data_config(cfg, checkpoint)
-    datamodule = instantiate(data_config)
-    info = datamodule.info
-    _check_classes(module, info, cfg.ckpt_path)
-    # never download or render into a folder that a checkpoint's data config names
-    if _data_overrides()[0]:
-        datamodule.prepare_data()
+def score(
+    cfg: DictConfig,
+    module: SegmentationModule,
+    datamodule: SegmentationDataModule,
+    checkpoint: Path,
+    output_dir: Path,
+) -> dict:
+    """Score ``module`` (from ``checkpoint``) on ``cfg.split`` of ``datamodule``; write metrics,
+    tables and figures into ``output_dir``."""
     _check_request(cfg, datamodule)
+    info, device = datamodule.info, device_of(cfg.device)
     load_size = None if cfg.resolution == "native" else datamodule.image_size
     dataset = SegmentationDataset(datamodule.samples(cfg.split), info, load_size=load_size)
-    size = cfg.batch_size or data_config.batch_size
+    size = cfg.batch_size or datamodule.batch_size
     loader = DataLoader(dataset, batch_size=size, num_workers=cfg.num_workers, collate_fn=list)
     predictor = _predictor(cfg, module)
     confusion, seconds = _confusion(loader, predictor, info, f"evaluate {info.name}/{cfg.split}")
@@ -375,8 +295,9 @@ def _input_images(path: Path) -> list[Path]:
     return images
 
 
-def predict(cfg: DictConfig) -> dict:
-    """Colour masks, class-index masks and overlays for unlabelled images of any size."""
+def prediction_plan(cfg: DictConfig) -> tuple[list[Path], Path, list[str]]:
+    """``mode=predict``'s images, its output folder (never inside the input's) and the files it
+    will write there."""
     if not cfg.input:
         raise ValueError("mode=predict needs input=<image or folder>")
     source = Path(cfg.input)
@@ -389,11 +310,18 @@ def predict(cfg: DictConfig) -> dict:
             "the images they come from; choose a folder outside it"
         )
     names = [f"{path.stem}_{kind}.png" for path in inputs for kind in ("labels", "mask", "overlay")]
-    output = _own_folder(output, names)
-    checkpoint = find_checkpoint(cfg.ckpt_path)
-    module = load_checkpoint(checkpoint, _device(cfg.device))
+    return inputs, output, names
+
+
+def predict_images(
+    cfg: DictConfig,
+    module: SegmentationModule,
+    inputs: list[Path],
+    output: Path,
+    palette: Sequence[Sequence[int]],
+) -> dict:
+    """Colour masks, class-index masks and overlays for unlabelled images of any size."""
     predictor = _predictor(cfg, module)
-    palette = _palette(module, cfg, checkpoint)
     for path in tqdm(inputs, desc="predict", unit="image"):
         image = read_image(path)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
@@ -405,30 +333,20 @@ def predict(cfg: DictConfig) -> dict:
     return {"output": str(output), "num_images": len(inputs)}
 
 
-def _palette(module: SegmentationModule, cfg: DictConfig, checkpoint: Path) -> tuple:
-    """The data config's palette when it matches the checkpoint's classes, else generated
-    colours."""
-    try:
-        info = instantiate(run_data_config(cfg, checkpoint)).info
-        if list(info.class_names) == module.class_names:
-            return info.palette
-    except Exception:  # any data config problem only costs the colours here
-        pass
-    return default_palette(len(module.class_names))
-
-
-def export(cfg: DictConfig) -> dict:
-    """ONNX model with dynamic batch, height and width (multiples of 32) in the run folder.
-
-    Input ``images``: ``(B, 3, H, W)`` float32 RGB in ``[0, 255]`` (normalisation is inside);
-    output ``logits``: ``(B, C, H, W)``.
-    """
+def check_export(cfg: DictConfig) -> None:
+    """``mode=export``'s format, and the packages it needs."""
     if cfg.format != "onnx":
         raise ValueError(f"format={cfg.format!r}; only 'onnx' is supported")
     if importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxscript") is None:
         raise ModuleNotFoundError("mode=export needs the onnx extra: pip install -e '.[onnx]'")
-    output_dir = _own_folder(Path(cfg.paths.output_dir), ("model.onnx", "model.json"))
-    module = load_checkpoint(cfg.ckpt_path, "cpu").float()
+
+
+def export_onnx(module: SegmentationModule, output_dir: Path, opset: int) -> dict:
+    """ONNX model with dynamic batch, height and width (multiples of 32) in ``output_dir``.
+
+    Input ``images``: ``(B, 3, H, W)`` float32 RGB in ``[0, 255]`` (normalisation is inside);
+    output ``logits``: ``(B, C, H, W)``.
+    """
     path = output_dir / "model.onnx"
     height, width = 64, 96
     example = torch.randint(0, 256, (1, 3, height, width)).float()
@@ -442,7 +360,7 @@ def export(cfg: DictConfig) -> dict:
             "images": {0: "batch", 2: "height", 3: "width"},
             "logits": {0: "batch", 2: "height", 3: "width"},
         },
-        opset_version=cfg.opset,
+        opset_version=opset,
         dynamo=False,
     )
     write_atomic(
