@@ -20,7 +20,7 @@ from segment.device.precision import machine, resolve_precision
 from segment.models.weights import WeightsRecord
 from segment.run.folder import RunFolder
 from segment.run.record import versions
-from segment.run.resume import follows_length
+from segment.run.resume import continue_command, follows_length
 
 __all__ = ["train"]
 
@@ -126,7 +126,7 @@ def _test(built: Built) -> dict[str, float]:
 
 def summary(cfg: DictConfig, run: RunFolder, built: Built, metrics: dict[str, float]) -> str:
     """Where a finished run's results are, and commands that paste and run as printed."""
-    trainer, path = built.trainer, shlex.quote(str(run.path))
+    trainer = built.trainer
     callback = trainer.checkpoint_callback
     best = callback.best_model_path if callback and callback.best_model_path else None
     names = ("val/loss", "val/miou", "val/pixel_acc", "test/loss", "test/miou", "test/pixel_acc")
@@ -143,8 +143,6 @@ def summary(cfg: DictConfig, run: RunFolder, built: Built, metrics: dict[str, fl
     if best:
         lines.append(f"  evaluate:        segment-evaluate ckpt_path={shlex.quote(best)}")
     if best and (trainer.max_epochs or 0) > 0 and not follows_length(cfg):
-        lines.append(
-            f"  train longer:    segment-train hydra.run.dir={path} ckpt_path=last "
-            f"trainer.max_epochs={2 * trainer.max_epochs}"
-        )
+        longer = continue_command(run.path, f"trainer.max_epochs={2 * trainer.max_epochs}")
+        lines.append(f"  train longer:    {longer}")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ import yaml
 
 from segment.analysis.thresholds import Crossing, Threshold, first_crossing
 from segment.config.names import identity, value_text
-from segment.run.layout import RunLayout
+from segment.run.layout import ARCHIVE, RunLayout
 from segment.run.record import RunRecord, read_record
 
 __all__ = ["Crossing", "Run", "load_run", "load_runs"]
@@ -252,7 +252,7 @@ def load_runs(sweep: str | Path) -> list[Run]:
     layout = RunLayout()
     found = {p.parent for name in (layout.record, layout.hydra) for p in sweep.rglob(name)}
     for folder in sorted(found):
-        if "archive" in folder.relative_to(sweep).parts:
+        if ARCHIVE in folder.relative_to(sweep).parts:
             continue  # a run that overwrite=true replaced
         try:
             runs.append(load_run(folder))

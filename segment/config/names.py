@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import ListConfig, OmegaConf
 
-from segment.run.record import record_or_none
+from segment.run.record import record_or_new
 
 __all__ = [
     "ATTEMPT",
@@ -268,8 +268,8 @@ def _found_again(name: str, overrides: Sequence[str], swept: Iterable[str]) -> s
         return name
     mine, found = identity(overrides, swept), []
     for folder in (f for f in sweep.iterdir() if f.is_dir()):
-        record = record_or_none(folder)  # a damaged one is named in a warning: not this job's
-        theirs = record.attempts[0].overrides if record and record.attempts else None
+        record = record_or_new(folder)  # a damaged one is named in a warning: not this job's
+        theirs = record.attempts[0].overrides if record.attempts else None
         with contextlib.suppress(ValueError):  # overrides Hydra cannot parse: not this job's
             if theirs is not None and identity(theirs, swept) == mine:
                 found.append(folder.name)

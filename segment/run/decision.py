@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segment.config.names import identity
-from segment.run.record import Action, Attempt, RecordError, RunRecord, record_or_none
+from segment.run.layout import ARCHIVE
+from segment.run.record import Action, Attempt, RecordError, RunRecord, record_or_new
 
 __all__ = [
     "AFRESH",
@@ -112,7 +113,7 @@ def decide(
 
 
 def busy_message(path: Path) -> str:
-    holder = (record_or_none(path) or RunRecord()).last or Attempt()
+    holder = record_or_new(path).last or Attempt()
     return (
         f"run folder {path} is in use by pid {holder.pid} on {holder.host} since {holder.started}: "
         "two runs in one folder would mix their logs. Wait for it to finish, or choose another "
@@ -136,5 +137,5 @@ def refusal(path: Path, record: RunRecord, decision: Decision) -> str:
         f"{why + ', and ' if why else ''}run folder {path} already holds {held}; it is never "
         "silently reused. To continue that run: ckpt_path=last; to keep it and start another: "
         "choose a new folder (hydra.run.dir=<folder>); to replace it: overwrite=true (its files "
-        f"move to {path / 'archive'}/<start time>/)"
+        f"move to {path / ARCHIVE}/<start time>/)"
     )

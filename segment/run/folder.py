@@ -50,17 +50,17 @@ from segment.run.decision import (
     decide,
     refusal,
 )
-from segment.run.layout import RunLayout
+from segment.run.layout import ARCHIVE, RunLayout
 from segment.run.loggers import log_position
 from segment.run.record import (
     Attempt,
     RecordError,
     RunRecord,
     read_record,
-    record_or_none,
+    record_or_new,
     write_record,
 )
-from segment.run.resume import resume_point
+from segment.run.resume import continue_command, resume_point
 
 __all__ = ["RunFolder", "archive", "check_same_data", "remove_partial_files", "write_hydra"]
 
@@ -298,13 +298,7 @@ class RunFolder:
         if name and sweep_dir() is not None:
             _sweep_stopped(message)
         elif name:
-            log.error(
-                "%s. Continue it: %s",
-                message,
-                shlex.join(
-                    ["segment-train", f"hydra.run.dir={self.path.resolve()}", "ckpt_path=last"]
-                ),
-            )
+            log.error("%s. Continue it: %s", message, continue_command(self.path.resolve()))
 
     def _stop(self, number: int, frame: Any) -> None:
         """A stop signal: end training where it is (Lightning shuts down on KeyboardInterrupt)."""
@@ -340,7 +334,7 @@ def _links_out(path: Path) -> list[Path]:
         link
         for link in path.rglob("*")
         if link.is_symlink()
-        and link.relative_to(path).parts[0] != "archive"
+        and link.relative_to(path).parts[0] != ARCHIVE
         and root not in link.resolve().parents
     ]
 
@@ -371,11 +365,7 @@ def _sweep_stopped(message: str) -> None:
     """Name the jobs a stopped sweep did not complete, and the command that continues it: the
     same overrides into the same folder, completed jobs skipped."""
     sweep = Path(sweep_dir()).resolve()
-    pending = [
-        job
-        for job in sweep_jobs()
-        if (record_or_none(sweep / job) or RunRecord()).status != "completed"
-    ]
+    pending = [job for job in sweep_jobs() if record_or_new(sweep / job).status != "completed"]
     typed = [a for a in sys.argv[1:] if not a.startswith(("hydra.sweep.dir=", "skip_completed="))]
     command = ["segment-train", *typed, f"hydra.sweep.dir={sweep}", "skip_completed=true"]
     log.error(
@@ -410,7 +400,7 @@ def write_hydra(folder: Path, config: DictConfig, overrides: list[str]) -> None:
 def remove_partial_files(path: Path) -> None:
     """What killed atomic writes left behind (``.<name>.*.partial``), archive/ aside."""
     for partial in path.rglob(".*.partial"):
-        if "archive" not in partial.relative_to(path).parts:
+        if ARCHIVE not in partial.relative_to(path).parts:
             partial.unlink(missing_ok=True)
 
 
@@ -418,12 +408,12 @@ def archive(path: Path, layout: RunLayout, started: str, also: Sequence[str] = (
     """Move the earlier run's files (the layout's results, and ``also``: names in ``path``) to
     ``archive/<its start time>/``; a symbolic link moves as a link, never followed: nothing outside
     ``path`` changes."""
-    if (path / "archive").is_symlink():  # archiving would write where it points
-        raise RunFolderError(f"{path / 'archive'} is a symbolic link: replace it by a folder")
+    if (path / ARCHIVE).is_symlink():  # archiving would write where it points
+        raise RunFolderError(f"{path / ARCHIVE} is a symbolic link: replace it by a folder")
     stamp = re.sub(r"[^\w+.-]", "-", str(started)).strip(".") or "earlier"  # one name, in archive/
-    target, suffix = path / "archive" / stamp, 1
+    target, suffix = path / ARCHIVE / stamp, 1
     while target.exists():
-        target, suffix = path / "archive" / f"{stamp}-{suffix}", suffix + 1
+        target, suffix = path / ARCHIVE / f"{stamp}-{suffix}", suffix + 1
     target.mkdir(parents=True)
     linked_log = (layout.log,) if (path / layout.log).is_symlink() else ()  # its target not emptied
     for name in dict.fromkeys((*layout.results, *also, *linked_log)):

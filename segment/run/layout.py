@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-__all__ = ["METRICS", "RunLayout"]
+__all__ = ["ARCHIVE", "METRICS", "RunLayout"]
 
 METRICS = "metrics.csv"  # the CSV logger's file in its folder (Lightning's name)
+ARCHIVE = "archive"  # earlier runs of a reused folder, by start time; never read as this run's
 _CONFIG_KEYS = {  # the layout's parts that the config names
     "checkpoints": "callbacks.last_checkpoint.dirpath",
     "thresholds": "callbacks.thresholds.filename",

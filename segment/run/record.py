@@ -31,7 +31,7 @@ __all__ = [
     "RecordError",
     "RunRecord",
     "read_record",
-    "record_or_none",
+    "record_or_new",
     "versions",
     "write_record",
 ]
@@ -182,14 +182,15 @@ def read_record(folder: str | Path) -> RunRecord | None:
     return record
 
 
-def record_or_none(folder: str | Path) -> RunRecord | None:
-    """A folder's record where one that cannot be read counts as none (a sweep's summary, a busy
-    folder's holder, a checkpoint's checksum): the reason is logged, never raised."""
+def record_or_new(folder: str | Path) -> RunRecord:
+    """A folder's record, or a new one where it has none or one that cannot be read (a stopped
+    sweep's summary, a busy folder's holder, a job found again): the reason is logged, never
+    raised."""
     try:
-        return read_record(folder)
+        return read_record(folder) or RunRecord()
     except RecordError as error:
         log.warning("%s", error)
-        return None
+        return RunRecord()
 
 
 def write_record(folder: str | Path, record: RunRecord) -> None:

@@ -20,6 +20,7 @@ from segment.run.loggers import log_position
 __all__ = [
     "RunInCheckpoint",
     "check_longer",
+    "continue_command",
     "follows_length",
     "resume_differences",
     "resume_point",
@@ -145,12 +146,17 @@ def _progress(checkpoint: dict[str, Any]) -> tuple[int | None, int, bool]:
     return done, int(checkpoint["global_step"]), again
 
 
+def continue_command(folder: str | Path, *more: str) -> str:
+    """The command that continues the run in ``folder`` from its newest checkpoint, as it pastes
+    into a shell from any folder (``more``: overrides added, ``trainer.max_epochs=...``)."""
+    return shlex.join(["segment-train", f"hydra.run.dir={folder}", "ckpt_path=last", *more])
+
+
 def _continue_there(checkpoint: Path) -> str:
     """For a checkpoint of a run folder: the command that continues that run in its own folder."""
     if (owner := run_of(checkpoint)) is None:
         return ""
-    command = shlex.join(["segment-train", f"hydra.run.dir={owner}", "ckpt_path=last"])
-    return f". To continue the run it belongs to, in its own folder: {command}"
+    return f". To continue the run it belongs to, in its own folder: {continue_command(owner)}"
 
 
 def check_longer(path: Path, checkpoint: dict[str, Any], cfg: DictConfig) -> None:
