@@ -10,6 +10,8 @@
 - ``loggers/``: one adapter per logger (its mask panel, hyperparameters, scores, summary line,
   folders in the run), continuing a resumed run's logs where its checkpoint was written.
 
-Checkpoint files themselves (atomic writing, safe reading, checksums) are ``segment.checkpoints``,
-below this package: models and evaluation read checkpoints too.
+Checkpoint files themselves (atomic writing, safe reading, checksums, ``init_from``, a module
+rebuilt from one) are ``segment.checkpoints``, beside this package: the drivers (``training``,
+``evaluating``) use both. The science packages (analysis, callbacks, data, device, evaluation,
+models) use only the record and the layout here: the formats of what a run leaves.
 """
