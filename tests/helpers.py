@@ -132,7 +132,7 @@ if _WARM is not None:
         [
             "tests.helpers",
             "segment.training",
-            "segment.evaluation",
+            "segment.evaluating",
             "segmentation_models_pytorch",
             "albumentations",
         ]
