@@ -367,6 +367,33 @@ def test_the_protocol_table_says_which_head_the_lab_vgg_net_trained_with(tmp_pat
     assert "| Unet, vgg16 |" in table
 
 
+def test_the_protocol_says_each_runs_grid_and_cap_in_its_own_unit(tmp_path: Path) -> None:
+    """Per epoch for the study's runs; in images seen for runs on the image grid
+    (``measurement=images``), whose epochs differ with the training-set size."""
+    on_epochs = _write_run(tmp_path, "unet_scratch", 0, "0.001", [1.0, 0.9])
+    on_images = _write_run(tmp_path, "unet_vgg", 0, "0.001", [1.0, 0.9])
+    for folder, extra in (
+        (on_epochs, {"trainer": {"val_check_interval": 0.25, "max_epochs": 30}}),
+        (
+            on_images,
+            {
+                "trainer": {"val_check_interval": 12, "max_epochs": -1},
+                "measurement": {"val_every_images": 96, "max_images": 3456},
+            },
+        ),
+    ):
+        record = json.loads((folder / "run.json").read_text())
+        record["config"].update(extra)
+        (folder / "run.json").write_text(json.dumps(record))
+        (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(record["config"]))
+    rows = protocol_section(Study(load_runs(tmp_path))).splitlines()
+    [scratch] = [row for row in rows if row.startswith("| scratch")]
+    [pretrained] = [row for row in rows if row.startswith("| pretrained")]
+    assert "| 4 per epoch |" in scratch and "| 30 epochs |" in scratch
+    assert "| every 96 images |" in pretrained and "| 3,456 images |" in pretrained
+    assert "-1" not in pretrained.split("|")[13]
+
+
 def test_a_report_with_nothing_to_compare_claims_no_comparison(tmp_path: Path) -> None:
     """One arm, no partner: the report says there is nothing to compare, not that every speedup
     holds."""

@@ -595,7 +595,7 @@ def protocol_section(study: Study) -> str:
     """
     lines = [
         "| arm | overrides | seeds | net | encoder weights | optimizer, lr | schedule | batch | "
-        "image | validations/epoch | clip | precision | cap (epochs) | code | speed index (ms) |",
+        "image | validations | clip | precision | cap | code | speed index (ms) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_protocol_row(arm) for arm in study.arms]
@@ -610,7 +610,6 @@ def _protocol_row(arm: Arm) -> str:
     warm = run.value("model.scheduler.scheduler.total_iters")
     if scheduler == "LinearLR" and warm:
         scheduler = f"linear warmup {warm} steps, then constant"
-    interval = run.value("trainer.val_check_interval") or 1.0
     image = "x".join(str(v) for v in (run.value("data.image_size") or []))
     name = (run.value("model.optimizer._target_") or "?").rsplit(".", 1)[-1]
     optimizer = f"{name} {run.value('model.optimizer.lr')}"
@@ -618,7 +617,7 @@ def _protocol_row(arm: Arm) -> str:
         optimizer += f" (wd {run.value('model.optimizer.weight_decay')})"
     precision = ", ".join(sorted({str(r.precision) for r in arm.runs}))
     weights = ", ".join(sorted({r.weights or "?" for r in arm.runs}))
-    caps = ", ".join(sorted({str(r.value("trainer.max_epochs")) for r in arm.runs}))
+    caps = ", ".join(sorted({_cap(r) for r in arm.runs}))
     net = [
         (run.value("model.net._target_") or "?").rsplit(".", 1)[-1],
         run.value("model.net.encoder_name"),
@@ -638,10 +637,28 @@ def _protocol_row(arm: Arm) -> str:
         f"| {arm.name} | `{arm.label}` | {', '.join(str(r.seed) for r in arm.runs)} | "
         f"{', '.join(part for part in net if part)} | {weights} | {optimizer} | {scheduler} | "
         f"{run.value('data.batch_size')} | {image} | "
-        f"{round(1 / float(interval)) if interval <= 1 else 1} | "
+        f"{_validations(run)} | "
         f"{run.value('trainer.gradient_clip_val') or '-'} | {precision} | {caps} | {commits} | "
         f"{speed} |"
     )
+
+
+def _on_images(run: Run) -> bool:
+    """Measured on the grid of images seen (``measurement=images``), not per epoch."""
+    return run.value("measurement.val_every_images") is not None
+
+
+def _validations(run: Run) -> str:
+    if _on_images(run):
+        return f"every {run.value('measurement.val_every_images'):,} images"
+    interval = float(run.value("trainer.val_check_interval") or 1.0)
+    return f"{round(1 / interval) if interval <= 1 else 1} per epoch"
+
+
+def _cap(run: Run) -> str:
+    if _on_images(run):
+        return f"{run.value('measurement.max_images'):,} images"
+    return f"{run.value('trainer.max_epochs')} epochs"
 
 
 def _protocol_notes(study: Study) -> list[str]:
