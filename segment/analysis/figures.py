@@ -382,7 +382,7 @@ def size_speedup_figure(
     axes.set(
         xlabel="training images",
         ylabel=f"speedup (slower / faster, {unit} seen)",
-        title="speedup by training-set size (triangles: bounds; open circles: censored fits)",
+        title="speedup by training-set size\n(triangles: bounds; open circles: censored fits)",
     )
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
