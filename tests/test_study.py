@@ -681,13 +681,14 @@ def test_a_damaged_run_file_is_listed_by_name_not_a_crash(tmp_path: Path, damage
 
 
 @pytest.mark.slow
-def test_the_committed_camvid_report_regenerates_from_its_exported_run_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("study", ["camvid_study", "camvid_data_size"])
+def test_the_committed_camvid_reports_regenerate_from_their_exported_run_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, study: str
 ) -> None:
-    """docs/results/camvid_study is an export (no machine paths); its report is what the report
-    command writes from it, to the byte."""
-    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / "camvid_study"
-    copy = tmp_path / "docs" / "results" / "camvid_study"  # the same path, from another root
+    """Each committed study under docs/results is an export (no machine paths); its report is
+    what the report command writes from it, to the byte."""
+    committed = Path(__file__).resolve().parents[1] / "docs" / "results" / study
+    copy = tmp_path / "docs" / "results" / study  # the same path, from another root
     figures = {p.name for p in committed.glob("*.png")} | {"report.md"}  # the report's own
     shutil.copytree(
         committed,
@@ -695,7 +696,7 @@ def test_the_committed_camvid_report_regenerates_from_its_exported_run_files(
         ignore=lambda folder, names: figures & set(names) if Path(folder) == committed else [],
     )
     monkeypatch.chdir(tmp_path)
-    assert report_main(["docs/results/camvid_study"]) == 0
+    assert report_main([f"docs/results/{study}"]) == 0
     assert (copy / "report.md").read_text() == (committed / "report.md").read_text()
     texts = [
         p.read_text(errors="replace")
