@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 VERDICTS = ("holds", "does not hold", "not comparable", "not tested here")
-CLAIMS = 7  # the lab's conclusions this project tests (issue: the claims table)
+CLAIMS = 7  # the lab's conclusions this project tests
 
 
 def _table(path: Path, header: str) -> list[list[str]]:
