@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from segment.config.names import parse_overrides
 from segment.run.decision import RunFolderError
 from segment.run.record import RecordError, RunRecord, read_record, write_record
 from tests.helpers import REPO
@@ -71,12 +72,16 @@ def test_a_record_that_would_not_read_back_is_never_written(tmp_path: Path) -> N
 
 
 def test_every_committed_run_record_reads_and_writes_back_alike(tmp_path: Path) -> None:
-    """The records under docs/results/ (schema 1) read as they are, and read back as written."""
+    """The records under docs/results/ (schema 1) read as they are, and read back as written; the
+    overrides of each attempt parse (a run skipped or continued from an exported folder compares
+    them with its own)."""
     paths = sorted((REPO / "docs" / "results").rglob("run.json"))
     assert paths
     for path in paths:
         record = read_record(path.parent)
         assert record is not None and record.status == "completed" and record.attempts, path
+        for attempt in record.attempts:
+            parse_overrides(attempt.overrides)
         write_record(tmp_path, record)
         assert read_record(tmp_path) == record, path
 

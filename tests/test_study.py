@@ -23,6 +23,7 @@ from segment.analysis.report import main as report_main
 from segment.analysis.stats import Cell, compare, seeds_needed, tuned
 from segment.analysis.tables import p_text, protocol_section, ratio, seconds_runs, units_table
 from segment.analysis.thresholds import Threshold
+from segment.run.decision import RunFolderError
 from segment.run.record import Attempt
 from tests.helpers import NO_CHECKPOINTS, TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
@@ -872,3 +873,25 @@ def test_export_merges_the_runs_of_another_sweep_into_its_destination(tmp_path: 
     assert analysis_main(["export", str(tmp_path / "two"), str(dest), "--merge"]) == 0
     assert _tree(dest / first.name) == kept
     assert sorted(run.folder.name for run in load_runs(dest)) == sorted([first.name, second.name])
+
+
+def test_an_exported_run_is_skipped_as_completed_where_its_sweep_goes_on(
+    hydra_train, tmp_path: Path
+) -> None:
+    """The export writes a machine path's role (``<paths.data_dir>``) into each attempt's
+    overrides; a sweep continued from exported folders with ``skip_completed=true`` refused every
+    completed job, whose first override did not parse. Each is skipped, as completed; a record
+    that holds an unquoted role is refused, naming its file."""
+    job = ("model=unet_lab", "trainer.max_epochs=1", "scheduler=constant")
+    metrics = hydra_train(*job, f"hydra.run.dir={tmp_path / 'sweep' / 'run'}")
+    assert analysis_main(["export", str(tmp_path / "sweep"), str(tmp_path / "exported")]) == 0
+    run = tmp_path / "exported" / "run"
+    assert "<paths.data_dir>" in (run / "run.json").read_text()  # the role, not the machine's path
+    again = hydra_train(*job, f"hydra.run.dir={run}", "skip_completed=true")
+    assert again == pytest.approx(metrics)
+    attempts = json.loads((run / "run.json").read_text())["attempts"]
+    assert [(a["action"], a["outcome"]) for a in attempts[-1:]] == [("skip", "skipped")]
+    unquoted = re.sub(r"=\\?'(<[\w.]+>)\\?'", r"=\1", (run / "run.json").read_text())
+    (run / "run.json").write_text(unquoted)
+    with pytest.raises(RunFolderError, match=r"run\.json: cannot parse the override .*<paths"):
+        hydra_train(*job, f"hydra.run.dir={run}", "skip_completed=true")

@@ -77,6 +77,22 @@ def _clean(text: str, replace: dict[str, str]) -> str:
     return _HOME.sub("~", _SITE.sub("<site-packages>/", text))
 
 
+# An override whose value a role replaced (``data.root=<data.root>``), in .hydra/overrides.yaml's
+# list and as a string of run.json (its attempts' overrides and commands): a role is no value in
+# Hydra's grammar, so it is quoted (``data.root='<data.root>'``): a run continued or skipped from
+# the exported folder parses its record's overrides again.
+_ROLE_OVERRIDE = {
+    "overrides.yaml": re.compile(r"^(- [^=\n]+=)(<[^'\n]*)$", re.M),
+    RunLayout.record: re.compile(r'(?<=")([^"=\s]+=)(<[^"\'\\]*)(?=")'),
+}
+
+
+def _quoted(name: str, text: str) -> str:
+    """``text`` of the file ``name`` with each override's role quoted (:data:`_ROLE_OVERRIDE`)."""
+    found = _ROLE_OVERRIDE.get(name)
+    return found.sub(r"\1'\2'", text) if found else text
+
+
 def export(sweep: str | Path, dest: str | Path, merge: bool = False) -> list[Path]:
     """Copy ``sweep``'s run files into ``dest`` (see the module's text); returns the run folders.
 
@@ -101,10 +117,10 @@ def export(sweep: str | Path, dest: str | Path, merge: bool = False) -> list[Pat
         if not text:
             shutil.copyfile(source, target)
             continue
-        cleaned = _clean(source.read_text(errors="replace"), replace[id(run)])
-        if source.name == "overrides.yaml":  # a role is no override value: quote it
-            cleaned = re.sub(r"^(- [^=\n]+=)(<[^'\n]*)$", r"\1'\2'", cleaned, flags=re.M)
-        write_atomic(target, cleaned)
+        write_atomic(
+            target,
+            _quoted(source.name, _clean(source.read_text(errors="replace"), replace[id(run)])),
+        )
     return [dest / run.folder.relative_to(sweep) for run in study.runs]
 
 

@@ -157,7 +157,13 @@ class RunFolder:
         self.record = self._found = known or RunRecord()
         found, inside = _asked_checkpoint(self.asked, self.path, self.layout)
         holds = self.layout.holds_results(self.path)
-        self.decision = decide(known, holds, self.asked, found, inside)
+        try:
+            self.decision = decide(known, holds, self.asked, found, inside)
+        except ValueError as error:  # the record's own overrides, compared by skip_completed
+            raise RunFolderError(
+                f"{self.path / self.layout.record}: {error}. A role an older export wrote in place "
+                "of a path ('<data.root>')? Write the path there, or move the record aside"
+            ) from None
         self.attempt.action = self.decision.action
         if self.decision.action == "refuse":
             raise RunFolderError(refusal(self.path, self.record, self.decision))
