@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 from scipy import stats
 
@@ -713,21 +714,34 @@ def test_the_report_prints_the_command_that_adds_the_seeds_it_needs(tmp_path: Pa
         if "seed-2" in folder.name or "seed-3" in folder.name or "seed-4" in folder.name:
             shutil.rmtree(folder)
     assert report_main([str(sweep)]) == 0
-    report = (sweep / "report.md").read_text()
-    [command] = [line for line in report.splitlines() if line.startswith("segment-train -m ")]
-    words = (
-        subprocess.run(
-            ["bash", "-c", f"printf '%s\\0' {command}"],
-            capture_output=True,
-            check=True,
-        )
-        .stdout.decode()
-        .split("\0")[:-1]
-    )
-    assert words[:2] == ["segment-train", "-m"] and "skip_completed=true" in words
-    assert f"hydra.sweep.dir={sweep}" in words and "model=unet_scratch,unet_vgg" in words
+    words = _seeds_command((sweep / "report.md").read_text())
+    assert "skip_completed=true" in words and "model=unet_scratch,unet_vgg" in words
+    assert f"hydra.sweep.dir={sweep}" in words
     [seeds] = [w for w in words if w.startswith("seed=")]
     assert seeds.startswith("seed=2,") or seeds == "seed=2"
+
+
+def test_the_exported_reports_seeds_command_parses_once_its_path_is_filled_in() -> None:
+    """The committed data-size report's command, from runs exported with ``skip_completed=True``
+    and ``data.root`` as its role: each key once, and Hydra parses it once the path is given."""
+    committed = Path(__file__).resolve().parents[1] / "docs/results/camvid_data_size/report.md"
+    report = committed.read_text()
+    assert "with `<data.root>` replaced by the path on your machine" in report
+    words = _seeds_command(report.replace("<data.root>", "/data/CamVid copy"))
+    assert 'data.root="/data/CamVid copy"' in words
+
+
+def _seeds_command(report: str) -> list[str]:
+    """The report's seeds command as the shell splits it; checked to parse in Hydra with each
+    key given once."""
+    [command] = [line for line in report.splitlines() if line.startswith("segment-train -m ")]
+    split = subprocess.run(["bash", "-c", f"printf '%s\\0' {command}"], capture_output=True)
+    words = split.stdout.decode().split("\0")[:-1]
+    assert words[:2] == ["segment-train", "-m"]
+    overrides = OverridesParser.create().parse_overrides(words[2:])
+    keys = [override.key_or_group for override in overrides]
+    assert len(keys) == len(set(keys)), keys
+    return words
 
 
 def test_seconds_compare_only_runs_of_one_machine_at_their_usual_speed(tmp_path: Path) -> None:

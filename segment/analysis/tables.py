@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import replace
@@ -296,20 +297,28 @@ def more_seeds(study: Study, sweep: str) -> str:
             f"{plan} would need more than {MAX_SEEDS} seeds per arm ({where}): at its spread this "
             "design cannot resolve so small an effect there."
         )
+    arguments = _seeds_arguments(runs, seeds, needed, sweep)
+    roles = sorted(set(re.findall(r'"(<[\w.]+>)"', arguments)))
+    fill = f" (with {' and '.join(f'`{r}`' for r in roles)} replaced by the path on your machine)"
     return (
         f"{plan} needs {needed} seeds per arm in the answer's most demanding cell ({where}; each "
-        "cell's need is in the tables below); to add them to this sweep:\n\n"
-        f"```bash\nsegment-train -m {_seeds_arguments(runs, seeds, needed, sweep)}\n```"
+        f"cell's need is in the tables below); to add them to this sweep{fill if roles else ''}:"
+        f"\n\n```bash\nsegment-train -m {arguments}\n```"
     )
+
+
+_APPENDED = ("seed", "hydra.sweep.dir", "skip_completed")  # what the seeds command sets itself
 
 
 def _seeds_arguments(runs: list[Run], seeds: list[int], needed: int, sweep: str) -> str:
     """The sweep's arguments (shell-quoted) that add seeds up to ``needed`` to every arm of
-    ``runs`` (``seeds``: those they have) in ``sweep``."""
+    ``runs`` (``seeds``: those they have) in ``sweep``: each key once. An exported path's role
+    (``'<data.root>'``) is written ``"<data.root>"``, to be replaced inside the quotes."""
     values: dict[str, list[str]] = {}
     for item in (item for run in runs for item in run.typed):
         key, _, value = item.partition("=")
-        if key != "seed" and value not in values.setdefault(key, []):
+        value = re.sub(r"^'(<[\w.]+>)'$", r'"\1"', value)
+        if key not in _APPENDED and value not in values.setdefault(key, []):
             values[key].append(value)
     new = range(seeds[-1] + 1, seeds[-1] + 1 + needed - len(seeds))
     parts = [f"{key}={','.join(found)}" for key, found in values.items()]
