@@ -161,8 +161,8 @@ class RunFolder:
             self.decision = decide(known, holds, self.asked, found, inside)
         except ValueError as error:  # the record's own overrides, compared by skip_completed
             raise RunFolderError(
-                f"{self.path / self.layout.record}: {error}. A role an older export wrote in place "
-                "of a path ('<data.root>')? Write the path there, or move the record aside"
+                f"{self.path / self.layout.record}: {error}. A path's role an export wrote there "
+                "unquoted? Quote it (data.root='<data.root>') or write the path in its place"
             ) from None
         self.attempt.action = self.decision.action
         if self.decision.action == "refuse":
