@@ -892,15 +892,16 @@ def test_export_merges_the_runs_of_another_sweep_into_its_destination(tmp_path: 
 def test_an_exported_run_is_skipped_as_completed_where_its_sweep_goes_on(
     hydra_train, tmp_path: Path
 ) -> None:
-    """The export writes a machine path's role (``<paths.data_dir>``) into each attempt's
-    overrides; a sweep continued from exported folders with ``skip_completed=true`` refused every
-    completed job, whose first override did not parse. Each is skipped, as completed; a record
-    that holds an unquoted role is refused, naming its file."""
-    job = ("model=unet_lab", "trainer.max_epochs=1", "scheduler=constant")
+    """The export writes a machine path's role (``<paths.data_dir>``) or home (``~``) into each
+    attempt's overrides; a sweep continued from exported folders with ``skip_completed=true``
+    refused every completed job, whose first override did not parse. Each is skipped, as
+    completed; a record that holds an unquoted role is refused, naming its file."""
+    job = ("model=unet_lab", "trainer.max_epochs=1", "scheduler=constant", "+extras.at=/home/me/x")
     metrics = hydra_train(*job, f"hydra.run.dir={tmp_path / 'sweep' / 'run'}")
     assert analysis_main(["export", str(tmp_path / "sweep"), str(tmp_path / "exported")]) == 0
     run = tmp_path / "exported" / "run"
-    assert "<paths.data_dir>" in (run / "run.json").read_text()  # the role, not the machine's path
+    exported = (run / "run.json").read_text()
+    assert "<paths.data_dir>" in exported and "~/x" in exported  # not the machine's paths
     again = hydra_train(*job, f"hydra.run.dir={run}", "skip_completed=true")
     assert again == pytest.approx(metrics)
     attempts = json.loads((run / "run.json").read_text())["attempts"]

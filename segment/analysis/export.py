@@ -77,13 +77,14 @@ def _clean(text: str, replace: dict[str, str]) -> str:
     return _HOME.sub("~", _SITE.sub("<site-packages>/", text))
 
 
-# An override whose value a role replaced (``data.root=<data.root>``), in .hydra/overrides.yaml's
-# list and as a string of run.json (its attempts' overrides and commands): a role is no value in
-# Hydra's grammar, so it is quoted (``data.root='<data.root>'``): a run continued or skipped from
-# the exported folder parses its record's overrides again.
+# An override whose value the export replaced by a role or a home (``data.root=<data.root>``,
+# ``x.dir=~/y``), in .hydra/overrides.yaml's list and as a string of run.json (its attempts'
+# overrides and commands): neither is a value in Hydra's grammar, so it is quoted
+# (``data.root='<data.root>'``): a run continued or skipped from the exported folder parses its
+# record's overrides again.
 _ROLE_OVERRIDE = {
-    "overrides.yaml": re.compile(r"^(- [^=\n]+=)(<[^'\n]*)$", re.M),
-    RunLayout.record: re.compile(r'(?<=")([^"=\s]+=)(<[^"\'\\]*)(?=")'),
+    "overrides.yaml": re.compile(r"^(- [^=\n]+=)([<~][^'\n]*)$", re.M),
+    RunLayout.record: re.compile(r'(?<=")([^"=\s]+=)([<~][^"\'\\]*)(?=")'),
 }
 
 
