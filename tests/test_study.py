@@ -892,21 +892,36 @@ def test_export_merges_the_runs_of_another_sweep_into_its_destination(tmp_path: 
 def test_an_exported_run_is_skipped_as_completed_where_its_sweep_goes_on(
     hydra_train, tmp_path: Path
 ) -> None:
-    """The export writes a machine path's role (``<paths.data_dir>``) or home (``~``) into each
-    attempt's overrides; a sweep continued from exported folders with ``skip_completed=true``
-    refused every completed job, whose first override did not parse. Each is skipped, as
-    completed; a record that holds an unquoted role is refused, naming its file."""
-    job = ("model=unet_lab", "trainer.max_epochs=1", "scheduler=constant", "+extras.at=/home/me/x")
-    metrics = hydra_train(*job, f"hydra.run.dir={tmp_path / 'sweep' / 'run'}")
-    assert analysis_main(["export", str(tmp_path / "sweep"), str(tmp_path / "exported")]) == 0
+    """The export writes a machine path's role (``<sweep.dir>/...``) or home (``~/``) into each
+    attempt's overrides, where ``skip_completed`` compares them with the job's: a sweep continued
+    from exported folders refused its completed jobs (an override that did not parse; a run-defining
+    path that no longer matched, "two jobs share a name"). Such a value is unknown, never compared:
+    each job is skipped, as completed, also from a record of an older export (roles unquoted). An
+    override that does not parse otherwise is refused, naming the record."""
+    sweep = tmp_path / "sweep"
+    base = ("model=unet_lab", "trainer.max_epochs=1", "scheduler=constant")
+    hydra_train(*base, f"hydra.run.dir={sweep / 'first'}")
+    job = (
+        *base,
+        f"model.init_from={sweep / 'first' / 'checkpoints' / 'last.ckpt'}",
+        "+extras.at=[/home/me/a,/home/me/b]",
+    )
+    metrics = hydra_train(*job, f"hydra.run.dir={sweep / 'run'}")
+    assert analysis_main(["export", str(sweep), str(tmp_path / "exported")]) == 0
     run = tmp_path / "exported" / "run"
     exported = (run / "run.json").read_text()
-    assert "<paths.data_dir>" in exported and "~/x" in exported  # not the machine's paths
-    again = hydra_train(*job, f"hydra.run.dir={run}", "skip_completed=true")
-    assert again == pytest.approx(metrics)
-    attempts = json.loads((run / "run.json").read_text())["attempts"]
-    assert [(a["action"], a["outcome"]) for a in attempts[-1:]] == [("skip", "skipped")]
-    unquoted = re.sub(r"=\\?'(<[\w.]+>)\\?'", r"=\1", (run / "run.json").read_text())
-    (run / "run.json").write_text(unquoted)
-    with pytest.raises(RunFolderError, match=r"run\.json: cannot parse the override .*<paths"):
+    assert "<sweep.dir>/first" in exported and "~/a" in exported  # not the machine's paths
+
+    def skipped() -> bool:
+        assert hydra_train(*job, f"hydra.run.dir={run}", "skip_completed=true") == metrics
+        last = json.loads((run / "run.json").read_text())["attempts"][-1]
+        return (last["action"], last["outcome"]) == ("skip", "skipped")
+
+    assert skipped()
+    (run / "run.json").write_text(re.sub(r"='([<~][^'\"]*)'", r"=\1", exported))  # unquoted
+    assert "=<paths.data_dir>" in (run / "run.json").read_text()
+    assert skipped()
+    damaged = exported.replace('"scheduler=constant"', '"scheduler=[constant"')
+    (run / "run.json").write_text(damaged)
+    with pytest.raises(RunFolderError, match=r"run\.json: cannot parse the override 'scheduler="):
         hydra_train(*job, f"hydra.run.dir={run}", "skip_completed=true")

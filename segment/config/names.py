@@ -25,6 +25,7 @@ __all__ = [
     "INFRASTRUCTURE",
     "MAX_NAME",
     "RESUMABLE",
+    "comparable",
     "did_you_mean",
     "identity",
     "is_infrastructure",
@@ -130,6 +131,22 @@ def identity(overrides: Iterable[str], swept: Iterable[str] = ()) -> dict[str, A
         for key, value in parse_overrides(overrides).items()
         if key in swept or not is_infrastructure(key)
     }
+
+
+# A value an export wrote in place of a machine path: its role (``<data.root>``, anywhere in the
+# value) or a home folder (``~/``): what it was is unknown (segment.analysis.export).
+_EXPORTED = re.compile(r"<[\w.-]+>|(?<![\w.])~(?=/)")
+
+
+def comparable(saved: Sequence[str], asked: Sequence[str]) -> tuple[list[str], list[str]]:
+    """A run's saved overrides and the asked ones, each less the keys whose saved value an export
+    replaced by a role or home: unknown there, they are never compared (nor parsed)."""
+
+    def key(item: str) -> str:
+        return item.partition("=")[0].lstrip("+~")
+
+    unknown = {key(item) for item in saved if _EXPORTED.search(item.partition("=")[2])}
+    return [i for i in saved if key(i) not in unknown], [i for i in asked if key(i) not in unknown]
 
 
 def value_text(value: Any) -> str:
@@ -266,12 +283,14 @@ def _found_again(name: str, overrides: Sequence[str], swept: Iterable[str]) -> s
     sweep = Path(sweep_dir() or "")
     if sweep == Path() or (sweep / name).exists() or not sweep.is_dir():
         return name
-    mine, found = identity(overrides, swept), []
+    found = []
     for folder in (f for f in sweep.iterdir() if f.is_dir()):
         record = record_or_new(folder)  # a damaged one is named in a warning: not this job's
-        theirs = record.attempts[0].overrides if record.attempts else None
+        if not record.attempts:
+            continue
+        theirs, mine = comparable(record.attempts[0].overrides, overrides)
         with contextlib.suppress(ValueError):  # overrides Hydra cannot parse: not this job's
-            if theirs is not None and identity(theirs, swept) == mine:
+            if identity(theirs, swept) == identity(mine, swept):
                 found.append(folder.name)
     return found[0] if len(found) == 1 else name
 

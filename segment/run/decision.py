@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from segment.config.names import identity
+from segment.config.names import comparable, identity
 from segment.run.layout import ARCHIVE
 from segment.run.record import Action, Attempt, RecordError, RunRecord, record_or_new
 
@@ -101,8 +101,11 @@ def decide(
             )
         return Decision("continue", checkpoint=found, archive=has_run and not inside)
     if asked.skip_completed and status == "completed":
-        theirs = identity(record.attempts[0].overrides) if record.attempts else {}
-        if theirs and theirs != identity(asked.overrides):
+        saved, mine = comparable(
+            record.attempts[0].overrides if record.attempts else [], asked.overrides
+        )
+        theirs = identity(saved)
+        if theirs and theirs != identity(mine):
             return Decision("refuse", OTHER_JOB.format(theirs))
         return Decision("skip")
     if asked.skip_completed and found is not None:

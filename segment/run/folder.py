@@ -161,8 +161,8 @@ class RunFolder:
             self.decision = decide(known, holds, self.asked, found, inside)
         except ValueError as error:  # the record's own overrides, compared by skip_completed
             raise RunFolderError(
-                f"{self.path / self.layout.record}: {error}. A path's role an export wrote there "
-                "unquoted? Quote it (data.root='<data.root>') or write the path in its place"
+                f"{self.path / self.layout.record}: {error}: skip_completed compares its first "
+                "attempt's overrides with the job's; write that override as Hydra reads it"
             ) from None
         self.attempt.action = self.decision.action
         if self.decision.action == "refuse":
