@@ -24,6 +24,7 @@ from segment.analysis.report import main as report_main
 from segment.analysis.stats import Cell, compare, seeds_needed, tuned
 from segment.analysis.tables import p_text, protocol_section, ratio, seconds_runs, units_table
 from segment.analysis.thresholds import Threshold
+from segment.config.names import parse_overrides
 from segment.run.decision import RunFolderError
 from segment.run.record import Attempt
 from tests.helpers import NO_CHECKPOINTS, TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
@@ -925,3 +926,17 @@ def test_an_exported_run_is_skipped_as_completed_where_its_sweep_goes_on(
     (run / "run.json").write_text(damaged)
     with pytest.raises(RunFolderError, match=r"run\.json: cannot parse the override 'scheduler="):
         hydra_train(*job, f"hydra.run.dir={run}", "skip_completed=true")
+
+
+def test_export_writes_each_override_hydra_reads_less_the_machine_s_paths(tmp_path: Path) -> None:
+    """A path under a home folder or a Python installation in an override is replaced by ``~`` or
+    ``<site-packages>`` and quoted; the key before it (``data/transforms@x``) is kept."""
+    run = _write_run(tmp_path / "sweep", "unet_scratch", 0, "0.001", [1.0, 0.9])
+    typed = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    typed += ["+data/transforms@x=/usr/lib/python3/site-packages/a", "+extras.at=/home/me/x"]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(typed))
+    assert analysis_main(["export", str(tmp_path / "sweep"), str(tmp_path / "exported")]) == 0
+    exported = tmp_path / "exported" / run.name / ".hydra" / "overrides.yaml"
+    lines = yaml.safe_load(exported.read_text())
+    assert lines[-2:] == ["+data/transforms@x='<site-packages>/a'", "+extras.at='~/x'"]
+    assert parse_overrides(lines)["extras.at"] == "~/x"

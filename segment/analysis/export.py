@@ -28,7 +28,7 @@ from segment.run.layout import RunLayout
 
 __all__ = ["export", "roles"]
 
-_SITE = re.compile(r"/[^\s'\"]*?/site-packages/")  # a Python installation's packages
+_SITE = re.compile(r"/[^\s'\"=]*?/site-packages/")  # a Python installation's packages
 _HOME = re.compile(r"(?<![\w.])(/root|/home/[^/\s'\"]+|/Users/[^/\s'\"]+)(?=/)")  # a home folder
 
 
