@@ -80,8 +80,8 @@ def _clean(text: str, replace: dict[str, str]) -> str:
 # An override whose value the export replaced by a role or a home (``data.root=<data.root>``,
 # ``x.dir=~/y``), in .hydra/overrides.yaml's list and as a string of run.json (its attempts'
 # overrides and commands): neither is a value in Hydra's grammar, so it is quoted
-# (``data.root='<data.root>'``): a run continued or skipped from the exported folder parses its
-# record's overrides again.
+# (``data.root='<data.root>'``) and every exported override reads in Hydra (``skip_completed``
+# leaves such a value out of its comparison: segment.config.names.comparable).
 _ROLE_OVERRIDE = {
     "overrides.yaml": re.compile(r"^(- [^=\n]+=)([<~][^'\n]*)$", re.M),
     RunLayout.record: re.compile(r'(?<=")([^"=\s]+=)([<~][^"\'\\]*)(?=")'),

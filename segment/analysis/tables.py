@@ -298,7 +298,7 @@ def more_seeds(study: Study, sweep: str) -> str:
             "design cannot resolve so small an effect there."
         )
     arguments = _seeds_arguments(runs, seeds, needed, sweep)
-    roles = sorted(set(re.findall(r'"(<[\w.]+>)"', arguments)))
+    roles = sorted(set(re.findall(r"<[\w.-]+>", arguments)))
     fill = f" (with {' and '.join(f'`{r}`' for r in roles)} replaced by the path on your machine)"
     return (
         f"{plan} needs {needed} seeds per arm in the answer's most demanding cell ({where}; each "
@@ -317,7 +317,7 @@ def _seeds_arguments(runs: list[Run], seeds: list[int], needed: int, sweep: str)
     values: dict[str, list[str]] = {}
     for item in (item for run in runs for item in run.typed):
         key, _, value = item.partition("=")
-        value = re.sub(r"^'(<[\w.]+>)'$", r'"\1"', value)
+        value = re.sub(r"^'(<[^']*)'$", r'"\1"', value)
         if key not in _APPENDED and value not in values.setdefault(key, []):
             values[key].append(value)
     new = range(seeds[-1] + 1, seeds[-1] + 1 + needed - len(seeds))
