@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from scipy import stats
 
@@ -25,8 +27,8 @@ from segment.analysis.stats import Cell, compare, seeds_needed, tuned
 from segment.analysis.tables import p_text, protocol_section, ratio, seconds_runs, units_table
 from segment.analysis.thresholds import Threshold
 from segment.config.names import parse_overrides
-from segment.run.decision import RunFolderError
-from segment.run.record import Attempt
+from segment.run.decision import Asked, RunFolderError, decide
+from segment.run.record import Attempt, read_record
 from tests.helpers import NO_CHECKPOINTS, TINY_OVERRIDES, TINY_SYNTHETIC, run_script, sweep_jobs
 
 # A module-scoped fixture trains once for this file: pytest-xdist keeps the file on one worker.
@@ -940,3 +942,46 @@ def test_export_writes_each_override_hydra_reads_less_the_machine_s_paths(tmp_pa
     lines = yaml.safe_load(exported.read_text())
     assert lines[-2:] == ["+data/transforms@x='<site-packages>/a'", "+extras.at='~/x'"]
     assert parse_overrides(lines)["extras.at"] == "~/x"
+
+
+_PLACES = (  # values that name a place of the machine (a role, a home, an installation) or not
+    "{sweep}/first/checkpoints/last.ckpt",
+    "/home/me/a",
+    "[/home/me/a,/home/me/b]",
+    "'/home/me/my data'",
+    "/usr/lib/python3/site-packages/a",
+    "{{a: /home/me/a}}",
+    "0.001",
+    "unet_vgg",
+)
+_KEYS = ("model.init_from", "+extras.at", "model.optimizer.lr", "+model.note", "data.root")
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    extra=st.lists(
+        st.tuples(st.sampled_from(_KEYS), st.sampled_from(_PLACES)),
+        max_size=4,
+        unique_by=lambda item: item[0],
+    )
+)
+def test_every_exported_job_is_its_own_job_where_its_sweep_goes_on(
+    tmp_path_factory: pytest.TempPathFactory, extra: list[tuple[str, str]]
+) -> None:
+    """Whatever places a job's overrides name, its exported record is the same job to
+    ``skip_completed`` as the overrides typed again: skipped, never refused."""
+    root = tmp_path_factory.mktemp("export")
+    run = _write_run(root / "sweep", "unet_scratch", 0, "0.001", [1.0, 0.9])
+    typed = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    typed += [f"{key}={value.format(sweep=root / 'sweep')}" for key, value in extra]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(typed))
+    record = json.loads((run / "run.json").read_text())
+    started = "2026-01-01T00:00:00+00:00"
+    record |= {"schema": 2, "attempts": [{"started": started, "overrides": typed}]}
+    (run / "run.json").write_text(json.dumps(record))
+    assert analysis_main(["export", str(root / "sweep"), str(root / "exported")]) == 0
+    exported = read_record(root / "exported" / run.name)
+    asked = Asked(skip_completed=True, overrides=tuple(typed))
+    assert decide(exported, True, asked, Path("last.ckpt")).action == "skip"
