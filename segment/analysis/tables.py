@@ -14,7 +14,7 @@ from segment.analysis.runs import Run
 from segment.analysis.stats import MAX_SEEDS, Estimate, mean_std
 from segment.analysis.study import Arm, Comparison, Study, TunedComparison
 from segment.analysis.thresholds import Threshold
-from segment.config.names import value_text
+from segment.config.names import ROLE, value_text
 
 __all__ = [
     "answer",
@@ -298,7 +298,7 @@ def more_seeds(study: Study, sweep: str) -> str:
             "design cannot resolve so small an effect there."
         )
     arguments = _seeds_arguments(runs, seeds, needed, sweep)
-    roles = sorted(set(re.findall(r"<[\w.-]+>", arguments)))
+    roles = sorted(set(ROLE.findall(arguments)))
     fill = f" (with {' and '.join(f'`{r}`' for r in roles)} replaced by the path on your machine)"
     return (
         f"{plan} needs {needed} seeds per arm in the answer's most demanding cell ({where}; each "

@@ -25,6 +25,7 @@ __all__ = [
     "INFRASTRUCTURE",
     "MAX_NAME",
     "RESUMABLE",
+    "ROLE",
     "comparable",
     "did_you_mean",
     "identity",
@@ -133,9 +134,10 @@ def identity(overrides: Iterable[str], swept: Iterable[str] = ()) -> dict[str, A
     }
 
 
-# A value an export wrote in place of a machine path: its role (``<data.root>``, anywhere in the
-# value) or a home folder (``~/``): what it was is unknown (segment.analysis.export).
-_EXPORTED = re.compile(r"<[\w.-]+>|(?<![\w.])~(?=/)")
+# What an export writes in place of a machine path (segment.analysis.export): its role
+# (``<data.root>``), anywhere in a value, or a home folder (``~/``); what it was is unknown.
+ROLE = re.compile(r"<[\w.-]+>")
+_EXPORTED = re.compile(rf"{ROLE.pattern}|(?<![\w.])~(?=/)")
 
 
 def comparable(saved: Sequence[str], asked: Sequence[str]) -> tuple[list[str], list[str]]:
